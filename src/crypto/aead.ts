@@ -1,0 +1,144 @@
+/**
+ * AEAD contexts that make nonce reuse impossible by construction.
+ *
+ * - `CounterSealer` derives every nonce from a base IV and a message counter (RFC 8446 §5.3:
+ *   the counter, left-padded to the IV length, XORed with the IV); the counter only moves forward
+ *   and the context refuses to seal past the suite's confidentiality limit.
+ * - `OneShotSealer` is for callers that must supply explicit nonces (known-answer tests, protocols
+ *   that carry the nonce): it remembers every nonce it has sealed with and refuses a repeat.
+ *
+ * Both copy the key they are given and zeroise their copy on `destroy()`.
+ *
+ * @example
+ *   const sealer = new CounterSealer(getProvider(), 'aes-128-gcm', key, baseIv);
+ *   const { counter, nonce, sealed } = sealer.seal(plaintext, aad);
+ *   sealer.destroy();
+ */
+import { abytes, aint } from '../util/assert.ts';
+import { toHex, zeroize } from '../util/bytes.ts';
+import { ApiMisuse } from '../util/errors.ts';
+import type { CryptoProvider } from './provider.ts';
+import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
+
+/** RFC 8446 §5.3: nonce = iv XOR (counter as big-endian, left-padded to iv.length). */
+export function xorCounterIntoIv(iv: Uint8Array, counter: number): Uint8Array {
+  aint(counter, 'nonce counter');
+  const nonce = Uint8Array.from(iv);
+  let c = counter;
+  for (let i = nonce.length - 1; i >= 0 && c > 0; i--) {
+    nonce[i] = (nonce[i] as number) ^ (c % 256);
+    c = Math.floor(c / 256);
+  }
+  return nonce;
+}
+
+abstract class KeyedContext {
+  protected readonly suite: AeadSuite;
+  protected key: Uint8Array | undefined;
+  constructor(
+    protected readonly provider: CryptoProvider,
+    id: AeadId,
+    key: Uint8Array,
+  ) {
+    this.suite = aeadSuite(id);
+    this.key = Uint8Array.from(abytes(key, `${id} key`, this.suite.keyLength));
+  }
+  protected liveKey(): Uint8Array {
+    if (this.key === undefined) throw new ApiMisuse('aead-destroyed', `${this.suite.id}: context used after destroy()`);
+    return this.key;
+  }
+  get aead(): AeadId {
+    return this.suite.id;
+  }
+  destroy(): void {
+    zeroize(this.key);
+    this.key = undefined;
+  }
+}
+
+export interface CounterSealResult {
+  readonly counter: number;
+  readonly nonce: Uint8Array;
+  readonly sealed: Uint8Array;
+}
+
+export class CounterSealer extends KeyedContext {
+  readonly #iv: Uint8Array;
+  readonly #limit: number;
+  #next = 0;
+
+  /** `limit` lowers the suite's confidentiality limit (for rotation every N messages). */
+  constructor(provider: CryptoProvider, id: AeadId, key: Uint8Array, baseIv: Uint8Array, limit?: number) {
+    super(provider, id, key);
+    this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.suite.nonceLengths));
+    this.#limit = Math.min(limit ?? Infinity, this.suite.confidentialityLimit);
+  }
+
+  /** Messages sealed so far. */
+  get count(): number {
+    return this.#next;
+  }
+
+  /** True once the context may seal no more: rotate the key. */
+  get exhausted(): boolean {
+    return this.#next >= this.#limit;
+  }
+
+  seal(plaintext: Uint8Array, aad: Uint8Array): CounterSealResult {
+    const key = this.liveKey();
+    if (this.exhausted) {
+      throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
+    }
+    const counter = this.#next++;
+    const nonce = xorCounterIntoIv(this.#iv, counter);
+    return { counter, nonce, sealed: this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad) };
+  }
+
+  override destroy(): void {
+    zeroize(this.#iv);
+    super.destroy();
+  }
+}
+
+export class OneShotSealer extends KeyedContext {
+  static readonly MAX_NONCES = 65_536;
+  readonly #used = new Set<string>();
+
+  /** Seals with an explicit nonce; throws `ApiMisuse('nonce-reuse')` if this context used it before. */
+  seal(nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
+    const key = this.liveKey();
+    abytes(nonce, `${this.suite.id} nonce`, ...this.suite.nonceLengths);
+    const tag = toHex(nonce);
+    if (this.#used.has(tag)) throw new ApiMisuse('nonce-reuse', `${this.suite.id}: this nonce was already used with this key`);
+    if (this.#used.size >= OneShotSealer.MAX_NONCES) {
+      throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: explicit-nonce context full; use a CounterSealer`);
+    }
+    this.#used.add(tag);
+    return this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad);
+  }
+}
+
+/**
+ * Opens under one key and counts authentication failures against the suite's integrity limit
+ * (RFC 9147 §4.5.3); past it the context refuses further use.
+ */
+export class Opener extends KeyedContext {
+  #failures = 0;
+
+  get failures(): number {
+    return this.#failures;
+  }
+
+  open(nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array {
+    const key = this.liveKey();
+    if (this.#failures >= this.suite.integrityLimit) {
+      throw new ApiMisuse('aead-integrity-limit', `${this.suite.id}: too many forged records under this key; rekey`);
+    }
+    try {
+      return this.provider.aeadOpen(this.suite.id, key, nonce, sealed, aad);
+    } catch (e) {
+      this.#failures++;
+      throw e;
+    }
+  }
+}

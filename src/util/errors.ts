@@ -1,0 +1,50 @@
+/**
+ * Typed, layered errors. Every error carries a string-literal `code` so callers (and the one
+ * error→alert mapping in the DTLS layer) switch on codes, never on message text.
+ *
+ * Messages never contain secret material: no key bytes, no plaintext, no passphrases.
+ */
+export abstract class VitalsealError extends Error {
+  abstract readonly kind: string;
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** Malformed, truncated, oversized or otherwise invalid input bytes. */
+export class DecodeError extends VitalsealError {
+  readonly kind = 'decode';
+}
+
+/** A cryptographic check failed: authentication tag, signature, low-order point, ... */
+export class CryptoError extends VitalsealError {
+  readonly kind = 'crypto';
+}
+
+/** The caller used an API wrongly (nonce reuse, use after destroy, wrong argument). */
+export class ApiMisuse extends VitalsealError {
+  readonly kind = 'api-misuse';
+}
+
+/** A provider, peer or configuration lacks a required algorithm or feature. */
+export class Unsupported extends VitalsealError {
+  readonly kind = 'unsupported';
+}
+
+/** The peer broke the protocol. */
+export class PeerMisbehaved extends VitalsealError {
+  readonly kind = 'peer-misbehaved';
+}
+
+/** The peer offered nothing we can use. */
+export class PeerIncompatible extends VitalsealError {
+  readonly kind = 'peer-incompatible';
+}
+
+/** A key store (TPM, PKCS#11, software) failed or refused. */
+export class KeyStoreError extends VitalsealError {
+  readonly kind = 'keystore';
+}
