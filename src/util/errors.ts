@@ -48,3 +48,8 @@ export class PeerIncompatible extends VitalsealError {
 export class KeyStoreError extends VitalsealError {
   readonly kind = 'keystore';
 }
+
+/** Durable storage failed (disk full, I/O error); the operation was rolled back. */
+export class StorageError extends VitalsealError {
+  readonly kind = 'storage';
+}
