@@ -81,7 +81,7 @@ describe('CBOR (RFC 8949)', () => {
   });
 
   it('random bytes and mutations only ever give DecodeError (fast-check)', () => {
-    const base = encodeCbor([new Map([[1, Uint8Array.of(9, 9)], [2, 'x']]), [1, 2, [3]], 1.25]);
+    const base = encodeCbor([new Map<number, unknown>([[1, Uint8Array.of(9, 9)], [2, 'x']]), [1, 2, [3]], 1.25]);
     fc.assert(fc.property(fc.uint8Array({ maxLength: 80 }), fc.nat(), fc.nat(255), (bytes, pos, val) => {
       const mutated = Uint8Array.from(base);
       mutated[pos % mutated.length] = val;

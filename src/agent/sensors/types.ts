@@ -6,16 +6,14 @@
  * Real sensors (I2C pulse oximeters, serial monitors) implement the same interface; see
  * examples/ for a driver.
  */
-export type VitalName =
-  | 'heart-rate'
-  | 'spo2'
-  | 'respiration-rate'
-  | 'body-temperature'
-  | 'nibp-systolic'
-  | 'nibp-diastolic'
-  | 'nibp-mean';
+import type { VitalKind } from '../../codec/vitals.ts';
 
-/** Units as in the SenML units registry (RFC 8428 §12.1) where it has one; see docs/senml-vitals.md. */
+export type VitalName = VitalKind;
+
+/**
+ * Clinical units sensors report in. The wire uses SenML registry units instead (SpO2 as a ratio,
+ * pressures in Pa); src/codec/vitals.ts converts. See docs/senml-vitals.md.
+ */
 export const VITAL_UNITS: Readonly<Record<VitalName, string>> = Object.freeze({
   'heart-rate': 'beat/min',
   spo2: '%',
