@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { getProvider, OneShotSealer } from '../../src/crypto/index.ts';
+import {
+  COSE_CONTENT_ALGS, EpochKeyCache, Header, openCose, parseCoseEncrypt, sealEncrypt, sealEncrypt0, SealingSession, x25519Recipient,
+} from '../../src/cose/index.ts';
+import { CborTag, decodeCbor, encodeCbor } from '../../src/codec/cbor.ts';
+import { toHex } from '../../src/util/bytes.ts';
+import { ManualClock } from '../../src/util/clock.ts';
+import { ApiMisuse, CryptoError, DecodeError, Unsupported } from '../../src/util/errors.ts';
+
+const p = getProvider();
+const ingest = p.x25519Generate();
+const recipient = x25519Recipient(p, ingest.privateKey);
+const text = (s: string) => new TextEncoder().encode(s);
+
+describe('sealing epochs', () => {
+  for (const alg of COSE_CONTENT_ALGS) {
+    it(`${alg.name}: one ephemeral key per epoch, unique IVs, one derivation per epoch at the receiver`, () => {
+      const clock = new ManualClock(1_000_000);
+      const session = new SealingSession({ alg: alg.name, recipientPublicKey: ingest.publicKey, clock, maxMessages: 10, maxAgeMs: 60_000 });
+      const cache = new EpochKeyCache(100);
+      const ivs = new Set<string>();
+      const epochs = new Set<string>();
+      for (let i = 0; i < 35; i++) {
+        const msg = session.seal(text(`reading ${i}`), { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-7'], [Header.SEQUENCE, i + 1]]) });
+        const parsed = parseCoseEncrypt(msg);
+        ivs.add(toHex(parsed.unprotected.get(Header.IV) as Uint8Array));
+        const opened = openCose(msg, { recipient, cache });
+        assert.equal(new TextDecoder().decode(opened.plaintext), `reading ${i}`);
+        assert.equal(opened.protected.get(Header.SEQUENCE), i + 1);
+        assert.equal(opened.protected.get(Header.DEVICE_ID), 'bed-7');
+        epochs.add(opened.epoch as string);
+      }
+      assert.equal(ivs.size, 35, 'no IV repeats');
+      assert.equal(epochs.size, 4, '35 messages at 10 per epoch');
+      assert.equal(session.epochsStarted, 4);
+      assert.deepEqual(cache.stats, { hits: 31, misses: 4 });
+    });
+  }
+
+  it('rotates by time with an injected clock, and on demand', () => {
+    const clock = new ManualClock(0);
+    const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: ingest.publicKey, clock, maxAgeMs: 1000 });
+    session.seal(text('a'));
+    const first = session.epoch()?.id;
+    clock.advance(999);
+    session.seal(text('b'));
+    assert.equal(session.epoch()?.id, first);
+    clock.advance(1);
+    session.seal(text('c'));
+    assert.notEqual(session.epoch()?.id, first);
+    const second = session.epoch()?.id;
+    session.rotate();
+    session.seal(text('d'));
+    assert.notEqual(session.epoch()?.id, second);
+    assert.equal(session.epochsStarted, 3);
+  });
+
+  it('the receiver cache is bounded and evicts the least recently used epoch', () => {
+    const cache = new EpochKeyCache(2);
+    const clock = new ManualClock(0);
+    const sessions = [0, 1, 2].map(() => new SealingSession({ alg: 'a128gcm', recipientPublicKey: ingest.publicKey, clock }));
+    for (const s of sessions) openCose(s.seal(text('x')), { recipient, cache });
+    assert.equal(cache.size, 2);
+    openCose((sessions[0] as SealingSession).seal(text('y')), { recipient, cache });
+    assert.deepEqual(cache.stats, { hits: 0, misses: 4 });
+  });
+
+  it('noble opens what node seals (cross-provider)', () => {
+    const noble = getProvider('noble');
+    const msg = sealEncrypt({ alg: 'chacha20-poly1305', recipientPublicKey: ingest.publicKey, plaintext: text('hr 72'), provider: p });
+    const opened = openCose(msg, { recipient: x25519Recipient(noble, ingest.privateKey), provider: noble });
+    assert.equal(new TextDecoder().decode(opened.plaintext), 'hr 72');
+  });
+});
+
+describe('hardened decode', () => {
+  const msg = sealEncrypt({ alg: 'aes-ccm-16-64-128', recipientPublicKey: ingest.publicKey, plaintext: text('spo2 97') });
+
+  it('a wrong key fails as decryption failure', () => {
+    const other = x25519Recipient(p, p.x25519Generate().privateKey);
+    assert.throws(() => openCose(msg, { recipient: other }), (e) => e instanceof CryptoError && e.code === 'cose-decrypt-failed');
+  });
+
+  it('every flipped bit is refused with a typed error, never opened', () => {
+    fc.assert(fc.property(fc.nat(), fc.integer({ min: 0, max: 7 }), (pos, bit) => {
+      const bad = Uint8Array.from(msg);
+      bad[pos % bad.length] = (bad[pos % bad.length] as number) ^ (1 << bit);
+      assert.throws(() => openCose(bad, { recipient }), (e) => e instanceof DecodeError || e instanceof CryptoError || e instanceof Unsupported);
+    }), { numRuns: 1500, seed: 9052 });
+  });
+
+  it('every proper prefix is refused', () => {
+    for (let n = 0; n < msg.length; n++) assert.throws(() => openCose(msg.subarray(0, n), { recipient }), DecodeError, `prefix ${n}`);
+  });
+
+  it('refuses a wrong tag, an untagged message, an unprotected alg, an unknown crit, a label in both buckets, a bad IV', () => {
+    const top = decodeCbor(msg, { allowTags: [96] }) as CborTag;
+    const arr = top.value as unknown[];
+    const rebuild = (tag: number | undefined, a: unknown[]) => encodeCbor(tag === undefined ? a : new CborTag(tag, a));
+    const expectCode = (bytes: Uint8Array, code: string) =>
+      assert.throws(() => openCose(bytes, { recipient }), (e) => (e instanceof DecodeError || e instanceof Unsupported) && e.code === code, code);
+    expectCode(encodeCbor(new CborTag(16, arr)), 'cose-structure'); // Encrypt body under the Encrypt0 tag: 4 elements
+    expectCode(rebuild(undefined, arr), 'cose-tag');
+    const algUnprot = [encodeCbor(new Map()), new Map<number, unknown>([[1, 10], [5, (arr[1] as Map<number, unknown>).get(5)]]), arr[2], arr[3]];
+    expectCode(rebuild(96, algUnprot), 'cose-alg');
+    const crit = [encodeCbor(new Map<number, unknown>([[1, 10], [2, [-70000]], [-70000, 1]])), arr[1], arr[2], arr[3]];
+    expectCode(rebuild(96, crit), 'cose-crit');
+    const both = [arr[0], new Map<number, unknown>([[1, 10], [5, (arr[1] as Map<number, unknown>).get(5)]]), arr[2], arr[3]];
+    expectCode(rebuild(96, both), 'cose-header');
+    const shortIv = [arr[0], new Map<number, unknown>([[5, new Uint8Array(12)]]), arr[2], arr[3]];
+    expectCode(rebuild(96, shortIv), 'cose-iv');
+    const unknownAlg = [encodeCbor(new Map([[1, 2]])), arr[1], arr[2], arr[3]]; // A192GCM: not supported
+    expectCode(rebuild(96, unknownAlg), 'cose-alg');
+    assert.throws(() => openCose(encodeCbor([1, 2, 3]), { recipient }), (e) => e instanceof DecodeError && e.code === 'cose-tag');
+  });
+
+  it('direct-key COSE_Encrypt0 refuses a repeated IV at the sender and a wrong key at the receiver', () => {
+    const key = p.randomBytes(32);
+    const sealer = new OneShotSealer(p, 'chacha20-poly1305', key);
+    const iv = p.randomBytes(12);
+    const m = sealEncrypt0(sealer, 'chacha20-poly1305', iv, text('t 36.8'));
+    assert.throws(() => sealEncrypt0(sealer, 'chacha20-poly1305', iv, text('t 36.9')), (e) => e instanceof ApiMisuse && e.code === 'nonce-reuse');
+    assert.equal(new TextDecoder().decode(openCose(m, { direct: () => key }).plaintext), 't 36.8');
+    assert.throws(() => openCose(m, { direct: () => p.randomBytes(32) }), CryptoError);
+    assert.throws(() => openCose(m, { direct: () => p.randomBytes(16) }), (e) => e instanceof CryptoError && e.code === 'cose-wrong-key');
+  });
+});
