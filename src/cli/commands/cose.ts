@@ -5,7 +5,7 @@
  *   vitalseal cose seal --to ingest.pub < reading.cbor > reading.cose
  *   vitalseal cose open --key ingest.key < reading.cose > reading.cbor
  */
-import { constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { getProvider } from '../../crypto/registry.ts';
 import { COSE_CONTENT_ALGS, contentAlgByName, type CoseAlgName } from '../../cose/algorithms.ts';
 import { openCose, sealEncrypt } from '../../cose/encrypt.ts';
@@ -66,9 +66,9 @@ async function keygen(args: string[], io: CliIo): Promise<number> {
   const pubPath = `${values.out}.pub`;
   for (const p of [keyPath, pubPath]) if (existsSync(p)) throw new UsageError(`${p} exists; refusing to overwrite a key`);
   const { privatePem, publicPem } = generateX25519Pem();
-  // O_EXCL: never follow a file planted between the check and the write.
-  writeFileSync(keyPath, privatePem, { mode: 0o600, flag: constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL });
-  writeFileSync(pubPath, publicPem, { mode: 0o644, flag: constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL });
+  // 'wx' (O_CREAT | O_EXCL): never write through a file planted between the check and the write.
+  writeFileSync(keyPath, privatePem, { mode: 0o600, flag: 'wx' });
+  writeFileSync(pubPath, publicPem, { mode: 0o644, flag: 'wx' });
   io.stderr.write(`wrote ${keyPath} (private, mode 0600) and ${pubPath}\n`);
   return 0;
 }
