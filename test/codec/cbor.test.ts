@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { decode as cborgDecode, encode as cborgEncode } from 'cborg';
 import fc from 'fast-check';
 import { CborTag, decodeCbor, encodeCbor } from '../../src/codec/cbor.ts';
 import { fromHex, toHex } from '../../src/util/bytes.ts';
@@ -24,6 +25,11 @@ describe('CBOR (RFC 8949)', () => {
       assert.deepEqual(decodeCbor(fromHex(hex)), value, hex);
       assert.equal(toHex(encodeCbor(value)), hex, String(hex));
     }
+  });
+
+  it('-0 keeps its sign (a half float), not the integer 0', () => {
+    assert.equal(toHex(encodeCbor(-0)), 'f98000');
+    assert.ok(Object.is(decodeCbor(fromHex('f98000')), -0));
   });
 
   it('maps keep insertion order when encoded (COSE needs it)', () => {
@@ -93,5 +99,34 @@ describe('CBOR (RFC 8949)', () => {
         }
       }
     }), { numRuns: 5000, seed: 42 });
+  });
+});
+
+describe('CBOR cross-check against cborg (an independent implementation)', () => {
+  const key = fc.oneof(fc.integer({ min: -1000, max: 1_000_000 }), fc.string({ maxLength: 8 }));
+  const leaf = fc.oneof(
+    fc.integer(),
+    fc.maxSafeInteger(),
+    // -0 is left out: cborg writes it as the integer 0 (losing the sign); we write a half float.
+    fc.double({ noNaN: true, noDefaultInfinity: true }).filter((x) => !Object.is(x, -0)),
+    fc.float({ noNaN: true, noDefaultInfinity: true }).filter((x) => !Object.is(x, -0)),
+    fc.string({ maxLength: 40 }),
+    fc.uint8Array({ maxLength: 300 }),
+    fc.boolean(),
+    fc.constant(null),
+  );
+  const { value } = fc.letrec((tie) => ({
+    value: fc.oneof({ depthSize: 'small' }, leaf, tie('array'), tie('map')),
+    array: fc.array(tie('value'), { maxLength: 6 }),
+    map: fc.uniqueArray(fc.tuple(key, tie('value')), { maxLength: 6, selector: ([k]) => k }).map((entries) => new Map(entries)),
+  }));
+
+  it('encodes byte for byte as cborg does, and decodes what cborg writes to the same values', () => {
+    fc.assert(fc.property(value, (v) => {
+      const ours = encodeCbor(v);
+      const theirs = cborgEncode(v, { float64: false, mapSorter: undefined });
+      assert.equal(toHex(ours), toHex(theirs));
+      assert.deepEqual(decodeCbor(ours, { maxDepth: 64 }), cborgDecode(theirs, { useMaps: true }));
+    }), { numRuns: 3000, seed: 8949 });
   });
 });
