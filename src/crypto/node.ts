@@ -7,7 +7,7 @@ import {
   type CipherCCMTypes, type CipherGCMTypes, type CipherChaCha20Poly1305Types, type KeyObject,
 } from 'node:crypto';
 import { abytes, aint } from '../util/assert.ts';
-import { asBuffer, concatBytes } from '../util/bytes.ts';
+import { concatBytes } from '../util/bytes.ts';
 import { CryptoError } from '../util/errors.ts';
 import { checkAeadArgs, checkChacha, checkX25519, isAllZero } from './_validate.ts';
 import type { CryptoProvider, X25519KeyPair } from './provider.ts';
@@ -34,8 +34,8 @@ const SPKI_X25519_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
  * a real allocation, whose pointer is never NULL.
  */
 const EMPTY = Buffer.alloc(16).subarray(0, 0);
-function input(bytes: Uint8Array): Buffer {
-  return bytes.length === 0 ? EMPTY : asBuffer(bytes);
+function input(bytes: Uint8Array): Uint8Array {
+  return bytes.length === 0 ? EMPTY : bytes;
 }
 
 export function x25519PrivateKeyObject(privateKey: Uint8Array): KeyObject {
@@ -72,7 +72,7 @@ export const nodeProvider: CryptoProvider = Object.freeze({
 
   aeadSeal(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
     const suite = checkAeadArgs(id, key, nonce, plaintext, aad);
-    const cipher = createCipheriv(NODE_AEAD[id] as CipherGCMTypes, asBuffer(key), asBuffer(nonce), {
+    const cipher = createCipheriv(NODE_AEAD[id] as CipherGCMTypes, key, nonce, {
       authTagLength: suite.tagLength,
     });
     // CCM needs the plaintext length up front (it is in the first CBC-MAC block, RFC 3610 §2.2).
@@ -88,10 +88,10 @@ export const nodeProvider: CryptoProvider = Object.freeze({
       throw new CryptoError('aead-auth-failed', `${id}: sealed data shorter than its ${suite.tagLength}-byte tag`);
     }
     const bodyLength = sealed.length - suite.tagLength;
-    const decipher = createDecipheriv(NODE_AEAD[id] as CipherGCMTypes, asBuffer(key), asBuffer(nonce), {
+    const decipher = createDecipheriv(NODE_AEAD[id] as CipherGCMTypes, key, nonce, {
       authTagLength: suite.tagLength,
     });
-    decipher.setAuthTag(asBuffer(sealed.subarray(bodyLength)));
+    decipher.setAuthTag(sealed.subarray(bodyLength));
     decipher.setAAD(input(aad), { plaintextLength: bodyLength });
     const body = decipher.update(input(sealed.subarray(0, bodyLength)));
     try {
@@ -148,9 +148,9 @@ export const nodeProvider: CryptoProvider = Object.freeze({
   aesEcbBlock(key: Uint8Array, block: Uint8Array): Uint8Array {
     abytes(key, 'aes-ecb key', 16, 32);
     abytes(block, 'aes-ecb block', 16);
-    const cipher = createCipheriv(key.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', asBuffer(key), null);
+    const cipher = createCipheriv(key.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', key, null);
     cipher.setAutoPadding(false);
-    return new Uint8Array(Buffer.concat([cipher.update(asBuffer(block)), cipher.final()]));
+    return new Uint8Array(Buffer.concat([cipher.update(block), cipher.final()]));
   },
 
   chacha20(key: Uint8Array, nonce: Uint8Array, counter: number, data: Uint8Array): Uint8Array {
@@ -159,7 +159,7 @@ export const nodeProvider: CryptoProvider = Object.freeze({
     const iv = Buffer.alloc(16);
     iv.writeUInt32LE(counter, 0);
     iv.set(nonce, 4);
-    const cipher = createCipheriv('chacha20', asBuffer(key), iv);
-    return new Uint8Array(Buffer.concat([cipher.update(asBuffer(data)), cipher.final()]));
+    const cipher = createCipheriv('chacha20', key, iv);
+    return new Uint8Array(Buffer.concat([cipher.update(data), cipher.final()]));
   },
 });
