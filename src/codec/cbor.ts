@@ -49,6 +49,15 @@ export class CborTag {
   ) {}
 }
 
+/**
+ * Bytes that are already one encoded CBOR item, written verbatim by `encodeCbor`: lets a caller
+ * encode a constant part once (a sealing epoch's recipient structure) and splice it in per message.
+ * The caller vouches that the bytes are exactly one well-formed item.
+ */
+export class CborRaw {
+  constructor(readonly bytes: Uint8Array) {}
+}
+
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const NO_TAGS: readonly number[] = [];
 
@@ -414,6 +423,7 @@ function sizeOf(value: unknown, depth: number): number {
   }
   if (value === null) return 1;
   if (value instanceof Uint8Array) return headSize(value.length) + value.length;
+  if (value instanceof CborRaw) return value.bytes.length;
   let n: number;
   if (Array.isArray(value)) {
     n = headSize(value.length);
@@ -467,6 +477,7 @@ function writeItem(w: Writer, value: unknown): void {
     w.head(2, value.length);
     return w.bytes(value);
   }
+  if (value instanceof CborRaw) return w.bytes(value.bytes);
   if (Array.isArray(value)) {
     w.head(4, value.length);
     for (const v of value) writeItem(w, v);
@@ -492,7 +503,7 @@ function writeItem(w: Writer, value: unknown): void {
 /**
  * Encodes one value: numbers (integers as CBOR integers, others as the shortest exact float),
  * strings, booleans, null, `Uint8Array` (byte string), arrays, `Map`s and plain objects (maps, in
- * insertion order), and `CborTag`s.
+ * insertion order), `CborTag`s, and `CborRaw` (pre-encoded, copied verbatim).
  */
 export function encodeCbor(value: unknown): Uint8Array {
   const w = new Writer(sizeOf(value, 0));

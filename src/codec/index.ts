@@ -6,7 +6,7 @@
  *   const bytes = encodeVitalsPack({ deviceId: 'bed-7', readings: [{ kind: 'spo2', time: Date.now(), value: 97 }], ecg: [] });
  *   decodeVitalsPack(bytes).readings[0].value;   // 97
  */
-export { CborTag, decodeCbor, DEFAULT_CBOR_LIMITS, encodeCbor, headerBytes, scanCbor, type CborDecodeOptions, type CborLimits } from './cbor.ts';
+export { CborRaw, CborTag, decodeCbor, DEFAULT_CBOR_LIMITS, encodeCbor, headerBytes, scanCbor, type CborDecodeOptions, type CborLimits } from './cbor.ts';
 export {
   DEFAULT_MAX_RECORDS, decodeSenmlCbor, decodeSenmlJson, encodeSenmlCbor, resolveSenml,
   type ResolvedRecord, type SenmlLimits, type SenmlPack, type SenmlRecord,

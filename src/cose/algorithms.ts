@@ -22,12 +22,15 @@ export const COSE_CONTENT_ALGS: readonly CoseContentAlg[] = Object.freeze([
   { id: 3, name: 'a256gcm', aead: 'aes-256-gcm', keyLength: 32, nonceLength: 12 },
 ]);
 
+const BY_ID = new Map<unknown, CoseContentAlg>(COSE_CONTENT_ALGS.map((a) => [a.id, a]));
+const BY_NAME = new Map<string, CoseContentAlg>(COSE_CONTENT_ALGS.map((a) => [a.name, a]));
+
 export function contentAlgById(id: unknown): CoseContentAlg | undefined {
-  return COSE_CONTENT_ALGS.find((a) => a.id === id);
+  return BY_ID.get(id);
 }
 
 export function contentAlgByName(name: string): CoseContentAlg | undefined {
-  return COSE_CONTENT_ALGS.find((a) => a.name === name);
+  return BY_NAME.get(name);
 }
 
 /** Recipient algorithms (RFC 9053 §6.1, §6.3.1). */

@@ -11,6 +11,7 @@
  *   const msg = sealEncrypt({ alg: 'chacha20-poly1305', recipientPublicKey, plaintext });
  *   const { plaintext } = openCose(msg, { recipient: x25519Recipient(getProvider(), privateKey) });
  */
+import { CborRaw, CborTag, encodeCbor } from '../codec/cbor.ts';
 import { OneShotSealer } from '../crypto/aead.ts';
 import { getProvider, providerForAead } from '../crypto/registry.ts';
 import type { CryptoProvider } from '../crypto/provider.ts';
@@ -21,7 +22,9 @@ import { EpochKeyCache } from './epoch-cache.ts';
 import { decodeX25519CoseKey, encodeProtected, encodeX25519CoseKey, Header, headerValue, type HeaderMap } from './headers.ts';
 import { deriveContentKey, kdfContext } from './kdf.ts';
 import type { X25519Recipient } from './keys.ts';
-import { aadProtected, encStructure, parseCoseEncrypt, serializeEncrypt, serializeEncrypt0, type CoseLayer, type ParsedCoseEncrypt } from './message.ts';
+import { aadProtected, encStructure, parseCoseEncrypt, serializeEncrypt0, TAG_ENCRYPT, type CoseLayer, type ParsedCoseEncrypt } from './message.ts';
+
+const EMPTY = new Uint8Array(0);
 
 function fail(code: string, message: string): never {
   throw new DecodeError(code, `COSE: ${message}`);
@@ -66,7 +69,7 @@ export function sealEncrypt(o: SealEncryptOptions): Uint8Array {
     zeroize(cek);
     try {
       const iv = provider.randomBytes(alg.nonceLength);
-      return assembleEncrypt(alg, (aad) => ({ iv, ciphertext: sealer.seal(iv, o.plaintext, aad) }), eph.publicKey, o);
+      return assembleEncrypt(alg, (aad) => ({ iv, ciphertext: sealer.seal(iv, o.plaintext, aad) }), ecdhEsRecipients(eph.publicKey, o.recipientKid), o);
     } finally {
       sealer.destroy();
     }
@@ -76,25 +79,32 @@ export function sealEncrypt(o: SealEncryptOptions): Uint8Array {
 }
 
 /**
+ * The recipients array of a COSE_Encrypt for one ECDH-ES + HKDF-256 recipient: [[{1: -25},
+ * {-1: COSE_Key(ephemeral), 4: kid?}, h'']]. Encoded once per ephemeral key: a sealing epoch
+ * reuses it for every message.
+ */
+export function ecdhEsRecipients(ephemeralPublic: Uint8Array, recipientKid?: Uint8Array): CborRaw {
+  const unprotected: HeaderMap = new Map<number, unknown>([[Header.EPHEMERAL_KEY, encodeX25519CoseKey(ephemeralPublic)]]);
+  if (recipientKid !== undefined) unprotected.set(Header.KID, recipientKid);
+  return new CborRaw(encodeCbor([[ECDH_ES_PROTECTED, unprotected, new Uint8Array(0)]]));
+}
+
+/**
  * Builds a COSE_Encrypt. `encrypt` receives the Enc_structure (the AAD) and returns the IV it used
  * and the ciphertext, so the IV comes from whichever nonce discipline the caller's AEAD context has.
+ * `recipients` is the encoded recipients array (`ecdhEsRecipients`).
  */
 export function assembleEncrypt(
   alg: CoseContentAlg,
   encrypt: (aad: Uint8Array) => { iv: Uint8Array; ciphertext: Uint8Array },
-  ephemeralPublic: Uint8Array,
-  o: Pick<SealEncryptOptions, 'externalAad' | 'protectedExtras' | 'recipientKid'>,
+  recipients: CborRaw,
+  o: Pick<SealEncryptOptions, 'externalAad' | 'protectedExtras'>,
 ): Uint8Array {
   const prot: HeaderMap = new Map<number, unknown>([[Header.ALG, alg.id]]);
   for (const [k, v] of o.protectedExtras ?? []) prot.set(k, v);
   const protectedBytes = encodeProtected(prot);
-  const { iv, ciphertext } = encrypt(encStructure('Encrypt', protectedBytes, o.externalAad ?? new Uint8Array(0)));
-  const recipientUnprot: HeaderMap = new Map<number, unknown>([[Header.EPHEMERAL_KEY, encodeX25519CoseKey(ephemeralPublic)]]);
-  if (o.recipientKid !== undefined) recipientUnprot.set(Header.KID, o.recipientKid);
-  return serializeEncrypt(
-    { protectedBytes, unprotected: new Map([[Header.IV, iv]]), ciphertext },
-    [{ protectedBytes: ECDH_ES_PROTECTED, unprotected: recipientUnprot, ciphertext: new Uint8Array(0) }],
-  );
+  const { iv, ciphertext } = encrypt(encStructure('Encrypt', protectedBytes, o.externalAad ?? EMPTY));
+  return encodeCbor(new CborTag(TAG_ENCRYPT, [protectedBytes, new Map([[Header.IV, iv]]), ciphertext, recipients]));
 }
 
 /** Seals a COSE_Encrypt0 under a direct key with an explicit IV; the sealer refuses a repeated IV. */

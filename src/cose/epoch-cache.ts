@@ -2,12 +2,19 @@
  * Receiver-side cache of sealing-epoch content keys. A device reuses one ephemeral X25519 key and
  * content key for an epoch, so the receiver does one ECDH + HKDF per epoch instead of per message.
  * Bounded: least recently used entries go first, and their keys are zeroised on eviction.
+ *
+ * Recency is kept by Map insertion order. Moving an entry to the end on every hit costs more than
+ * the rest of the lookup, so a hit moves its entry only once it has drifted into the older half:
+ * the eviction order stays least-recently-used to within half the capacity, and a device streaming
+ * within one epoch costs one hash lookup per message.
  */
 import { zeroize } from '../util/bytes.ts';
 
 export class EpochKeyCache {
   readonly #max: number;
-  readonly #entries = new Map<string, Uint8Array>();
+  readonly #entries = new Map<string, { key: Uint8Array; stamp: number }>();
+  /** Counts insertions and moves: an entry's stamp says how far back in the order it sits. */
+  #tick = 0;
   #hits = 0;
   #misses = 0;
 
@@ -29,29 +36,32 @@ export class EpochKeyCache {
     const hit = this.#entries.get(id);
     if (hit !== undefined) {
       this.#hits++;
-      this.#entries.delete(id);
-      this.#entries.set(id, hit); // most recently used last
-      return hit;
+      if (this.#tick - hit.stamp > this.#max / 2) {
+        this.#entries.delete(id);
+        hit.stamp = ++this.#tick;
+        this.#entries.set(id, hit); // most recently used last
+      }
+      return hit.key;
     }
     this.#misses++;
     const key = derive();
     if (this.#entries.size >= this.#max) {
-      const [oldestId, oldestKey] = this.#entries.entries().next().value as [string, Uint8Array];
+      const [oldestId, oldest] = this.#entries.entries().next().value as [string, { key: Uint8Array }];
       this.#entries.delete(oldestId);
-      zeroize(oldestKey);
+      zeroize(oldest.key);
     }
-    this.#entries.set(id, key);
+    this.#entries.set(id, { key, stamp: ++this.#tick });
     return key;
   }
 
   /** Forgets one epoch (its key failed to open a message, or it was retired). */
   forget(id: string): void {
-    zeroize(this.#entries.get(id));
+    zeroize(this.#entries.get(id)?.key);
     this.#entries.delete(id);
   }
 
   clear(): void {
-    for (const k of this.#entries.values()) zeroize(k);
+    for (const e of this.#entries.values()) zeroize(e.key);
     this.#entries.clear();
   }
 }

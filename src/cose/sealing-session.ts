@@ -20,7 +20,8 @@ import { abytes } from '../util/assert.ts';
 import { toHex, zeroize } from '../util/bytes.ts';
 import type { Clock } from '../util/clock.ts';
 import type { CoseAlgName, CoseContentAlg } from './algorithms.ts';
-import { assembleEncrypt, ECDH_ES_PROTECTED, ecdhEsContentKey, requireAlg } from './encrypt.ts';
+import type { CborRaw } from '../codec/cbor.ts';
+import { assembleEncrypt, ECDH_ES_PROTECTED, ecdhEsContentKey, ecdhEsRecipients, requireAlg } from './encrypt.ts';
 import type { HeaderMap } from './headers.ts';
 
 export interface SealingSessionOptions {
@@ -44,6 +45,8 @@ export interface EpochInfo {
 
 interface Epoch {
   readonly publicKey: Uint8Array;
+  /** The encoded recipients array, the same for every message of the epoch. */
+  readonly recipients: CborRaw;
   readonly sealer: CounterSealer;
   readonly startedAt: number;
 }
@@ -90,11 +93,7 @@ export class SealingSession {
     return assembleEncrypt(this.#alg, (aad) => {
       const { nonce, sealed } = e.sealer.seal(plaintext, aad);
       return { iv: nonce, ciphertext: sealed };
-    }, e.publicKey, {
-      ...(opts.externalAad === undefined ? {} : { externalAad: opts.externalAad }),
-      ...(opts.protectedExtras === undefined ? {} : { protectedExtras: opts.protectedExtras }),
-      ...(this.#kid === undefined ? {} : { recipientKid: this.#kid }),
-    });
+    }, e.recipients, opts);
   }
 
   /** Ends the current epoch now (key compromise drill, configuration change). */
@@ -118,7 +117,7 @@ export class SealingSession {
     try {
       cek = ecdhEsContentKey(this.#provider, this.#alg, this.#provider.x25519(eph.privateKey, this.#recipient), ECDH_ES_PROTECTED);
       const sealer = new CounterSealer(this.#provider, this.#alg.aead, cek, this.#provider.randomBytes(this.#alg.nonceLength), this.#maxMessages);
-      this.#epoch = { publicKey: eph.publicKey, sealer, startedAt: now };
+      this.#epoch = { publicKey: eph.publicKey, recipients: ecdhEsRecipients(eph.publicKey, this.#kid), sealer, startedAt: now };
       this.#epochs++;
       return this.#epoch;
     } finally {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { getProvider, OneShotSealer, PROVIDER_NAMES, providerForAead } from '../../src/crypto/index.ts';
 import {
-  aadProtected, assembleEncrypt, contentAlgById, ecdhEsContentKey, encStructure, Header, kdfContext, openCose, parseCoseEncrypt,
+  aadProtected, assembleEncrypt, contentAlgById, ecdhEsContentKey, ecdhEsRecipients, encStructure, Header, kdfContext, openCose, parseCoseEncrypt,
   sealEncrypt0, serializeEncrypt, x25519Recipient, type HeaderMap,
 } from '../../src/cose/index.ts';
 import { fromHex, toHex } from '../../src/util/bytes.ts';
@@ -86,7 +86,7 @@ describe('COSE examples (cose-wg/Examples)', () => {
         assert.equal(toHex(derived), v.cek);
         const kid = parsed.recipients[0]?.unprotected.get(Header.KID) as Uint8Array;
         ours = assembleEncrypt(alg, (aad) => ({ iv, ciphertext: provider.aeadSeal(alg.aead, derived, iv, fromHex(v.plaintext), aad) }),
-          provider.x25519PublicKey(eph), { recipientKid: kid });
+          ecdhEsRecipients(provider.x25519PublicKey(eph), kid), {});
       } else {
         const aad = encStructure('Encrypt', parsed.protectedBytes, extAad);
         const r = parsed.recipients[0];

@@ -68,6 +68,23 @@ describe('sealing epochs', () => {
     assert.deepEqual(cache.stats, { hits: 0, misses: 4 });
   });
 
+  it('a hit keeps an old entry from eviction; the cache zeroises what it evicts', () => {
+    const cache = new EpochKeyCache(4);
+    const keys = ['a', 'b', 'c', 'd', 'e', 'f'].map((id) => [id, new Uint8Array(16).fill(id.charCodeAt(0))] as const);
+    const get = (i: number) => cache.getOrDerive((keys[i] as readonly [string, Uint8Array])[0], () => (keys[i] as readonly [string, Uint8Array])[1]);
+    for (let i = 0; i < 4; i++) get(i);
+    get(0); // 'a' has drifted into the older half: this hit moves it to the newest end
+    get(4); // full: evicts the least recently used, 'b'
+    get(5); // then 'c'
+    assert.equal(cache.size, 4);
+    assert.deepEqual(cache.stats, { hits: 1, misses: 6 });
+    get(0);
+    assert.deepEqual(cache.stats, { hits: 2, misses: 6 }, "'a' survived");
+    assert.ok((keys[1] as readonly [string, Uint8Array])[1].every((b) => b === 0), "evicted 'b' was zeroised");
+    assert.ok((keys[2] as readonly [string, Uint8Array])[1].every((b) => b === 0), "evicted 'c' was zeroised");
+    assert.ok((keys[3] as readonly [string, Uint8Array])[1].every((b) => b === 0x64), "'d' is still cached and intact");
+  });
+
   it('noble opens what node seals (cross-provider)', () => {
     const noble = getProvider('noble');
     const msg = sealEncrypt({ alg: 'chacha20-poly1305', recipientPublicKey: ingest.publicKey, plaintext: text('hr 72'), provider: p });
