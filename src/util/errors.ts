@@ -53,3 +53,19 @@ export class KeyStoreError extends VitalsealError {
 export class StorageError extends VitalsealError {
   readonly kind = 'storage';
 }
+
+/**
+ * A transport failed transiently (connection lost, timeout, broker or ingest unreachable): the
+ * message was not acknowledged and may be sent again.
+ */
+export class TransportError extends VitalsealError {
+  readonly kind = 'transport';
+}
+
+/**
+ * The receiving side refused a message for good (malformed, unauthorised, forbidden, too large):
+ * sending the same bytes again will not help. `code` names the reason.
+ */
+export class UplinkRejected extends VitalsealError {
+  readonly kind = 'rejected';
+}
