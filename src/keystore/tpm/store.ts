@@ -362,9 +362,9 @@ class FapiKeyStore implements TpmKeyStore {
   }
 
   /** The error for a failed TPM command on an object known to exist in the keystore. */
-  #tpmError(f: FapiCalls, rc: number, operation: string, path: string): TpmKeyStoreError {
-    if (rc === KEY_NOT_FOUND) return clearedError(this.#config, `${operation} ${path}`, rc);
-    return f.error(rc, { operation, path });
+  #tpmError(f: FapiCalls, rc: number, operation: string, path?: string): TpmKeyStoreError {
+    if (rc === KEY_NOT_FOUND) return clearedError(this.#config, path === undefined ? operation : `${operation} ${path}`, rc);
+    return f.error(rc, path === undefined ? { operation } : { operation, path });
   }
 
   async #requireKind(f: FapiCalls, path: string, wanted: ObjectKind, label: string): Promise<Inspected> {
@@ -560,7 +560,8 @@ class FapiKeyStore implements TpmKeyStore {
     return this.#ctx.run(async (f) => {
       if (length === 0) return new Uint8Array(0);
       const r = await f.getRandom(length);
-      if (r.rc !== 0 || r.data === undefined) throw f.error(r.rc || 1, { operation: 'get random' });
+      // FAPI salts its session with the SRK even for GetRandom: "key not found" here also means cleared.
+      if (r.rc !== 0 || r.data === undefined) throw this.#tpmError(f, r.rc || 1, 'get random');
       if (r.data.length !== length) throw new TpmKeyStoreError('tpm-error', `TPM returned ${r.data.length} random bytes, asked for ${length}`);
       return r.data;
     });
