@@ -213,6 +213,22 @@ describe('no TPM, no library, bad configuration', () => {
     await assert.rejects(openTpmKeyStore({ kind: 'tpm', tcti: 'nosuchtcti:x', dir: tempDir('vitalseal-tpm-none-') }), code('config', /not a usable TCTI/));
   });
 
+  it("FAPI's own stderr logging is silenced: failures reach the caller as typed errors only", async () => {
+    const port = await freePort();
+    const d = tempDir('vitalseal-tpm-quiet-');
+    const script = join(d, 'open.mts');
+    const store = new URL('../../src/keystore/tpm/index.ts', import.meta.url).pathname;
+    writeFileSync(script, `import { openTpmKeyStore } from ${JSON.stringify(store)};
+try { await openTpmKeyStore({ kind: 'tpm', tcti: 'swtpm:host=127.0.0.1,port=${port}', dir: ${JSON.stringify(join(d, 'ks'))} }); }
+catch (e) { process.stdout.write(String(e.code)); }
+`);
+    const env: Record<string, string | undefined> = { ...process.env };
+    delete env['TSS2_LOG'];
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { encoding: 'utf8', env, cwd: new URL('../..', import.meta.url).pathname, timeout: 60_000 });
+    assert.equal(r.stdout, 'no-tpm', r.stderr);
+    assert.equal(r.stderr, '');
+  });
+
   it('configuration: tcti and dir, or an existing FAPI config', async () => {
     await assert.rejects(openTpmKeyStore({ kind: 'tpm' }), code('config', /fapiConfig, or both tcti and dir/));
     await assert.rejects(openTpmKeyStore({ kind: 'tpm', tcti: 'device:/dev/tpmrm0' }), code('config'));

@@ -63,6 +63,12 @@ describe('TPM store and tpm2-tools share one keystore', () => {
     assert.deepEqual((await store.list()).find((k) => k.name === 'peer-theirs'), { name: 'peer-theirs', type: 'sealed' });
   });
 
+  it('an object tss2_createseal protected with a password is refused as auth-required, without a DA count', async () => {
+    ok(tool('tss2_createseal', ['--path=/HS/SRK/peer-password', '--type=', '--authValue=pw', '--data=-'], Uint8Array.of(1)), 'tss2_createseal');
+    await assert.rejects(store.unseal('peer-password'), (e: unknown) => e instanceof KeyStoreError && e.code === 'auth-required');
+    assert.match(ok(tool('tpm2_getcap', ['-T', tpm.tcti, 'properties-variable']), 'tpm2_getcap').toString(), /TPM2_PT_LOCKOUT_COUNTER: 0x0\b/);
+  });
+
   it('tss2_list sees our objects and we see theirs', async () => {
     await store.createSigningKey('peer-listed');
     const listed = ok(tool('tss2_list', ['--searchPath=/HS/SRK']), 'tss2_list').toString().split(':');
