@@ -103,14 +103,6 @@ export class FapiContext {
     }
   }
 
-  /** Re-reads the config file (after the store rewrote it) by finalizing and initializing again. */
-  async reinitialize(): Promise<void> {
-    await this.run(async () => {
-      this.#finalize();
-      await this.#initialize();
-    });
-  }
-
   #decoded(rc: number): { decoded?: string } {
     const text = this.#lib.decodeRc(rc);
     return text === undefined ? {} : { decoded: text };

@@ -107,6 +107,7 @@ export const TPM_RC = {
   PCR_CHANGED: 0x128,
   REBOOT: 0x130,
   NV_DEFINED: 0x14c,
+  VALUE: 0x084,
   AUTH_FAIL: 0x08e,
   HANDLE: 0x08b,
   BAD_AUTH: 0x0a2,

@@ -180,15 +180,16 @@ async function verifySrk(f: FapiCalls, config: ResolvedFapiConfig, info: TpmInfo
   const r = await f.readPersistentName(handle);
   if (r.rc !== 0) {
     const d = decodeRc(r.rc);
-    if (d.code === TPM_RC.HANDLE || d.code === 0x084 /* TPM_RC_VALUE: no such handle */) throw clearedError(config, 'open', r.rc);
+    if (d.code === TPM_RC.HANDLE || d.code === TPM_RC.VALUE) throw clearedError(config, 'open', r.rc);
     throw f.error(r.rc, { operation: 'read the storage root key from the TPM' });
   }
   if (r.name === undefined || !equalBytes(r.name, expected)) {
     throw new TpmKeyStoreError('tpm-mismatch',
       `TPM open: the storage root key at 0x${handle.toString(16)} is not the one this keystore (${config.systemDir}) was provisioned under `
       + `(TPM Name ${r.name === undefined ? '?' : toHex(r.name)}, keystore ${toHex(expected)}). The keystore belongs to another TPM, or this TPM was `
-      + 'cleared and then provisioned by another keystore. Using it would only fail, and would count as dictionary-attack failures; '
-      + 'point the store at the keystore made for this TPM.');
+      + 'cleared and then provisioned by another keystore. Using it would only fail, and would count as dictionary-attack failures. '
+      + 'Point the store at the keystore made for this TPM; if these objects are known to be dead (this TPM was cleared), remove '
+      + `${config.userDir} and ${config.systemDir} and open again: FAPI adopts the TPM's current SRK.`);
   }
 }
 
@@ -279,8 +280,8 @@ export async function openTpmKeyStore(config: TpmKeyStoreConfig, opts: TpmKeySto
  * The re-provisioning path after a TPM clear (or a simulator state reset): only when the TPM no
  * longer holds the keystore's SRK, wipes this profile's objects from the keystore directories
  * (they cannot work again) and provisions afresh. Refuses (`refused`) when the SRK is still there,
- * and (`tpm-mismatch`) when another keystore's SRK occupies the handle: evicting it would destroy
- * that keystore's keys, which is an operator's decision, not the agent's.
+ * and (`tpm-mismatch`) when the TPM holds a different SRK: then the keystore may be another
+ * device's, whose keys still work there, and deleting it is an operator's decision.
  *
  * @example
  *   try { store = await openTpmKeyStore(cfg); }
