@@ -102,7 +102,7 @@ const ALREADY_PROVISIONED = fapiRc(BASE.ALREADY_PROVISIONED);
 const NO_CERT = fapiRc(BASE.NO_CERT);
 
 const REPROVISION_HINT = 'Every key and sealed secret made under it is gone for good: re-provision the keystore '
-  + '(reprovisionTpmKeyStore, or `vitalseal keys reprovision`), then re-enrol the device (new identity key and certificate) '
+  + '(reprovisionTpmKeyStore), then re-enrol the device (new identity key and certificate) '
   + 'and treat data wrapped by the old KEKs as lost.';
 
 function clearedError(config: ResolvedFapiConfig, what: string, rc?: number): TpmKeyStoreError {
