@@ -1,0 +1,305 @@
+/**
+ * Starts a TPM 2.0 simulator (swtpm, from Debian's `swtpm` package) for tests, benchmarks and the
+ * demo: socket mode on free loopback ports, state in a temp directory, stopped on `stop()` (and
+ * killed if the process exits first). `restart()` stops it cleanly and starts it again over the same
+ * state, as a reboot does; `resetState()` starts it over an empty state, as a new chip.
+ *
+ * swtpm serves one client connection at a time and has three transient object slots. With
+ * `resourceManager: true` the harness also starts tpm2-abrmd (the access broker and resource
+ * manager, as /dev/tpmrm0 is on a device) on a private D-Bus, so several clients can use the TPM at
+ * once (our store and tpm2-tools side by side): clients then use `tcti` and need `env` (the private
+ * bus address) in their environment.
+ *
+ * @example
+ *   const tpm = await startSwtpm();
+ *   const store = await openTpmKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir });
+ *   ...
+ *   await tpm.stop();
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from './ports.ts';
+
+export interface SwtpmOptions {
+  /** Use this state directory (kept on stop) instead of a fresh temp dir (removed on stop). */
+  readonly stateDir?: string;
+  /** Also run tpm2-abrmd on a private D-Bus and hand out its TCTI. */
+  readonly resourceManager?: boolean;
+}
+
+export interface Swtpm {
+  /** TCTI for clients: the resource manager's when there is one, swtpm's own otherwise. */
+  readonly tcti: string;
+  /** swtpm's own TCTI (one client at a time). */
+  readonly directTcti: string;
+  /** Environment clients of `tcti` need (the private D-Bus address when a resource manager runs). */
+  readonly env: Readonly<Record<string, string>>;
+  readonly port: number;
+  /** The control channel: always `port + 1`, where the swtpm TCTI looks for it. */
+  readonly ctrlPort: number;
+  readonly stateDir: string;
+  /** Clean shutdown (state saved) and start again over the same state, on the same ports. */
+  restart(): Promise<void>;
+  /** Stops, empties the state directory, starts again: a TPM that has never been used. */
+  resetState(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    // Last resort when a test process ends without stop(): never leave simulators behind.
+    process.once('exit', () => {
+      for (const c of live) c.kill('SIGKILL');
+    });
+  }
+}
+
+function need(binary: string, pkg: string): void {
+  const r = spawnSync('sh', ['-c', `command -v ${binary}`], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${binary} not found: install the Debian package "${pkg}" (scripts/setup does)`);
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Two free consecutive ports: the swtpm TCTI (like mssim's) talks to the control channel on
+ * `port + 1`.
+ */
+async function freePortPair(): Promise<number> {
+  for (let i = 0; i < 50; i++) {
+    const p = await freePort();
+    if (p < 65535 && await portFree(p + 1)) return p;
+  }
+  throw new Error('no two consecutive free loopback ports');
+}
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function exited(child: ChildProcess): Promise<void> {
+  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r()));
+}
+
+async function stopChild(child: ChildProcess, graceful: () => void, ms = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  graceful();
+  const done = exited(child);
+  const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+  await done;
+  clearTimeout(timer);
+}
+
+class SwtpmProcess {
+  child: ChildProcess | undefined;
+  stderr = '';
+  constructor(readonly stateDir: string, public port: number) {}
+
+  get ctrlPort(): number {
+    return this.port + 1;
+  }
+
+  async start(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const child = spawn('swtpm', [
+        'socket', '--tpm2',
+        '--tpmstate', `dir=${this.stateDir}`,
+        '--server', `type=tcp,port=${this.port},bindaddr=127.0.0.1`,
+        '--ctrl', `type=tcp,port=${this.ctrlPort},bindaddr=127.0.0.1`,
+        // Power on and TPM2_Startup(CLEAR) by itself, as firmware does on a device.
+        '--flags', 'not-need-init,startup-clear',
+      ], { stdio: ['ignore', 'ignore', 'pipe'] });
+      track(child);
+      this.stderr = '';
+      child.stderr?.on('data', (d: Buffer) => { this.stderr = (this.stderr + d.toString()).slice(-4000); });
+      this.child = child;
+      for (let i = 0; i < 200; i++) {
+        if (child.exitCode !== null) break;
+        if (await canConnect(this.ctrlPort)) return;
+        await delay(25);
+      }
+      child.kill('SIGKILL');
+      await exited(child);
+      if (attempt >= 2) throw new Error(`swtpm did not start: ${this.stderr.trim()}`);
+      // Most likely a port taken between freePort() and bind: pick new ones.
+      this.port = await freePortPair();
+    }
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (child === undefined) return;
+    // CMD_SHUTDOWN on the control channel: swtpm saves its state and exits.
+    await stopChild(child, () => {
+      const r = spawnSync('swtpm_ioctl', ['--tcp', `127.0.0.1:${this.ctrlPort}`, '-s'], { encoding: 'utf8', timeout: 5000 });
+      if (r.status !== 0) child.kill('SIGTERM');
+    });
+    this.child = undefined;
+  }
+}
+
+class ResourceManager {
+  dbus: ChildProcess | undefined;
+  abrmd: ChildProcess | undefined;
+  readonly busName = 'com.vitalseal.test.Tabrmd';
+  constructor(readonly dir: string) {}
+
+  get address(): string {
+    return `unix:path=${join(this.dir, 'bus.sock')}`;
+  }
+
+  get tcti(): string {
+    return `tabrmd:bus_name=${this.busName},bus_type=session`;
+  }
+
+  async startBus(): Promise<void> {
+    need('dbus-daemon', 'dbus');
+    mkdirSync(this.dir, { recursive: true });
+    const conf = join(this.dir, 'bus.conf');
+    // A private session bus only this test's processes know the address of.
+    writeFileSync(conf, `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>${this.address}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+`);
+    const child = spawn('dbus-daemon', [`--config-file=${conf}`, '--nofork', '--nopidfile'], { stdio: 'ignore' });
+    track(child);
+    this.dbus = child;
+    for (let i = 0; i < 200 && !existsSync(join(this.dir, 'bus.sock')); i++) {
+      if (child.exitCode !== null) throw new Error('dbus-daemon exited at start');
+      await delay(25);
+    }
+  }
+
+  async startBroker(swtpmTcti: string): Promise<void> {
+    need('tpm2-abrmd', 'tpm2-abrmd');
+    const args = ['--session', `--dbus-name=${this.busName}`, `--tcti=${swtpmTcti}`, '--flush-all'];
+    if (process.getuid?.() === 0) args.push('--allow-root');
+    let log = '';
+    const child = spawn('tpm2-abrmd', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: this.address } });
+    track(child);
+    child.stdout?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-4000); });
+    child.stderr?.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-4000); });
+    this.abrmd = child;
+    for (let i = 0; i < 200; i++) {
+      if (child.exitCode !== null) break;
+      const r = spawnSync('tpm2_getrandom', ['-T', this.tcti, '1'], {
+        encoding: 'utf8', env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: this.address, TSS2_LOG: 'all+NONE' }, timeout: 5000,
+      });
+      if (r.status === 0) return;
+      await delay(50);
+    }
+    child.kill('SIGKILL');
+    throw new Error(`tpm2-abrmd did not start (install the Debian packages tpm2-abrmd and libtss2-tcti-tabrmd0): ${log.trim()}`);
+  }
+
+  async stopBroker(): Promise<void> {
+    if (this.abrmd !== undefined) await stopChild(this.abrmd, () => this.abrmd?.kill('SIGTERM'));
+    this.abrmd = undefined;
+  }
+
+  async stopBus(): Promise<void> {
+    if (this.dbus !== undefined) await stopChild(this.dbus, () => this.dbus?.kill('SIGTERM'));
+    this.dbus = undefined;
+  }
+}
+
+/** Starts swtpm (and, if asked, tpm2-abrmd on a private D-Bus). */
+export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
+  need('swtpm', 'swtpm');
+  need('swtpm_ioctl', 'swtpm-tools');
+  const ownDir = opts.stateDir === undefined;
+  const base = mkdtempSync(join(tmpdir(), 'vitalseal-swtpm-'));
+  const stateDir = opts.stateDir ?? join(base, 'state');
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const tpm = new SwtpmProcess(stateDir, await freePortPair());
+  const rm = opts.resourceManager === true ? new ResourceManager(join(base, 'rm')) : undefined;
+  const cleanupDirs = () => {
+    rmSync(base, { recursive: true, force: true });
+    if (ownDir) rmSync(stateDir, { recursive: true, force: true });
+  };
+  const directTcti = () => `swtpm:host=127.0.0.1,port=${tpm.port}`;
+  try {
+    await tpm.start();
+    if (rm !== undefined) {
+      await rm.startBus();
+      await rm.startBroker(directTcti());
+    }
+  } catch (e) {
+    await rm?.stopBroker();
+    await rm?.stopBus();
+    await tpm.stop();
+    cleanupDirs();
+    throw e;
+  }
+  let stopped = false;
+  const handle: Swtpm = {
+    get tcti() {
+      return rm?.tcti ?? directTcti();
+    },
+    get directTcti() {
+      return directTcti();
+    },
+    env: rm === undefined ? {} : { DBUS_SESSION_BUS_ADDRESS: rm.address },
+    get port() {
+      return tpm.port;
+    },
+    get ctrlPort() {
+      return tpm.ctrlPort;
+    },
+    stateDir,
+    async restart() {
+      await rm?.stopBroker();
+      await tpm.stop();
+      await tpm.start();
+      await rm?.startBroker(directTcti());
+    },
+    async resetState() {
+      await rm?.stopBroker();
+      await tpm.stop();
+      for (const f of readdirSync(stateDir)) rmSync(join(stateDir, f), { recursive: true, force: true });
+      await tpm.start();
+      await rm?.startBroker(directTcti());
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await rm?.stopBroker();
+      await rm?.stopBus();
+      await tpm.stop();
+      cleanupDirs();
+    },
+  };
+  return handle;
+}
