@@ -334,14 +334,15 @@ export class KeyHierarchy {
   }
 
   async #observe<T>(operation: KeyEvent['operation'], keyName: string, fn: () => Promise<T>): Promise<T> {
+    let result: T;
     try {
-      const result = await fn();
-      this.#emit(operation, keyName);
-      return result;
+      result = await fn();
     } catch (e) {
       this.#emit(operation, keyName, e);
       throw e;
     }
+    this.#emit(operation, keyName);
+    return result;
   }
 
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {

@@ -298,16 +298,20 @@ export class SoftwareKeyStore implements KeyStore {
     return task;
   }
 
-  /** `#run`, reporting the outcome as a key event. */
+  /**
+   * `#run`, reporting the outcome as a key event. A sink that throws fails the call (the caller
+   * asked for every key use to be recorded), and is not asked a second time.
+   */
   async #op<T>(operation: KeyEvent['operation'], keyName: string, writes: boolean, fn: () => Promise<T>): Promise<T> {
+    let result: T;
     try {
-      const result = await this.#run(writes, fn);
-      this.#record(operation, keyName);
-      return result;
+      result = await this.#run(writes, fn);
     } catch (e) {
       this.#record(operation, keyName, e);
       throw e;
     }
+    this.#record(operation, keyName);
+    return result;
   }
 
   #notFound(name: string): KeyStoreError {
