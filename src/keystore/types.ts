@@ -66,7 +66,9 @@ export interface KeyStore {
 
 /** Security events a key store reports; the audit log records them. Never carries secret material. */
 export interface KeyEvent {
-  readonly operation: 'create' | 'open' | 'sign' | 'seal' | 'unseal' | 'wrap' | 'unwrap' | 'delete' | 'rotate';
+  /** 'export' is the software store's development-only private key export. */
+  readonly operation: 'create' | 'open' | 'sign' | 'seal' | 'unseal' | 'wrap' | 'unwrap' | 'delete' | 'rotate' | 'export';
+  /** The key's name, or STORE_EVENT_KEY ('-') for events about the store as a whole (opening it). */
   readonly keyName: string;
   readonly store: KeyStoreKind;
   readonly result: 'ok' | 'error';
@@ -76,6 +78,14 @@ export interface KeyEvent {
 
 export interface KeyEventSink {
   record(event: KeyEvent): void;
+}
+
+/** `KeyEvent.keyName` for events that concern the whole store, not one key. */
+export const STORE_EVENT_KEY = '-';
+
+/** Where a store reports warnings (pino's `logger.warn(message)` fits). Never given secrets. */
+export interface KeyStoreLogger {
+  warn(message: string): void;
 }
 
 /**

@@ -7,17 +7,18 @@
  *   });
  *
  * `open` must return a store over the same persistent state each time it is called within one
- * fixture, so the suite can check that keys survive a close and reopen.
+ * fixture, so the suite can check that keys survive a close and reopen. When given a `KeyEventSink`,
+ * the store must report its key events to it (the audit log records them).
  */
 import assert from 'node:assert/strict';
 import { createPublicKey, verify } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { KeyStore } from '../../src/keystore/types.ts';
+import type { KeyEvent, KeyEventSink, KeyStore } from '../../src/keystore/types.ts';
 import { KeyStoreError } from '../../src/util/errors.ts';
 
 export interface KeyStoreFixture {
-  /** Opens the store over this fixture's state (a second call reopens the same keys). */
-  open(): Promise<KeyStore>;
+  /** Opens the store over this fixture's state (a second call reopens the same keys), reporting key events to `events`. */
+  open(events?: KeyEventSink): Promise<KeyStore>;
   /** Stops whatever the fixture started (swtpm, temp dirs). */
   cleanup(): Promise<void>;
 }
@@ -107,6 +108,26 @@ export function runKeyStoreContract(name: string, makeFixture: () => Promise<Key
       await assert.rejects(store.unseal(fresh('absent')), isKeyStoreError('not-found'));
     });
 
+    it('unseal and unwrapKey hand out copies: the caller may zeroise them, and its own inputs, after use', async () => {
+      const keyName = fresh('copy');
+      const secret = Uint8Array.from({ length: 24 }, (_, i) => i + 1);
+      const input = Uint8Array.from(secret);
+      await store.seal(keyName, input);
+      input.fill(0);
+      const first = await store.unseal(keyName);
+      assert.deepEqual(first, secret);
+      first.fill(0);
+      assert.deepEqual(await store.unseal(keyName), secret, 'zeroising a returned secret does not touch the stored one');
+      const kek = fresh('copykek');
+      const dek = Uint8Array.from(secret);
+      const wrapped = await store.wrapKey(kek, dek);
+      dek.fill(0);
+      const back = await store.unwrapKey(kek, wrapped);
+      assert.deepEqual(back, secret);
+      back.fill(0);
+      assert.deepEqual(await store.unwrapKey(kek, wrapped), secret);
+    });
+
     it('refuses a secret larger than the backend can seal', async () => {
       await assert.rejects(store.seal(fresh('big'), new Uint8Array(4097)), isKeyStoreError('too-large'));
     });
@@ -179,6 +200,50 @@ export function runKeyStoreContract(name: string, makeFixture: () => Promise<Key
       assert.ok(verifyWith(spki, msg, await signer.sign(msg)));
       assert.deepEqual(await store.unseal(k), Uint8Array.of(1, 2, 3));
       assert.deepEqual(await store.unwrapKey(w, wrapped), new Uint8Array(32).fill(9));
+    });
+
+    it('reports key events, with outcome and error code, and never secret material', async () => {
+      const events: KeyEvent[] = [];
+      await store.close();
+      store = await fixture.open({ record: (e) => events.push(e) });
+      const s = fresh('ev');
+      const k = fresh('ev');
+      const w = fresh('ev');
+      const secret = Uint8Array.from({ length: 32 }, (_, i) => 0xa0 ^ i);
+      const signer = await store.createSigningKey(s);
+      await (await store.openSigningKey(s)).sign(Uint8Array.of(1));
+      await signer.sign(Uint8Array.of(2));
+      await store.seal(k, secret);
+      await store.unseal(k);
+      const wrapped = await store.wrapKey(w, secret);
+      await store.unwrapKey(w, wrapped);
+      const bad = Uint8Array.from(wrapped);
+      bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1;
+      await assert.rejects(store.unwrapKey(w, bad));
+      await assert.rejects(store.unseal(fresh('absent')));
+      await store.delete(k);
+      const kind = store.describe().kind;
+      const seen = (op: KeyEvent['operation'], name: string, result: KeyEvent['result'], code?: string) =>
+        events.some((e) => e.operation === op && e.keyName === name && e.result === result && (code === undefined || e.code === code));
+      assert.ok(seen('create', s, 'ok'), 'create');
+      assert.ok(seen('open', s, 'ok'), 'open');
+      assert.equal(events.filter((e) => e.operation === 'sign' && e.keyName === s && e.result === 'ok').length, 2, 'one event per signature');
+      assert.ok(seen('seal', k, 'ok'), 'seal');
+      assert.ok(seen('unseal', k, 'ok'), 'unseal');
+      assert.ok(seen('wrap', w, 'ok'), 'wrap');
+      assert.ok(seen('unwrap', w, 'ok'), 'unwrap');
+      assert.ok(seen('unwrap', w, 'error', 'unwrap-failed'), 'failed unwrap, with its code');
+      assert.ok(events.some((e) => e.operation === 'unseal' && e.result === 'error' && e.code === 'not-found'), 'failed unseal, with its code');
+      assert.ok(seen('delete', k, 'ok'), 'delete');
+      const secretHex = Buffer.from(secret).toString('hex');
+      for (const e of events) {
+        assert.equal(e.store, kind);
+        for (const [field, value] of Object.entries(e)) {
+          assert.ok(['operation', 'keyName', 'store', 'result', 'code'].includes(field), `unexpected event field ${field}`);
+          assert.equal(typeof value, 'string', `${field} is a string`);
+        }
+        assert.ok(!JSON.stringify(e).includes(secretHex), 'no secret in an event');
+      }
     });
 
     it('refuses every call after close', async () => {
