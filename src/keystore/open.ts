@@ -39,9 +39,11 @@ export async function openKeyStore(config: KeyStoreConfig, opts: OpenKeyStoreOpt
         passphrase.fill(0);
       }
     }
-    case 'tpm':
-      // Wired at merge: `return openTpmKeyStore(config, opts)` from './tpm/index.ts'.
-      throw new Unsupported('backend-not-built', 'the tpm key store (src/keystore/tpm) is not built into this version yet; use --store software for development');
+    case 'tpm': {
+      // Loaded on demand: only TPM users load koffi and libtss2-fapi.
+      const { openTpmKeyStore } = await import('./tpm/index.ts');
+      return openTpmKeyStore(config, opts.events === undefined ? {} : { events: opts.events });
+    }
     case 'pkcs11':
       // Wired at merge: `return openPkcs11KeyStore(config, opts)` from './pkcs11/index.ts'.
       throw new Unsupported('backend-not-built', 'the pkcs11 key store (src/keystore/pkcs11) is not built into this version yet; use --store software for development');

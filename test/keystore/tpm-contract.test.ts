@@ -14,7 +14,7 @@ runKeyStoreContract('tpm (swtpm, FAPI through koffi)', async () => {
   const tpm = await startSwtpm();
   const dir = mkdtempSync(join(tmpdir(), 'vitalseal-tpm-store-'));
   return {
-    open: () => openTpmKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir }),
+    open: (events) => openTpmKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir }, events === undefined ? {} : { events }),
     async cleanup() {
       await tpm.stop();
       rmSync(dir, { recursive: true, force: true });
