@@ -139,6 +139,28 @@ describe('pkcs11 key store on SoftHSM2', () => {
     assert.match(b.describe().detail, /token "beta"/);
   });
 
+  it('says when the token has no user PIN yet (initialised by pkcs11-tool without --init-pin)', async () => {
+    const env = hsm.env({ VITALSEAL_TEST_SO_PIN: randomBytes(9).toString('base64url') });
+    const slots = spawnSync('pkcs11-tool', ['--module', hsm.module, '--list-slots'], { env, encoding: 'utf8' }).stdout;
+    const free = /^Slot \d+ \((0x[0-9a-f]+)\):.*\n\s+token state:\s+uninitialized/m.exec(slots);
+    assert.ok(free, slots);
+    const init = spawnSync('pkcs11-tool', ['--module', hsm.module, '--slot', String(Number(free[1])), '--init-token', '--label', 'no-user-pin',
+      '--so-pin', 'env:VITALSEAL_TEST_SO_PIN'], { env, encoding: 'utf8' });
+    assert.equal(init.status, 0, init.stderr);
+    // SoftHSM2 lists the tokens it found at C_Initialize: close both stores so the module is
+    // finalised and the next open initialises it again and sees the new token.
+    await a.close();
+    await b.close();
+    try {
+      await assert.rejects(openPkcs11KeyStore({ kind: 'pkcs11', module: hsm.module, token: 'pkcs11:token=no-user-pin', pin: { file: alpha.pinFile } }),
+        (e) => code('pin-not-initialized')(e) && /--init-pin/.test((e as Error).message));
+    } finally {
+      a = await openPkcs11KeyStore({ kind: 'pkcs11', module: hsm.module, token: alpha.uri, pin: { file: alpha.pinFile } },
+        { events: { record: (e) => events.push(e) } });
+      b = await open(beta);
+    }
+  });
+
   it('refuses a PIN of a length the token cannot take without spending a try', async () => {
     const short = join(hsm.dir, 'short.pin');
     writeFileSync(short, 'abc', { mode: 0o600 });
