@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createPublicKey, randomBytes, verify } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPkcs11KeyStore, SEAL_KEY_LABEL, type Pkcs11KeyStore } from '../../src/keystore/pkcs11/index.ts';
@@ -14,6 +15,8 @@ import type { KeyEvent } from '../../src/keystore/types.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { KeyStoreError } from '../../src/util/errors.ts';
 import { startSoftHsm, type SoftHsm, type SoftHsmToken } from '../../scripts/lib/softhsm.ts';
+
+const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof import('pkcs11js');
 
 const code = (c: string) => (e: unknown): boolean => {
   assert.ok(e instanceof KeyStoreError, `expected KeyStoreError(${c}), got ${String(e)}`);
@@ -258,6 +261,31 @@ describe('pkcs11 key store on SoftHSM2', () => {
     sigs.forEach((s, i) => assert.ok(verify('sha256', msgs[i] as Uint8Array, { key: spki, dsaEncoding: 'der' }, s)));
     const back = await Promise.all(wrapped.map((w) => a.unwrapKey('busy-kek', w)));
     back.forEach((k, i) => assert.deepEqual(k, new Uint8Array(deks[i] as Buffer)));
+  });
+
+  it('recovers when an operation was left active on its session', async () => {
+    // Another user of the module in this process (a second pkcs11js binding on the same library)
+    // starts a digest on the store's session and leaves it unfinished: every Init on that session
+    // then fails with CKR_OPERATION_ACTIVE until the store replaces the session.
+    const other = new pkcs11js.PKCS11();
+    other.load(hsm.module);
+    try { other.C_Initialize(); } catch (e) { assert.equal((e as { code?: number }).code, pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED); }
+    const signer = await a.createSigningKey('after-stuck');
+    let stuck = 0;
+    for (let h = 1n; h < 64n; h++) {
+      const handle = Buffer.alloc(8);
+      handle.writeBigUInt64LE(h);
+      try {
+        other.C_GetSessionInfo(handle);
+        other.C_DigestInit(handle, { mechanism: pkcs11js.CKM_SHA256 });
+        stuck++;
+      } catch { /* not a session of this process, or not idle */ }
+    }
+    assert.ok(stuck >= 2, 'the digests are started on the stores\' sessions');
+    const spki = createPublicKey({ key: Buffer.from(await signer.publicKeySpki()), format: 'der', type: 'spki' });
+    assert.ok(verify('sha256', Uint8Array.of(5), { key: spki, dsaEncoding: 'der' }, await signer.sign(Uint8Array.of(5))));
+    assert.equal((await b.randomBytes(8)).length, 8);
+    assert.equal((await a.list()).some((k) => k.name === 'after-stuck'), true, 'the login survived the new session');
   });
 
   it('records each key operation and its outcome for the audit log, never the secret', async () => {

@@ -3,7 +3,7 @@
  * URI parser it names tokens with. PKCS #11 code lives only in this folder (STYLE.md rule 9).
  *
  * @example
- *   import { openPkcs11KeyStore } from 'vitalseal/keystore/pkcs11';
+ *   import { openPkcs11KeyStore } from './src/keystore/pkcs11/index.ts';
  *   const store = await openPkcs11KeyStore({
  *     kind: 'pkcs11', module: '/usr/lib/softhsm/libsofthsm2.so',
  *     token: 'pkcs11:token=vitalseal', pin: { env: 'VITALSEAL_TOKEN_PIN' },

@@ -71,9 +71,16 @@ export interface Pkcs11KeyStore extends KeyStore {
   objectUri(name: string, type: 'private' | 'public' | 'secret-key' | 'data'): string;
 }
 
+/** The live session; one holder shared by the 'open' and 'closing' states, so a session replaced
+ * while a close is pending is the one the close ends. */
+interface LiveSession {
+  session: Pkcs11Handle;
+  readonly loggedInHere: boolean;
+}
+
 type State =
-  | { readonly kind: 'open'; session: Pkcs11Handle; readonly loggedInHere: boolean }
-  | { readonly kind: 'closing'; session: Pkcs11Handle; readonly loggedInHere: boolean }
+  | { readonly kind: 'open'; readonly live: LiveSession }
+  | { readonly kind: 'closing'; readonly live: LiveSession }
   | { readonly kind: 'closed' };
 
 interface TokenFacts {
@@ -106,7 +113,7 @@ class TokenKeyStore implements Pkcs11KeyStore {
   constructor(module: LoadedModule, token: TokenFacts, session: Pkcs11Handle, loggedInHere: boolean, events: KeyEventSink | undefined) {
     this.#module = module;
     this.#token = token;
-    this.#state = { kind: 'open', session, loggedInHere };
+    this.#state = { kind: 'open', live: { session, loggedInHere } };
     this.#events = events;
   }
 
@@ -304,16 +311,16 @@ class TokenKeyStore implements Pkcs11KeyStore {
     if (this.#closed !== undefined) return this.#closed;
     const st = this.#state;
     if (st.kind !== 'open') return Promise.resolve();
-    this.#state = { kind: 'closing', session: st.session, loggedInHere: st.loggedInHere };
+    this.#state = { kind: 'closing', live: st.live };
     // Teardown queues behind the calls already accepted, so they finish on a live session.
     this.#closed = this.#queue.run(async () => {
       const cur = this.#state;
       this.#state = { kind: 'closed' };
       if (cur.kind === 'closed') return;
-      if (cur.loggedInHere) {
-        try { this.#api.C_Logout(cur.session); } catch { /* closing the session logs out as well */ }
+      if (cur.live.loggedInHere) {
+        try { this.#api.C_Logout(cur.live.session); } catch { /* closing the session logs out as well */ }
       }
-      try { this.#api.C_CloseSession(cur.session); } catch { /* the token may already be gone */ }
+      try { this.#api.C_CloseSession(cur.live.session); } catch { /* the token may already be gone */ }
       this.#module.openSlots.delete(this.#token.slotKey);
       releaseModule(this.#module);
     });
@@ -333,7 +340,7 @@ class TokenKeyStore implements Pkcs11KeyStore {
       const st = this.#state;
       if (st.kind === 'closed') throw closedError();
       try {
-        return await fn(st.session);
+        return await fn(st.live.session);
       } catch (err) {
         const mapped = toKeyStoreError(err, { action });
         if (mapped instanceof KeyStoreError && mapped.code === 'operation-active') {
@@ -342,9 +349,9 @@ class TokenKeyStore implements Pkcs11KeyStore {
           // application, not the session (PKCS #11 v2.40 §5.6), as long as one session stays open.
           // Every job is safe to run again from the start: none has created anything by the time an
           // Init fails.
-          this.#replaceSession(st);
+          this.#replaceSession(st.live);
           try {
-            return await fn(st.session);
+            return await fn(st.live.session);
           } catch (again) {
             throw toKeyStoreError(again, { action });
           }
@@ -354,10 +361,10 @@ class TokenKeyStore implements Pkcs11KeyStore {
     });
   }
 
-  #replaceSession(st: { session: Pkcs11Handle }): void {
+  #replaceSession(live: LiveSession): void {
     const fresh = this.#api.C_OpenSession(this.#token.slot, ck.CKF_SERIAL_SESSION | ck.CKF_RW_SESSION);
-    try { this.#api.C_CloseSession(st.session); } catch { /* the old session is being dropped anyway */ }
-    st.session = fresh;
+    try { this.#api.C_CloseSession(live.session); } catch { /* the old session is being dropped anyway */ }
+    live.session = fresh;
   }
 
   /** Records the outcome of an operation on a named key, then passes the result or error through. */
