@@ -6,7 +6,7 @@
  *   const store = await openKeyStore({ kind: 'software', path: 'dev.vsks', passphrase: { env: 'VITALSEAL_PASSPHRASE' } },
  *                                    { env: process.env, events: auditSink, logger });
  */
-import { KeyStoreError, Unsupported } from '../util/errors.ts';
+import { KeyStoreError } from '../util/errors.ts';
 import type { KeyStoreConfig, Pkcs11KeyStoreConfig, SoftwareKeyStoreConfig, TpmKeyStoreConfig } from './config.ts';
 import { parseSecretSource, readSecret } from './secret-source.ts';
 import { openSoftwareKeyStore } from './software/store.ts';
@@ -44,9 +44,11 @@ export async function openKeyStore(config: KeyStoreConfig, opts: OpenKeyStoreOpt
       const { openTpmKeyStore } = await import('./tpm/index.ts');
       return openTpmKeyStore(config, opts.events === undefined ? {} : { events: opts.events });
     }
-    case 'pkcs11':
-      // Wired at merge: `return openPkcs11KeyStore(config, opts)` from './pkcs11/index.ts'.
-      throw new Unsupported('backend-not-built', 'the pkcs11 key store (src/keystore/pkcs11) is not built into this version yet; use --store software for development');
+    case 'pkcs11': {
+      // Loaded on demand: only token users load the pkcs11js addon.
+      const { openPkcs11KeyStore } = await import('./pkcs11/index.ts');
+      return openPkcs11KeyStore(config, opts.events === undefined ? {} : { events: opts.events });
+    }
     default: {
       const never: never = config;
       throw new KeyStoreError('invalid-config', `unknown key store kind ${JSON.stringify((never as { kind?: unknown }).kind)}`);

@@ -3,6 +3,8 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { startSoftHsm } from '../../scripts/lib/softhsm.ts';
+import { startSwtpm } from '../../scripts/lib/swtpm.ts';
 import { openKeyStore, parseKeyStoreConfig } from '../../src/keystore/open.ts';
 import { readSecret } from '../../src/keystore/secret-source.ts';
 import { KeyStoreError, Unsupported } from '../../src/util/errors.ts';
@@ -55,10 +57,25 @@ describe('openKeyStore: configuration to store', () => {
     await assert.rejects(openKeyStore({ kind: 'software', path, passphrase: { env: 'VS_PASS' } }, { env: { VS_PASS: 'open sesame!' } }), code('wrong-passphrase'));
   });
 
-  it('says plainly that the tpm and pkcs11 backends are not built in yet', async () => {
-    await assert.rejects(openKeyStore({ kind: 'tpm', tcti: 'device:/dev/tpmrm0' }), (e: unknown) => code('backend-not-built', Unsupported)(e) && /tpm/.test((e as Error).message));
-    await assert.rejects(openKeyStore({ kind: 'pkcs11', module: '/usr/lib/softhsm/libsofthsm2.so', token: 'pkcs11:token=t', pin: { env: 'PIN' } }),
-      (e: unknown) => code('backend-not-built', Unsupported)(e) && /pkcs11/.test((e as Error).message));
+  it('opens the TPM store on a real swtpm and the PKCS#11 store on a real SoftHSM2 token', async () => {
+    const tpm = await startSwtpm();
+    const hsm = await startSoftHsm();
+    const tpmDir = mkdtempSync(join(tmpdir(), 'vitalseal-open-tpm-'));
+    try {
+      const t = await openKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir: tpmDir });
+      assert.equal(t.describe().kind, 'tpm');
+      assert.equal((await t.randomBytes(8)).length, 8);
+      await t.close();
+      const token = await hsm.addToken('open-test');
+      const p = await openKeyStore({ kind: 'pkcs11', module: hsm.module, token: token.uri, pin: { file: token.pinFile } });
+      assert.equal(p.describe().kind, 'pkcs11');
+      await p.close();
+      await assert.rejects(openKeyStore({ kind: 'tpm', tcti: 'device:/dev/tpmrm0' }), code('config'), 'a TPM config without dir or fapiConfig');
+    } finally {
+      await tpm.stop();
+      await hsm.stop();
+      rmSync(tpmDir, { recursive: true, force: true });
+    }
   });
 });
 

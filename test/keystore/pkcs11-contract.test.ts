@@ -11,7 +11,7 @@ runKeyStoreContract('pkcs11 (SoftHSM2)', async () => {
   try {
     const token = await hsm.addToken('vitalseal-contract');
     return {
-      open: () => openPkcs11KeyStore({ kind: 'pkcs11', module: hsm.module, token: token.uri, pin: { file: token.pinFile } }),
+      open: (events) => openPkcs11KeyStore({ kind: 'pkcs11', module: hsm.module, token: token.uri, pin: { file: token.pinFile } }, events === undefined ? {} : { events }),
       cleanup: () => hsm.stop(),
     };
   } catch (err) {
