@@ -183,41 +183,36 @@ describe('PIN sources', () => {
     return p;
   };
 
-  it('reads a 0600 file, dropping one trailing newline', () => {
-    assert.equal(readPin({ file: file('a', 'pin-1234\n') }), 'pin-1234');
-    assert.equal(readPin({ file: file('b', 'pin-1234\r\n') }), 'pin-1234');
-    assert.equal(readPin({ file: file('c', 'pin-1234') }), 'pin-1234');
+  it('reads a 0600 file, dropping one trailing newline', async () => {
+    assert.equal(await readPin({ file: file('a', 'pin-1234\n') }), 'pin-1234');
+    assert.equal(await readPin({ file: file('b', 'pin-1234\r\n') }), 'pin-1234');
+    assert.equal(await readPin({ file: file('c', 'pin-1234') }), 'pin-1234');
   });
 
-  it('refuses a file others can read, a symlink, a directory, a missing or empty file', () => {
-    assert.throws(() => readPin({ file: file('open', 'x1234', 0o644) }), (e) => code('insecure-permissions')(e) && /chmod 600/.test((e as Error).message));
-    assert.throws(() => readPin({ file: file('group', 'x1234', 0o640) }), code('insecure-permissions'));
+  it('refuses a file others can read, a symlink, a directory, a missing or empty file', async () => {
+    await assert.rejects(readPin({ file: file('open', 'x1234', 0o644) }), (e) => code('insecure-permissions')(e) && /chmod 600/.test((e as Error).message));
+    await assert.rejects(readPin({ file: file('group', 'x1234', 0o640) }), code('insecure-permissions'));
     const target = file('target', 'x1234');
     symlinkSync(target, join(dir, 'link'));
-    assert.throws(() => readPin({ file: join(dir, 'link') }), code('insecure-permissions'));
+    await assert.rejects(readPin({ file: join(dir, 'link') }), code('not-a-file'));
     mkdirSync(join(dir, 'd'), { mode: 0o700 });
-    assert.throws(() => readPin({ file: join(dir, 'd') }), code('insecure-permissions'));
-    assert.throws(() => readPin({ file: join(dir, 'absent') }), code('pin-missing'));
-    assert.throws(() => readPin({ file: file('empty', '\n') }), code('pin-missing'));
+    await assert.rejects(readPin({ file: join(dir, 'd') }), code('not-a-file'));
+    await assert.rejects(readPin({ file: join(dir, 'absent') }), code('file-not-found'));
+    await assert.rejects(readPin({ file: file('empty', '\n') }), code('secret-missing'));
   });
 
-  it('refuses an over-long PIN, invalid UTF-8 and embedded line breaks', () => {
-    assert.throws(() => readPin({ file: file('long', 'x'.repeat(256)) }), code('pin-invalid'));
-    assert.equal(readPin({ file: file('max', 'x'.repeat(255)) }).length, 255);
-    assert.throws(() => readPin({ file: file('huge', 'x'.repeat(100_000)) }), code('pin-invalid'));
-    assert.throws(() => readPin({ file: file('utf', Uint8Array.of(0x31, 0x32, 0xff, 0x33)) }), code('pin-invalid'));
-    assert.throws(() => readPin({ file: file('lines', '12\n34') }), code('pin-invalid'));
+  it('refuses an over-long PIN, invalid UTF-8 and embedded line breaks', async () => {
+    await assert.rejects(readPin({ file: file('long', 'x'.repeat(256)) }), code('pin-invalid'));
+    assert.equal((await readPin({ file: file('max', 'x'.repeat(255)) })).length, 255);
+    await assert.rejects(readPin({ file: file('huge', 'x'.repeat(100_000)) }), code('file-too-large'));
+    await assert.rejects(readPin({ file: file('utf', Uint8Array.of(0x31, 0x32, 0xff, 0x33)) }), code('pin-invalid'));
+    await assert.rejects(readPin({ file: file('lines', '12\n34') }), code('pin-invalid'));
   });
 
-  it('reads an environment variable, and names it when it is unset', () => {
-    process.env['VITALSEAL_TEST_PIN_X'] = 'env-pin-1';
-    try {
-      assert.equal(readPin({ env: 'VITALSEAL_TEST_PIN_X' }), 'env-pin-1');
-    } finally {
-      delete process.env['VITALSEAL_TEST_PIN_X'];
-    }
-    assert.throws(() => readPin({ env: 'VITALSEAL_TEST_PIN_X' }), (e) => code('pin-missing')(e) && /VITALSEAL_TEST_PIN_X/.test((e as Error).message));
-    assert.throws(() => readPin({ env: 'bad name' }), code('pin-missing'));
+  it('reads an environment variable, and names it when it is unset', async () => {
+    assert.equal(await readPin({ env: 'VITALSEAL_TEST_PIN_X' }, { VITALSEAL_TEST_PIN_X: 'env-pin-1' }), 'env-pin-1');
+    await assert.rejects(readPin({ env: 'VITALSEAL_TEST_PIN_X' }, {}), (e) => code('secret-missing')(e) && /VITALSEAL_TEST_PIN_X/.test((e as Error).message));
+    await assert.rejects(readPin({ env: 'bad name' }, {}), code('secret-missing'));
   });
 });
 

@@ -652,7 +652,7 @@ export async function openPkcs11KeyStore(config: Pkcs11KeyStoreConfig, opts: Pkc
   if (typeof config.token !== 'string') throw new TypeError('openPkcs11KeyStore: config.token must be a PKCS #11 URI string');
   const uri = checkTokenUri(config);
   // The PIN first: a missing or world-readable PIN file fails before the token is touched.
-  let pin: string | undefined = readPin(config.pin);
+  let pin: string | undefined = await readPin(config.pin);
   const m = acquireModule(config.module);
   let slotKey: string | undefined;
   let session: Pkcs11Handle | undefined;
