@@ -312,7 +312,9 @@ function checkRevocation(path: readonly Certificate[], rev: RevocationOptions, n
       // RFC 5280 §6.3.3 (f): the CRL issuer's key usage must allow cRLSign.
       const issuerKu = issuer.extensions.keyUsage;
       const usable = issuerKu === undefined || issuerKu.has('cRLSign');
-      let current: Crl | undefined;
+      // Every current CRL from the issuer is consulted: a serial listed on any of them is revoked
+      // (this PKI never un-revokes: no certificateHold / removeFromCRL).
+      let current = 0;
       let stale = false;
       for (const crl of rev.crls) {
         if (!usable || crl.unhandledCritical.length > 0 || !crlSignedBy(crl, issuer, keyOf(issuer))) continue;
@@ -321,19 +323,16 @@ function checkRevocation(path: readonly Certificate[], rev: RevocationOptions, n
           stale = true;
           continue;
         }
-        if (current === undefined || crl.thisUpdate > current.thisUpdate) current = crl;
-      }
-      if (current === undefined) {
-        if (i === 0) {
-          throw new CertificateError('revocation-unknown', stale
-            ? `the CRL from ${issuer.subject.text} is past its nextUpdate`
-            : `no usable CRL from ${issuer.subject.text}`);
+        current++;
+        const entry = crl.revoked.get(cert.serialHex);
+        if (entry !== undefined) {
+          throw new CertificateError('revoked', `${cert.subject.text} (serial ${cert.serialHex}) was revoked${entry.reason === undefined ? '' : ` (${entry.reason})`}`);
         }
-        continue;
       }
-      const entry = current.revoked.get(cert.serialHex);
-      if (entry !== undefined) {
-        throw new CertificateError('revoked', `${cert.subject.text} (serial ${cert.serialHex}) was revoked${entry.reason === undefined ? '' : ` (${entry.reason})`}`);
+      if (current === 0 && i === 0) {
+        throw new CertificateError('revocation-unknown', stale
+          ? `the CRL from ${issuer.subject.text} is past its nextUpdate`
+          : `no usable CRL from ${issuer.subject.text}`);
       }
     }
   }
