@@ -92,10 +92,25 @@ const EC_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
 const MIN_RSA_BITS = 2048;
 
 /**
+ * Parsed keys by SPKI DER. OpenSSL 3 takes ~150 µs to decode and check an EC public key, more than
+ * verifying a signature; an ingest validates every device against the same issuing CA and sees the
+ * same devices reconnect, so recently used keys are kept (keyed by the exact SPKI bytes).
+ */
+const KEY_CACHE_SIZE = 256;
+const keyCache = new Map<string, KeyObject>();
+
+/**
  * A node:crypto public key from SPKI DER, restricted to the key types we accept: EC P-256/P-384/
  * P-521, Ed25519, RSA of 2048 bits or more. OpenSSL checks that an EC point is on the curve.
  */
 export function publicKeyFromSpki(spki: Uint8Array, what: string): KeyObject {
+  const cacheKey = Buffer.from(spki.buffer, spki.byteOffset, spki.byteLength).toString('base64');
+  const cached = keyCache.get(cacheKey);
+  if (cached !== undefined) {
+    keyCache.delete(cacheKey);
+    keyCache.set(cacheKey, cached);
+    return cached;
+  }
   let key: KeyObject;
   try {
     key = createPublicKey({ key: asBuffer(spki), format: 'der', type: 'spki' });
@@ -104,11 +119,14 @@ export function publicKeyFromSpki(spki: Uint8Array, what: string): KeyObject {
   }
   const type = key.asymmetricKeyType;
   const details = key.asymmetricKeyDetails;
-  if (type === 'ec' && EC_CURVES.has(details?.namedCurve ?? '')) return key;
-  if (type === 'ed25519') return key;
-  if (type === 'rsa' && (details?.modulusLength ?? 0) >= MIN_RSA_BITS) return key;
-  const desc = type === 'ec' ? `EC ${details?.namedCurve ?? '?'}` : type === 'rsa' ? `RSA-${details?.modulusLength ?? '?'}` : String(type);
-  throw new CertificateError('unsupported-algorithm', `${what}: public key type ${desc} is not accepted`);
+  const accepted = (type === 'ec' && EC_CURVES.has(details?.namedCurve ?? '')) || type === 'ed25519' || (type === 'rsa' && (details?.modulusLength ?? 0) >= MIN_RSA_BITS);
+  if (!accepted) {
+    const desc = type === 'ec' ? `EC ${details?.namedCurve ?? '?'}` : type === 'rsa' ? `RSA-${details?.modulusLength ?? '?'}` : String(type);
+    throw new CertificateError('unsupported-algorithm', `${what}: public key type ${desc} is not accepted`);
+  }
+  keyCache.set(cacheKey, key);
+  if (keyCache.size > KEY_CACHE_SIZE) keyCache.delete(keyCache.keys().next().value as string);
+  return key;
 }
 
 /** Verifies `signature` over `data` with `key` as `alg` says; false on a bad signature. */
