@@ -17,7 +17,7 @@ import { CertificateError } from '../util/errors.ts';
 import { parseSignatureAlgorithm, publicKeyFromSpki, signatureAlgorithmFor, verifySignature, type SignatureAlgorithm } from './algorithms.ts';
 import { authorityKeyIdFor, sameBytes, type Certificate } from './certificate.ts';
 import {
-  bits, children, ctx, DerReader, explicit, malformed, oid, parseOne, readIntegerBytes, readOctetAlignedBits, readSmallInt, readTime,
+  bits, children, ctx, DerReader, explicit, malformed, parseOne, readIntegerBytes, readOctetAlignedBits, readSmallInt, readTime,
   seq, TAG, time, tlv, uint,
 } from './der.ts';
 import { encodeAuthorityKeyId, encodeExtension, parseExtensions } from './extensions.ts';

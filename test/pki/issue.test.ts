@@ -4,7 +4,7 @@ import { before, describe, it } from 'node:test';
 import * as px509 from '@peculiar/x509';
 import { keyObjectSigner, type Signer } from '../../src/keystore/signer.ts';
 import { parseCertificate, spkiSha256, type Certificate } from '../../src/pki/certificate.ts';
-import { createCrl, parseCrl } from '../../src/pki/crl.ts';
+import { createCrl } from '../../src/pki/crl.ts';
 import { createCsr, parseCsr } from '../../src/pki/csr.ts';
 import { checkDeviceId, deviceIdOf, isDeviceId } from '../../src/pki/device-id.ts';
 import { createIssuingCa, createRootCa, issueDeviceCertificate, issueServiceCertificate } from '../../src/pki/issue.ts';

@@ -10,7 +10,6 @@ import { createCsr, parseCsr } from '../../src/pki/csr.ts';
 import { bits, explicit, octets, seq, time, uint } from '../../src/pki/der.ts';
 import { signatureAlgorithmFor } from '../../src/pki/algorithms.ts';
 import { encodeExtension } from '../../src/pki/extensions.ts';
-import { createIssuingCa, createRootCa } from '../../src/pki/issue.ts';
 import { OID } from '../../src/pki/oids.ts';
 import { pemDecode } from '../../src/pki/pem.ts';
 import { DAY_MS } from '../../src/pki/policy.ts';
@@ -104,18 +103,15 @@ describe('validateChain: fleet chains', () => {
     const flipped = Uint8Array.from(device.der);
     flipped[sigAt] = (flipped[sigAt] as number) ^ 0x01;
     assert.throws(() => validateChain([flipped, pki.issuing.der], base), rejects('bad-signature'));
-    // An impostor issuing CA: same subject name, its own key, signed by its own "root" with our root's name.
-    const fakeRootSigner = p256Signer();
-    const fakeRoot = await createRootCa({ signer: fakeRootSigner, subject: { organization: 'Test Fleet', commonName: 'Test Fleet Root CA' }, now: T0 });
-    const fakeIssuingSigner = p256Signer();
-    const fakeIssuing = await createIssuingCa({ root: { certificate: fakeRoot, signer: fakeRootSigner }, signer: fakeIssuingSigner, subject: { organization: 'Test Fleet', commonName: 'Test Fleet Issuing CA 1' }, now: T0 });
-    // Its AKI names the fake root's key, so strip key identifiers out of the comparison by forging without AKI.
+    // A leaf signed by an impostor that took the issuing CA's name (no key identifier to tell them
+    // apart): the name matches the real issuing CA, whose key does not verify the signature.
+    const impostorSigner = p256Signer();
+    const impostor = await forge({ signer: impostorSigner, subject: { organization: 'Test Fleet', commonName: 'Test Fleet Issuing CA 1' }, notBefore: T0, notAfter: T0 + 365 * DAY_MS, extensions: [ext.ca(0)] });
     const leaf = await forge({
-      issuer: { certificate: fakeIssuing, signer: fakeIssuingSigner }, signer: p256Signer(), subject: { commonName: 'bed-7' },
+      issuer: { certificate: impostor, signer: impostorSigner }, signer: p256Signer(), subject: { commonName: 'bed-7' },
       notBefore: T0, notAfter: T0 + 30 * DAY_MS,
       extensions: [ext.endEntity(), ext.keyUsage('digitalSignature'), ext.eku(OID.clientAuth), ext.san({ uris: ['urn:dev:vitalseal:bed-7'] })],
     });
-    // The leaf's signature is checked against the real issuing CA (same name): it fails.
     assert.throws(() => validateChain([leaf.der, pki.issuing.der], base), rejects('bad-signature'));
   });
 
@@ -125,9 +121,10 @@ describe('validateChain: fleet chains', () => {
       extensions: deviceExtensions(pki.issuing, 'bed-7'), sigAlgOid: '1.2.840.10045.4.1',
     });
     assert.throws(() => validateChain([sha1, pki.issuing.der], base), rejects('unsupported-algorithm'));
-    const rsa = keyObjectSigner(generateKeyPairSync('ed25519').privateKey);
+    // A signer whose public key is RSA-1024 (the CA certifies it; the key itself never signs here).
+    const carrier = keyObjectSigner(generateKeyPairSync('ed25519').privateKey);
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 });
-    const weakSigner = { ...rsa, publicKeySpki: async () => new Uint8Array(weak.publicKey.export({ format: 'der', type: 'spki' })) };
+    const weakSigner = { ...carrier, publicKeySpki: async () => new Uint8Array(weak.publicKey.export({ format: 'der', type: 'spki' })) };
     const leaf = await forge({ issuer: pki.ca, signer: weakSigner, subject: { commonName: 'bed-7' }, notBefore: T0, notAfter: T0 + DAY_MS * 30, extensions: deviceExtensions(pki.issuing, 'bed-7') });
     assert.throws(() => validateChain([leaf.der, pki.issuing.der], base), rejects('unsupported-algorithm'));
   });
