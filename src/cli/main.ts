@@ -10,7 +10,7 @@ const COMMANDS: Record<string, { summary: string }> = {
   cose: { summary: 'seal/open COSE messages, make X25519 key pairs' },
   keys: { summary: 'key store operations: seal, unseal, sign, pubkey, list, delete, split' },
   audit: { summary: 'verify a hash-chained audit log' },
-  pki: { summary: 'fleet CA: init, issue, inspect' },
+  pki: { summary: 'fleet CA: init, issue, revoke, crl, inspect' },
   provision: { summary: 'create a device identity key and certificate' },
   dtls: { summary: 'DTLS 1.3 client and server (like openssl s_client/s_server)' },
   agent: { summary: 'run the device agent' },

@@ -69,3 +69,33 @@ export class TransportError extends VitalsealError {
 export class UplinkRejected extends VitalsealError {
   readonly kind = 'rejected';
 }
+
+/**
+ * An X.509 certificate, chain, CSR or CRL was rejected (src/pki). Transports map `code` to an alert
+ * (bad_certificate, certificate_expired, certificate_revoked, unknown_ca, ...).
+ */
+export type CertificateErrorCode =
+  | 'malformed'
+  | 'unsupported-algorithm'
+  | 'expired'
+  | 'not-yet-valid'
+  | 'unknown-issuer'
+  | 'bad-signature'
+  | 'not-a-ca'
+  | 'path-length-exceeded'
+  | 'unhandled-critical-extension'
+  | 'wrong-purpose'
+  | 'name-mismatch'
+  | 'revoked'
+  | 'revocation-unknown'
+  | 'pin-mismatch'
+  | 'device-id-missing'
+  | 'device-id-mismatch';
+
+export class CertificateError extends VitalsealError {
+  readonly kind = 'certificate';
+  declare readonly code: CertificateErrorCode;
+  constructor(code: CertificateErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
