@@ -9,6 +9,7 @@
  *   const bytes = encodeVitalsPack({ deviceId: 'bed-7', readings: [{ kind: 'heart-rate', time: Date.now(), value: 72 }], ecg: [] });
  *   const batch = decodeVitalsPack(bytes);   // same readings back
  */
+import { isDeviceId } from '../util/device-id.ts';
 import { DecodeError } from '../util/errors.ts';
 import { decodeSenmlCbor, encodeSenmlCbor, resolveSenml, type SenmlLimits, type SenmlRecord } from './senml.ts';
 
@@ -70,11 +71,8 @@ export const VITALS: Readonly<Record<VitalKind, VitalSpec>> = Object.freeze({
 const KINDS = new Set(Object.keys(VITALS));
 export const ECG_LSB_VOLTS = 1e-6;
 const ECG_MAX_SAMPLES = 8192;
-const DEVICE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-
-export function isValidDeviceId(id: string): boolean {
-  return DEVICE_ID_RE.test(id);
-}
+/** The device id rule of src/util/device-id.ts; the SenML base name is "<device id>/". */
+export const isValidDeviceId = isDeviceId;
 
 /** Seconds relative to `base` with millisecond precision, as SenML times are (§4.5.3). */
 function relSeconds(ms: number, baseMs: number): number {

@@ -10,23 +10,15 @@
  *   deviceIdUri('bed-7');                 // 'urn:dev:vitalseal:bed-7'
  *   deviceIdOf(parseCertificate(der));    // 'bed-7'
  */
+import { DEVICE_ID_PATTERN, isDeviceId } from '../util/device-id.ts';
 import { CertificateError } from '../util/errors.ts';
 import type { Certificate } from './certificate.ts';
 import { attributeValues } from './name.ts';
 import { OID } from './oids.ts';
 
-/**
- * A device id: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit. The same rule
- * as the SenML base name in src/codec/vitals.ts (a test holds the two equal); safe in a URN, a CN,
- * an MQTT username and topic level, and a file name.
- */
-export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export { DEVICE_ID_PATTERN, isDeviceId };
 
 export const DEVICE_ID_URN_PREFIX = 'urn:dev:vitalseal:';
-
-export function isDeviceId(id: string): boolean {
-  return DEVICE_ID_PATTERN.test(id);
-}
 
 export function checkDeviceId(id: unknown): string {
   if (typeof id !== 'string' || !DEVICE_ID_PATTERN.test(id)) {

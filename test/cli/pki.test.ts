@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { startSoftHsm } from '../../scripts/lib/softhsm.ts';
+import { startSwtpm } from '../../scripts/lib/swtpm.ts';
 import { parseCertificate } from '../../src/pki/certificate.ts';
 import { parseCrl } from '../../src/pki/crl.ts';
 import { pemDecode } from '../../src/pki/pem.ts';
@@ -97,8 +99,8 @@ describe('vitalseal pki (through the real bin)', () => {
     assert.equal(openssl(['verify', '-CAfile', 'ca/root-ca.pem', '-untrusted', 'broker-chain.pem', '-purpose', 'sslserver', '-verify_ip', '127.0.0.1', 'broker-chain.pem']).code, 0);
     writeFileSync(join(dir, 'open-pass.txt'), CA_PASS, { mode: 0o644 });
     const loose = vitalseal(['pki', 'issue', '--dir', 'ca', '--csr', 'broker.csr', '--server', 'b', '--passphrase-file', 'open-pass.txt']);
-    assert.equal(loose.code, 2);
-    assert.match(loose.stderr, /chmod 600/);
+    assert.equal(loose.code, 1);
+    assert.match(loose.stderr, /chmod 600 .*\[insecure-permissions\]/);
   });
 
   it('revoke writes a CRL that lists the certificate; openssl -crl_check then refuses it; crl bumps the number', () => {
@@ -181,19 +183,55 @@ describe('vitalseal provision (through the real bin)', () => {
     assert.equal(vitalseal(['provision', '--device-id', 'bed-7', '--pki', 'fleet', '--out', 'bed-7-id', '--unencrypted-dev-keys'], withCa).code, 2);
   });
 
-  it('dev-pem needs a key passphrase or --unencrypted-dev-keys; hardware stores say they are not built yet and leave nothing', () => {
+  it('dev-pem needs a key passphrase or --unencrypted-dev-keys, and refuses store options', () => {
     const r = vitalseal(['provision', '--device-id', 'bed-8', '--pki', 'fleet', '--out', 'bed-8-id'], withCa);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /--unencrypted-dev-keys/);
-    writeFileSync(join(dir, 'tpm.yaml'), 'kind: tpm\ntcti: "swtpm:host=127.0.0.1,port=2321"\n');
-    const tpm = vitalseal(['provision', '--device-id', 'bed-8', '--pki', 'fleet', '--out', 'bed-8-id', '--store', 'tpm', '--store-config', 'tpm.yaml'], withCa);
-    assert.equal(tpm.code, 1);
-    assert.match(tpm.stderr, /tpm key store is not part of this build yet.*\[store-unavailable\]/);
-    assert.equal(existsSync(join(dir, 'bed-8-id')), false);
-    const mismatch = vitalseal(['provision', '--device-id', 'bed-8', '--pki', 'fleet', '--out', 'bed-8-id', '--store', 'pkcs11', '--store-config', 'tpm.yaml'], withCa);
-    assert.equal(mismatch.code, 2);
-    assert.match(mismatch.stderr, /kind is "tpm", but --store is pkcs11/);
+    const foreign = vitalseal(['provision', '--device-id', 'bed-8', '--pki', 'fleet', '--out', 'bed-8-id', '--unencrypted-dev-keys', '--tcti', 'device:/dev/tpmrm0'], withCa);
+    assert.equal(foreign.code, 2);
+    assert.match(foreign.stderr, /--tcti does not apply to --store dev-pem/);
     assert.equal(vitalseal(['provision', '--device-id', 'bed-8', '--pki', 'fleet', '--out', 'bed-8-id', '--store', 'floppy'], withCa).code, 2);
+    assert.equal(existsSync(join(dir, 'bed-8-id')), false);
+  });
+
+  it('a TPM-held identity (swtpm): the certificate carries the key the TPM holds, and openssl verifies the chain', async () => {
+    const tpm = await startSwtpm();
+    try {
+      const store = ['--store', 'tpm', '--tcti', tpm.tcti, '--dir', join(dir, 'tpm-store')];
+      const r = vitalseal(['provision', '--device-id', 'bed-tpm', '--pki', 'fleet', '--out', 'bed-tpm-id', ...store], withCa);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /key {10}device-identity in tpm/);
+      const pub = vitalseal(['keys', 'pubkey', 'device-identity', ...store]);
+      assert.equal(pub.code, 0, pub.stderr);
+      const certPub = openssl(['x509', '-in', 'bed-tpm-id/device.pem', '-noout', '-pubkey']);
+      assert.equal(certPub.out, pub.stdout);
+      const v = openssl(['verify', '-CAfile', 'bed-tpm-id/root-ca.pem', '-untrusted', 'bed-tpm-id/chain.pem', '-purpose', 'sslclient', 'bed-tpm-id/device.pem']);
+      assert.equal(v.code, 0, v.out);
+      assert.equal(existsSync(join(dir, 'bed-tpm-id', 'device-identity.key')), false, 'no key file: the key stays in the TPM');
+    } finally {
+      await tpm.stop();
+    }
+  });
+
+  it('a token-held identity (SoftHSM2), and a CA failure leaves no key behind on the token', async () => {
+    const hsm = await startSoftHsm();
+    try {
+      const token = await hsm.addToken('provision');
+      const store = ['--store', 'pkcs11', '--module', hsm.module, '--token', token.uri, '--pin-file', token.pinFile];
+      const env = { ...withCa, SOFTHSM2_CONF: hsm.conf };
+      const wrongCa = vitalseal(['provision', '--device-id', 'bed-p11', '--pki', 'fleet', '--out', 'bed-p11-id', ...store], { ...env, VITALSEAL_PKI_PASSPHRASE: 'wrong' });
+      assert.equal(wrongCa.code, 1);
+      assert.equal(vitalseal(['keys', 'list', ...store], env).stdout, '', 'nothing was created on the token');
+      const r = vitalseal(['provision', '--device-id', 'bed-p11', '--pki', 'fleet', '--out', 'bed-p11-id', ...store], env);
+      assert.equal(r.code, 0, r.stderr);
+      const pub = vitalseal(['keys', 'pubkey', 'device-identity', ...store], env);
+      assert.equal(openssl(['x509', '-in', 'bed-p11-id/device.pem', '-noout', '-pubkey']).out, pub.stdout);
+      const id = JSON.parse(readFileSync(join(dir, 'bed-p11-id', 'identity.json'), 'utf8')) as Record<string, string>;
+      assert.equal(id['store'], 'pkcs11');
+      assert.match(id['keyStore'] as string, /^pkcs11 \(/);
+    } finally {
+      await hsm.stop();
+    }
   });
 
   it('a wrong CA passphrase fails before any key is created', () => {

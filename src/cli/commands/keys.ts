@@ -8,17 +8,17 @@
  *   vitalseal keys split --shares 5 --threshold 3 --in ca-backup.key --out shares/ca
  *   vitalseal keys combine --out ca-backup.key shares/ca.share-1-of-5 shares/ca.share-3-of-5 shares/ca.share-4-of-5
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
+import { existsSync, writeFileSync } from 'node:fs';
 import { auditKeyEvents, openAuditLog, type AuditKeyEventSink, type AuditLog } from '../../audit/index.ts';
 import { combineShares, MAX_SHARED_SECRET_BYTES, splitSecret } from '../../keystore/backup-shares.ts';
-import type { KeyStoreConfig, SecretSource } from '../../keystore/config.ts';
+import type { KeyStoreConfig } from '../../keystore/config.ts';
 import { checkKeyName } from '../../keystore/names.ts';
-import { openKeyStore, parseKeyStoreConfig } from '../../keystore/open.ts';
+import { openKeyStore } from '../../keystore/open.ts';
 import { readPrivateFile } from '../../keystore/private-file.ts';
 import type { KeyStore } from '../../keystore/types.ts';
 import { zeroize } from '../../util/bytes.ts';
 import { parse, readAll } from '../args.ts';
+import { STORE_OPTIONS, STORE_OPTIONS_HELP, storeConfig, type StoreValues } from '../store-options.ts';
 import { UsageError, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage:
@@ -35,108 +35,22 @@ const HELP = `usage:
                                  rebuilds the backup from K shares (refuses to overwrite FILE)
 
 store options (every sub-command but split/combine):
-  --config FILE                  JSON or YAML with a 'keystore:' section ({ kind, ... } as below)
-  --store software|tpm|pkcs11    the backend (overrides the config's kind only if it matches)
-  software: --file KEYFILE (--passphrase-env VAR | --passphrase-file FILE)
-  tpm:      --fapi-config FILE (default: $TSS2_FAPICONF) [--tcti TCTI] [--dir DIR]
-            --path /HS/SRK/NAME names the object as tpm2-tools' tss2_* commands do
-  pkcs11:   --module LIB.so --token 'pkcs11:token=LABEL' (--pin-env VAR | --pin-file FILE)
+${STORE_OPTIONS_HELP}
+  tpm:      --path /HS/SRK/NAME names the object as tpm2-tools' tss2_* commands do
   --audit-log FILE               record the key events in this audit log (one writer at a time)
 
 Secrets never go on the command line: passphrases and PINs come from an environment variable or a
 file only its owner can read (chmod 600).
 `;
 
-const STORE_OPTIONS = {
-  config: { type: 'string' },
-  store: { type: 'string' },
-  file: { type: 'string' },
-  'passphrase-env': { type: 'string' },
-  'passphrase-file': { type: 'string' },
-  'fapi-config': { type: 'string' },
-  tcti: { type: 'string' },
-  dir: { type: 'string' },
-  path: { type: 'string' },
-  module: { type: 'string' },
-  token: { type: 'string' },
-  'pin-env': { type: 'string' },
-  'pin-file': { type: 'string' },
-  'audit-log': { type: 'string' },
-} as const;
+/** The store options plus what only `keys` takes. */
+const KEYS_OPTIONS = { ...STORE_OPTIONS, path: { type: 'string' }, 'audit-log': { type: 'string' } } as const;
+type KeysValues = StoreValues & { path?: string; 'audit-log'?: string };
 
-type StoreValues = { [K in keyof typeof STORE_OPTIONS]?: string };
-
-const MAX_CONFIG_BYTES = 1024 * 1024;
 const MAX_SEAL_INPUT = 4096;
 
-function secretSource(env: string | undefined, file: string | undefined, what: string): SecretSource | undefined {
-  if (env !== undefined && file !== undefined) throw new UsageError(`give either --${what}-env or --${what}-file, not both`);
-  if (env !== undefined) return { env };
-  if (file !== undefined) return { file };
-  return undefined;
-}
-
-function readConfigSection(path: string): unknown {
-  let text: string;
-  try {
-    const bytes = readFileSync(path);
-    if (bytes.length > MAX_CONFIG_BYTES) throw new UsageError(`${path} is larger than ${MAX_CONFIG_BYTES} bytes`);
-    text = bytes.toString('utf8');
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
-  } catch (e) {
-    throw new UsageError(`${path}: not valid JSON or YAML (${(e as Error).message.split('\n')[0]})`);
-  }
-  if (typeof doc !== 'object' || doc === null || !('keystore' in doc)) throw new UsageError(`${path} has no 'keystore:' section`);
-  return (doc as { keystore: unknown }).keystore;
-}
-
-/** The store configuration from --config and flags; flags fill in or override the config's values. */
-export function storeConfig(v: StoreValues, env: NodeJS.ProcessEnv): KeyStoreConfig {
-  const fromFile = v.config === undefined ? undefined : (readConfigSection(v.config) as Record<string, unknown>);
-  const kind = v.store ?? (typeof fromFile?.['kind'] === 'string' ? fromFile['kind'] : undefined);
-  if (kind === undefined) throw new UsageError('name the store: --store software|tpm|pkcs11, or --config FILE');
-  if (fromFile !== undefined && v.store !== undefined && fromFile['kind'] !== v.store) {
-    throw new UsageError(`--store ${v.store} does not match the config's keystore kind ${String(fromFile['kind'])}`);
-  }
-  const merged: Record<string, unknown> = { ...(fromFile ?? {}), kind };
-  const set = (key: string, value: unknown) => {
-    if (value !== undefined) merged[key] = value;
-  };
-  const foreign = (flags: (keyof StoreValues)[]) => {
-    for (const f of flags) if (v[f] !== undefined) throw new UsageError(`--${f} does not apply to the ${kind} store`);
-  };
-  switch (kind) {
-    case 'software':
-      foreign(['fapi-config', 'tcti', 'dir', 'module', 'token', 'pin-env', 'pin-file']);
-      set('path', v.file);
-      set('passphrase', secretSource(v['passphrase-env'], v['passphrase-file'], 'passphrase'));
-      break;
-    case 'tpm':
-      foreign(['file', 'passphrase-env', 'passphrase-file', 'module', 'token', 'pin-env', 'pin-file']);
-      set('fapiConfig', v['fapi-config'] ?? (merged['fapiConfig'] === undefined && merged['tcti'] === undefined && v.tcti === undefined ? env['TSS2_FAPICONF'] : undefined));
-      set('tcti', v.tcti);
-      set('dir', v.dir);
-      break;
-    case 'pkcs11':
-      foreign(['file', 'passphrase-env', 'passphrase-file', 'fapi-config', 'tcti', 'dir']);
-      set('module', v.module);
-      set('token', v.token);
-      set('pin', secretSource(v['pin-env'], v['pin-file'], 'pin'));
-      break;
-    default:
-      throw new UsageError(`unknown store '${kind}': software, tpm or pkcs11`);
-  }
-  return parseKeyStoreConfig(merged, v.config === undefined ? 'store options' : `${v.config}: keystore`);
-}
-
 /** The object name: the positional NAME, or for the TPM store --path /HS/SRK/NAME. */
-function objectName(v: StoreValues, positionals: string[], kind: KeyStoreConfig['kind']): string {
+function objectName(v: KeysValues, positionals: string[], kind: KeyStoreConfig['kind']): string {
   let name = positionals[0];
   if (v.path !== undefined) {
     if (kind !== 'tpm') throw new UsageError('--path names a TPM object (/HS/SRK/NAME); for other stores give NAME');
@@ -157,7 +71,7 @@ function writeOut(stream: NodeJS.WritableStream, bytes: Uint8Array | string): Pr
   });
 }
 
-async function withStore<T>(config: KeyStoreConfig, v: StoreValues, io: CliIo, create: boolean, fn: (store: KeyStore) => Promise<T>): Promise<T> {
+async function withStore<T>(config: KeyStoreConfig, v: KeysValues, io: CliIo, create: boolean, fn: (store: KeyStore) => Promise<T>): Promise<T> {
   let log: AuditLog | undefined;
   let sink: AuditKeyEventSink | undefined;
   if (v['audit-log'] !== undefined) {
@@ -186,8 +100,8 @@ const STORE_SUBCOMMANDS = ['create', 'pubkey', 'sign', 'seal', 'unseal', 'list',
 
 async function storeCommand(sub: string, args: string[], io: CliIo): Promise<number> {
   if (!STORE_SUBCOMMANDS.includes(sub)) throw new UsageError(`unknown sub-command '${sub}'`);
-  const { values, positionals } = parse(args, STORE_OPTIONS);
-  const v = values as StoreValues;
+  const { values, positionals } = parse(args, KEYS_OPTIONS);
+  const v = values as KeysValues;
   // Everything about the command line is checked before the store is opened.
   const config = storeConfig(v, io.env);
   if (sub === 'list') {

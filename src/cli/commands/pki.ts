@@ -10,7 +10,7 @@
  */
 import { closeSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import type { SecretSource } from '../../keystore/config.ts';
+import { readSecret } from '../../keystore/secret-source.ts';
 import { parseCertificate, formatSpkiPin, spkiSha256, type Certificate } from '../../pki/certificate.ts';
 import { isRevocationReason, parseCrl, REVOCATION_REASONS, type Crl } from '../../pki/crl.ts';
 import { parseCsr, type Csr } from '../../pki/csr.ts';
@@ -56,41 +56,13 @@ const PASSPHRASE_OPTIONS = {
   'passphrase-file': { type: 'string' },
 } as const;
 
-/** Reads a secret from an environment variable or a file only its owner can read. Never logged. */
-export function readSecret(source: SecretSource, io: CliIo, what: string): Uint8Array {
-  if ('env' in source) {
-    const v = io.env[source.env];
-    if (v === undefined || v.length === 0) throw new UsageError(`${what}: environment variable ${source.env} is not set`);
-    return new Uint8Array(Buffer.from(v, 'utf8'));
-  }
-  let fd: number;
-  try {
-    fd = openSync(source.file, 'r');
-  } catch (e) {
-    throw new UsageError(`${what}: cannot open ${source.file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  try {
-    if ((fstatSync(fd).mode & 0o077) !== 0) throw new UsageError(`${what}: ${source.file} must be readable by its owner only (chmod 600)`);
-    const bytes = new Uint8Array(readFileSync(fd));
-    let end = bytes.length;
-    if (end > 0 && bytes[end - 1] === 0x0a) end--;
-    if (end > 0 && bytes[end - 1] === 0x0d) end--;
-    const out = bytes.slice(0, end);
-    zeroize(bytes);
-    if (out.length === 0) throw new UsageError(`${what}: ${source.file} is empty`);
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** The passphrase from --passphrase-env/--passphrase-file, else $VITALSEAL_PKI_PASSPHRASE if set, else undefined. */
-export function passphraseFrom(values: { 'passphrase-env'?: string | undefined; 'passphrase-file'?: string | undefined }, io: CliIo, what: string, defaultEnv = PASSPHRASE_ENV): Uint8Array | undefined {
+export async function passphraseFrom(values: { 'passphrase-env'?: string | undefined; 'passphrase-file'?: string | undefined }, io: CliIo, what: string, defaultEnv = PASSPHRASE_ENV): Promise<Uint8Array | undefined> {
   if (values['passphrase-env'] !== undefined && values['passphrase-file'] !== undefined) throw new UsageError('give --passphrase-env or --passphrase-file, not both');
-  if (values['passphrase-file'] !== undefined) return readSecret({ file: values['passphrase-file'] }, io, what);
-  if (values['passphrase-env'] !== undefined) return readSecret({ env: values['passphrase-env'] }, io, what);
+  if (values['passphrase-file'] !== undefined) return readSecret({ file: values['passphrase-file'] }, { env: io.env, what });
+  if (values['passphrase-env'] !== undefined) return readSecret({ env: values['passphrase-env'] }, { env: io.env, what });
   const v = io.env[defaultEnv];
-  return v === undefined || v.length === 0 ? undefined : readSecret({ env: defaultEnv }, io, what);
+  return v === undefined || v.length === 0 ? undefined : readSecret({ env: defaultEnv }, { env: io.env, what });
 }
 
 /** Certificates, CSRs and CRLs larger than this are refused before reading (CRLs are capped at 8 MiB). */
@@ -132,9 +104,9 @@ export function output(io: CliIo, path: string | undefined, text: string): void 
 }
 
 /** Opens the CA directory and reads its issuing key now, so a missing passphrase fails before any work. */
-export function openCa(dir: string | undefined, values: Parameters<typeof passphraseFrom>[0], io: CliIo, flag = '--passphrase-env VAR / --passphrase-file FILE'): DevCa {
+export async function openCa(dir: string | undefined, values: Parameters<typeof passphraseFrom>[0], io: CliIo, flag = '--passphrase-env VAR / --passphrase-file FILE'): Promise<DevCa> {
   if (dir === undefined) throw new UsageError('--dir DIR is required');
-  const passphrase = passphraseFrom(values, io, 'CA key passphrase');
+  const passphrase = await passphraseFrom(values, io, 'CA key passphrase');
   const ca = openDevCa(dir, { ...withPassphrase(passphrase) });
   zeroize(passphrase);
   if (!ca.keysEncrypted) io.stderr.write(`warning: ${dir} holds unencrypted CA keys: DEVELOPMENT ONLY\n`);
@@ -167,7 +139,7 @@ async function init(args: string[], io: CliIo): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0] ?? ''}`);
   if (values.dir === undefined) throw new UsageError('init needs --dir DIR');
   if (values.org === undefined) throw new UsageError('init needs --org NAME (the fleet operator, as it should appear in certificates)');
-  const passphrase = passphraseFrom(values, io, 'CA key passphrase');
+  const passphrase = await passphraseFrom(values, io, 'CA key passphrase');
   if (passphrase === undefined && values['unencrypted-dev-keys'] !== true) {
     throw new UsageError(`no passphrase for the CA keys: set ${PASSPHRASE_ENV}, or use --passphrase-env VAR / --passphrase-file FILE, or --unencrypted-dev-keys for a throwaway development CA`);
   }
@@ -228,7 +200,7 @@ async function issue(args: string[], io: CliIo): Promise<number> {
   if (values['client-auth'] === true && servers.length === 0) throw new UsageError('--client-auth applies to --server certificates');
   const [csrDer] = derOrPem(readInput(values.csr), 'CERTIFICATE REQUEST');
   const csr = parseCsr(csrDer as Uint8Array);
-  const ca = openCa(values.dir, values, io);
+  const ca = await openCa(values.dir, values, io);
   const now = systemClock.now();
   let cert: Certificate;
   if (values['device-id'] !== undefined) {
@@ -268,7 +240,7 @@ async function revoke(args: string[], io: CliIo): Promise<number> {
     serialHex = (values.serial as string).toLowerCase().replace(/:/g, '');
     if (!/^[0-9a-f]{2,42}$/.test(serialHex) || serialHex.length % 2 !== 0) throw new UsageError('--serial must be the hex serial number (as pki inspect or openssl x509 -serial print it)');
   }
-  const ca = openCa(values.dir, values, io);
+  const ca = await openCa(values.dir, values, io);
   const reason = values.reason !== undefined && isRevocationReason(values.reason) ? values.reason : undefined;
   const { crlNumber } = await ca.revoke(serialHex, reason, systemClock.now());
   io.stderr.write(`revoked serial ${serialHex}; wrote ${ca.paths.crl} (CRL number ${crlNumber}). Reload the broker/ingest so they read it.\n`);
@@ -278,7 +250,7 @@ async function revoke(args: string[], io: CliIo): Promise<number> {
 async function crl(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parse(args, { dir: { type: 'string' }, out: { type: 'string' }, ...PASSPHRASE_OPTIONS });
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0] ?? ''}`);
-  const ca = openCa(values.dir, values, io);
+  const ca = await openCa(values.dir, values, io);
   const { crlNumber } = await ca.writeCrl(systemClock.now());
   if (values.out !== undefined) output(io, values.out, readFileSync(ca.paths.crl, 'utf8'));
   io.stderr.write(`wrote ${ca.paths.crl} (CRL number ${crlNumber}, ${ca.revokedList().length} revoked)\n`);

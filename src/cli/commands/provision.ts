@@ -11,8 +11,8 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
-import type { KeyStoreConfig, SecretSource } from '../../keystore/config.ts';
+import type { KeyStoreConfig } from '../../keystore/config.ts';
+import { openKeyStore } from '../../keystore/open.ts';
 import { checkKeyName } from '../../keystore/names.ts';
 import { keyObjectSigner, type Signer } from '../../keystore/signer.ts';
 import { formatSpkiPin, spkiSha256 } from '../../pki/certificate.ts';
@@ -23,17 +23,17 @@ import { pemEncode } from '../../pki/pem.ts';
 import { validateChain } from '../../pki/validate.ts';
 import { systemClock } from '../../util/clock.ts';
 import { zeroize } from '../../util/bytes.ts';
-import { Unsupported } from '../../util/errors.ts';
 import { parse } from '../args.ts';
 import { UsageError, type CliIo, type CommandModule } from '../types.ts';
-import { openCa, passphraseFrom, readInput } from './pki.ts';
+import { STORE_OPTIONS, STORE_OPTIONS_HELP, storeConfig, type StoreValues } from '../store-options.ts';
+import { openCa, passphraseFrom } from './pki.ts';
 
 const STORES = ['dev-pem', 'software', 'tpm', 'pkcs11'] as const;
 type StoreName = (typeof STORES)[number];
 
 const HELP = `usage:
   vitalseal provision --device-id ID --pki DIR --out DIR [--store STORE] [--key-name NAME]
-      [--store-config FILE] [--key-passphrase-env VAR | --key-passphrase-file FILE | --unencrypted-dev-keys]
+      [store options] [--key-passphrase-env VAR | --key-passphrase-file FILE | --unencrypted-dev-keys]
       [--pki-passphrase-env VAR | --pki-passphrase-file FILE]
 
   Creates the device identity key (ECDSA P-256) in STORE, makes a CSR signed by that key, has the
@@ -45,12 +45,14 @@ const HELP = `usage:
     device.csr     the CSR (public; kept for re-issue)
     identity.json  device id, store, key name, serial, expiry, SPKI pin
 
-  Key stores (--store):
+  Key stores (--store, default dev-pem):
     dev-pem    development only: a P-256 key in --out DIR/NAME.key (0600), scrypt-encrypted under
                --key-passphrase-env/--key-passphrase-file, or in clear with --unencrypted-dev-keys
-    software   the encrypted software key store   } --store-config FILE (JSON or YAML, the shape of
-    tpm        TPM 2.0 through tpm2-tss FAPI      } src/keystore/config.ts). These backends are not
-    pkcs11     PKCS#11 token (OP-TEE TA, SoftHSM) } part of this build yet: provision says so.
+    software   the encrypted software key store (development grade)
+    tpm        TPM 2.0 through tpm2-tss FAPI: the key never leaves the TPM
+    pkcs11     PKCS#11 token (OP-TEE's TA on a board; SoftHSM2 in tests): the key never leaves it
+  Their settings, as for vitalseal keys:
+${STORE_OPTIONS_HELP}
   --key-name names the key in the store (default device-identity).
 
   Enrolment: for now the CA is local (--pki DIR; its passphrase from VITALSEAL_PKI_PASSPHRASE or
@@ -85,57 +87,16 @@ function devPemStore(outDir: string, passphrase: Uint8Array | undefined): Identi
   };
 }
 
-/**
- * The hardware and software key stores, through `openKeyStore` (src/keystore/open.ts), which is
- * not part of this build yet. A KeyStore already has createSigningKey/delete/close and describe().
- */
-async function openBackend(config: KeyStoreConfig): Promise<IdentityKeyStore> {
-  throw new Unsupported('store-unavailable', `the ${config.kind} key store is not part of this build yet; use --store dev-pem for development`);
-}
-
-function secretSource(v: unknown): v is SecretSource {
-  if (typeof v !== 'object' || v === null) return false;
-  const o = v as Record<string, unknown>;
-  return (typeof o['env'] === 'string' && Object.keys(o).length === 1) || (typeof o['file'] === 'string' && Object.keys(o).length === 1);
-}
-
-/** Reads a KeyStoreConfig (src/keystore/config.ts) from JSON or YAML and checks its shape. */
-function readStoreConfig(path: string, kind: Exclude<StoreName, 'dev-pem'>): KeyStoreConfig {
-  let raw: unknown;
-  try {
-    raw = parseYaml(Buffer.from(readInput(path)).toString('utf8'));
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`${path}: not JSON or YAML`);
-  }
-  if (typeof raw !== 'object' || raw === null) throw new UsageError(`${path}: expected an object`);
-  const c = raw as Record<string, unknown>;
-  if (c['kind'] !== kind) throw new UsageError(`${path}: kind is ${JSON.stringify(c['kind'])}, but --store is ${kind}`);
-  const str = (k: string, required: boolean) => {
-    if (c[k] === undefined && !required) return;
-    if (typeof c[k] !== 'string' || (c[k] as string).length === 0) throw new UsageError(`${path}: ${k} must be a string`);
+/** The software, TPM and PKCS#11 stores, through `openKeyStore` like every other command. */
+async function openBackend(config: KeyStoreConfig, io: CliIo): Promise<IdentityKeyStore> {
+  const store = await openKeyStore(config, { env: io.env, logger: { warn: (m) => io.stderr.write(`warning: ${m}\n`) } });
+  const d = store.describe();
+  return {
+    label: `${d.kind} (${d.assurance}; ${d.detail})`,
+    createSigningKey: (name) => store.createSigningKey(name),
+    delete: (name) => store.delete(name),
+    close: () => store.close(),
   };
-  switch (kind) {
-    case 'software':
-      str('path', true);
-      if (!secretSource(c['passphrase'])) throw new UsageError(`${path}: passphrase must be { env: VAR } or { file: PATH }`);
-      break;
-    case 'tpm':
-      str('fapiConfig', false);
-      str('tcti', false);
-      str('dir', false);
-      break;
-    case 'pkcs11':
-      str('module', true);
-      str('token', true);
-      if (!secretSource(c['pin'])) throw new UsageError(`${path}: pin must be { env: VAR } or { file: PATH }`);
-      break;
-    default: {
-      const never: never = kind;
-      throw new UsageError(`unknown store ${String(never)}`);
-    }
-  }
-  return c as unknown as KeyStoreConfig;
 }
 
 async function provision(args: string[], io: CliIo): Promise<number> {
@@ -143,9 +104,8 @@ async function provision(args: string[], io: CliIo): Promise<number> {
     'device-id': { type: 'string' },
     pki: { type: 'string' },
     out: { type: 'string' },
-    store: { type: 'string', default: 'dev-pem' },
+    ...STORE_OPTIONS,
     'key-name': { type: 'string', default: 'device-identity' },
-    'store-config': { type: 'string' },
     'key-passphrase-env': { type: 'string' },
     'key-passphrase-file': { type: 'string' },
     'unencrypted-dev-keys': { type: 'boolean' },
@@ -158,7 +118,8 @@ async function provision(args: string[], io: CliIo): Promise<number> {
   if (!isDeviceId(deviceId)) throw new UsageError('--device-id: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit');
   if (values.pki === undefined) throw new UsageError('provision needs --pki DIR (the development CA; the enrolment endpoint comes later)');
   if (values.out === undefined) throw new UsageError('provision needs --out DIR');
-  const storeName = values.store as string;
+  const storeName = values.store ?? (values.config === undefined ? 'dev-pem' : undefined);
+  if (storeName === undefined) throw new UsageError('name the key store: --store dev-pem|software|tpm|pkcs11 (a --config file names its own kind: give --store too)');
   if (!(STORES as readonly string[]).includes(storeName)) throw new UsageError(`unknown --store ${storeName}; one of ${STORES.join(', ')}`);
   const store = storeName as StoreName;
   let keyName: string;
@@ -172,13 +133,15 @@ async function provision(args: string[], io: CliIo): Promise<number> {
 
   // The CA is opened (and its key decrypted) before any key is created, so a wrong CA passphrase
   // leaves nothing behind in the key store.
-  const ca = openCa(values.pki, { 'passphrase-env': values['pki-passphrase-env'], 'passphrase-file': values['pki-passphrase-file'] }, io,
+  const ca = await openCa(values.pki, { 'passphrase-env': values['pki-passphrase-env'], 'passphrase-file': values['pki-passphrase-file'] }, io,
     '--pki-passphrase-env VAR / --pki-passphrase-file FILE');
 
   let identityStore: IdentityKeyStore;
   if (store === 'dev-pem') {
-    if (values['store-config'] !== undefined) throw new UsageError('--store-config does not apply to --store dev-pem');
-    const keyPass = passphraseFrom({ 'passphrase-env': values['key-passphrase-env'], 'passphrase-file': values['key-passphrase-file'] }, io, 'device key passphrase', 'VITALSEAL_DEVICE_KEY_PASSPHRASE');
+    for (const flag of Object.keys(STORE_OPTIONS)) {
+      if (flag !== 'store' && values[flag as keyof typeof STORE_OPTIONS] !== undefined) throw new UsageError(`--${flag} does not apply to --store dev-pem`);
+    }
+    const keyPass = await passphraseFrom({ 'passphrase-env': values['key-passphrase-env'], 'passphrase-file': values['key-passphrase-file'] }, io, 'device key passphrase', 'VITALSEAL_DEVICE_KEY_PASSPHRASE');
     if (keyPass === undefined && values['unencrypted-dev-keys'] !== true) {
       throw new UsageError('--store dev-pem needs --key-passphrase-env VAR / --key-passphrase-file FILE (or VITALSEAL_DEVICE_KEY_PASSPHRASE), or --unencrypted-dev-keys');
     }
@@ -186,11 +149,10 @@ async function provision(args: string[], io: CliIo): Promise<number> {
     mkdirSync(outDir, { recursive: true, mode: 0o700 });
     identityStore = devPemStore(outDir, keyPass);
   } else {
-    if (values['store-config'] === undefined) throw new UsageError(`--store ${store} needs --store-config FILE`);
     if (values['unencrypted-dev-keys'] === true || values['key-passphrase-env'] !== undefined || values['key-passphrase-file'] !== undefined) {
       throw new UsageError('key passphrase options apply to --store dev-pem only; the store config names its own secrets');
     }
-    identityStore = await openBackend(readStoreConfig(values['store-config'], store));
+    identityStore = await openBackend(storeConfig(values as StoreValues, io.env), io);
     mkdirSync(outDir, { recursive: true, mode: 0o700 });
   }
 
@@ -212,7 +174,7 @@ async function provision(args: string[], io: CliIo): Promise<number> {
           deviceId,
           store,
           keyName,
-          ...(store === 'dev-pem' ? { keyFile: `${keyName}.key` } : { storeConfig: values['store-config'] }),
+          ...(store === 'dev-pem' ? { keyFile: `${keyName}.key` } : { keyStore: identityStore.label }),
           certificate: 'device.pem',
           chain: 'chain.pem',
           trustAnchor: 'root-ca.pem',
