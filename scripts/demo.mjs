@@ -8,6 +8,6 @@ What runs today:
   npm test                                        every test (PostgreSQL is started on a free loopback port)
   npm run bench                                   benchmarks with their baselines
   npx tsx examples/seal-a-second-of-vitals.ts     seal a second of simulated vitals and open it again
-  npx vitalseal cose --help                       seal and open COSE messages from the shell
+  npx vitalseal --help                            the operators command: cose, keys, audit, pki, provision
 `);
 process.exit(3);
