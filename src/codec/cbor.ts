@@ -8,8 +8,9 @@
  * bytes and refuses: indefinite lengths, reserved encodings, integers or lengths not in their
  * shortest form, simple values other than false/true/null, NaN and infinities, integers beyond
  * 2^53, text that is not UTF-8, map keys other than integers and text, duplicate map keys, and any
- * tag the caller did not allow. Maps decode as `Map` (COSE uses integer keys); byte strings as new
- * `Uint8Array`s that do not alias the input.
+ * tag the caller did not allow. Maps decode as `Map` (COSE uses integer keys); byte strings as plain
+ * `Uint8Array` views of the input, not copies: a caller that keeps one after changing or reusing the
+ * input buffer must copy it first.
  *
  * The encoder writes preferred serialization (RFC 8949 §4.1): shortest integer and length forms,
  * the shortest float that holds the value exactly. Maps keep insertion order, because COSE
@@ -19,7 +20,7 @@
  *   const bytes = encodeCbor(new Map([[1, 24]]));
  *   const value = decodeCbor(bytes, { maxBytes: 1024 });   // Map { 1 => 24 }
  */
-import { allocUninit, copyBytes } from '../util/bytes.ts';
+import { allocUninit } from '../util/bytes.ts';
 import { DecodeError } from '../util/errors.ts';
 
 export interface CborLimits {
@@ -87,7 +88,12 @@ class Decoder {
     private readonly allowTags: readonly number[],
   ) {}
 
-  /** Made on first use: most items need no multi-byte reads. */
+  #uint32(at: number): number {
+    const b = this.bytes;
+    return (((b[at] as number) << 24) >>> 0) + ((b[at + 1] as number) << 16) + ((b[at + 2] as number) << 8) + (b[at + 3] as number);
+  }
+
+  /** Made on first use: only floats need it. */
   get #view(): DataView {
     this.#dataView ??= new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);
     return this.#dataView;
@@ -120,20 +126,20 @@ class Decoder {
         break;
       case 25:
         this.#need(2, 'argument');
-        v = this.#view.getUint16(this.#pos);
+        v = ((this.bytes[this.#pos] as number) << 8) | (this.bytes[this.#pos + 1] as number);
         this.#pos += 2;
         min = 0x100;
         break;
       case 26:
         this.#need(4, 'argument');
-        v = this.#view.getUint32(this.#pos);
+        v = this.#uint32(this.#pos);
         this.#pos += 4;
         min = 0x10000;
         break;
       case 27: {
         this.#need(8, 'argument');
-        const hi = this.#view.getUint32(this.#pos);
-        const lo = this.#view.getUint32(this.#pos + 4);
+        const hi = this.#uint32(this.#pos);
+        const lo = this.#uint32(this.#pos + 4);
         // Above 2^53 a JavaScript number is inexact: nothing vitalseal reads needs such values.
         if (hi > 0x1fffff) fail('cbor-int-range', 'argument beyond 2^53');
         v = hi * 0x1_0000_0000 + lo;
@@ -170,7 +176,8 @@ class Decoder {
         this.#need(arg, major === 2 ? 'byte string' : 'text string');
         const start = this.#pos;
         this.#pos += arg;
-        if (major === 2) return copyBytes(this.bytes.subarray(start, this.#pos));
+        // A view, not a copy (see the module comment): a plain Uint8Array even when the input is a Buffer.
+        if (major === 2) return new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + start, arg);
         return this.#text(start, this.#pos);
       }
       case 4: {

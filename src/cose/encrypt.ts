@@ -208,13 +208,14 @@ export function openCose(bytes: Uint8Array, keys: OpenKeys, opts: OpenOptions = 
       if (!r.protected.has(Header.ALG)) fail('cose-alg', 'recipient alg is not protected');
       if (r.ciphertext.length !== 0) fail('cose-structure', 'ECDH-ES direct agreement carries no recipient ciphertext');
       const epk = decodeX25519CoseKey(headerValue(r.protected, r.unprotected, Header.EPHEMERAL_KEY));
-      const provider = keys.provider ?? getProvider();
-      const recipient = keys.recipient;
       const epoch = toHex(epk);
-      const derive = () => ecdhEsContentKey(provider, alg, recipient.agree(epk), r.protectedBytes);
       // The cache key binds everything the derivation depends on.
       const id = `${epoch}/${alg.id}/${toHex(r.protectedBytes)}`;
-      const cek = keys.cache !== undefined ? keys.cache.getOrDerive(id, derive) : derive();
+      let cek = keys.cache?.get(id);
+      if (cek === undefined) {
+        cek = ecdhEsContentKey(keys.provider ?? getProvider(), alg, keys.recipient.agree(epk), r.protectedBytes);
+        keys.cache?.set(id, cek);
+      }
       try {
         return { plaintext: decrypt(keys.provider, alg, cek, iv, msg.ciphertext, aad), alg, protected: msg.protected, epoch };
       } catch (e) {

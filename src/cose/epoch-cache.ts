@@ -31,26 +31,42 @@ export class EpochKeyCache {
     return { hits: this.#hits, misses: this.#misses };
   }
 
-  /** The cached key for `id`, or the one `derive` makes (then cached). Callers must not zeroise the result. */
-  getOrDerive(id: string, derive: () => Uint8Array): Uint8Array {
+  /** The cached key for `id`, or undefined. Callers must not zeroise the result. */
+  get(id: string): Uint8Array | undefined {
     const hit = this.#entries.get(id);
-    if (hit !== undefined) {
-      this.#hits++;
-      if (this.#tick - hit.stamp > this.#max / 2) {
-        this.#entries.delete(id);
-        hit.stamp = ++this.#tick;
-        this.#entries.set(id, hit); // most recently used last
-      }
-      return hit.key;
+    if (hit === undefined) {
+      this.#misses++;
+      return undefined;
     }
-    this.#misses++;
-    const key = derive();
-    if (this.#entries.size >= this.#max) {
+    this.#hits++;
+    if (this.#tick - hit.stamp > this.#max / 2) {
+      this.#entries.delete(id);
+      hit.stamp = ++this.#tick;
+      this.#entries.set(id, hit); // most recently used last
+    }
+    return hit.key;
+  }
+
+  /** Caches `key` for `id` (the cache owns it from now on), evicting the least recently used if full. */
+  set(id: string, key: Uint8Array): void {
+    const old = this.#entries.get(id);
+    if (old !== undefined) {
+      this.#entries.delete(id);
+      if (old.key !== key) zeroize(old.key);
+    } else if (this.#entries.size >= this.#max) {
       const [oldestId, oldest] = this.#entries.entries().next().value as [string, { key: Uint8Array }];
       this.#entries.delete(oldestId);
       zeroize(oldest.key);
     }
     this.#entries.set(id, { key, stamp: ++this.#tick });
+  }
+
+  /** The cached key for `id`, or the one `derive` makes (then cached). Callers must not zeroise the result. */
+  getOrDerive(id: string, derive: () => Uint8Array): Uint8Array {
+    const hit = this.get(id);
+    if (hit !== undefined) return hit;
+    const key = derive();
+    this.set(id, key);
     return key;
   }
 

@@ -27,6 +27,17 @@ describe('CBOR (RFC 8949)', () => {
     }
   });
 
+  it('byte strings decode as plain Uint8Array views of the input (no copy), also from a Buffer', () => {
+    const input = Buffer.from('83430102034102f6', 'hex');
+    const [a, b] = decodeCbor(input) as [Uint8Array, Uint8Array];
+    assert.equal(Object.getPrototypeOf(a), Uint8Array.prototype);
+    assert.deepEqual(a, Uint8Array.of(1, 2, 3));
+    assert.equal(a.buffer, input.buffer, 'shares the input memory');
+    input[2] = 9;
+    assert.equal(a[0], 9, 'a caller that reuses its input must copy first (documented)');
+    assert.deepEqual(b, Uint8Array.of(2));
+  });
+
   it('-0 keeps its sign (a half float), not the integer 0', () => {
     assert.equal(toHex(encodeCbor(-0)), 'f98000');
     assert.ok(Object.is(decodeCbor(fromHex('f98000')), -0));
