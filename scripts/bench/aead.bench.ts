@@ -2,37 +2,11 @@
  * AEAD seal/open per suite and provider, against raw node:crypto on the same bytes (the baseline,
  * measured interleaved in the same run). Sizes: 64 B, 1 KiB, 16 KiB.
  */
-import { createCipheriv, createDecipheriv, randomBytes, type CipherGCMTypes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { AEAD_IDS, aeadSuite, getProvider, PROVIDER_NAMES, type AeadId } from '../../src/crypto/index.ts';
 import { compareRates, SIZES, windows } from './measure.ts';
+import { OPENSSL_NAME, rawOpen, rawSeal } from './raw-aead.ts';
 import type { BenchContext, BenchResult } from './types.ts';
-
-const OPENSSL_NAME: Record<AeadId, string> = {
-  'chacha20-poly1305': 'chacha20-poly1305',
-  'aes-128-ccm-8': 'aes-128-ccm',
-  'aes-128-ccm-16': 'aes-128-ccm',
-  'aes-128-gcm': 'aes-128-gcm',
-  'aes-256-gcm': 'aes-256-gcm',
-};
-
-/** The baseline: one cipher object per message, as any caller of node:crypto does. */
-function rawSeal(id: AeadId, tagLength: number, key: Buffer, nonce: Buffer, plaintext: Buffer): Buffer {
-  const c = createCipheriv(OPENSSL_NAME[id] as CipherGCMTypes, key, nonce, { authTagLength: tagLength });
-  c.setAAD(Buffer.alloc(0), { plaintextLength: plaintext.length });
-  const body = c.update(plaintext);
-  c.final();
-  return Buffer.concat([body, c.getAuthTag()]);
-}
-
-function rawOpen(id: AeadId, tagLength: number, key: Buffer, nonce: Buffer, sealed: Buffer): Buffer {
-  const n = sealed.length - tagLength;
-  const d = createDecipheriv(OPENSSL_NAME[id] as CipherGCMTypes, key, nonce, { authTagLength: tagLength });
-  d.setAuthTag(sealed.subarray(n));
-  d.setAAD(Buffer.alloc(0), { plaintextLength: n });
-  const body = d.update(sealed.subarray(0, n));
-  d.final();
-  return body;
-}
 
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const out: BenchResult[] = [];

@@ -4,34 +4,19 @@
  * + open of the same plaintext. Also bytes on the wire: a realistic second of vitals (SenML-CBOR in
  * COSE) against the same readings as plain JSON.
  */
-import { createCipheriv, createDecipheriv, randomBytes, type CipherGCMTypes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { SimulatedPatient } from '../../src/agent/sensors/simulated-patient.ts';
 import { encodeVitalsPack, type VitalsBatch } from '../../src/codec/vitals.ts';
 import { COSE_CONTENT_ALGS, EpochKeyCache, Header, openCose, SealingSession, x25519Recipient } from '../../src/cose/index.ts';
 import { getProvider, type AeadId } from '../../src/crypto/index.ts';
 import { ManualClock } from '../../src/util/clock.ts';
 import { compareRates, SIZES, windows } from './measure.ts';
+import { OPENSSL_NAME, rawOpen, rawSeal } from './raw-aead.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
-const OPENSSL_NAME: Record<AeadId, string> = {
-  'chacha20-poly1305': 'chacha20-poly1305',
-  'aes-128-ccm-8': 'aes-128-ccm',
-  'aes-128-ccm-16': 'aes-128-ccm',
-  'aes-128-gcm': 'aes-128-gcm',
-  'aes-256-gcm': 'aes-256-gcm',
-};
-
+/** The baseline: raw seal then open of the same plaintext. */
 function rawSealOpen(id: AeadId, tagLength: number, key: Buffer, nonce: Buffer, plaintext: Buffer): void {
-  const c = createCipheriv(OPENSSL_NAME[id] as CipherGCMTypes, key, nonce, { authTagLength: tagLength });
-  c.setAAD(Buffer.alloc(0), { plaintextLength: plaintext.length });
-  const body = c.update(plaintext);
-  c.final();
-  const tag = c.getAuthTag();
-  const d = createDecipheriv(OPENSSL_NAME[id] as CipherGCMTypes, key, nonce, { authTagLength: tagLength });
-  d.setAuthTag(tag);
-  d.setAAD(Buffer.alloc(0), { plaintextLength: body.length });
-  d.update(body);
-  d.final();
+  rawOpen(id, tagLength, key, nonce, rawSeal(id, tagLength, key, nonce, plaintext));
 }
 
 /** One second of a simulated patient: 1 Hz vitals (with an NIBP cycle) and a 250-sample ECG strip. */

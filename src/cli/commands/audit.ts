@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { verifyAuditLog } from '../../audit/verify.ts';
 import { parse } from '../args.ts';
-import { UsageError, type CliIo, type CommandModule } from '../types.ts';
+import { UsageError, withSubCommands, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage:
   vitalseal audit verify FILE [--pubkey PEM] [--anchor SEQ:HASH] [--require-final-checkpoint]
@@ -65,15 +65,4 @@ async function verify(args: string[], io: CliIo): Promise<number> {
   return result.ok ? 0 : 1;
 }
 
-export const command: CommandModule = {
-  summary: 'verify a hash-chained audit log',
-  async run(args, io) {
-    const [sub, ...rest] = args;
-    if (sub === undefined || sub === '--help' || sub === '-h' || rest.includes('--help')) {
-      io.stdout.write(HELP);
-      return sub === undefined ? 2 : 0;
-    }
-    if (sub !== 'verify') throw new UsageError(`unknown sub-command '${sub}'`);
-    return verify(rest, io);
-  },
-};
+export const command: CommandModule = withSubCommands('verify a hash-chained audit log', HELP, { verify });

@@ -12,7 +12,7 @@ import { openCose, sealEncrypt } from '../../cose/encrypt.ts';
 import { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem, x25519Recipient } from '../../cose/keys.ts';
 import { zeroize } from '../../util/bytes.ts';
 import { parse, readAll } from '../args.ts';
-import { UsageError, type CliIo, type CommandModule } from '../types.ts';
+import { UsageError, withSubCommands, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage:
   vitalseal cose seal --to PUBLIC.pem [--alg ${COSE_CONTENT_ALGS.map((a) => a.name).join('|')}]
@@ -73,27 +73,4 @@ async function keygen(args: string[], io: CliIo): Promise<number> {
   return 0;
 }
 
-export const command: CommandModule = {
-  summary: 'seal/open COSE messages, make X25519 key pairs',
-  async run(args, io) {
-    const [sub, ...rest] = args;
-    if (sub === undefined || sub === '--help' || sub === '-h') {
-      io.stdout.write(HELP);
-      return sub === undefined ? 2 : 0;
-    }
-    if (rest.includes('--help')) {
-      io.stdout.write(HELP);
-      return 0;
-    }
-    switch (sub) {
-      case 'seal':
-        return seal(rest, io);
-      case 'open':
-        return open(rest, io);
-      case 'keygen':
-        return keygen(rest, io);
-      default:
-        throw new UsageError(`unknown sub-command '${sub}'`);
-    }
-  },
-};
+export const command: CommandModule = withSubCommands('seal/open COSE messages, make X25519 key pairs', HELP, { seal, open, keygen });

@@ -19,7 +19,7 @@ import type { KeyStore } from '../../keystore/types.ts';
 import { zeroize } from '../../util/bytes.ts';
 import { parse, readAll } from '../args.ts';
 import { STORE_OPTIONS, STORE_OPTIONS_HELP, storeConfig, type StoreValues } from '../store-options.ts';
-import { UsageError, type CliIo, type CommandModule } from '../types.ts';
+import { UsageError, withSubCommands, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage:
   vitalseal keys create NAME     make a P-256 signing key; prints its public key (PEM)
@@ -209,25 +209,5 @@ async function combineCommand(args: string[], io: CliIo): Promise<number> {
   return 0;
 }
 
-export const command: CommandModule = {
-  summary: 'key store operations: seal, unseal, sign, pubkey, list, delete, split',
-  async run(args, io) {
-    const [sub, ...rest] = args;
-    if (sub === undefined || sub === '--help' || sub === '-h') {
-      io.stdout.write(HELP);
-      return sub === undefined ? 2 : 0;
-    }
-    if (rest.includes('--help')) {
-      io.stdout.write(HELP);
-      return 0;
-    }
-    switch (sub) {
-      case 'split':
-        return splitCommand(rest, io);
-      case 'combine':
-        return combineCommand(rest, io);
-      default:
-        return storeCommand(sub, rest, io);
-    }
-  },
-};
+export const command: CommandModule = withSubCommands('key store operations: seal, unseal, sign, pubkey, list, delete, split',
+  HELP, { split: splitCommand, combine: combineCommand }, (sub) => (args, io) => storeCommand(sub, args, io));

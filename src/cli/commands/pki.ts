@@ -23,7 +23,7 @@ import { systemClock } from '../../util/clock.ts';
 import { zeroize } from '../../util/bytes.ts';
 import { CertificateError, KeyStoreError } from '../../util/errors.ts';
 import { parse } from '../args.ts';
-import { UsageError, type CliIo, type CommandModule } from '../types.ts';
+import { UsageError, withSubCommands, type CliIo, type CommandModule } from '../types.ts';
 
 export const PASSPHRASE_ENV = 'VITALSEAL_PKI_PASSPHRASE';
 
@@ -376,31 +376,4 @@ async function inspect(args: string[], io: CliIo): Promise<number> {
   return 0;
 }
 
-export const command: CommandModule = {
-  summary: 'fleet CA: init, issue, revoke, crl, inspect',
-  async run(args, io) {
-    const [sub, ...rest] = args;
-    if (sub === undefined || sub === '--help' || sub === '-h') {
-      io.stdout.write(HELP);
-      return sub === undefined ? 2 : 0;
-    }
-    if (rest.includes('--help')) {
-      io.stdout.write(HELP);
-      return 0;
-    }
-    switch (sub) {
-      case 'init':
-        return init(rest, io);
-      case 'issue':
-        return issue(rest, io);
-      case 'revoke':
-        return revoke(rest, io);
-      case 'crl':
-        return crl(rest, io);
-      case 'inspect':
-        return inspect(rest, io);
-      default:
-        throw new UsageError(`unknown sub-command '${sub}'`);
-    }
-  },
-};
+export const command: CommandModule = withSubCommands('fleet CA: init, issue, revoke, crl, inspect', HELP, { init, issue, revoke, crl, inspect });
