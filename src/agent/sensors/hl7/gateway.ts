@@ -242,7 +242,7 @@ export class MllpGateway {
       }
       this.#counters.messagesAccepted++;
       this.#counters.readings += oru.readings.length;
-      this.#o.log.debug({ remote, readings: oru.readings.length, ignored: oru.ignored }, 'hl7 message stored');
+      this.#o.log.debug({ remote, readingCount: oru.readings.length, ignoredCount: oru.ignored }, 'hl7 message stored');
       return buildAck(msg, { code: 'AA', controlId: ackId, now: new Date(now) });
     } catch (e) {
       let rej: Hl7Rejection;
