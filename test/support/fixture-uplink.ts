@@ -34,6 +34,8 @@ export interface ReceiverOptions {
   /** Sequence numbers refused for good (status 2). */
   readonly refuse?: ReadonlySet<number>;
   readonly port?: number;
+  /** Each answer takes this long, one after another per connection (a slow receiver). */
+  readonly serviceMs?: number;
 }
 
 /** The receiving side: dedupes, verifies, records. Can be taken down and brought back (outages). */
@@ -84,6 +86,7 @@ export class FixtureReceiver {
     this.#sockets.add(s);
     s.setNoDelay(true);
     let buf = Buffer.alloc(0);
+    let freeAt = 0;
     s.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
       while (buf.length >= 4) {
@@ -98,8 +101,18 @@ export class FixtureReceiver {
         const out = Buffer.alloc(9);
         out.writeUInt32BE(Math.floor(seq / 2 ** 32), 0);
         out.writeUInt32BE(seq >>> 0, 4);
-        out[8] = this.#accept(seq, device, payload);
-        s.write(out);
+        const service = this.#o.serviceMs ?? 0;
+        if (service === 0) {
+          out[8] = this.#accept(seq, device, payload);
+          s.write(out);
+        } else {
+          freeAt = Math.max(freeAt, Date.now()) + service;
+          setTimeout(() => {
+            if (s.destroyed) return;
+            out[8] = this.#accept(seq, device, payload);
+            s.write(out);
+          }, freeAt - Date.now());
+        }
       }
     });
     s.on('error', () => undefined);

@@ -279,6 +279,7 @@ export class SchedulerCore {
     const l = this.#link;
     if ((l.state === 'connected' || l.state === 'connecting') && l.epoch === epoch) {
       if (l.state === 'connecting') return this.connectFailed(now, epoch, reason);
+      this.#counters.transientErrors++;
       this.#linkLost(now, reason);
     }
   }
