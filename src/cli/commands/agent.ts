@@ -29,17 +29,35 @@ async function run(args: string[], io: CliIo): Promise<number> {
   if (values.config === undefined) throw new UsageError('run needs --config FILE');
   const config = loadAgentConfig(values.config, io.env);
   const agent = await createAgent({ config });
-  await agent.start();
-  await new Promise<void>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      io.stderr.write(`vitalseal agent: ${sig} received, stopping\n`);
-      void agent.stop().then(resolve, resolve);
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
+  // The handlers go in before start (a signal during start-up stops the agent once it is up) and
+  // stay until the queue state is flushed: a second signal during the stop is acknowledged, never
+  // allowed to fall through to the default action (killed mid-flush).
+  let started: Promise<void> | undefined;
+  let stopping: Promise<void> | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopping !== undefined) {
+      io.stderr.write(`vitalseal agent: ${sig} received again; still flushing the queue state\n`);
+      return;
+    }
+    io.stderr.write(`vitalseal agent: ${sig} received, stopping\n`);
+    stopping = (started ?? Promise.resolve()).catch(() => undefined).then(() => agent.stop());
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    started = agent.start();
+    try {
+      await started;
+    } catch (e) {
+      // A port in use, a socket path not writable: release what did start, then report.
+      await agent.stop().catch(() => undefined);
+      throw e;
+    }
+    await new Promise<void>((resolve) => agent.once('stopped', resolve));
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
   return 0;
 }
 
