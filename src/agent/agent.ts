@@ -242,7 +242,14 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.#log.info({}, 'agent stopping');
     clearInterval(this.#tick);
     clearInterval(this.#certTimer);
-    for (const { gw } of this.#gateways) await gw.stop();
+    // The gateways stop accepting and wait for the messages they are storing; those wait for a
+    // flush, so keep flushing until the gateways are done, then seal the last batch.
+    const flusher = setInterval(() => void this.#pipeline.flush().catch(() => undefined), 50);
+    try {
+      await Promise.all(this.#gateways.map(({ gw }) => gw.stop()));
+    } finally {
+      clearInterval(flusher);
+    }
     if (wasRunning) await this.#pipeline.stop(this.#clock.now()).catch(() => undefined);
     await this.#runner.stop();
     await this.#queue.close();
