@@ -139,6 +139,33 @@ describe('agent: a full run', () => {
   });
 });
 
+describe('agent: graceful stop with an HL7 message in flight', () => {
+  const env = agentTestEnv();
+  after(() => env.cleanup());
+
+  it('the message being stored is sealed, queued and answered AA before the agent stops', async () => {
+    const config = parseAgentConfig(env.config({
+      sources: [{ type: 'hl7-mllp', id: 'monitor', listen: '127.0.0.1:0' }],
+      batch: { windowMs: 600_000 }, // no flush of its own: only the stop will flush
+      metrics: { listen: false },
+    }), { baseDir: env.dir });
+    const agent = await createAgent({ config, log: capture().log, uplinks: { primary: new FixtureUplink(() => 1) } });
+    await agent.start();
+    const client = new Hl7Client({ host: '127.0.0.1', port: agent.gatewayAddresses['monitor']?.port as number });
+    const t = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14) + '+0000';
+    const acked = client.sendAndWait(Hl7Message.parse(oru([obx(1, '8867-4^HR^LN', '64', '/min', { time: t })], { control: 'LAST' })), { timeoutMs: 10_000 });
+    await waitFor(() => agent.status().hl7['monitor']?.['connections'] === 1, 'the monitor connected');
+    await new Promise((r) => setTimeout(r, 100));
+    await agent.stop();
+    const ack = await acked;
+    await client.close();
+    assert.equal(ack.getSegment('MSA')?.getField(1)?.toString(), 'AA');
+    const q = await openSegmentQueue({ dir: config.queue.dir });
+    assert.equal(q.stats().depth, 1, 'the reading is in the queue for the next start');
+    await q.close();
+  });
+});
+
 describe('agent: start-up refusals', () => {
   const env = agentTestEnv();
   after(() => env.cleanup());
