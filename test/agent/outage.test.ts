@@ -81,4 +81,37 @@ describe('agent: receiver outage', () => {
     assert.ok(s.uplink['transientErrors'] as number >= 1 && (s.uplink['connects'] as number) >= 2, JSON.stringify(s.uplink));
     receiver.destroy();
   });
+
+  it('fails over to the second transport when the primary is down, and returns to the primary when it is back', async () => {
+    const primaryRx = new FixtureReceiver({ ingestPrivateKey: env.ingestPrivateKey, deviceId: 'bed-7' });
+    const failoverRx = new FixtureReceiver({ ingestPrivateKey: env.ingestPrivateKey, deviceId: 'bed-7' });
+    const primaryPort = await primaryRx.start();
+    await primaryRx.stop(); // the primary is down from the start; its port is kept for later
+    await failoverRx.start();
+    const config = parseAgentConfig(env.config({
+      batch: { windowMs: 50 },
+      queue: { dir: `${env.dir}/queue-failover` },
+      status: { socket: `${env.dir}/failover.sock` },
+      uplink: { backoffInitialMs: 20, backoffMaxMs: 50, failoverAfter: 3, primaryProbeSeconds: 1 },
+      metrics: { listen: false },
+    }), { baseDir: env.dir });
+    const agent = await createAgent({ config, log: silentLogger(), uplinks: { primary: new FixtureUplink(() => primaryPort), failover: new FixtureUplink(() => failoverRx.port) } });
+    let last = 0;
+    agent.on('appended', ({ seq }) => { last = seq; });
+    await agent.start();
+    await waitFor(() => failoverRx.messages.size >= 5, 'delivery over the failover');
+    assert.equal(agent.status().transport.target, 'failover');
+    await primaryRx.start();
+    await waitFor(() => agent.status().transport.target === 'primary' && primaryRx.messages.size >= 3, 'return to the primary');
+    const target = last + 3;
+    await waitFor(() => last >= target && [...Array(target).keys()].every((k) => primaryRx.messages.has(k + 1) || failoverRx.messages.has(k + 1)), 'everything delivered');
+    await agent.stop();
+    await primaryRx.stop();
+    await failoverRx.stop();
+    assert.deepEqual([...primaryRx.problems, ...failoverRx.problems], []);
+    const s = agent.status();
+    assert.equal(s.uplink['failovers'], 1);
+    primaryRx.destroy();
+    failoverRx.destroy();
+  });
 });

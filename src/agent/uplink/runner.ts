@@ -72,7 +72,7 @@ export class UplinkRunner {
         const epoch = this.#epochOf[target];
         if (epoch === undefined || this.#stopped) return;
         this.#o.log.warn({ target, reason }, 'uplink disconnected');
-        this.core.disconnected(this.#o.clock.now(), epoch, reason);
+        this.core.disconnected(this.#o.clock.now(), epoch, reason, target);
         this.#drain();
       });
     }
@@ -161,13 +161,16 @@ export class UplinkRunner {
   }
 
   #connect(target: LinkTarget, epoch: number, probe: boolean): void {
-    this.#epochOf[target] = epoch;
+    // A probe's link is not the current one until it succeeds (then the core gives it a new epoch).
+    if (!probe) this.#epochOf[target] = epoch;
     this.#o.log.info({ target, probe }, 'connecting uplink');
     const p = this.#uplink(target).connect().then(() => {
       const s = this.#uplink(target).session;
       this.#o.log.info({ target, peer: s?.peer, protocol: s?.protocol, suite: s?.suite }, 'uplink connected');
-      if (probe) this.core.probeSucceeded(this.#o.clock.now(), epoch);
-      else this.core.connected(this.#o.clock.now(), epoch);
+      if (probe) {
+        this.core.probeSucceeded(this.#o.clock.now(), epoch);
+        if (this.core.status().target === 'primary') this.#epochOf.primary = this.core.epoch;
+      } else this.core.connected(this.#o.clock.now(), epoch);
     }, (e: unknown) => {
       const code = codeOf(e);
       // A transient failure is routine during an outage; anything else (bad credentials, a peer

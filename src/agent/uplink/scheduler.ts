@@ -212,7 +212,9 @@ export class SchedulerCore {
     this.#actions.push({ kind: 'close', target: 'failover', reason: 'primary is back' });
     this.#inFlight.clear();
     this.#counters.connects++;
-    this.#link = { state: 'connected', target: 'primary', epoch, since: now, probing: false, probeAt: undefined };
+    // A new epoch: late failures from the failover link being closed must not touch this one.
+    this.#epoch++;
+    this.#link = { state: 'connected', target: 'primary', epoch: this.#epoch, since: now, probing: false, probeAt: undefined };
     this.#resetLanes();
     this.#drive(now);
   }
@@ -274,10 +276,10 @@ export class SchedulerCore {
     this.#drive(now);
   }
 
-  /** The link dropped by itself (the transport's 'disconnected' event). */
-  disconnected(now: number, epoch: number, reason: string): void {
+  /** The link `target` dropped by itself (the transport's 'disconnected' event). */
+  disconnected(now: number, epoch: number, reason: string, target?: LinkTarget): void {
     const l = this.#link;
-    if ((l.state === 'connected' || l.state === 'connecting') && l.epoch === epoch) {
+    if ((l.state === 'connected' || l.state === 'connecting') && l.epoch === epoch && (target === undefined || target === l.target)) {
       if (l.state === 'connecting') return this.connectFailed(now, epoch, reason);
       this.#counters.transientErrors++;
       this.#linkLost(now, reason);
@@ -298,6 +300,11 @@ export class SchedulerCore {
   }
 
   // ---- outputs ----
+
+  /** The epoch of the current link (changes on every connect and on a return to the primary). */
+  get epoch(): number {
+    return this.#epoch;
+  }
 
   takeActions(): SchedulerAction[] {
     const a = this.#actions;

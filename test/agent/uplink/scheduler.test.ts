@@ -123,6 +123,15 @@ describe('uplink scheduler core', () => {
     assert.deepEqual(of(after, 'close').map((x) => x.target), ['failover']);
     assert.equal(core.status().target, 'primary');
     assert.deepEqual(sends(after), [1, 2], 'unacknowledged messages go again on the primary');
+    // The failover being closed fails its sends and reports a disconnect: neither touches the primary.
+    const failoverEpoch = c.epoch;
+    core.sendFailed(now + 5020, 1, failoverEpoch, 'closed');
+    core.disconnected(now + 5021, failoverEpoch, 'closed', 'failover');
+    assert.equal(core.status().link, 'connected');
+    assert.equal(core.status().target, 'primary');
+    const [primarySend] = of(after, 'send');
+    core.sendFailed(now + 5030, 1, primarySend?.epoch as number, 'lost');
+    assert.equal(core.status().link, 'waiting', 'a failure on the primary itself still counts');
   });
 
   it('a refused message is moved aside and delivery goes on past it; a failed move is retried', () => {
