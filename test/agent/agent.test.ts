@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { get } from 'node:http';
+import { PassThrough } from 'node:stream';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { Hl7Message } from '@medplum/core';
@@ -20,6 +21,7 @@ import { getProvider } from '../../src/crypto/registry.ts';
 import type { CryptoProvider } from '../../src/crypto/provider.ts';
 import { SelfTestFailure } from '../../src/crypto/selftest.ts';
 import { toHex } from '../../src/util/bytes.ts';
+import { main } from '../../src/cli/main.ts';
 import { Unsupported } from '../../src/util/errors.ts';
 import { FixtureReceiver, FixtureUplink } from '../support/fixture-uplink.ts';
 import { obx, oru } from './sensors/hl7/messages.ts';
@@ -90,6 +92,18 @@ describe('agent: a full run', () => {
     assert.ok(status.selfTest.passed.some((p) => p.startsWith('aead:chacha20-poly1305')));
     assert.equal(status.hl7['monitor']?.['messagesAccepted'], 1);
 
+    // The operator's view: `vitalseal agent status --socket PATH`.
+    const out: string[] = [];
+    const sink = new PassThrough();
+    sink.on('data', (d: Buffer) => out.push(d.toString()));
+    const code = await main(['agent', 'status', '--socket', config.status.socket], { stdin: new PassThrough(), stdout: sink, stderr: new PassThrough(), env: {} });
+    assert.equal(code, 0);
+    const shown = out.join('');
+    for (const re of [/^queue +\d+ message/m, /^last ack +message \d+ at /m, /^transport +mqtts connected \(primary\) to 127\.0\.0\.1:\d+, fixture-tcp/m,
+      /^sealing +chacha20-poly1305; key epoch [\d.]+ s old/m, /^certificate +device certificate expires in \d+ day/m, /^self-test +passed: aead:chacha20-poly1305/m]) {
+      assert.match(shown, re);
+    }
+
     const metrics = await httpGet(`http://127.0.0.1:${agent.metricsAddress?.port}/metrics`);
     assert.match(metrics, /^# TYPE vitalseal_agent_queue_depth gauge$/m);
     assert.match(metrics, /^vitalseal_agent_uplink_connected 1$/m);
@@ -136,6 +150,19 @@ describe('agent: a full run', () => {
       env.ingestPrivatePem.split('\n')[1] as string];
     for (const f of [...forbidden, ...keyForms]) assert.ok(!text.includes(f), `log mentions ${JSON.stringify(f.slice(0, 12))}`);
     receiver.destroy();
+  });
+});
+
+describe('agent logs: redaction as a second line of defence', () => {
+  it('blanks fields that could carry values, keys or patient data, at depth', () => {
+    const { lines, log } = capture();
+    log.info({ value: 72, reading: { value: 97 }, nested: { deep: { privateKey: 'abc', pin: '1234' } }, patient: 'DOE^JANE', seq: 5 }, 'x');
+    const l = JSON.parse(lines[0] as string) as Record<string, unknown>;
+    assert.equal(l['value'], '[redacted]');
+    assert.equal(l['reading'], '[redacted]');
+    assert.deepEqual(l['nested'], { deep: { privateKey: '[redacted]', pin: '[redacted]' } });
+    assert.equal(l['patient'], '[redacted]');
+    assert.equal(l['seq'], 5);
   });
 });
 
