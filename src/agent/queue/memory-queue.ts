@@ -20,14 +20,37 @@ export class MemoryQueue implements QueueStore {
   #dropped = 0;
   #bytes = 0;
   #closed = false;
+  #chain: Promise<unknown> = Promise.resolve();
 
   constructor(opts: MemoryQueueOptions = {}) {
     this.#limits = { ...DEFAULT_QUEUE_LIMITS, ...opts.limits };
     this.#policy = opts.fullPolicy ?? 'drop-oldest';
   }
 
-  async append(payloads: readonly Uint8Array[]): Promise<number[]> {
-    this.#open();
+  append(payloads: readonly Uint8Array[]): Promise<number[]> {
+    return this.#serial(async () => this.#appendNow(payloads));
+  }
+
+  appendWith(count: number, build: (firstSeq: number) => readonly Uint8Array[] | Promise<readonly Uint8Array[]>): Promise<number[]> {
+    return this.#serial(async () => {
+      if (!Number.isSafeInteger(count) || count < 1) throw new RangeError('queue appendWith: count must be a positive integer');
+      const payloads = await build(this.#nextSeq);
+      if (payloads.length !== count) throw new ApiMisuse('queue-build-count', `queue appendWith: build returned ${payloads.length} payloads for ${count} numbers`);
+      return this.#appendNow(payloads);
+    });
+  }
+
+  /** Appends run one at a time, so an async `build` never shares numbers with another append. */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#chain.then(() => {
+      this.#open();
+      return fn();
+    });
+    this.#chain = run.catch(() => undefined);
+    return run;
+  }
+
+  #appendNow(payloads: readonly Uint8Array[]): number[] {
     for (const p of payloads) {
       if (!(p instanceof Uint8Array) || p.length === 0) throw new TypeError('queue append: payloads must be non-empty Uint8Arrays');
       if (p.length > this.#limits.maxMessageBytes) {

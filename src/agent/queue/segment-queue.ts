@@ -164,50 +164,63 @@ export class SegmentQueue implements QueueStore {
   }
 
   append(payloads: readonly Uint8Array[]): Promise<number[]> {
+    return this.#serial(() => this.#appendLocked(payloads));
+  }
+
+  appendWith(count: number, build: (firstSeq: number) => readonly Uint8Array[] | Promise<readonly Uint8Array[]>): Promise<number[]> {
     return this.#serial(async () => {
-      for (const p of payloads) {
-        if (!(p instanceof Uint8Array) || p.length === 0) throw new TypeError('queue append: payloads must be non-empty Uint8Arrays');
-        if (p.length > this.#limits.maxMessageBytes) {
-          throw new ApiMisuse('queue-message-too-large', `queue append: ${p.length} bytes exceeds the ${this.#limits.maxMessageBytes}-byte limit`);
-        }
-        if (this.#requireCose && !looksLikeCose(p)) {
-          throw new ApiMisuse('queue-not-sealed', 'queue append: payload is not a tagged COSE message; only sealed data may be queued');
-        }
-      }
-      const incoming = payloads.reduce((n, p) => n + RECORD_HEADER_BYTES + p.length, 0);
-      if (incoming > this.#limits.capacityBytes) {
-        throw new ApiMisuse('queue-full', 'queue append: batch larger than the whole queue capacity');
-      }
-      const over = this.stats().bytes + incoming - this.#limits.capacityBytes;
-      if (over > 0) {
-        if (this.#policy === 'reject-new') throw new ApiMisuse('queue-full', 'queue is full; append refused (policy reject-new)');
-        await this.#dropOldest(over);
-      }
-      const seqs: number[] = [];
-      let seg = this.#segments.at(-1);
-      // Continue the newest segment only if its numbering runs straight into nextSeq.
-      if (seg === undefined || seg.firstSeq + seg.offsets.length !== this.#state.nextSeq) seg = await this.#roll();
-      let pending: Buffer[] = [];
-      let pendingBytes = 0;
-      for (const p of payloads) {
-        const seq = this.#state.nextSeq + seqs.length;
-        if (seg.size + pendingBytes >= this.#segmentBytes && seg.offsets.length > 0) {
-          await this.#writeFrames(seg, pending, pendingBytes);
-          pending = [];
-          pendingBytes = 0;
-          seg = await this.#roll(seq);
-        }
-        const frame = encodeRecord(seq, p);
-        seg.offsets.push(seg.size + pendingBytes);
-        seg.lengths.push(p.length);
-        pending.push(frame);
-        pendingBytes += frame.length;
-        seqs.push(seq);
-      }
-      await this.#writeFrames(seg, pending, pendingBytes);
-      this.#state.nextSeq += seqs.length;
-      return seqs;
+      if (!Number.isSafeInteger(count) || count < 1) throw new RangeError('queue appendWith: count must be a positive integer');
+      // Inside the serial chain nextSeq cannot move until this append is written or has failed.
+      const payloads = await build(this.#state.nextSeq);
+      if (payloads.length !== count) throw new ApiMisuse('queue-build-count', `queue appendWith: build returned ${payloads.length} payloads for ${count} numbers`);
+      return this.#appendLocked(payloads);
     });
+  }
+
+  /** Runs inside the serial chain. */
+  async #appendLocked(payloads: readonly Uint8Array[]): Promise<number[]> {
+    for (const p of payloads) {
+      if (!(p instanceof Uint8Array) || p.length === 0) throw new TypeError('queue append: payloads must be non-empty Uint8Arrays');
+      if (p.length > this.#limits.maxMessageBytes) {
+        throw new ApiMisuse('queue-message-too-large', `queue append: ${p.length} bytes exceeds the ${this.#limits.maxMessageBytes}-byte limit`);
+      }
+      if (this.#requireCose && !looksLikeCose(p)) {
+        throw new ApiMisuse('queue-not-sealed', 'queue append: payload is not a tagged COSE message; only sealed data may be queued');
+      }
+    }
+    const incoming = payloads.reduce((n, p) => n + RECORD_HEADER_BYTES + p.length, 0);
+    if (incoming > this.#limits.capacityBytes) {
+      throw new ApiMisuse('queue-full', 'queue append: batch larger than the whole queue capacity');
+    }
+    const over = this.stats().bytes + incoming - this.#limits.capacityBytes;
+    if (over > 0) {
+      if (this.#policy === 'reject-new') throw new ApiMisuse('queue-full', 'queue is full; append refused (policy reject-new)');
+      await this.#dropOldest(over);
+    }
+    const seqs: number[] = [];
+    let seg = this.#segments.at(-1);
+    // Continue the newest segment only if its numbering runs straight into nextSeq.
+    if (seg === undefined || seg.firstSeq + seg.offsets.length !== this.#state.nextSeq) seg = await this.#roll();
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for (const p of payloads) {
+      const seq = this.#state.nextSeq + seqs.length;
+      if (seg.size + pendingBytes >= this.#segmentBytes && seg.offsets.length > 0) {
+        await this.#writeFrames(seg, pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+        seg = await this.#roll(seq);
+      }
+      const frame = encodeRecord(seq, p);
+      seg.offsets.push(seg.size + pendingBytes);
+      seg.lengths.push(p.length);
+      pending.push(frame);
+      pendingBytes += frame.length;
+      seqs.push(seq);
+    }
+    await this.#writeFrames(seg, pending, pendingBytes);
+    this.#state.nextSeq += seqs.length;
+    return seqs;
   }
 
   peek(max: number, afterSeq?: number): Promise<QueuedMessage[]> {
@@ -217,9 +230,15 @@ export class SegmentQueue implements QueueStore {
       for (const s of this.#segments) {
         const last = s.firstSeq + s.offsets.length - 1;
         if (last < from || out.length >= max) continue;
-        const data = await readFile(s.path);
-        for (let i = Math.max(0, from - s.firstSeq); i < s.offsets.length && out.length < max; i++) {
-          const off = (s.offsets[i] as number) + RECORD_HEADER_BYTES;
+        // Read only the byte range holding the wanted records, not the whole segment.
+        const i0 = Math.max(0, from - s.firstSeq);
+        const i1 = Math.min(s.offsets.length, i0 + (max - out.length));
+        if (i0 >= i1) continue;
+        const start = s.offsets[i0] as number;
+        const end = (s.offsets[i1 - 1] as number) + RECORD_HEADER_BYTES + (s.lengths[i1 - 1] as number);
+        const data = await readRange(s.path, start, end - start);
+        for (let i = i0; i < i1; i++) {
+          const off = (s.offsets[i] as number) - start + RECORD_HEADER_BYTES;
           out.push({ seq: s.firstSeq + i, payload: new Uint8Array(data.subarray(off, off + (s.lengths[i] as number))) });
         }
       }
@@ -319,6 +338,22 @@ export class SegmentQueue implements QueueStore {
 
 export function openSegmentQueue(opts: SegmentQueueOptions): Promise<SegmentQueue> {
   return SegmentQueue.open(opts);
+}
+
+async function readRange(path: string, position: number, length: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+      if (bytesRead === 0) throw new StorageError('queue-read-short', `queue segment ${path} is shorter than its index says`);
+      got += bytesRead;
+    }
+    return buf;
+  } finally {
+    await fh.close();
+  }
 }
 
 async function readState(dir: string): Promise<PersistedState | undefined> {

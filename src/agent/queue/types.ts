@@ -8,7 +8,7 @@
  *
  * @example
  *   const q = await openSegmentQueue({ dir: '/var/lib/vitalseal/queue' });
- *   const [seq] = await q.append([sealedCoseBytes]);
+ *   const [seq] = await q.appendWith(1, (seq) => [session.seal(pack, { protectedExtras: new Map([[Header.SEQUENCE, seq]]) })]);
  *   for (const m of await q.peek(100)) await uplink.send(m.payload).then(() => q.ack(m.seq));
  */
 export interface QueuedMessage {
@@ -34,6 +34,14 @@ export interface QueueStats {
 export interface QueueStore {
   /** Appends sealed messages in order and makes them durable per the fsync policy; returns their sequence numbers. */
   append(payloads: readonly Uint8Array[]): Promise<number[]>;
+  /**
+   * Numbers first, then seals: reserves the next `count` sequence numbers, calls `build(firstSeq)`
+   * for payloads that carry them (the COSE protected header holds the sequence number, so it must
+   * be known before sealing), and appends the result, all in one serialised step so no other append
+   * can take those numbers in between. If `build` throws, nothing is appended and no number is
+   * used. `build` must return exactly `count` payloads.
+   */
+  appendWith(count: number, build: (firstSeq: number) => readonly Uint8Array[] | Promise<readonly Uint8Array[]>): Promise<number[]>;
   /** Up to `max` unacknowledged messages after `afterSeq` (default: after the acknowledged position), oldest first. */
   peek(max: number, afterSeq?: number): Promise<QueuedMessage[]>;
   /** Acknowledges every message with seq ≤ `throughSeq`. Acks below the current position are ignored. */

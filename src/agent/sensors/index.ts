@@ -10,4 +10,5 @@
  *   const { vitals, waveforms } = patient.read(Date.now() + 1000);
  */
 export { SimulatedPatient, type PatientEvent, type PatientEventKind, type SimulatedPatientOptions } from './simulated-patient.ts';
+export { StreamSensorSource, type DriverOutput, type DriverStats, type SensorDriver, type StreamSensorSourceOptions } from './driver.ts';
 export { VITAL_UNITS, type SensorHealth, type SensorReadout, type SensorSource, type VitalName, type VitalSample, type WaveformChunk } from './types.ts';

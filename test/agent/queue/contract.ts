@@ -79,6 +79,31 @@ export function runQueueContract(name: string, factory: (opts?: QueueFactoryOpti
       await q.close();
     });
 
+    it('appendWith hands build the numbers the messages get, and concurrent appends never share them', async () => {
+      const q = await factory();
+      await q.append([sealedLike(1)]);
+      // Each build waits a different time, so a racing implementation would interleave numbers.
+      const tasks = [3, 1, 2, 0].map((delay, k) => q.appendWith(2, async (first) => {
+        await new Promise((r) => setTimeout(r, delay));
+        return [sealedLike(first), sealedLike(first + 1)];
+      }).then((seqs) => ({ k, seqs })));
+      const done = await Promise.all(tasks);
+      const all = done.flatMap((d) => d.seqs).sort((a, b) => a - b);
+      assert.deepEqual(all, [2, 3, 4, 5, 6, 7, 8, 9]);
+      for (const m of await q.peek(100)) assert.deepEqual(m.payload, sealedLike(m.seq), `payload of ${m.seq} was built for it`);
+      await q.close();
+    });
+
+    it('appendWith: a build that throws uses no number; a wrong count is refused', async () => {
+      const q = await factory();
+      await assert.rejects(q.appendWith(1, () => { throw new Error('seal failed'); }), /seal failed/);
+      await assert.rejects(q.appendWith(2, (first) => [sealedLike(first)]), (e) => e instanceof ApiMisuse && e.code === 'queue-build-count');
+      await assert.rejects(q.appendWith(0, () => []), RangeError);
+      assert.deepEqual(await q.appendWith(1, (first) => [sealedLike(first)]), [1]);
+      assert.equal(q.stats().nextSeq, 2);
+      await q.close();
+    });
+
     it('refuses use after close', async () => {
       const q = await factory();
       await q.close();

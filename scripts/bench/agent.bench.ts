@@ -1,0 +1,185 @@
+/**
+ * Agent benchmarks.
+ *
+ * 1. Footprint of a real agent process for one simulated patient (1 Hz vitals + 250 Hz ECG,
+ *    1 s batches, sealed, fsync per batch, delivered over loopback): resident memory (VmRSS) and
+ *    CPU share of one core over a measured window, read from /proc. Baseline in the same run: the
+ *    same runtime (node + the tsx loader) idling. Budgets from issue 6: RSS ≤ 80 MB, CPU ≤ 5 %.
+ * 2. Queue append throughput with fsync per batch (the segment queue: framing, CRC-32C, index,
+ *    datasync) against a plain append-only file write of the same bytes with a datasync after each,
+ *    interleaved in the same run. Target: ≥ 0.5× the plain write.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openSegmentQueue } from '../../src/agent/queue/index.ts';
+import { encodeRecord } from '../../src/agent/queue/segment-format.ts';
+import { SimulatedPatient } from '../../src/agent/sensors/simulated-patient.ts';
+import { encodeVitalsPack } from '../../src/codec/vitals.ts';
+import { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem } from '../../src/cose/keys.ts';
+import { Header, SealingSession } from '../../src/cose/index.ts';
+import { FixtureReceiver } from '../../test/support/fixture-uplink.ts';
+import { median } from './measure.ts';
+import type { BenchContext, BenchResult } from './types.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const CHILD = join(root, 'scripts/bench/agent-footprint-child.ts');
+const TICKS = 100; // USER_HZ on Linux
+
+function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rssKiB = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN);
+  // /proc/PID/stat: fields 14 and 15 are utime and stime (after the parenthesised command name).
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { rssKiB, cpuTicks: Number(fields[11]) + Number(fields[12]) };
+}
+
+/**
+ * The child as a device build would ship it: one bundled ES module run by plain node (no tsx
+ * loader in the process). npm dependencies stay external and load from node_modules.
+ */
+async function bundleChild(): Promise<string> {
+  const { build } = await import('esbuild');
+  const outfile = join(root, 'node_modules/.cache/vitalseal-bench/agent-footprint-child.mjs');
+  await build({ entryPoints: [CHILD], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile, logLevel: 'silent' });
+  return outfile;
+}
+
+async function footprint(runner: string[], args: string[], windowMs: number, warmMs: number): Promise<{ rssMiB: number; peakRssMiB: number; cpuPercent: number }> {
+  const child = spawn(process.execPath, [...runner, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+      child.once('exit', (c) => reject(new Error(`footprint child exited ${c}`)));
+    });
+    await new Promise((r) => setTimeout(r, warmMs));
+    const pid = child.pid as number;
+    const a = procSample(pid);
+    const t0 = performance.now();
+    const rss: number[] = [];
+    while (performance.now() - t0 < windowMs) {
+      await new Promise((r) => setTimeout(r, 250));
+      rss.push(procSample(pid).rssKiB);
+    }
+    const b = procSample(pid);
+    const seconds = (performance.now() - t0) / 1000;
+    return { rssMiB: median(rss) / 1024, peakRssMiB: Math.max(...rss) / 1024, cpuPercent: ((b.cpuTicks - a.cpuTicks) / TICKS / seconds) * 100 };
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+  }
+}
+
+/** Sealed messages as the agent makes them: one second of one simulated patient each. */
+function realisticMessages(count: number): Uint8Array[] {
+  const { publicPem } = generateX25519Pem();
+  const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: x25519PublicFromPem(publicPem), clock: { now: () => 0 } });
+  const patient = new SimulatedPatient({ id: 'bench', seed: 5 });
+  const t0 = 1_750_000_000_000;
+  patient.start(t0);
+  const out: Uint8Array[] = [];
+  for (let i = 1; i <= count; i++) {
+    const r = patient.read(t0 + i * 1000);
+    const pack = encodeVitalsPack({
+      deviceId: 'bed-7',
+      readings: r.vitals.map((v) => ({ kind: v.name, time: v.time, value: v.value })),
+      ecg: r.waveforms.map((w) => ({ start: w.start, intervalMs: w.intervalMs, samplesMv: w.samples })),
+    });
+    out.push(session.seal(pack, { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-7'], [Header.SEQUENCE, i]]) }));
+  }
+  session.destroy();
+  return out;
+}
+
+async function appendThroughput(ctx: BenchContext): Promise<BenchResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-bench-queue-'));
+  try {
+    const msgs = realisticMessages(64);
+    const rounds = ctx.quick ? 2 : 5;
+    const perRound = ctx.quick ? 100 : 400;
+    const q = await openSegmentQueue({ dir: join(dir, 'q'), fsync: 'every-append' });
+    const fh = await open(join(dir, 'plain.log'), 'a', 0o600);
+    const queueRates: number[] = [];
+    const plainRates: number[] = [];
+    let k = 0;
+    for (let r = 0; r < rounds; r++) {
+      let t = performance.now();
+      for (let i = 0; i < perRound; i++) await q.append([msgs[(k++) % msgs.length] as Uint8Array]);
+      queueRates.push(perRound / ((performance.now() - t) / 1000));
+      // The same bytes the queue writes (its 16-byte record header + payload), appended and synced.
+      t = performance.now();
+      for (let i = 0; i < perRound; i++) {
+        await fh.write(encodeRecord(k, msgs[(k++) % msgs.length] as Uint8Array));
+        await fh.datasync();
+      }
+      plainRates.push(perRound / ((performance.now() - t) / 1000));
+      await q.ack(q.stats().nextSeq - 1);
+    }
+    await q.close();
+    await fh.close();
+    const value = median(queueRates);
+    const baseline = median(plainRates);
+    const size = Math.round(msgs.reduce((n, m) => n + m.length, 0) / msgs.length);
+    ctx.log(`queue append+fsync: ${value.toFixed(0)}/s vs plain write+fdatasync ${baseline.toFixed(0)}/s (messages ~${size} B)`);
+    return {
+      name: `agent queue append, fsync per batch (~${size} B sealed)`, unit: 'appends/s', value,
+      baseline: { name: 'plain append + fdatasync, same bytes', value: baseline }, ratio: value / baseline,
+      target: { ratio: 0.5, comparison: '>=' }, meta: { rounds, perRound, messageBytes: size },
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export async function run(ctx: BenchContext): Promise<BenchResult[]> {
+  const results: BenchResult[] = [];
+  results.push(await appendThroughput(ctx));
+
+  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-bench-agent-'));
+  const { privatePem, publicPem } = generateX25519Pem();
+  writeFileSync(join(dir, 'ingest.pub'), publicPem);
+  const receiver = new FixtureReceiver({ ingestPrivateKey: x25519PrivateFromPem(privatePem), deviceId: 'bed-7' });
+  const port = await receiver.start();
+  try {
+    const config = join(dir, 'agent.json');
+    writeFileSync(config, JSON.stringify({
+      device: { id: 'bed-7' },
+      sealing: { ingestPublicKeyFile: join(dir, 'ingest.pub') },
+      sources: [{ type: 'simulated', id: 'patient', seed: 1, ecgHz: 250 }],
+      queue: { dir: join(dir, 'queue') },
+      transport: { primary: { kind: 'mqtts', host: '127.0.0.1' } },
+      metrics: { listen: '127.0.0.1:0' },
+      status: { socket: join(dir, 'agent.sock') },
+      log: { level: 'info' },
+    }));
+    const windowMs = ctx.quick ? 5000 : 30_000;
+    const warmMs = ctx.quick ? 1000 : 5000;
+    const bundle = await bundleChild();
+    // As a device ships it (bundled JS, plain node) and as a checkout runs it (TypeScript through tsx).
+    const forms = [{ label: 'bundled JS on node', runner: [bundle] }, { label: 'from a checkout, node + tsx', runner: ['--import', 'tsx', CHILD] }];
+    for (const form of forms) {
+      const base = await footprint(form.runner, ['--idle'], windowMs, warmMs);
+      const delivered0 = receiver.messages.size;
+      const agent = await footprint(form.runner, [config, String(port)], windowMs, warmMs);
+      const delivered = receiver.messages.size - delivered0;
+      ctx.log(`agent (${form.label}): RSS ${agent.rssMiB.toFixed(1)} MiB (peak ${agent.peakRssMiB.toFixed(1)}), CPU ${agent.cpuPercent.toFixed(2)} % of one core; `
+        + `idle runtime: RSS ${base.rssMiB.toFixed(1)} MiB, CPU ${base.cpuPercent.toFixed(2)} %; ${delivered} messages delivered`);
+      const meta = { form: form.label, windowMs, delivered, peakRssMiB: agent.peakRssMiB, idleRssMiB: base.rssMiB, idleCpuPercent: base.cpuPercent };
+      results.push(
+        { name: `agent RSS, one simulated patient, ${form.label} (vs the 80 MB budget)`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'budget 80 MB (issue 6)', value: 80 / 1.048576 }, ratio: agent.rssMiB / (80 / 1.048576), target: { ratio: 1, comparison: '<=' }, meta },
+        { name: `agent RSS over the idle runtime, ${form.label}`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'the same runtime idling, same run', value: base.rssMiB }, ratio: agent.rssMiB / base.rssMiB, meta },
+        { name: `agent CPU, one simulated patient, ${form.label} (vs the 5 % budget)`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'budget 5 % (issue 6)', value: 5 }, ratio: agent.cpuPercent / 5, target: { ratio: 1, comparison: '<=' }, meta },
+        { name: `agent CPU over the idle runtime, ${form.label}`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'the same runtime idling, same run', value: base.cpuPercent }, ratio: base.cpuPercent > 0 ? agent.cpuPercent / base.cpuPercent : Infinity, meta },
+      );
+    }
+  } finally {
+    await receiver.stop();
+    receiver.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return results;
+}
