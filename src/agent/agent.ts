@@ -76,6 +76,8 @@ export interface AgentStatus {
   readonly transport: {
     readonly kind: string; readonly link: string; readonly target: string | null; readonly peer: string | null;
     readonly protocol: string | null; readonly suite: string | null; readonly lastError: string | null; readonly retryAt: string | null;
+    /** Since the last (re)connect, messages below this sequence number drain as the backlog; the rest are live. */
+    readonly liveFrom: number;
   };
   readonly sealing: { readonly suite: string; readonly epochAgeSeconds: number | null; readonly epochMessages: number | null; readonly epochsStarted: number };
   readonly certificate: { readonly state: string; readonly notAfter: string | null; readonly daysLeft: number | null; readonly message: string } | null;
@@ -285,7 +287,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       transport: {
         kind: uplink?.kind ?? this.config.transport.primary.kind, link: sched.link, target: target ?? null,
         peer: session?.peer ?? null, protocol: session?.protocol ?? null, suite: session?.suite ?? null,
-        lastError: sched.lastError ?? null, retryAt: iso(sched.retryAt),
+        lastError: sched.lastError ?? null, retryAt: iso(sched.retryAt), liveFrom: sched.liveFrom,
       },
       sealing: {
         suite: this.config.sealing.alg,

@@ -86,6 +86,8 @@ export interface SchedulerStatus {
   readonly nextSeq: number;
   readonly inFlight: number;
   readonly backlog: number;
+  /** Since the last (re)connect, sequence numbers below this are the backlog lane, the rest live. */
+  readonly liveFrom: number;
   readonly lastAckAt: number | undefined;
   readonly lastAckSeq: number | undefined;
   readonly retryAt: number | undefined;
@@ -337,6 +339,7 @@ export class SchedulerCore {
       nextSeq: this.#nextSeq,
       inFlight: this.#inFlight.size,
       backlog: Math.max(0, this.#nextSeq - 1 - this.#ackedThrough),
+      liveFrom: this.#liveBoundary,
       lastAckAt: this.#lastAckAt,
       lastAckSeq: this.#lastAckSeq,
       retryAt: l.state === 'waiting' ? l.until : undefined,
