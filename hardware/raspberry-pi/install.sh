@@ -10,6 +10,7 @@
 #   - the hardened unit, enabled                  /etc/systemd/system/vitalseal-agent.service
 #   - the command                                 /usr/local/bin/vitalseal -> <checkout>/scripts/bin/vitalseal.mjs
 #   - the configuration directory                /etc/vitalseal (root:vitalseal, 0750)
+#   - the state directory                        /var/lib/vitalseal (vitalseal, 0700)
 #
 # It never writes /etc/vitalseal/agent.yaml (the unit waits for it) and never edits config.txt.
 # Safe to run again. Inside a chroot (an image build) it only installs files and enables the unit.
@@ -59,6 +60,9 @@ install -D -m 0644 "$here/vitalseal-agent.service" /etc/systemd/system/vitalseal
 install -d -m 0755 /usr/local/bin
 ln -sfn "$checkout/scripts/bin/vitalseal.mjs" /usr/local/bin/vitalseal
 install -d -m 0750 -o root -g vitalseal /etc/vitalseal
+# The unit's StateDirectory= makes it at the first start; made now, `sudo -u vitalseal vitalseal
+# keys create ...` works before that (systemd adopts it as it is).
+install -d -m 0700 -o vitalseal -g vitalseal /var/lib/vitalseal
 systemctl enable vitalseal-agent.service
 say "installed: user vitalseal ($(id -Gn vitalseal | tr ' ' ',')), udev rules, vitalseal-agent.service (enabled)"
 

@@ -179,9 +179,12 @@ async function main(): Promise<void> {
   if (job.agentConfig !== undefined) {
     writeFileSync('/etc/vitalseal/agent.yaml', job.agentConfig, { mode: 0o640 });
     chownSync('/etc/vitalseal/agent.yaml', 0, Number.parseInt(sh('getent', ['group', 'vitalseal']).split(':')[2] ?? '0', 10));
+    const configRead = inAgentSandbox('keys-list', `${VITALSEAL} keys list --config /etc/vitalseal/agent.yaml`, { stdout: `${RUN_DIR}/list.txt` });
+    const listed = read(`${RUN_DIR}/list.txt`).toString('utf8');
     outcome('systemctl', ['start', 'vitalseal-agent.service']);
     await delay(job.agentWatchSeconds * 1000);
     agent = {
+      configRead: { exitCode: configRead.exitCode, output: `${listed}${configRead.output}`.slice(-16_000) },
       state: sh('systemctl', ['show', 'vitalseal-agent.service', '-p', 'ActiveState,SubState,Result,ExecMainStatus,NRestarts']),
       journal: sh('journalctl', ['-u', 'vitalseal-agent.service', '-o', 'cat', '--no-pager', '-n', '60']).slice(-16_000),
     };

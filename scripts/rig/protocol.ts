@@ -67,6 +67,8 @@ export interface RigResult {
   /** `systemd-analyze security vitalseal-agent.service` in the guest: the exposure line. */
   readonly exposure: string;
   readonly agent?: {
+    /** `vitalseal keys list --config /etc/vitalseal/agent.yaml` in the agent's sandbox: the agent user reads its configuration and keystore. */
+    readonly configRead: CommandOutcome;
     readonly state: string;
     readonly journal: string;
   };
@@ -177,7 +179,7 @@ export function parseResult(text: string): RigResult {
   };
   if (r['agent'] !== undefined) {
     const a = obj(r['agent'], 'agent');
-    return { ...result, agent: { state: str(a, 'state', 'agent', 1024), journal: str(a, 'journal', 'agent', 65_536) } };
+    return { ...result, agent: { configRead: outcome(a, 'configRead', 'agent'), state: str(a, 'state', 'agent', 1024), journal: str(a, 'journal', 'agent', 65_536) } };
   }
   return result;
 }

@@ -107,7 +107,7 @@ function sampleResult(): RigResult {
       signature: 'MEUCIQ==',
     },
     exposure: '→ Overall exposure level for vitalseal-agent.service: 1.6 OK',
-    agent: { state: 'ActiveState=failed', journal: '' },
+    agent: { configRead: { exitCode: 0, output: 'signing  rig-identity' }, state: 'ActiveState=failed', journal: '' },
     timings: { jobStartUptime: 40.5, signatureUptime: 80.25, nodeStartMs: [900, 850, 860], cliStartMs: [9000, 4000], keysCreateMs: 12000, keysSignMs: 8000, keysSignCachedMs: [8000, 3000] },
   };
 }

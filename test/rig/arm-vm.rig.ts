@@ -64,6 +64,9 @@ describe('aarch64 rig (qemu-system-aarch64 virt + swtpm)', () => {
     // other parts); until it lands the CLI answers "not built yet" with exit 3, which the unit
     // does not restart on. Then this becomes: a reading from the VM arrives at the host's ingest.
     assert.ok(r.agent !== undefined);
+    // The agent's user reads /etc/vitalseal/agent.yaml and its keystore from inside the sandbox.
+    assert.equal(r.agent.configRead.exitCode, 0, r.agent.configRead.output);
+    assert.match(r.agent.configRead.output, /^signing\s+rig-identity$/m);
     assert.match(r.agent.state, /ExecMainStatus=3/);
     assert.match(r.agent.journal, /'agent' is not built yet/);
     assert.match(r.agent.state, /NRestarts=0/);
