@@ -71,6 +71,12 @@ function tail(text: string, lines = 15): string {
   return text.trim().split('\n').slice(-lines).join('\n');
 }
 
+/** debootstrap, depmod and mkfs.ext4 live in /usr/sbin, which a user's PATH may lack. */
+function sbin(name: string): string {
+  for (const dir of ['/usr/sbin', '/sbin']) if (existsSync(join(dir, name))) return join(dir, name);
+  return name;
+}
+
 function run(cmd: string, args: readonly string[], opts: { root?: boolean; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): string {
   const [c, a] = opts.root === true ? asRoot(cmd, args) : [cmd, [...args]];
   const r: SpawnSyncReturns<string> = spawnSync(c, a, {
@@ -264,7 +270,7 @@ function ensureKernel(cache: string, apt: ArmApt, refresh: boolean, log: (l: str
     mkdirSync(tree, { recursive: true });
     run('dpkg-deb', ['-x', deb, tree]);
     // modules.dep is made by the package's postinst on a device; make it here for the initramfs.
-    run('depmod', ['-b', tree, release]);
+    run(sbin('depmod'), ['-b', tree, release]);
     if (!existsSync(image)) throw new RigError('build', `${sel.name} has no ${relative(tree, image)}`);
     writeFileSync(join(dir, 'done'), '');
   }
@@ -396,7 +402,7 @@ async function ensureBase(cache: string, kernel: Kernel, initrd: string, nodeTgz
   await timed(timings, 'debootstrap first stage (host)', async () => {
     log(`debootstrap --foreign ${DEBIAN.suite} arm64 (${GUEST_PACKAGES.length} extra packages)`);
     mkdirSync(join(cache, 'debs'), { recursive: true });
-    await runLogged('debootstrap', [
+    await runLogged(sbin('debootstrap'), [
       '--arch=arm64', '--foreign', '--variant=minbase',
       `--cache-dir=${join(cache, 'debs')}`,
       `--include=${GUEST_PACKAGES.join(',')}`,
@@ -416,7 +422,7 @@ async function ensureBase(cache: string, kernel: Kernel, initrd: string, nodeTgz
   const tmp = `${out}.tmp`;
   await timed(timings, 'first-stage image (mkfs.ext4 -d)', () => {
     rmSync(tmp, { force: true });
-    run('mkfs.ext4', ['-q', '-F', '-L', 'vs-root', '-d', tree, tmp, MACHINE.rootImageSize], { root: true });
+    run(sbin('mkfs.ext4'), ['-q', '-F', '-L', 'vs-root', '-d', tree, tmp, MACHINE.rootImageSize], { root: true });
     if (!isRoot()) run('chown', [`${process.getuid?.()}:${process.getgid?.()}`, tmp], { root: true });
     run('rm', ['-rf', tree], { root: true });
   });
@@ -524,7 +530,7 @@ function ensureAppDisk(cache: string, log: (l: string) => void, timings: Record<
     writeFileSync(join(stage, '.rig-checkout'), `${head}${files.length > 0 ? ` ${key}` : ''}\n`);
     const tmp = `${out}.tmp`;
     rmSync(tmp, { force: true });
-    run('mkfs.ext4', ['-q', '-F', '-L', 'vs-app', '-E', 'root_owner=0:0', '-d', stage, tmp, '1G']);
+    run(sbin('mkfs.ext4'), ['-q', '-F', '-L', 'vs-app', '-E', 'root_owner=0:0', '-d', stage, tmp, '1G']);
     renameSync(tmp, out);
     rmSync(stage, { recursive: true, force: true });
     pruneSiblings(cache, 'app-', '.img', out);
