@@ -17,7 +17,7 @@
  *   await tpm.stop();
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -302,4 +302,101 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     },
   };
   return handle;
+}
+
+export interface SwtpmVmOptions {
+  /** Use this state directory (kept on stop) instead of a fresh one (removed on stop). */
+  readonly stateDir?: string;
+}
+
+/** swtpm as a virtual machine's TPM: QEMU's `-tpmdev emulator` talks to its control socket. */
+export interface SwtpmForVm {
+  /** The control channel's UNIX socket, for `-chardev socket,id=chrtpm,path=...`. */
+  readonly ctrlSocket: string;
+  readonly stateDir: string;
+  /** swtpm's log (errors only), for a failure report. */
+  log(): string;
+  /** Resolves with swtpm's exit code when it ends (it ends by itself once QEMU disconnects). */
+  readonly exited: Promise<number | null>;
+  /** Ends swtpm if it still runs; removes the state directory unless the caller gave one. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts swtpm for a QEMU virtual machine: control channel on a UNIX socket (mode 0600) in a fresh
+ * directory, no TCP port. QEMU connects to it, hands swtpm the data channel over it and sends
+ * CMD_INIT itself, so swtpm is not told to start up on its own (unlike `startSwtpm`): the guest
+ * kernel sends TPM2_Startup as firmware would. `--terminate` makes swtpm exit when QEMU
+ * disconnects, so a crashed VM leaves no simulator behind.
+ *
+ * QEMU: `-chardev socket,id=chrtpm,path=${ctrlSocket} -tpmdev emulator,id=tpm0,chardev=chrtpm
+ *        -device tpm-tis-device,tpmdev=tpm0` (aarch64 virt) or `-device tpm-tis,...` (x86).
+ *
+ * @example
+ *   const tpm = await startSwtpmForVm();
+ *   const qemu = spawn('qemu-system-aarch64', [...,'-chardev', `socket,id=chrtpm,path=${tpm.ctrlSocket}`, ...]);
+ *   ...
+ *   await tpm.stop();
+ */
+export async function startSwtpmForVm(opts: SwtpmVmOptions = {}): Promise<SwtpmForVm> {
+  need('swtpm', 'swtpm');
+  const base = mkdtempSync(join(tmpdir(), 'vitalseal-swtpm-vm-'));
+  const stateDir = opts.stateDir ?? join(base, 'state');
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const ctrlSocket = join(base, 'ctrl.sock');
+  const logFile = join(base, 'swtpm.log');
+  const cleanup = () => {
+    rmSync(base, { recursive: true, force: true });
+  };
+  const child = spawn('swtpm', [
+    'socket', '--tpm2',
+    '--tpmstate', `dir=${stateDir}`,
+    '--ctrl', `type=unixio,path=${ctrlSocket},mode=0600`,
+    '--log', `file=${logFile},level=1`,
+    '--terminate',
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  track(child);
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+  const exited = new Promise<number | null>((resolve) => {
+    if (child.exitCode !== null) resolve(child.exitCode);
+    else child.once('exit', (code) => resolve(code));
+  });
+  const readLog = () => {
+    let text = stderr;
+    try {
+      text += readFileSync(logFile, 'utf8');
+    } catch {
+      // no log written yet
+    }
+    return text.slice(-4000).trim();
+  };
+  // Readiness is the socket file: a probe connection would count as QEMU's and, closed, end swtpm.
+  for (let i = 0; i < 200 && !existsSync(ctrlSocket); i++) {
+    if (child.exitCode !== null) break;
+    await delay(25);
+  }
+  if (!existsSync(ctrlSocket)) {
+    child.kill('SIGKILL');
+    await exited;
+    const why = readLog();
+    cleanup();
+    if (opts.stateDir === undefined) rmSync(stateDir, { recursive: true, force: true });
+    throw new Error(`swtpm did not start: ${why}`);
+  }
+  let stopped = false;
+  return {
+    ctrlSocket,
+    stateDir,
+    log: readLog,
+    exited,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      // swtpm writes the TPM's permanent state as it changes, so SIGTERM loses nothing a power cut would not.
+      await stopChild(child, () => child.kill('SIGTERM'));
+      cleanup();
+      if (opts.stateDir === undefined) rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
 }
