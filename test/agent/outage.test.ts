@@ -39,35 +39,41 @@ describe('agent: receiver outage', () => {
     const agent = await createAgent({ config, log: silentLogger(), uplinks: { primary: uplink } });
     let lastAppended = 0;
     agent.on('appended', ({ seq }) => { lastAppended = seq; });
-    let restarted = false;
-    let boundary = 0;
-    uplink.on('connected', () => {
-      if (restarted && boundary === 0) boundary = lastAppended + 1;
-    });
-    await agent.start();
-    await waitFor(() => receiver.messages.size >= 10, 'first deliveries');
+    // Stop everything however the test ends, so a failed assertion reports instead of hanging.
+    let stopped = false;
+    const stopAll = async () => {
+      if (stopped) return;
+      stopped = true;
+      await agent.stop();
+      await receiver.stop();
+    };
+    let liveFrom = 0;
+    try {
+      await agent.start();
+      await waitFor(() => receiver.messages.size >= 10, 'first deliveries');
 
-    await receiver.stop();
-    const beforeOutage = new Set(receiver.messages.keys());
-    await sleep(1500);
-    const arrivalsMark = receiver.arrivals.length;
-    restarted = true;
-    await receiver.start();
-    await waitFor(() => boundary > 0, 'reconnect');
-    const backlog = Array.from({ length: boundary - 1 }, (_, i) => i + 1).filter((s) => !beforeOutage.has(s));
+      await receiver.stop();
+      const connectsBefore = agent.status().uplink['connects'] ?? 0;
+      await sleep(1500);
+      receiver.markArrivals();
+      await receiver.start();
+      // Which messages are backlog is the scheduler's decision when it sees the reconnect: read
+      // its boundary then (the link may be up a moment before the scheduler knows it).
+      await waitFor(() => (agent.status().uplink['connects'] ?? 0) > connectsBefore, 'reconnect');
+      liveFrom = agent.status().transport.liveFrom;
+      const target = liveFrom + 40;
+      await waitFor(() => lastAppended >= target && receiver.messages.has(target), 'live data after the drain');
+      assert.equal(agent.status().uplink['connects'], connectsBefore + 1, 'one reconnect: the ordering checks below assume it');
+    } finally {
+      await stopAll();
+    }
+    const beforeOutage = receiver.deliveredBeforeMark();
+    const backlog = Array.from({ length: liveFrom - 1 }, (_, i) => i + 1).filter((s) => !beforeOutage.has(s));
     assert.ok(backlog.length >= 40, `a real backlog built up (${backlog.length})`);
-    const target = boundary + 40;
-    await waitFor(() => lastAppended >= target && receiver.messages.has(target), 'live data after the drain');
-    // Which messages were backlog is the scheduler's decision at reconnect (the test's own guess
-    // from 'appended' events can lag it by a message or two).
-    const liveFrom = agent.status().transport.liveFrom;
-    assert.ok(liveFrom > 1 && liveFrom <= boundary, `scheduler's live boundary ${liveFrom} (test saw ${boundary})`);
-    await agent.stop();
-    await receiver.stop();
 
     assert.deepEqual(receiver.problems, []);
     assert.equal(receiver.corrupt, 0);
-    const after = receiver.arrivals.slice(arrivalsMark);
+    const after = receiver.arrivalsSinceMark();
     const firstSeen = new Map<number, number>();
     after.forEach((s, i) => { if (!firstSeen.has(s)) firstSeen.set(s, i); });
     // In order: the backlog's first arrivals after the outage come oldest first.

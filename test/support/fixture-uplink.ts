@@ -51,7 +51,23 @@ export class FixtureReceiver {
   readonly #cache = new EpochKeyCache();
   readonly #sockets = new Set<Socket>();
   #server: Server | undefined;
+  #mark: { arrivals: number; delivered: Set<number> } = { arrivals: 0, delivered: new Set() };
   port = 0;
+
+  /** Notes where we are (e.g. while the receiver is down), for the two methods below. */
+  markArrivals(): void {
+    this.#mark = { arrivals: this.arrivals.length, delivered: new Set(this.messages.keys()) };
+  }
+
+  /** Arrivals (duplicates included) since `markArrivals`. */
+  arrivalsSinceMark(): number[] {
+    return this.arrivals.slice(this.#mark.arrivals);
+  }
+
+  /** Sequence numbers that had arrived when `markArrivals` was called. */
+  deliveredBeforeMark(): ReadonlySet<number> {
+    return this.#mark.delivered;
+  }
 
   constructor(o: ReceiverOptions) {
     this.#o = o;
