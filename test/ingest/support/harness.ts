@@ -65,10 +65,15 @@ export function batchFor(deviceId: string, seq: number, base = T0): VitalsBatch 
   };
 }
 
-export async function startHarness(backend: Backend, server: PostgresServer | undefined, extra: Partial<IngestCoreOptions> = {}): Promise<Harness> {
+/**
+ * `realTime`: the clock and the PKI start at the machine's time (for tests where OpenSSL checks
+ * certificate validity against the real clock: TLS clients, Chromium); otherwise at T0 (2030) + 1 h.
+ */
+export async function startHarness(backend: Backend, server: PostgresServer | undefined, extra: Partial<IngestCoreOptions> = {}, opts: { realTime?: boolean } = {}): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'vitalseal-ingest-'));
-  const clock = new ManualClock(T0 + 3_600_000);
-  const pki = await makePki();
+  const start = opts.realTime === true ? Date.now() : T0 + 3_600_000;
+  const clock = new ManualClock(start);
+  const pki = await makePki({ now: start - 3_600_000 });
   const db = await freshDatabase(backend, dir, server);
   const keyPath = join(dir, 'ingest-keys.vsks');
   const open = async (o: Partial<IngestCoreOptions> = {}, storage?: IngestStorage): Promise<IngestCore> => openIngestCore({
