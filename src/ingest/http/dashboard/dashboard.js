@@ -235,7 +235,8 @@
     for (const e of m.ecg) addEcg(e.start, e.intervalMs, e.samplesMv);
   }
 
-  function drawLine(canvas, points, t0, t1, lo, hi, color) {
+  // A jump of more than `maxGap` ms between points is a gap in the data: the trace breaks there.
+  function drawLine(canvas, points, t0, t1, lo, hi, color, maxGap) {
     const ctx = canvas.getContext('2d');
     const w = canvas.width;
     const h = canvas.height;
@@ -255,7 +256,7 @@
     points.forEach((p, i) => {
       const x = ((p.t - t0) / (t1 - t0)) * w;
       const y = h - ((Math.min(hi, Math.max(lo, p.v)) - lo) / (hi - lo)) * (h - 8) - 4;
-      if (i === 0) ctx.moveTo(x, y);
+      if (i === 0 || p.t - points[i - 1].t > maxGap) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);
     });
     ctx.stroke();
@@ -270,10 +271,10 @@
       const t1 = Math.max(latest, serverNow()) + 1000;
       for (const k of VITALS) {
         const [lo, hi] = RANGES[k];
-        drawLine($(`c-${k}`), state.series[k], t1 - HISTORY_MS, t1, lo, hi, colors[k]);
+        drawLine($(`c-${k}`), state.series[k], t1 - HISTORY_MS, t1, lo, hi, colors[k], 30000);
       }
       const e1 = state.ecg.length > 0 ? state.ecg[state.ecg.length - 1].t : 0;
-      drawLine($('c-ecg'), state.ecg, e1 - ECG_MS, e1, -1.5, 2, '#3fb950');
+      drawLine($('c-ecg'), state.ecg, e1 - ECG_MS, e1, -1.5, 2, '#3fb950', 100);
     }
     requestAnimationFrame(draw);
   }
