@@ -124,6 +124,13 @@ export class PostgresStorage implements IngestStorage {
     return num(r.rows[0]?.value ?? 0);
   }
 
+  async importDevices(devices: readonly DeviceRecord[]): Promise<void> {
+    await this.#transaction(async (c) => {
+      for (const d of devices) await c.query(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after, last_seen_at, transport, suite, sealing_epoch, epoch_started_at, rejections, last_rejection_at, last_rejection_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`, [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.statusChangedAt ?? null, d.certSerial ?? null, d.certNotAfter ?? null, d.lastSeenAt ?? null, d.transport ?? null, d.suite ?? null, d.sealingEpoch ?? null, d.epochStartedAt ?? null, d.rejections, d.lastRejectionAt ?? null, d.lastRejectionReason ?? null]);
+      await c.query("UPDATE meta SET value = value + 1 WHERE name = 'registry-version'");
+    });
+  }
+
   async addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void> {
     await this.#q(`UPDATE devices SET rejections = rejections + $1, last_rejection_at = GREATEST(COALESCE(last_rejection_at, 0), $2),
       last_rejection_reason = $3 WHERE device_id = $4`, [count, at, reason, deviceId]);

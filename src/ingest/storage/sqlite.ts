@@ -102,6 +102,14 @@ export class SqliteStorage implements IngestStorage {
     return num((this.#s("SELECT value FROM meta WHERE name = 'registry-version'").get() as { value: number }).value);
   }
 
+  async importDevices(devices: readonly DeviceRecord[]): Promise<void> {
+    const insert = this.#s(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after, last_seen_at, transport, suite, sealing_epoch, epoch_started_at, rejections, last_rejection_at, last_rejection_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#db.transaction(() => {
+      for (const d of devices) insert.run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.statusChangedAt ?? null, d.certSerial ?? null, d.certNotAfter ?? null, d.lastSeenAt ?? null, d.transport ?? null, d.suite ?? null, d.sealingEpoch ?? null, d.epochStartedAt ?? null, d.rejections, d.lastRejectionAt ?? null, d.lastRejectionReason ?? null);
+      this.#s(BUMP_REGISTRY).run();
+    }).immediate();
+  }
+
   async addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void> {
     this.#s(`UPDATE devices SET rejections = rejections + ?, last_rejection_at = MAX(COALESCE(last_rejection_at, 0), ?),
       last_rejection_reason = ? WHERE device_id = ?`).run(count, at, reason, deviceId);

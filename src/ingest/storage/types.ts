@@ -122,6 +122,8 @@ export interface IngestStorage {
   setDeviceStatus(deviceId: string, status: DeviceStatus, at: number): Promise<boolean>;
   /** A counter that changes whenever a registration or status changes: instances poll it to refresh their cache. */
   registryVersion(): Promise<number>;
+  /** Inserts devices with every field as they are (restore); an existing device id is an error. */
+  importDevices(devices: readonly DeviceRecord[]): Promise<void>;
   /** Adds `count` refused messages to a device's tally. */
   addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void>;
 

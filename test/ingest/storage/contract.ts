@@ -151,6 +151,18 @@ export function runStorageContract(name: string, factory: () => Promise<IngestSt
       await s.close();
     });
 
+    it('imports devices with every field (restore), refusing an existing id', async () => {
+      const s = await open();
+      const id = deviceId();
+      const full = { ...reg(id), statusChangedAt: 1500, certSerial: '40aa', certNotAfter: 9e12, lastSeenAt: 2000, transport: 'mqtts', suite: 'TLSv1.3', sealingEpoch: 'ab', epochStartedAt: 1900, rejections: 7, lastRejectionAt: 1999, lastRejectionReason: 'decrypt-failed' };
+      const v = await s.registryVersion();
+      await s.importDevices([full]);
+      assert.deepEqual(await s.getDevice(id), full);
+      assert.ok((await s.registryVersion()) > v);
+      await assert.rejects(s.importDevices([full]));
+      await s.close();
+    });
+
     it('enrolment tokens are consumed once, and not after expiry', async () => {
       const s = await open();
       const id = deviceId();
