@@ -38,6 +38,8 @@ export interface IngestHttpOptions {
   /** The server certificate chain (leaf first) and its private key, PEM. */
   readonly certPem: string;
   readonly keyPem: string | Buffer;
+  /** For an encrypted private key. */
+  readonly keyPassphrase?: string;
   /** Roots client certificates (devices renewing, operators) must chain to. */
   readonly roots: readonly Certificate[];
   readonly operators?: readonly MtlsOperator[];
@@ -147,6 +149,7 @@ export async function startIngestHttp(core: IngestCore, o: IngestHttpOptions): P
   const tlsServer = createHttpsServer({
     cert: o.certPem,
     key: o.keyPem,
+    ...(o.keyPassphrase === undefined ? {} : { passphrase: o.keyPassphrase }),
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',
     requestCert: true,
