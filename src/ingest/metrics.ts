@@ -159,6 +159,7 @@ export class IngestMetrics {
   readonly missing = this.registry.register(new Gauge('vitalseal_ingest_missing_sequences', 'Sequence numbers this instance saw skipped and not yet filled, over all devices.'));
   readonly handshakeFailures = this.registry.register(new Counter('vitalseal_ingest_handshake_failures_total', 'Transport handshakes that failed, by transport and the alert sent.', ['transport', 'alert']));
   readonly storageLatency = this.registry.register(new Histogram('vitalseal_ingest_storage_latency_seconds', 'Time of storage operations, by operation.', LATENCY_BUCKETS, ['op']));
+  readonly storeBatch = this.registry.register(new Histogram('vitalseal_ingest_store_batch_messages', 'Messages per storage transaction (group commit).', [1, 2, 4, 8, 16, 32, 64, 128]));
   readonly acceptLatency = this.registry.register(new Histogram('vitalseal_ingest_accept_latency_seconds', 'Time from handing a message to the service to its outcome.', LATENCY_BUCKETS));
   readonly alerts = this.registry.register(new Counter('vitalseal_ingest_alerts_total', 'Anomaly alerts raised (also written to the audit log), by kind.', ['kind']));
   readonly epochCache = this.registry.register(new Gauge('vitalseal_ingest_epoch_cache_entries', 'Sealing-epoch content keys held in memory.'));

@@ -35,6 +35,7 @@ import { deviceLabel, type AuditTrail } from './audit-trail.ts';
 import type { DeviceDataKeys } from './data-keys.ts';
 import { EpochTracker, type EpochPolicy } from './epochs.ts';
 import { GapTracker } from './gaps.ts';
+import { GroupCommit } from './group-commit.ts';
 import type { IngestMetrics } from './metrics.ts';
 import type { AcceptInput, AcceptOutcome, PeerIdentity, RejectReason, TransportName } from './outcome.ts';
 import type { DeviceRegistry } from './registry.ts';
@@ -112,6 +113,7 @@ export class IngestService {
   readonly #log: IngestLogger;
   readonly #listeners = new Set<(e: AcceptedEvent) => void>();
   readonly #tallies = new Map<string, { count: number; at: number; reason: RejectReason }>();
+  readonly #commits: GroupCommit;
   #inflight = 0;
   #idle: (() => void) | undefined;
   #draining = false;
@@ -125,6 +127,12 @@ export class IngestService {
     const cacheEntries = o.limits?.epochCacheEntries ?? 10_000;
     for (const v of o.staticKeys.versions) this.#caches.set(v.version, new EpochKeyCache(cacheEntries));
     this.#epochs = new EpochTracker(o.epochPolicy);
+    this.#commits = new GroupCommit(o.storage, {
+      onBatch: (n, seconds) => {
+        o.metrics.storageLatency.observe(seconds, { op: 'store' });
+        o.metrics.storeBatch.observe(n);
+      },
+    });
     this.#log = o.log ?? silentLogger;
     this.#anomaly = new AnomalyDetector({
       clock: o.clock, ...o.anomaly,
@@ -223,12 +231,10 @@ export class IngestService {
       plaintext = undefined;
 
       const epochStartedAt = this.#epochs.startOf(epoch) ?? (device.sealingEpoch === epoch ? device.epochStartedAt : undefined) ?? now;
-      const t0 = performance.now();
-      const result = await this.#o.storage.storeMessage(
-        { deviceId, seq, receivedAt: now, firstTime: span.first, lastTime: span.last, keyVersion, nonce: sealed.nonce, ciphertext: sealed.ciphertext },
-        { seenAt: now, transport: peer.transport, suite: `${peer.suite} / ${opened.alg.name}`, sealingEpoch: epoch, epochStartedAt },
-      );
-      this.metrics.storageLatency.observe((performance.now() - t0) / 1000, { op: 'store' });
+      const result = await this.#commits.store({
+        message: { deviceId, seq, receivedAt: now, firstTime: span.first, lastTime: span.last, keyVersion, nonce: sealed.nonce, ciphertext: sealed.ciphertext },
+        activity: { seenAt: now, transport: peer.transport, suite: `${peer.suite} / ${opened.alg.name}`, sealingEpoch: epoch, epochStartedAt },
+      });
       this.#epochs.record(epoch, deviceId, now, epochStartedAt);
       if (result === 'duplicate') {
         this.metrics.duplicates.inc();

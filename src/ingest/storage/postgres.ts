@@ -17,8 +17,9 @@ import {
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
+import { latestActivity } from './types.ts';
 import type {
-  ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
+  StoreRequest, ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
   MessageCursor, SequenceGap, StoredMessage,
 } from './types.ts';
 
@@ -142,6 +143,48 @@ export class PostgresStorage implements IngestStorage {
       a?.seenAt ?? 0, a?.transport ?? null, a?.suite ?? null, a?.sealingEpoch ?? null, a?.epochStartedAt ?? null, a !== undefined,
     ]);
     return num(r.rows[0]?.stored ?? 0) === 1 ? 'stored' : 'duplicate';
+  }
+
+  async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
+    if (batch.length === 0) return [];
+    // Repeats within the batch are settled here: the first is sent, later ones are duplicates.
+    const first = new Map<string, number>();
+    const send: number[] = [];
+    batch.forEach((r, i) => {
+      const k = `${r.message.deviceId}\u0000${r.message.seq}`;
+      if (!first.has(k)) {
+        first.set(k, i);
+        send.push(i);
+      }
+    });
+    const rows = send.map((i) => (batch[i] as StoreRequest).message);
+    const acts = [...latestActivity(batch)];
+    const col = <T>(f: (m: StoredMessage) => T) => rows.map(f);
+    const r = await this.#q<{ device_id: string; seq: string }>(`WITH ins AS (
+        INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::int[], $7::bytea[], $8::bytea[])
+        ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+      ), act AS (
+        SELECT * FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS a(device_id, seen, transport, suite, epoch, epoch_start)
+      ), touch AS (
+        UPDATE devices d SET
+          transport = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.transport ELSE d.transport END,
+          suite = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.suite ELSE d.suite END,
+          sealing_epoch = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch ELSE d.sealing_epoch END,
+          epoch_started_at = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch_start ELSE d.epoch_started_at END,
+          last_seen_at = GREATEST(COALESCE(d.last_seen_at, 0), a.seen)
+        FROM act a WHERE d.device_id = a.device_id RETURNING 1
+      ) SELECT device_id, seq FROM ins`, [
+      col((m) => m.deviceId), col((m) => m.seq), col((m) => m.receivedAt), col((m) => m.firstTime), col((m) => m.lastTime), col((m) => m.keyVersion),
+      col((m) => Buffer.from(m.nonce)), col((m) => Buffer.from(m.ciphertext)),
+      acts.map(([d]) => d), acts.map(([, a]) => a.seenAt), acts.map(([, a]) => a.transport), acts.map(([, a]) => a.suite),
+      acts.map(([, a]) => a.sealingEpoch ?? null), acts.map(([, a]) => a.epochStartedAt ?? null),
+    ]);
+    const stored = new Set(r.rows.map((x) => `${x.device_id}\u0000${num(x.seq)}`));
+    return batch.map((req, i) => {
+      const k = `${req.message.deviceId}\u0000${req.message.seq}`;
+      return first.get(k) === i && stored.has(k) ? 'stored' : 'duplicate';
+    });
   }
 
   async readMessages(deviceId: string, from: number, to: number, limit = 10_000): Promise<StoredMessage[]> {

@@ -16,8 +16,9 @@ import {
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
+import { latestActivity } from './types.ts';
 import type {
-  ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
+  StoreRequest, ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
   MessageCursor, SequenceGap, StoredMessage,
 } from './types.ts';
 
@@ -127,6 +128,19 @@ export class SqliteStorage implements IngestStorage {
         });
       }
       return r.changes === 1 ? 'stored' as const : 'duplicate' as const;
+    }).immediate();
+  }
+
+  async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
+    const insert = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`);
+    const touch = this.#s(TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX'));
+    return this.#db.transaction(() => {
+      const results = batch.map(({ message: m }) => (insert.run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext)).changes === 1 ? 'stored' as const : 'duplicate' as const));
+      for (const [device, a] of latestActivity(batch)) {
+        touch.run({ seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device });
+      }
+      return results;
     }).immediate();
   }
 

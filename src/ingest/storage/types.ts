@@ -103,6 +103,22 @@ export interface ApiTokenRecord {
   readonly revokedAt?: number;
 }
 
+export interface StoreRequest {
+  readonly message: StoredMessage;
+  readonly activity?: DeviceActivity;
+}
+
+/** The latest activity per device in a batch (what the last-seen update writes). */
+export function latestActivity(batch: readonly StoreRequest[]): Map<string, DeviceActivity> {
+  const out = new Map<string, DeviceActivity>();
+  for (const r of batch) {
+    if (r.activity === undefined) continue;
+    const prev = out.get(r.message.deviceId);
+    if (prev === undefined || r.activity.seenAt >= prev.seenAt) out.set(r.message.deviceId, r.activity);
+  }
+  return out;
+}
+
 /** Position in the (device id, seq) order, for paging through every message (backups). */
 export interface MessageCursor {
   readonly deviceId: string;
@@ -132,6 +148,12 @@ export interface IngestStorage {
    * the device's last-seen fields move forward in the same transaction.
    */
   storeMessage(message: StoredMessage, activity?: DeviceActivity): Promise<'stored' | 'duplicate'>;
+  /**
+   * Stores a batch in one transaction (one commit, one fsync): the group commit the message path
+   * uses under load. Results are in input order; a (device, seq) repeated within the batch is
+   * 'stored' once and 'duplicate' after. Each device's last-seen fields move to its latest activity.
+   */
+  storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]>;
   /** Messages whose time range overlaps [from, to], by seq. */
   readMessages(deviceId: string, from: number, to: number, limit?: number): Promise<StoredMessage[]>;
   /** Missing sequence numbers between 1 and the highest stored. */

@@ -87,6 +87,29 @@ export function runStorageContract(name: string, factory: () => Promise<IngestSt
       await s.close();
     });
 
+    it('stores a batch in one transaction: results in order, repeats once, last-seen from the latest activity', async () => {
+      const s = await open();
+      const id = deviceId();
+      const other = deviceId();
+      await s.upsertDevice(reg(id));
+      await s.upsertDevice(reg(other));
+      assert.equal(await s.storeMessage(msg(id, 2)), 'stored');
+      const act = (seenAt: number) => ({ seenAt, transport: 'mqtts', suite: `s${seenAt}`, sealingEpoch: `e${seenAt}`, epochStartedAt: seenAt });
+      const results = await s.storeMessages([
+        { message: msg(id, 1), activity: act(30) }, { message: msg(id, 2), activity: act(10) }, { message: msg(other, 1), activity: act(5) },
+        { message: msg(id, 3), activity: act(20) }, { message: msg(id, 1, { ciphertext: Uint8Array.of(1) }), activity: act(25) },
+      ]);
+      assert.deepEqual(results, ['stored', 'duplicate', 'stored', 'stored', 'duplicate']);
+      assert.deepEqual((await s.readMessages(id, 0, Number.MAX_SAFE_INTEGER)).map((m) => m.seq), [1, 2, 3]);
+      assert.deepEqual((await s.readMessages(id, 0, Number.MAX_SAFE_INTEGER))[0]?.ciphertext, msg(id, 1).ciphertext, 'the first of a repeat is the one kept');
+      const d = await s.getDevice(id);
+      assert.equal(d?.lastSeenAt, 30);
+      assert.equal(d?.suite, 's30');
+      assert.equal((await s.getDevice(other))?.lastSeenAt, 5);
+      assert.deepEqual(await s.storeMessages([]), []);
+      await s.close();
+    });
+
     it('time-range reads return overlapping messages in seq order, with a limit', async () => {
       const s = await open();
       const id = deviceId();
