@@ -21,7 +21,7 @@ import { openDevCa, type DevCa } from '../pki/dev-ca.ts';
 import { pemDecode } from '../pki/pem.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
 import { ApiMisuse, Unsupported } from '../util/errors.ts';
-import type { IngestConfig } from './config.ts';
+import type { CoapsListenerConfig, IngestConfig, MqttListenerConfig } from './config.ts';
 import { openIngestCore, type IngestCore } from './core.ts';
 import type { DeviceIssuer } from './http/est.ts';
 import { startIngestHttp, type IngestHttp } from './http/server.ts';
@@ -32,19 +32,36 @@ import { PostgresStorage } from './storage/postgres.ts';
 import { SqliteStorage } from './storage/sqlite.ts';
 import type { IngestStorage } from './storage/types.ts';
 
+/**
+ * A transport listener (the MQTT shared-subscription subscriber, the CoAPS server) as the runtime
+ * starts it: it gets the core (service, registry, metrics) and its own config section, and hands
+ * every message to `core.service.accept`. docs/ingest.md, "Wiring the listeners", says what each
+ * must call.
+ */
+export interface ListenerFactory<C> {
+  start(core: IngestCore, config: C, log: IngestLogger): Promise<{ stop(): Promise<void> }>;
+}
+
+export interface Listeners {
+  readonly mqtt?: ListenerFactory<MqttListenerConfig>;
+  readonly coaps?: ListenerFactory<CoapsListenerConfig>;
+}
+
 export interface RuntimeDeps {
   readonly env: NodeJS.ProcessEnv;
   readonly selfTest: StartupSelfTest;
   readonly log: IngestLogger;
   readonly clock?: Clock;
+  /** The transport listeners this build has (none yet). */
+  readonly listeners?: Listeners;
 }
 
 /** Refuses listener sections whose transport is not in this build, naming what is missing. */
-export function checkListeners(cfg: IngestConfig): void {
-  if (cfg.mqtt !== undefined) {
+export function checkListeners(cfg: IngestConfig, listeners: Listeners = {}): void {
+  if (cfg.mqtt !== undefined && listeners.mqtt === undefined) {
     throw new Unsupported('transport-not-built', `${cfg.source}: mqtt: the MQTT shared-subscription subscriber (src/transport/mqtts) is not part of this build; remove the mqtt section or use a build that has it`);
   }
-  if (cfg.coaps !== undefined) {
+  if (cfg.coaps !== undefined && listeners.coaps === undefined) {
     throw new Unsupported('transport-not-built', `${cfg.source}: coaps: the CoAPS listener (CoAP over DTLS 1.3: src/dtls, src/coap, src/transport/coaps) is not part of this build; remove the coaps section or use a build that has it`);
   }
 }
@@ -128,7 +145,7 @@ export interface RunningIngest {
 
 /** Starts the service as the configuration says; `stop` drains and closes everything. */
 export async function startIngest(cfg: IngestConfig, deps: RuntimeDeps): Promise<RunningIngest> {
-  checkListeners(cfg);
+  checkListeners(cfg, deps.listeners);
   if (cfg.https === undefined) throw new ApiMisuse('invalid-config', `${cfg.source}: https: required (the API, enrolment and dashboard listener)`);
   const https = cfg.https;
   const ca = await openCa(cfg, deps.env);
@@ -141,6 +158,7 @@ export async function startIngest(cfg: IngestConfig, deps: RuntimeDeps): Promise
 
   const core = await openCoreFromConfig(cfg, deps, adapters === undefined ? {} : { crl: adapters.crl });
   const timers: NodeJS.Timeout[] = [];
+  const listeners: { stop(): Promise<void> }[] = [];
   let http: IngestHttp | undefined;
   try {
     if (core.service === undefined) throw new ApiMisuse('no-static-key', 'the ingest has no static key yet: run `vitalseal ingest keygen --config FILE` first');
@@ -161,11 +179,14 @@ export async function startIngest(cfg: IngestConfig, deps: RuntimeDeps): Promise
     every(cfg.anomaly.windowSeconds * 1000, () => core.service?.sweepAnomalies());
     every(5000, () => core.service?.flushRejections());
     core.rekey.start(cfg.keys.rekeyIntervalSeconds * 1000, (e) => deps.log.error({ err: e instanceof Error ? e.message : String(e) }, 're-key pass failed; it resumes on the next run'));
+    if (cfg.mqtt !== undefined && deps.listeners?.mqtt !== undefined) listeners.push(await deps.listeners.mqtt.start(core, cfg.mqtt, deps.log));
+    if (cfg.coaps !== undefined && deps.listeners?.coaps !== undefined) listeners.push(await deps.listeners.coaps.start(core, cfg.coaps, deps.log));
     core.registry.onStatusChange((deviceId, status) => deps.log.warn({ deviceId, status }, 'device status changed'));
     core.registry.onCrlChange((info) => deps.log.warn({ ...info }, 'CRL regenerated: the broker must reload it'));
     deps.log.info({ url: http.url, redirectPort: http.redirectPort, storage: core.storage.kind, keyStore: core.keyStore.describe().kind }, 'ingest service listening');
   } catch (e) {
     for (const t of timers) clearInterval(t);
+    for (const l of listeners.reverse()) await l.stop().catch(() => undefined);
     await http?.close();
     await core.close();
     throw e;
@@ -178,6 +199,8 @@ export async function startIngest(cfg: IngestConfig, deps: RuntimeDeps): Promise
     stop() {
       stopped ??= (async () => {
         for (const t of timers) clearInterval(t);
+        // Listeners first: no new messages; then what is in flight drains in core.close().
+        for (const l of [...listeners].reverse()) await l.stop().catch((e: unknown) => deps.log.error({ err: String(e) }, 'listener did not stop cleanly'));
         await http?.close();
         await core.close();
         deps.log.info({}, 'ingest service stopped');
