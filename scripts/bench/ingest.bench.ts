@@ -131,6 +131,7 @@ function sqliteBaseline(path: string): Baseline {
 
 async function postgresBaseline(connection: string): Promise<Baseline> {
   const pool = new pg.Pool({ connectionString: connection, max: 10 });
+  pool.on('error', () => undefined); // an idle client dropped by the server; the next query reconnects
   await pool.query('CREATE TABLE IF NOT EXISTS bench_plain (device_id TEXT NOT NULL, seq BIGINT NOT NULL, received_at BIGINT NOT NULL, payload BYTEA NOT NULL, PRIMARY KEY (device_id, seq))');
   return {
     async insert(m, round) {
@@ -171,6 +172,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
         await core.registry.register({ deviceId: `bench-${d}`, credential: 'certificate', credentialSha256: SPKI, status: 'active', enrolledAt: clock.now() });
       }
       const baseline = backend === 'sqlite' ? sqliteBaseline(dbPath) : await postgresBaseline(pgServer.connectionString);
+      try {
       // Every round gets fresh sequence numbers (a later part of each device's stream).
       const all = workload(core, clock, devices, perRound * (rounds + 1), clock.now());
       const slice = (r: number) => all.filter((m) => m.seq > r * perRound && m.seq <= (r + 1) * perRound);
@@ -201,9 +203,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
       const value = median(cand);
       const baseValue = median(base);
       const stored = await core.storage.countMessages();
-      await baseline.close();
       const rss = process.memoryUsage().rss;
-      await core.close();
       out.push({
         name: `ingest accept() into ${backend}, ${devices} devices, ${inFlight} in flight`,
         unit: 'msg/s',
@@ -218,6 +218,10 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
         },
       });
       ctx.log(`${backend}: accept ${Math.round(value)} msg/s vs plaintext inserts ${Math.round(baseValue)} msg/s; p99 ${p99(latencies).toFixed(2)} ms`);
+      } finally {
+        await baseline.close();
+        await core.close();
+      }
     }
   } finally {
     await pgServer.stop();
