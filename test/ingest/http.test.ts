@@ -223,6 +223,29 @@ describe('ingest HTTPS: API, enrolment, dashboard assets', () => {
     assert.match(audit, /"code":"enrol-token-used"/);
   });
 
+  it('mutated CSRs and random paths never cause a server error, and a CSR that fails its checks never spends the token', async () => {
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const csr = await createCsr({ signer: keyObjectSigner(privateKey), subject: { commonName: 'bed-fuzz' } });
+    const { token } = await createEnrolToken(h.core.storage, { deviceId: 'bed-fuzz', now: h.clock.now(), ttlMs: 3_600_000 });
+    let seed = 99;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let i = 0; i < 60; i++) {
+      const m = Uint8Array.from(csr);
+      m[Math.floor(rnd() * m.length)] = Math.floor(rnd() * 256);
+      if (Buffer.compare(m, csr) === 0) continue;
+      const r = await get('/.well-known/est/simpleenroll', { method: 'POST', token, body: Buffer.from(m).toString('base64') });
+      assert.ok(r.status === 400 || r.status === 403, `mutation ${i}: ${r.status} ${r.text()}`);
+    }
+    const ok = await get('/.well-known/est/simpleenroll', { method: 'POST', token, body: Buffer.from(csr).toString('base64') });
+    assert.equal(ok.status, 200, 'the token survived every refused CSR');
+    const alphabet = 'abz09./%-_~?&=#';
+    for (let i = 0; i < 80; i++) {
+      const path = `/${Array.from({ length: 1 + Math.floor(rnd() * 40) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join('')}`;
+      const r = await get(`/api/v1/devices${path}`, { token: reader });
+      assert.ok(r.status < 500, `${path}: ${r.status}`);
+    }
+  });
+
   it('the live feed streams stored readings', async () => {
     const d = await h.enrol('bed-live');
     const events: string[] = [];
