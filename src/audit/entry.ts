@@ -28,6 +28,8 @@ export const NO_KEY = '-';
 export const AUDIT_OPERATIONS = [
   'create', 'open', 'sign', 'seal', 'unseal', 'wrap', 'unwrap', 'delete', 'rotate', 'export',
   'destroy', 'policy-violation', 'auth-failure', 'enrol', 'revoke', 'recover',
+  // The ingest service: refused messages, anomaly alerts, device status, reads of patient data, backups, tokens.
+  'reject', 'alert', 'suspend', 'resume', 'read', 'backup', 'restore', 'token',
 ] as const;
 export type AuditOperation = (typeof AUDIT_OPERATIONS)[number];
 export type AuditResult = 'ok' | 'error' | 'denied';

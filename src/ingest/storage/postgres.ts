@@ -1,24 +1,53 @@
 /**
  * PostgreSQL storage (`pg`): the production path. Several ingest instances may share one database;
- * exactly-once rests on the (device_id, seq) primary key, not on any in-process state.
+ * exactly-once rests on the (device_id, seq) primary key, not on any in-process state. Each write
+ * the ingest path makes per message is one statement (data-modifying CTEs), so one round trip and
+ * one implicit transaction.
+ *
+ * @example
+ *   const storage = new PostgresStorage({ connection: process.env.VITALSEAL_PG_URL });
+ *   await storage.init();
  */
 import pg from 'pg';
-import { gapQuery, schemaStatements } from './schema.ts';
-import type { DataKeyRecord, DeviceRecord, DeviceStatus, IngestStorage, SequenceGap, StoredMessage } from './types.ts';
+import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
+import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import { KeyStoreError, StorageError } from '../../util/errors.ts';
+import {
+  apiTokenFromRow, closedError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
+} from './rows.ts';
+import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
+import { latestActivity } from './types.ts';
+import type {
+  StoreRequest, ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
+  MessageCursor, SequenceGap, StoredMessage,
+} from './types.ts';
 
 export interface PostgresStorageOptions {
-  /** libpq-style connection string or pg pool config; credentials come from the environment or a file, never logs. */
+  /** libpq-style connection string or pg pool config; it comes from a secret file or the environment, never a log. */
   readonly connection: string | pg.PoolConfig;
   readonly maxConnections?: number;
 }
 
-interface DeviceRow { device_id: string; spki_sha256: string; status: DeviceStatus; enrolled_at: string; last_seen_at: string | null; sealing_epoch: string | null }
-interface MessageRow { device_id: string; seq: string; received_at: string; first_time: string; last_time: string; key_version: number; nonce: Buffer; ciphertext: Buffer }
-interface KeyRow { device_id: string; version: number; wrapped: Buffer; kek_name: string; created_at: string; state: DataKeyRecord['state'] }
+const TOUCH_PARAMS: Record<string, string> = {
+  device: '$1::text', seen: '$9::bigint', transport: '$10::text', suite: '$11::text', epoch: '$12::text', epochStart: '$13::bigint',
+};
+const STORE_SQL = `WITH ins AS (
+    INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, seq) DO NOTHING RETURNING 1
+  ), touch AS (${TOUCH_DEVICE_SQL((n) => TOUCH_PARAMS[n] as string, 'GREATEST')} AND $14::boolean RETURNING 1)
+  SELECT (SELECT COUNT(*) FROM ins) AS stored`;
+
+const BUMP = "bump AS (UPDATE meta SET value = value + 1 WHERE name = 'registry-version' AND EXISTS (SELECT 1 FROM up) RETURNING 1)";
+
+function isUniqueViolation(e: unknown): boolean {
+  return (e as { code?: unknown }).code === '23505';
+}
 
 export class PostgresStorage implements IngestStorage {
   readonly kind = 'postgres' as const;
   readonly #pool: pg.Pool;
+  #closed = false;
 
   constructor(opts: PostgresStorageOptions) {
     const base: pg.PoolConfig = typeof opts.connection === 'string' ? { connectionString: opts.connection } : opts.connection;
@@ -27,121 +56,327 @@ export class PostgresStorage implements IngestStorage {
     this.#pool.on('error', () => undefined);
   }
 
-  async init(): Promise<void> {
+  #q<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    if (this.#closed) return Promise.reject(new StorageError('storage-closed', 'the ingest database is closed'));
+    return this.#pool.query<R>(sql, params);
+  }
+
+  async #transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
     const client = await this.#pool.connect();
     try {
-      // Serialise schema creation across instances starting together.
-      await client.query('SELECT pg_advisory_lock(7251)');
-      for (const s of schemaStatements('postgres')) await client.query(s);
-      await client.query('SELECT pg_advisory_unlock(7251)');
+      await client.query('BEGIN');
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (e) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw e;
     } finally {
       client.release();
     }
   }
 
-  async upsertDevice(d: DeviceRecord): Promise<void> {
-    await this.#pool.query(`INSERT INTO devices (device_id, spki_sha256, status, enrolled_at, last_seen_at, sealing_epoch)
-      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET spki_sha256 = excluded.spki_sha256,
-      status = excluded.status, enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at,
-      sealing_epoch = excluded.sealing_epoch`,
-      [d.deviceId, d.spkiSha256, d.status, d.enrolledAt, d.lastSeenAt ?? null, d.sealingEpoch ?? null]);
+  async init(): Promise<void> {
+    const client = await this.#pool.connect();
+    try {
+      // Serialise schema creation across instances starting together.
+      await client.query('SELECT pg_advisory_lock(7251)');
+      try {
+        for (const s of schemaStatements('postgres')) await client.query(s);
+      } finally {
+        await client.query('SELECT pg_advisory_unlock(7251)');
+      }
+      const r = await client.query<{ value: string }>("SELECT value FROM meta WHERE name = 'schema-version'");
+      const v = num(r.rows[0]?.value ?? 0);
+      if (v > SCHEMA_VERSION) throw new StorageError('schema-newer', `the ingest database has schema version ${v}; this build knows ${SCHEMA_VERSION}`);
+    } finally {
+      client.release();
+    }
+  }
+
+  async upsertDevice(d: DeviceRegistration): Promise<void> {
+    await this.#q(`WITH up AS (INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after)
+      VALUES ($1, $2, $3, $4, $5, $5, $6, $7) ON CONFLICT (device_id) DO UPDATE SET credential = excluded.credential,
+      credential_sha256 = excluded.credential_sha256, status = excluded.status, enrolled_at = excluded.enrolled_at,
+      status_changed_at = CASE WHEN devices.status = excluded.status THEN devices.status_changed_at ELSE excluded.status_changed_at END,
+      cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after RETURNING 1), ${BUMP} SELECT 1`,
+    [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null]);
   }
 
   async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
-    const r = await this.#pool.query<DeviceRow>('SELECT * FROM devices WHERE device_id = $1', [deviceId]);
+    const r = await this.#q<DeviceRow>('SELECT * FROM devices WHERE device_id = $1', [deviceId]);
     const row = r.rows[0];
     return row === undefined ? undefined : deviceFromRow(row);
   }
 
   async listDevices(): Promise<DeviceRecord[]> {
-    return (await this.#pool.query<DeviceRow>('SELECT * FROM devices ORDER BY device_id')).rows.map(deviceFromRow);
+    return (await this.#q<DeviceRow>('SELECT * FROM devices ORDER BY device_id')).rows.map(deviceFromRow);
   }
 
-  async setDeviceStatus(deviceId: string, status: DeviceStatus): Promise<boolean> {
-    return (await this.#pool.query('UPDATE devices SET status = $1 WHERE device_id = $2', [status, deviceId])).rowCount === 1;
+  async setDeviceStatus(deviceId: string, status: DeviceStatus, at: number): Promise<boolean> {
+    const r = await this.#q<{ n: string }>(`WITH up AS (UPDATE devices SET status = $1, status_changed_at = $2 WHERE device_id = $3 RETURNING 1),
+      ${BUMP} SELECT COUNT(*) AS n FROM up`, [status, at, deviceId]);
+    return num(r.rows[0]?.n ?? 0) === 1;
   }
 
-  async touchDevice(deviceId: string, seenAt: number, sealingEpoch?: string): Promise<void> {
-    await this.#pool.query(`UPDATE devices SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), $1),
-      sealing_epoch = COALESCE($2, sealing_epoch) WHERE device_id = $3`, [seenAt, sealingEpoch ?? null, deviceId]);
+  async registryVersion(): Promise<number> {
+    const r = await this.#q<{ value: string }>("SELECT value FROM meta WHERE name = 'registry-version'");
+    return num(r.rows[0]?.value ?? 0);
   }
 
-  async storeMessage(m: StoredMessage): Promise<'stored' | 'duplicate'> {
-    const r = await this.#pool.query(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, seq) DO NOTHING`,
-      [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext)]);
-    return r.rowCount === 1 ? 'stored' : 'duplicate';
+  async importDevices(devices: readonly DeviceRecord[]): Promise<void> {
+    await this.#transaction(async (c) => {
+      for (const d of devices) await c.query(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after, last_seen_at, transport, suite, sealing_epoch, epoch_started_at, rejections, last_rejection_at, last_rejection_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`, [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.statusChangedAt ?? null, d.certSerial ?? null, d.certNotAfter ?? null, d.lastSeenAt ?? null, d.transport ?? null, d.suite ?? null, d.sealingEpoch ?? null, d.epochStartedAt ?? null, d.rejections, d.lastRejectionAt ?? null, d.lastRejectionReason ?? null]);
+      await c.query("UPDATE meta SET value = value + 1 WHERE name = 'registry-version'");
+    });
+  }
+
+  async addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void> {
+    await this.#q(`UPDATE devices SET rejections = rejections + $1, last_rejection_at = GREATEST(COALESCE(last_rejection_at, 0), $2),
+      last_rejection_reason = $3 WHERE device_id = $4`, [count, at, reason, deviceId]);
+  }
+
+  async storeMessage(m: StoredMessage, a?: DeviceActivity): Promise<'stored' | 'duplicate'> {
+    const r = await this.#q<{ stored: string }>(STORE_SQL, [
+      m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext),
+      a?.seenAt ?? 0, a?.transport ?? null, a?.suite ?? null, a?.sealingEpoch ?? null, a?.epochStartedAt ?? null, a !== undefined,
+    ]);
+    return num(r.rows[0]?.stored ?? 0) === 1 ? 'stored' : 'duplicate';
+  }
+
+  async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
+    if (batch.length === 0) return [];
+    // Repeats within the batch are settled here: the first is sent, later ones are duplicates.
+    const first = new Map<string, number>();
+    const send: number[] = [];
+    batch.forEach((r, i) => {
+      const k = `${r.message.deviceId}\u0000${r.message.seq}`;
+      if (!first.has(k)) {
+        first.set(k, i);
+        send.push(i);
+      }
+    });
+    const rows = send.map((i) => (batch[i] as StoreRequest).message);
+    const acts = [...latestActivity(batch)];
+    const col = <T>(f: (m: StoredMessage) => T) => rows.map(f);
+    const r = await this.#q<{ device_id: string; seq: string }>(`WITH ins AS (
+        INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::int[], $7::bytea[], $8::bytea[])
+        ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+      ), act AS (
+        SELECT * FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS a(device_id, seen, transport, suite, epoch, epoch_start)
+      ), touch AS (
+        UPDATE devices d SET
+          transport = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.transport ELSE d.transport END,
+          suite = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.suite ELSE d.suite END,
+          sealing_epoch = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch ELSE d.sealing_epoch END,
+          epoch_started_at = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch_start ELSE d.epoch_started_at END,
+          last_seen_at = GREATEST(COALESCE(d.last_seen_at, 0), a.seen)
+        FROM act a WHERE d.device_id = a.device_id RETURNING 1
+      ) SELECT device_id, seq FROM ins`, [
+      col((m) => m.deviceId), col((m) => m.seq), col((m) => m.receivedAt), col((m) => m.firstTime), col((m) => m.lastTime), col((m) => m.keyVersion),
+      col((m) => Buffer.from(m.nonce)), col((m) => Buffer.from(m.ciphertext)),
+      acts.map(([d]) => d), acts.map(([, a]) => a.seenAt), acts.map(([, a]) => a.transport), acts.map(([, a]) => a.suite),
+      acts.map(([, a]) => a.sealingEpoch ?? null), acts.map(([, a]) => a.epochStartedAt ?? null),
+    ]);
+    const stored = new Set(r.rows.map((x) => `${x.device_id}\u0000${num(x.seq)}`));
+    return batch.map((req, i) => {
+      const k = `${req.message.deviceId}\u0000${req.message.seq}`;
+      return first.get(k) === i && stored.has(k) ? 'stored' : 'duplicate';
+    });
   }
 
   async readMessages(deviceId: string, from: number, to: number, limit = 10_000): Promise<StoredMessage[]> {
-    const r = await this.#pool.query<MessageRow>(`SELECT * FROM messages WHERE device_id = $1 AND last_time >= $2 AND first_time <= $3
+    const r = await this.#q<MessageRow>(`SELECT * FROM messages WHERE device_id = $1 AND last_time >= $2 AND first_time <= $3
       ORDER BY seq LIMIT $4`, [deviceId, from, to, limit]);
     return r.rows.map(messageFromRow);
   }
 
   async gaps(deviceId: string): Promise<SequenceGap[]> {
-    const r = await this.#pool.query<{ gap_from: string; gap_to: string }>(gapQuery('$1'), [deviceId]);
-    return r.rows.map((x) => ({ from: Number(x.gap_from), to: Number(x.gap_to) }));
+    const r = await this.#q<{ gap_from: string; gap_to: string }>(gapQuery('$1'), [deviceId]);
+    return r.rows.map((x) => ({ from: num(x.gap_from), to: num(x.gap_to) }));
   }
 
   async highestSeq(deviceId: string): Promise<number> {
-    const r = await this.#pool.query<{ m: string | null }>('SELECT MAX(seq) AS m FROM messages WHERE device_id = $1', [deviceId]);
-    return Number(r.rows[0]?.m ?? 0);
+    const r = await this.#q<{ m: string | null }>('SELECT MAX(seq) AS m FROM messages WHERE device_id = $1', [deviceId]);
+    return num(r.rows[0]?.m ?? 0);
   }
 
   async countMessages(deviceId?: string): Promise<number> {
     const r = deviceId === undefined
-      ? await this.#pool.query<{ n: string }>('SELECT COUNT(*) AS n FROM messages')
-      : await this.#pool.query<{ n: string }>('SELECT COUNT(*) AS n FROM messages WHERE device_id = $1', [deviceId]);
-    return Number(r.rows[0]?.n ?? 0);
-  }
-
-  async putDataKey(k: DataKeyRecord): Promise<void> {
-    await this.#pool.query('INSERT INTO data_keys (device_id, version, wrapped, kek_name, created_at, state) VALUES ($1, $2, $3, $4, $5, $6)',
-      [k.deviceId, k.version, Buffer.from(k.wrapped), k.kekName, k.createdAt, k.state]);
-  }
-
-  async dataKeys(deviceId: string): Promise<DataKeyRecord[]> {
-    return (await this.#pool.query<KeyRow>('SELECT * FROM data_keys WHERE device_id = $1 ORDER BY version', [deviceId])).rows.map(keyFromRow);
-  }
-
-  async setDataKeyState(deviceId: string, version: number, state: DataKeyRecord['state'], wrapped?: Uint8Array): Promise<void> {
-    await this.#pool.query('UPDATE data_keys SET state = $1, wrapped = COALESCE($2, wrapped) WHERE device_id = $3 AND version = $4',
-      [state, wrapped === undefined ? null : Buffer.from(wrapped), deviceId, version]);
+      ? await this.#q<{ n: string }>('SELECT COUNT(*) AS n FROM messages')
+      : await this.#q<{ n: string }>('SELECT COUNT(*) AS n FROM messages WHERE device_id = $1', [deviceId]);
+    return num(r.rows[0]?.n ?? 0);
   }
 
   async messagesBelowKeyVersion(deviceId: string, version: number, limit: number): Promise<StoredMessage[]> {
-    const r = await this.#pool.query<MessageRow>('SELECT * FROM messages WHERE device_id = $1 AND key_version < $2 ORDER BY seq LIMIT $3',
+    const r = await this.#q<MessageRow>('SELECT * FROM messages WHERE device_id = $1 AND key_version < $2 ORDER BY seq LIMIT $3',
       [deviceId, version, limit]);
     return r.rows.map(messageFromRow);
   }
 
   async rewriteMessage(deviceId: string, seq: number, fromVersion: number, toVersion: number, nonce: Uint8Array, ciphertext: Uint8Array): Promise<boolean> {
-    const r = await this.#pool.query('UPDATE messages SET key_version = $1, nonce = $2, ciphertext = $3 WHERE device_id = $4 AND seq = $5 AND key_version = $6',
+    const r = await this.#q('UPDATE messages SET key_version = $1, nonce = $2, ciphertext = $3 WHERE device_id = $4 AND seq = $5 AND key_version = $6',
       [toVersion, Buffer.from(nonce), Buffer.from(ciphertext), deviceId, seq, fromVersion]);
     return r.rowCount === 1;
   }
 
+  async listMessages(after: MessageCursor | undefined, limit: number): Promise<StoredMessage[]> {
+    // COLLATE "C": the same byte order SQLite uses, so both backends page (and back up) identically.
+    const r = after === undefined
+      ? await this.#q<MessageRow>('SELECT * FROM messages ORDER BY device_id COLLATE "C", seq LIMIT $1', [limit])
+      : await this.#q<MessageRow>(`SELECT * FROM messages WHERE device_id COLLATE "C" > $1 OR (device_id = $1 AND seq > $2)
+        ORDER BY device_id COLLATE "C", seq LIMIT $3`, [after.deviceId, after.seq, limit]);
+    return r.rows.map(messageFromRow);
+  }
+
+  async importMessages(messages: readonly StoredMessage[]): Promise<void> {
+    await this.#transaction(async (c) => {
+      for (const m of messages) {
+        await c.query(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+        [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext)]);
+      }
+    });
+  }
+
+  keyRecords(): WrappedKeyRecordStore {
+    return new PostgresKeyRecords((sql, params) => this.#q(sql, params), (fn) => this.#transaction(fn));
+  }
+
+  async putEnrolToken(t: EnrolTokenRecord): Promise<void> {
+    await this.#q('INSERT INTO enrol_tokens (token_sha256, device_id, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5)',
+      [t.tokenSha256, t.deviceId, t.createdAt, t.expiresAt, t.usedAt ?? null]);
+  }
+
+  async consumeEnrolToken(tokenSha256: string, now: number): Promise<ConsumeResult> {
+    const won = await this.#q<EnrolTokenRow>('UPDATE enrol_tokens SET used_at = $2 WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2 RETURNING *',
+      [tokenSha256, now]);
+    const row = won.rows[0];
+    if (row !== undefined) return { status: 'ok', token: enrolTokenFromRow(row) };
+    const r = await this.#q<EnrolTokenRow>('SELECT * FROM enrol_tokens WHERE token_sha256 = $1', [tokenSha256]);
+    const existing = r.rows[0];
+    if (existing === undefined) return { status: 'unknown' };
+    return { status: existing.used_at !== null ? 'used' : 'expired' };
+  }
+
+  async putApiToken(t: ApiTokenRecord): Promise<void> {
+    await this.#q('INSERT INTO api_tokens (token_sha256, name, role, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)',
+      [t.tokenSha256, t.name, t.role, t.createdAt, t.expiresAt ?? null, t.revokedAt ?? null]);
+  }
+
+  async getApiToken(tokenSha256: string): Promise<ApiTokenRecord | undefined> {
+    const row = (await this.#q<ApiTokenRow>('SELECT * FROM api_tokens WHERE token_sha256 = $1', [tokenSha256])).rows[0];
+    return row === undefined ? undefined : apiTokenFromRow(row);
+  }
+
+  async listApiTokens(): Promise<ApiTokenRecord[]> {
+    return (await this.#q<ApiTokenRow>('SELECT * FROM api_tokens ORDER BY name COLLATE "C", created_at')).rows.map(apiTokenFromRow);
+  }
+
+  async revokeApiToken(name: string, at: number): Promise<number> {
+    return (await this.#q('UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL', [at, name])).rowCount ?? 0;
+  }
+
+  async tryLease(name: string, owner: string, now: number, ttlMs: number): Promise<boolean> {
+    const r = await this.#q(`INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET
+      owner = excluded.owner, expires_at = excluded.expires_at WHERE leases.owner = excluded.owner OR leases.expires_at < $4`,
+    [name, owner, now + ttlMs, now]);
+    return r.rowCount === 1;
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    await this.#q('DELETE FROM leases WHERE name = $1 AND owner = $2', [name, owner]);
+  }
+
+  async isEmpty(): Promise<boolean> {
+    const tables = [...DATA_TABLES, 'enrol_tokens', 'rekey_state'];
+    const r = await this.#q<{ any: boolean }>(`SELECT ${tables.map((t) => `EXISTS (SELECT 1 FROM ${t})`).join(' OR ')} AS any`);
+    return r.rows[0]?.any === false;
+  }
+
   async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
     await this.#pool.end();
   }
 }
 
-function deviceFromRow(r: DeviceRow): DeviceRecord {
-  return {
-    deviceId: r.device_id, spkiSha256: r.spki_sha256, status: r.status, enrolledAt: Number(r.enrolled_at),
-    ...(r.last_seen_at === null ? {} : { lastSeenAt: Number(r.last_seen_at) }),
-    ...(r.sealing_epoch === null ? {} : { sealingEpoch: r.sealing_epoch }),
-  };
-}
+type Query = <R extends pg.QueryResultRow>(sql: string, params?: unknown[]) => Promise<pg.QueryResult<R>>;
 
-function messageFromRow(r: MessageRow): StoredMessage {
-  return {
-    deviceId: r.device_id, seq: Number(r.seq), receivedAt: Number(r.received_at), firstTime: Number(r.first_time),
-    lastTime: Number(r.last_time), keyVersion: r.key_version, nonce: new Uint8Array(r.nonce), ciphertext: new Uint8Array(r.ciphertext),
-  };
-}
+/** The key hierarchy's records in the ingest database (PostgreSQL). */
+class PostgresKeyRecords implements WrappedKeyRecordStore {
+  readonly #query: Query;
+  readonly #transaction: <T>(fn: (c: pg.PoolClient) => Promise<T>) => Promise<T>;
+  #closed = false;
 
-function keyFromRow(r: KeyRow): DataKeyRecord {
-  return { deviceId: r.device_id, version: r.version, wrapped: new Uint8Array(r.wrapped), kekName: r.kek_name, createdAt: Number(r.created_at), state: r.state };
+  constructor(query: Query, transaction: <T>(fn: (c: pg.PoolClient) => Promise<T>) => Promise<T>) {
+    this.#query = query;
+    this.#transaction = transaction;
+  }
+
+  #q<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    if (this.#closed) return Promise.reject(closedError());
+    return this.#query<R>(sql, params);
+  }
+
+  async list(keyId?: string): Promise<WrappedKeyRecord[]> {
+    const r = keyId === undefined
+      ? await this.#q<WrappedKeyRow>('SELECT * FROM wrapped_keys ORDER BY key_id COLLATE "C", version')
+      : await this.#q<WrappedKeyRow>('SELECT * FROM wrapped_keys WHERE key_id = $1 ORDER BY version', [keyId]);
+    return r.rows.map(wrappedKeyFromRow);
+  }
+
+  async get(keyId: string, version: number): Promise<WrappedKeyRecord | undefined> {
+    const row = (await this.#q<WrappedKeyRow>('SELECT * FROM wrapped_keys WHERE key_id = $1 AND version = $2', [keyId, version])).rows[0];
+    return row === undefined ? undefined : wrappedKeyFromRow(row);
+  }
+
+  async insert(record: WrappedKeyRecord): Promise<void> {
+    const r = checkRecord(record, 'insert');
+    try {
+      await this.#q('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
+        [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+      throw e;
+    }
+  }
+
+  async replace(records: readonly WrappedKeyRecord[]): Promise<void> {
+    const recs = records.map((r) => checkRecord(r, 'replace'));
+    if (this.#closed) throw closedError();
+    await this.#transaction(async (c) => {
+      for (const r of recs) {
+        const u = await c.query('UPDATE wrapped_keys SET kek_name = $1, wrapped = $2, created_at = $3 WHERE key_id = $4 AND version = $5',
+          [r.kekName, Buffer.from(r.wrapped), r.createdAt, r.keyId, r.version]);
+        if (u.rowCount !== 1) throw new KeyStoreError('not-found', `${r.keyId} version ${r.version} has no record to replace`);
+      }
+    });
+  }
+
+  async remove(keyId: string, versions: readonly number[]): Promise<void> {
+    await this.#q('DELETE FROM wrapped_keys WHERE key_id = $1 AND version = ANY($2::int[])', [keyId, [...versions]]);
+  }
+
+  async getRekey(keyId: string): Promise<RekeyState | undefined> {
+    const row = (await this.#q<RekeyRow>('SELECT * FROM rekey_state WHERE key_id = $1', [keyId])).rows[0];
+    return row === undefined ? undefined : rekeyFromRow(row);
+  }
+
+  async putRekey(s: RekeyState): Promise<void> {
+    await this.#q(`INSERT INTO rekey_state (key_id, target_version, started_at, updated_at, rewritten, resumed) VALUES ($1, $2, $3, $4, $5, $6)
+      ON CONFLICT (key_id) DO UPDATE SET target_version = excluded.target_version, started_at = excluded.started_at,
+      updated_at = excluded.updated_at, rewritten = excluded.rewritten, resumed = excluded.resumed`,
+    [s.keyId, s.targetVersion, s.startedAt, s.updatedAt, s.rewritten, s.resumed]);
+  }
+
+  async clearRekey(keyId: string): Promise<void> {
+    await this.#q('DELETE FROM rekey_state WHERE key_id = $1', [keyId]);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
 }

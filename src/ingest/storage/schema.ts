@@ -1,18 +1,39 @@
 /**
  * The one schema both backends create. Types differ only where SQL dialects do (BLOB vs BYTEA);
  * the gap query uses window functions both SQLite (≥ 3.25) and PostgreSQL have.
+ *
+ * Only non-sensitive columns are indexed: device id, sequence, time range, key version, token hashes.
+ * Readings exist only inside `messages.ciphertext`.
  */
+export const SCHEMA_VERSION = 1;
+
 export function schemaStatements(dialect: 'sqlite' | 'postgres'): string[] {
   const blob = dialect === 'sqlite' ? 'BLOB' : 'BYTEA';
   const int = dialect === 'sqlite' ? 'INTEGER' : 'BIGINT';
   return [
+    `CREATE TABLE IF NOT EXISTS meta (
+      name TEXT PRIMARY KEY,
+      value ${int} NOT NULL
+    )`,
+    `INSERT INTO meta (name, value) VALUES ('schema-version', ${SCHEMA_VERSION}) ON CONFLICT (name) DO NOTHING`,
+    `INSERT INTO meta (name, value) VALUES ('registry-version', 0) ON CONFLICT (name) DO NOTHING`,
     `CREATE TABLE IF NOT EXISTS devices (
       device_id TEXT PRIMARY KEY,
-      spki_sha256 TEXT NOT NULL,
+      credential TEXT NOT NULL CHECK (credential IN ('certificate', 'psk')),
+      credential_sha256 TEXT NOT NULL,
       status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'revoked')),
       enrolled_at ${int} NOT NULL,
+      status_changed_at ${int},
+      cert_serial TEXT,
+      cert_not_after ${int},
       last_seen_at ${int},
-      sealing_epoch TEXT
+      transport TEXT,
+      suite TEXT,
+      sealing_epoch TEXT,
+      epoch_started_at ${int},
+      rejections ${int} NOT NULL DEFAULT 0,
+      last_rejection_at ${int},
+      last_rejection_reason TEXT
     )`,
     `CREATE TABLE IF NOT EXISTS messages (
       device_id TEXT NOT NULL,
@@ -25,17 +46,45 @@ export function schemaStatements(dialect: 'sqlite' | 'postgres'): string[] {
       ciphertext ${blob} NOT NULL,
       PRIMARY KEY (device_id, seq)
     )`,
-    // Only non-sensitive columns are indexed (device, time, key version).
     'CREATE INDEX IF NOT EXISTS messages_by_time ON messages (device_id, last_time)',
     'CREATE INDEX IF NOT EXISTS messages_by_key ON messages (device_id, key_version)',
-    `CREATE TABLE IF NOT EXISTS data_keys (
-      device_id TEXT NOT NULL,
+    // The key hierarchy's records (src/keystore/hierarchy/types.ts): DEKs wrapped by the KEK.
+    `CREATE TABLE IF NOT EXISTS wrapped_keys (
+      key_id TEXT NOT NULL,
       version INTEGER NOT NULL,
-      wrapped ${blob} NOT NULL,
       kek_name TEXT NOT NULL,
+      wrapped ${blob} NOT NULL,
       created_at ${int} NOT NULL,
-      state TEXT NOT NULL CHECK (state IN ('current', 'retired', 'destroyed')),
-      PRIMARY KEY (device_id, version)
+      PRIMARY KEY (key_id, version)
+    )`,
+    `CREATE TABLE IF NOT EXISTS rekey_state (
+      key_id TEXT PRIMARY KEY,
+      target_version INTEGER NOT NULL,
+      started_at ${int} NOT NULL,
+      updated_at ${int} NOT NULL,
+      rewritten ${int} NOT NULL,
+      resumed INTEGER NOT NULL
+    )`,
+    `CREATE TABLE IF NOT EXISTS enrol_tokens (
+      token_sha256 TEXT PRIMARY KEY,
+      device_id TEXT NOT NULL,
+      created_at ${int} NOT NULL,
+      expires_at ${int} NOT NULL,
+      used_at ${int}
+    )`,
+    `CREATE TABLE IF NOT EXISTS api_tokens (
+      token_sha256 TEXT PRIMARY KEY,
+      name TEXT NOT NULL,
+      role TEXT NOT NULL CHECK (role IN ('reader', 'admin')),
+      created_at ${int} NOT NULL,
+      expires_at ${int},
+      revoked_at ${int}
+    )`,
+    'CREATE INDEX IF NOT EXISTS api_tokens_by_name ON api_tokens (name)',
+    `CREATE TABLE IF NOT EXISTS leases (
+      name TEXT PRIMARY KEY,
+      owner TEXT NOT NULL,
+      expires_at ${int} NOT NULL
     )`,
   ];
 }
@@ -46,3 +95,18 @@ export function gapQuery(param: string): string {
       SELECT seq, LAG(seq, 1, 0) OVER (ORDER BY seq) AS prev FROM messages WHERE device_id = ${param}
     ) AS s WHERE seq - prev > 1 ORDER BY seq`;
 }
+
+/** Tables `isEmpty` looks at and backups cover. */
+export const DATA_TABLES = ['devices', 'messages', 'wrapped_keys', 'api_tokens'] as const;
+
+/**
+ * Moves a device's last-seen fields forward (never back: a late duplicate does not rewind them).
+ * `p` names a parameter in the dialect's style; `greatest` is MAX (SQLite) or GREATEST (PostgreSQL).
+ */
+export const TOUCH_DEVICE_SQL = (p: (name: string) => string, greatest: string): string => `UPDATE devices SET
+  transport = CASE WHEN COALESCE(last_seen_at, 0) <= ${p('seen')} THEN ${p('transport')} ELSE transport END,
+  suite = CASE WHEN COALESCE(last_seen_at, 0) <= ${p('seen')} THEN ${p('suite')} ELSE suite END,
+  sealing_epoch = CASE WHEN COALESCE(last_seen_at, 0) <= ${p('seen')} AND ${p('epoch')} IS NOT NULL THEN ${p('epoch')} ELSE sealing_epoch END,
+  epoch_started_at = CASE WHEN COALESCE(last_seen_at, 0) <= ${p('seen')} AND ${p('epoch')} IS NOT NULL THEN ${p('epochStart')} ELSE epoch_started_at END,
+  last_seen_at = ${greatest}(COALESCE(last_seen_at, 0), ${p('seen')})
+  WHERE device_id = ${p('device')}`;

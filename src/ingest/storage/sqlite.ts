@@ -1,136 +1,337 @@
 /**
- * SQLite storage (better-sqlite3, WAL): the embedded default. better-sqlite3 is synchronous;
- * each call is short and indexed, so it runs inline rather than on a worker.
+ * SQLite storage (better-sqlite3, WAL): the embedded default. better-sqlite3 is synchronous; each
+ * call is short and indexed, so it runs inline rather than on a worker. `synchronous = FULL`: a
+ * commit is on disk before the ingest service acknowledges the device.
+ *
+ * @example
+ *   const storage = new SqliteStorage({ path: '/var/lib/vitalseal/ingest.db' });
+ *   await storage.init();
  */
 import Database from 'better-sqlite3';
-import { gapQuery, schemaStatements } from './schema.ts';
-import type { DataKeyRecord, DeviceRecord, DeviceStatus, IngestStorage, SequenceGap, StoredMessage } from './types.ts';
-
-interface DeviceRow { device_id: string; spki_sha256: string; status: DeviceStatus; enrolled_at: number; last_seen_at: number | null; sealing_epoch: string | null }
-interface MessageRow { device_id: string; seq: number; received_at: number; first_time: number; last_time: number; key_version: number; nonce: Buffer; ciphertext: Buffer }
-interface KeyRow { device_id: string; version: number; wrapped: Buffer; kek_name: string; created_at: number; state: DataKeyRecord['state'] }
+import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
+import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import { KeyStoreError, StorageError } from '../../util/errors.ts';
+import {
+  apiTokenFromRow, closedError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
+} from './rows.ts';
+import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
+import { latestActivity } from './types.ts';
+import type {
+  StoreRequest, ApiTokenRecord, ConsumeResult, DeviceActivity, DeviceRecord, DeviceRegistration, DeviceStatus, EnrolTokenRecord, IngestStorage,
+  MessageCursor, SequenceGap, StoredMessage,
+} from './types.ts';
 
 export interface SqliteStorageOptions {
   /** File path, or ':memory:' for tests that need no durability. */
   readonly path: string;
 }
 
+const BUMP_REGISTRY = "UPDATE meta SET value = value + 1 WHERE name = 'registry-version'";
+
+function isUniqueViolation(e: unknown): boolean {
+  return (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
 export class SqliteStorage implements IngestStorage {
   readonly kind = 'sqlite' as const;
   readonly #db: Database.Database;
+  readonly #statements = new Map<string, Database.Statement>();
+  #closed = false;
 
   constructor(opts: SqliteStorageOptions) {
-    this.#db = new Database(opts.path);
+    try {
+      this.#db = new Database(opts.path);
+    } catch (e) {
+      throw new StorageError('storage-open', `cannot open SQLite database ${opts.path}: ${(e as Error).message}`, { cause: e });
+    }
     this.#db.pragma('journal_mode = WAL');
-    // FULL: a commit is on disk before the ingest service acknowledges the device.
     this.#db.pragma('synchronous = FULL');
     this.#db.pragma('foreign_keys = ON');
+    // Another connection (the operator's CLI) may hold the write lock briefly.
+    this.#db.pragma('busy_timeout = 5000');
+  }
+
+  #s(sql: string): Database.Statement {
+    if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
+    let s = this.#statements.get(sql);
+    if (s === undefined) {
+      s = this.#db.prepare(sql);
+      this.#statements.set(sql, s);
+    }
+    return s;
   }
 
   async init(): Promise<void> {
-    for (const s of schemaStatements('sqlite')) this.#db.exec(s);
+    this.#db.transaction(() => {
+      for (const s of schemaStatements('sqlite')) this.#db.exec(s);
+    }).immediate();
+    const v = (this.#s("SELECT value FROM meta WHERE name = 'schema-version'").get() as { value: number }).value;
+    if (v > SCHEMA_VERSION) throw new StorageError('schema-newer', `the ingest database has schema version ${v}; this build knows ${SCHEMA_VERSION}`);
   }
 
-  async upsertDevice(d: DeviceRecord): Promise<void> {
-    this.#db.prepare(`INSERT INTO devices (device_id, spki_sha256, status, enrolled_at, last_seen_at, sealing_epoch)
-      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET spki_sha256 = excluded.spki_sha256,
-      status = excluded.status, enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at,
-      sealing_epoch = excluded.sealing_epoch`)
-      .run(d.deviceId, d.spkiSha256, d.status, d.enrolledAt, d.lastSeenAt ?? null, d.sealingEpoch ?? null);
+  async upsertDevice(d: DeviceRegistration): Promise<void> {
+    this.#db.transaction(() => {
+      this.#s(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET credential = excluded.credential,
+        credential_sha256 = excluded.credential_sha256, status = excluded.status, enrolled_at = excluded.enrolled_at,
+        status_changed_at = CASE WHEN devices.status = excluded.status THEN devices.status_changed_at ELSE excluded.status_changed_at END,
+        cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after`)
+        .run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null);
+      this.#s(BUMP_REGISTRY).run();
+    }).immediate();
   }
 
   async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
-    const row = this.#db.prepare('SELECT * FROM devices WHERE device_id = ?').get(deviceId) as DeviceRow | undefined;
+    const row = this.#s('SELECT * FROM devices WHERE device_id = ?').get(deviceId) as DeviceRow | undefined;
     return row === undefined ? undefined : deviceFromRow(row);
   }
 
   async listDevices(): Promise<DeviceRecord[]> {
-    return (this.#db.prepare('SELECT * FROM devices ORDER BY device_id').all() as DeviceRow[]).map(deviceFromRow);
+    return (this.#s('SELECT * FROM devices ORDER BY device_id').all() as DeviceRow[]).map(deviceFromRow);
   }
 
-  async setDeviceStatus(deviceId: string, status: DeviceStatus): Promise<boolean> {
-    return this.#db.prepare('UPDATE devices SET status = ? WHERE device_id = ?').run(status, deviceId).changes === 1;
+  async setDeviceStatus(deviceId: string, status: DeviceStatus, at: number): Promise<boolean> {
+    return this.#db.transaction(() => {
+      const changed = this.#s('UPDATE devices SET status = ?, status_changed_at = ? WHERE device_id = ?').run(status, at, deviceId).changes === 1;
+      if (changed) this.#s(BUMP_REGISTRY).run();
+      return changed;
+    }).immediate();
   }
 
-  async touchDevice(deviceId: string, seenAt: number, sealingEpoch?: string): Promise<void> {
-    this.#db.prepare('UPDATE devices SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?), sealing_epoch = COALESCE(?, sealing_epoch) WHERE device_id = ?')
-      .run(seenAt, sealingEpoch ?? null, deviceId);
+  async registryVersion(): Promise<number> {
+    return num((this.#s("SELECT value FROM meta WHERE name = 'registry-version'").get() as { value: number }).value);
   }
 
-  async storeMessage(m: StoredMessage): Promise<'stored' | 'duplicate'> {
-    const r = this.#db.prepare(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`)
-      .run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
-    return r.changes === 1 ? 'stored' : 'duplicate';
+  async importDevices(devices: readonly DeviceRecord[]): Promise<void> {
+    const insert = this.#s(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after, last_seen_at, transport, suite, sealing_epoch, epoch_started_at, rejections, last_rejection_at, last_rejection_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#db.transaction(() => {
+      for (const d of devices) insert.run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.statusChangedAt ?? null, d.certSerial ?? null, d.certNotAfter ?? null, d.lastSeenAt ?? null, d.transport ?? null, d.suite ?? null, d.sealingEpoch ?? null, d.epochStartedAt ?? null, d.rejections, d.lastRejectionAt ?? null, d.lastRejectionReason ?? null);
+      this.#s(BUMP_REGISTRY).run();
+    }).immediate();
+  }
+
+  async addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void> {
+    this.#s(`UPDATE devices SET rejections = rejections + ?, last_rejection_at = MAX(COALESCE(last_rejection_at, 0), ?),
+      last_rejection_reason = ? WHERE device_id = ?`).run(count, at, reason, deviceId);
+  }
+
+  async storeMessage(m: StoredMessage, activity?: DeviceActivity): Promise<'stored' | 'duplicate'> {
+    return this.#db.transaction(() => {
+      const r = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`)
+        .run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
+      if (activity !== undefined) {
+        this.#s(TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX')).run({
+          seen: activity.seenAt, transport: activity.transport, suite: activity.suite, epoch: activity.sealingEpoch ?? null,
+          epochStart: activity.epochStartedAt ?? null, device: m.deviceId,
+        });
+      }
+      return r.changes === 1 ? 'stored' as const : 'duplicate' as const;
+    }).immediate();
+  }
+
+  async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
+    const insert = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`);
+    const touch = this.#s(TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX'));
+    return this.#db.transaction(() => {
+      const results = batch.map(({ message: m }) => (insert.run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext)).changes === 1 ? 'stored' as const : 'duplicate' as const));
+      for (const [device, a] of latestActivity(batch)) {
+        touch.run({ seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device });
+      }
+      return results;
+    }).immediate();
   }
 
   async readMessages(deviceId: string, from: number, to: number, limit = 10_000): Promise<StoredMessage[]> {
-    const rows = this.#db.prepare(`SELECT * FROM messages WHERE device_id = ? AND last_time >= ? AND first_time <= ?
+    const rows = this.#s(`SELECT * FROM messages WHERE device_id = ? AND last_time >= ? AND first_time <= ?
       ORDER BY seq LIMIT ?`).all(deviceId, from, to, limit) as MessageRow[];
     return rows.map(messageFromRow);
   }
 
   async gaps(deviceId: string): Promise<SequenceGap[]> {
-    const rows = this.#db.prepare(gapQuery('?')).all(deviceId) as { gap_from: number; gap_to: number }[];
+    const rows = this.#s(gapQuery('?')).all(deviceId) as { gap_from: number; gap_to: number }[];
     return rows.map((r) => ({ from: r.gap_from, to: r.gap_to }));
   }
 
   async highestSeq(deviceId: string): Promise<number> {
-    const r = this.#db.prepare('SELECT MAX(seq) AS m FROM messages WHERE device_id = ?').get(deviceId) as { m: number | null };
+    const r = this.#s('SELECT MAX(seq) AS m FROM messages WHERE device_id = ?').get(deviceId) as { m: number | null };
     return r.m ?? 0;
   }
 
   async countMessages(deviceId?: string): Promise<number> {
     const r = deviceId === undefined
-      ? (this.#db.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number })
-      : (this.#db.prepare('SELECT COUNT(*) AS n FROM messages WHERE device_id = ?').get(deviceId) as { n: number });
+      ? (this.#s('SELECT COUNT(*) AS n FROM messages').get() as { n: number })
+      : (this.#s('SELECT COUNT(*) AS n FROM messages WHERE device_id = ?').get(deviceId) as { n: number });
     return r.n;
   }
 
-  async putDataKey(k: DataKeyRecord): Promise<void> {
-    this.#db.prepare('INSERT INTO data_keys (device_id, version, wrapped, kek_name, created_at, state) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(k.deviceId, k.version, Buffer.from(k.wrapped), k.kekName, k.createdAt, k.state);
-  }
-
-  async dataKeys(deviceId: string): Promise<DataKeyRecord[]> {
-    return (this.#db.prepare('SELECT * FROM data_keys WHERE device_id = ? ORDER BY version').all(deviceId) as KeyRow[]).map(keyFromRow);
-  }
-
-  async setDataKeyState(deviceId: string, version: number, state: DataKeyRecord['state'], wrapped?: Uint8Array): Promise<void> {
-    this.#db.prepare('UPDATE data_keys SET state = ?, wrapped = COALESCE(?, wrapped) WHERE device_id = ? AND version = ?')
-      .run(state, wrapped === undefined ? null : Buffer.from(wrapped), deviceId, version);
-  }
-
   async messagesBelowKeyVersion(deviceId: string, version: number, limit: number): Promise<StoredMessage[]> {
-    return (this.#db.prepare('SELECT * FROM messages WHERE device_id = ? AND key_version < ? ORDER BY seq LIMIT ?')
+    return (this.#s('SELECT * FROM messages WHERE device_id = ? AND key_version < ? ORDER BY seq LIMIT ?')
       .all(deviceId, version, limit) as MessageRow[]).map(messageFromRow);
   }
 
   async rewriteMessage(deviceId: string, seq: number, fromVersion: number, toVersion: number, nonce: Uint8Array, ciphertext: Uint8Array): Promise<boolean> {
-    return this.#db.prepare('UPDATE messages SET key_version = ?, nonce = ?, ciphertext = ? WHERE device_id = ? AND seq = ? AND key_version = ?')
+    return this.#s('UPDATE messages SET key_version = ?, nonce = ?, ciphertext = ? WHERE device_id = ? AND seq = ? AND key_version = ?')
       .run(toVersion, Buffer.from(nonce), Buffer.from(ciphertext), deviceId, seq, fromVersion).changes === 1;
   }
 
+  async listMessages(after: MessageCursor | undefined, limit: number): Promise<StoredMessage[]> {
+    const rows = after === undefined
+      ? this.#s('SELECT * FROM messages ORDER BY device_id, seq LIMIT ?').all(limit)
+      : this.#s('SELECT * FROM messages WHERE device_id > ? OR (device_id = ? AND seq > ?) ORDER BY device_id, seq LIMIT ?')
+        .all(after.deviceId, after.deviceId, after.seq, limit);
+    return (rows as MessageRow[]).map(messageFromRow);
+  }
+
+  async importMessages(messages: readonly StoredMessage[]): Promise<void> {
+    const insert = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#db.transaction(() => {
+      for (const m of messages) {
+        insert.run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
+      }
+    }).immediate();
+  }
+
+  keyRecords(): WrappedKeyRecordStore {
+    return new SqliteKeyRecords(this.#db, (sql) => this.#s(sql));
+  }
+
+  async putEnrolToken(t: EnrolTokenRecord): Promise<void> {
+    this.#s('INSERT INTO enrol_tokens (token_sha256, device_id, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?)')
+      .run(t.tokenSha256, t.deviceId, t.createdAt, t.expiresAt, t.usedAt ?? null);
+  }
+
+  async consumeEnrolToken(tokenSha256: string, now: number): Promise<ConsumeResult> {
+    return this.#db.transaction((): ConsumeResult => {
+      const won = this.#s('UPDATE enrol_tokens SET used_at = ? WHERE token_sha256 = ? AND used_at IS NULL AND expires_at > ?').run(now, tokenSha256, now).changes === 1;
+      const row = this.#s('SELECT * FROM enrol_tokens WHERE token_sha256 = ?').get(tokenSha256) as EnrolTokenRow | undefined;
+      if (row === undefined) return { status: 'unknown' };
+      if (won) return { status: 'ok', token: enrolTokenFromRow(row) };
+      return { status: row.used_at !== null ? 'used' : 'expired' };
+    }).immediate();
+  }
+
+  async putApiToken(t: ApiTokenRecord): Promise<void> {
+    this.#s('INSERT INTO api_tokens (token_sha256, name, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(t.tokenSha256, t.name, t.role, t.createdAt, t.expiresAt ?? null, t.revokedAt ?? null);
+  }
+
+  async getApiToken(tokenSha256: string): Promise<ApiTokenRecord | undefined> {
+    const row = this.#s('SELECT * FROM api_tokens WHERE token_sha256 = ?').get(tokenSha256) as ApiTokenRow | undefined;
+    return row === undefined ? undefined : apiTokenFromRow(row);
+  }
+
+  async listApiTokens(): Promise<ApiTokenRecord[]> {
+    return (this.#s('SELECT * FROM api_tokens ORDER BY name, created_at').all() as ApiTokenRow[]).map(apiTokenFromRow);
+  }
+
+  async revokeApiToken(name: string, at: number): Promise<number> {
+    return this.#s('UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL').run(at, name).changes;
+  }
+
+  async tryLease(name: string, owner: string, now: number, ttlMs: number): Promise<boolean> {
+    return this.#s(`INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET
+      owner = excluded.owner, expires_at = excluded.expires_at WHERE leases.owner = excluded.owner OR leases.expires_at < ?`)
+      .run(name, owner, now + ttlMs, now).changes === 1;
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    this.#s('DELETE FROM leases WHERE name = ? AND owner = ?').run(name, owner);
+  }
+
+  async isEmpty(): Promise<boolean> {
+    for (const t of [...DATA_TABLES, 'enrol_tokens', 'rekey_state']) {
+      if ((this.#s(`SELECT EXISTS (SELECT 1 FROM ${t}) AS e`).get() as { e: number }).e !== 0) return false;
+    }
+    return true;
+  }
+
   async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#statements.clear();
     this.#db.close();
   }
 }
 
-function deviceFromRow(r: DeviceRow): DeviceRecord {
-  return {
-    deviceId: r.device_id, spkiSha256: r.spki_sha256, status: r.status, enrolledAt: r.enrolled_at,
-    ...(r.last_seen_at === null ? {} : { lastSeenAt: r.last_seen_at }),
-    ...(r.sealing_epoch === null ? {} : { sealingEpoch: r.sealing_epoch }),
-  };
-}
+/** The key hierarchy's records in the ingest database (SQLite). */
+class SqliteKeyRecords implements WrappedKeyRecordStore {
+  readonly #db: Database.Database;
+  readonly #stmt: (sql: string) => Database.Statement;
+  #closed = false;
 
-function messageFromRow(r: MessageRow): StoredMessage {
-  return {
-    deviceId: r.device_id, seq: r.seq, receivedAt: r.received_at, firstTime: r.first_time, lastTime: r.last_time,
-    keyVersion: r.key_version, nonce: new Uint8Array(r.nonce), ciphertext: new Uint8Array(r.ciphertext),
-  };
-}
+  constructor(db: Database.Database, stmt: (sql: string) => Database.Statement) {
+    this.#db = db;
+    this.#stmt = stmt;
+  }
 
-function keyFromRow(r: KeyRow): DataKeyRecord {
-  return { deviceId: r.device_id, version: r.version, wrapped: new Uint8Array(r.wrapped), kekName: r.kek_name, createdAt: r.created_at, state: r.state };
+  #s(sql: string): Database.Statement {
+    if (this.#closed) throw closedError();
+    return this.#stmt(sql);
+  }
+
+  async list(keyId?: string): Promise<WrappedKeyRecord[]> {
+    const rows = keyId === undefined
+      ? this.#s('SELECT * FROM wrapped_keys ORDER BY key_id, version').all()
+      : this.#s('SELECT * FROM wrapped_keys WHERE key_id = ? ORDER BY version').all(keyId);
+    return (rows as WrappedKeyRow[]).map(wrappedKeyFromRow);
+  }
+
+  async get(keyId: string, version: number): Promise<WrappedKeyRecord | undefined> {
+    const row = this.#s('SELECT * FROM wrapped_keys WHERE key_id = ? AND version = ?').get(keyId, version) as WrappedKeyRow | undefined;
+    return row === undefined ? undefined : wrappedKeyFromRow(row);
+  }
+
+  async insert(record: WrappedKeyRecord): Promise<void> {
+    const r = checkRecord(record, 'insert');
+    try {
+      this.#s('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+      throw e;
+    }
+  }
+
+  async replace(records: readonly WrappedKeyRecord[]): Promise<void> {
+    const recs = records.map((r) => checkRecord(r, 'replace'));
+    const update = this.#s('UPDATE wrapped_keys SET kek_name = ?, wrapped = ?, created_at = ? WHERE key_id = ? AND version = ?');
+    this.#db.transaction(() => {
+      for (const r of recs) {
+        if (update.run(r.kekName, Buffer.from(r.wrapped), r.createdAt, r.keyId, r.version).changes !== 1) {
+          throw new KeyStoreError('not-found', `${r.keyId} version ${r.version} has no record to replace`);
+        }
+      }
+    }).immediate();
+  }
+
+  async remove(keyId: string, versions: readonly number[]): Promise<void> {
+    const del = this.#s('DELETE FROM wrapped_keys WHERE key_id = ? AND version = ?');
+    this.#db.transaction(() => {
+      for (const v of versions) del.run(keyId, v);
+    }).immediate();
+  }
+
+  async getRekey(keyId: string): Promise<RekeyState | undefined> {
+    const row = this.#s('SELECT * FROM rekey_state WHERE key_id = ?').get(keyId) as RekeyRow | undefined;
+    return row === undefined ? undefined : rekeyFromRow(row);
+  }
+
+  async putRekey(s: RekeyState): Promise<void> {
+    this.#s(`INSERT INTO rekey_state (key_id, target_version, started_at, updated_at, rewritten, resumed) VALUES (?, ?, ?, ?, ?, ?)
+      ON CONFLICT (key_id) DO UPDATE SET target_version = excluded.target_version, started_at = excluded.started_at,
+      updated_at = excluded.updated_at, rewritten = excluded.rewritten, resumed = excluded.resumed`)
+      .run(s.keyId, s.targetVersion, s.startedAt, s.updatedAt, s.rewritten, s.resumed);
+  }
+
+  async clearRekey(keyId: string): Promise<void> {
+    this.#s('DELETE FROM rekey_state WHERE key_id = ?').run(keyId);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
 }

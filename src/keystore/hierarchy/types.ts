@@ -4,7 +4,7 @@
  * and version. Data carries (key id, version) so the right DEK version opens it.
  *
  * The records live behind `WrappedKeyRecordStore`: a JSON file on the device (json-file-records.ts),
- * the ingest database later. Every implementation runs test/keystore/hierarchy/record-store-contract.ts.
+ * the ingest database's tables in the ingest service (src/ingest/storage). Every implementation runs test/keystore/hierarchy/record-store-contract.ts.
  */
 
 export interface WrappedKeyRecord {

@@ -1,6 +1,6 @@
 /**
- * The WrappedKeyRecordStore contract: the JSON file store runs it here; the ingest database's store
- * will run it too. `open` reopens the same persistent state within one fixture.
+ * The WrappedKeyRecordStore contract: the JSON file store runs it here, the ingest database (SQLite
+ * and PostgreSQL) in test/ingest/storage. `open` reopens the same persistent state within one fixture.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';

@@ -1,0 +1,62 @@
+/**
+ * Encryption at rest of one stored message: AES-256-GCM (NIST SP 800-38D) under the device's data
+ * key (DEK), the plaintext being the opened SenML pack.
+ *
+ * - AAD binds the row to its place: format label, device id, sequence number and key version, so
+ *   a ciphertext moved to another device, another sequence number or relabelled with another key
+ *   version does not open.
+ * - Nonce (96 bits, SP 800-38D §8.2.1 deterministic construction): a fixed field of 32 zero bits
+ *   followed by the sequence number as a 64-bit invocation field. (device, seq) is unique in the
+ *   database and each DEK version belongs to one device, so a key never encrypts two stored rows
+ *   under one nonce, by construction. Two instances racing on a duplicate may both encrypt it,
+ *   but only one row is stored and the loser's ciphertext never leaves memory; a re-key rewrite goes
+ *   to a new key version.
+ *
+ * @example
+ *   const { nonce, ciphertext } = sealAtRest(provider, dek, 'bed-7', 42, pack);
+ *   const pack2 = openAtRest(provider, dek, { deviceId: 'bed-7', seq: 42, keyVersion: dek.version, nonce, ciphertext });
+ */
+import type { CryptoProvider } from '../crypto/provider.ts';
+import type { DataKey } from '../keystore/hierarchy/data-key.ts';
+import { equalBytes, utf8 } from '../util/bytes.ts';
+import { CryptoError } from '../util/errors.ts';
+import type { StoredMessage } from './storage/types.ts';
+
+const LABEL = utf8('vitalseal at-rest v1');
+export const AT_REST_AEAD = 'aes-256-gcm' as const;
+
+/** SP 800-38D §8.2.1: fixed field (4 zero bytes) || invocation field (seq, 8 bytes big-endian). */
+export function atRestNonce(seq: number): Uint8Array {
+  const n = new Uint8Array(12);
+  new DataView(n.buffer).setBigUint64(4, BigInt(seq), false);
+  return n;
+}
+
+/** label || 0x00 || device id || 0x00 || seq (8 bytes BE) || key version (4 bytes BE). */
+export function atRestAad(deviceId: string, seq: number, keyVersion: number): Uint8Array {
+  const id = utf8(deviceId);
+  const out = new Uint8Array(LABEL.length + 1 + id.length + 1 + 8 + 4);
+  out.set(LABEL, 0);
+  out.set(id, LABEL.length + 1);
+  const v = new DataView(out.buffer);
+  v.setBigUint64(LABEL.length + 2 + id.length, BigInt(seq), false);
+  v.setUint32(LABEL.length + 10 + id.length, keyVersion, false);
+  return out;
+}
+
+export function sealAtRest(provider: CryptoProvider, dek: DataKey, deviceId: string, seq: number, plaintext: Uint8Array): { nonce: Uint8Array; ciphertext: Uint8Array } {
+  const nonce = atRestNonce(seq);
+  return { nonce, ciphertext: provider.aeadSeal(AT_REST_AEAD, dek.bytes, nonce, plaintext, atRestAad(deviceId, seq, dek.version)) };
+}
+
+/** Opens a stored row; `CryptoError('at-rest-open-failed')` when it was tampered with or the key is wrong. */
+export function openAtRest(provider: CryptoProvider, dek: DataKey, m: Pick<StoredMessage, 'deviceId' | 'seq' | 'keyVersion' | 'nonce' | 'ciphertext'>): Uint8Array {
+  if (dek.version !== m.keyVersion) throw new CryptoError('at-rest-wrong-key', `row ${m.deviceId}#${m.seq} is under key version ${m.keyVersion}, not ${dek.version}`);
+  if (!equalBytes(m.nonce, atRestNonce(m.seq))) throw new CryptoError('at-rest-open-failed', `row ${m.deviceId}#${m.seq}: nonce does not belong to the row`);
+  try {
+    return provider.aeadOpen(AT_REST_AEAD, dek.bytes, m.nonce, m.ciphertext, atRestAad(m.deviceId, m.seq, m.keyVersion));
+  } catch (e) {
+    if (e instanceof CryptoError) throw new CryptoError('at-rest-open-failed', `row ${m.deviceId}#${m.seq} does not decrypt (tampered, or the wrong key)`);
+    throw e;
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * `vitalseal ingest`: through the real bin where no key is opened (configuration errors naming the
+ * field, the transports' Unsupported, the refusal to start without the power-on self-test, tokens,
+ * the registry), and in-process with a known-answer self-test for the commands that open keys
+ * (keygen, run, revoke with a CRL, backup, restore with the drill, rotation and re-key).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { runIngestCommand } from '../../src/cli/commands/ingest.ts';
+import type { CliIo } from '../../src/cli/types.ts';
+import { encodeVitalsPack } from '../../src/codec/vitals.ts';
+import { Header } from '../../src/cose/headers.ts';
+import { SealingSession } from '../../src/cose/sealing-session.ts';
+import { x25519PublicFromPem } from '../../src/cose/keys.ts';
+import { startIngest } from '../../src/ingest/runtime.ts';
+import { loadIngestConfig } from '../../src/ingest/config.ts';
+import { keyObjectSigner } from '../../src/keystore/signer.ts';
+import { spkiSha256 } from '../../src/pki/certificate.ts';
+import { parseCrl } from '../../src/pki/crl.ts';
+import { createCsr } from '../../src/pki/csr.ts';
+import { initDevCa, type DevCa } from '../../src/pki/dev-ca.ts';
+import { pemDecode, pemEncode } from '../../src/pki/pem.ts';
+import { toHex } from '../../src/util/bytes.ts';
+import { systemClock } from '../../src/util/clock.ts';
+import { katSelfTest } from '../ingest/support/kat-selftest.ts';
+import { batchFor } from '../ingest/support/harness.ts';
+import { httpsRequest } from '../ingest/support/https.ts';
+
+const bin = fileURLToPath(new URL('../../scripts/bin/vitalseal.mjs', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'vitalseal-cli-ingest-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const STORE_PASS = 'ingest key store passphrase for the cli test';
+const CA_PASS = 'ingest ca passphrase for the cli test';
+const env = { ...process.env, VS_INGEST_PASS: STORE_PASS, VS_CA_PASS: CA_PASS };
+
+function bin_(args: string[]) {
+  const r = spawnSync(process.execPath, [bin, ...args], { cwd: dir, env, encoding: 'utf8' });
+  assert.doesNotMatch(r.stdout + r.stderr, new RegExp(`${STORE_PASS}|${CA_PASS}|BEGIN (ENCRYPTED )?PRIVATE KEY`));
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function io(): CliIo & { out(): string; err(): string } {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let o = '';
+  let e = '';
+  stdout.on('data', (c: Buffer) => (o += c.toString()));
+  stderr.on('data', (c: Buffer) => (e += c.toString()));
+  return { stdin: new PassThrough(), stdout, stderr, env, out: () => o, err: () => e };
+}
+
+async function cli(args: string[], extra: Parameters<typeof runIngestCommand>[2] = {}) {
+  const x = io();
+  const code = await runIngestCommand(args, x, { selfTest: katSelfTest, ...extra });
+  assert.doesNotMatch(x.out() + x.err(), new RegExp(`${STORE_PASS}|${CA_PASS}|BEGIN (ENCRYPTED )?PRIVATE KEY`));
+  return { code, stdout: x.out(), stderr: x.err() };
+}
+
+function config(name: string, extra = '', db = 'ingest.db'): string {
+  const path = join(dir, name);
+  writeFileSync(path, `# ingest test configuration
+storage:
+  sqlite: { path: ${join(dir, db)} }
+keystore: { kind: software, path: ${join(dir, 'ingest-keys.vsks')}, passphrase: { env: VS_INGEST_PASS } }
+keys: { kek: ingest-kek, auditSigningKey: ingest-audit, dataKeyCacheTtlSeconds: 60 }
+audit: { path: ${join(dir, `${name}.audit.log`)} }
+pki: { dir: ${join(dir, 'ca')}, passphrase: { env: VS_CA_PASS } }
+https:
+  host: 127.0.0.1
+  port: 0
+  certificate: ${join(dir, 'https-chain.pem')}
+  key: ${join(dir, 'https.key')}
+${extra}`);
+  return path;
+}
+
+describe('vitalseal ingest', () => {
+  let ca: DevCa;
+  let cfg: string;
+  let readerToken: string;
+
+  before(async () => {
+    ca = await initDevCa({ dir: join(dir, 'ca'), organization: 'Ingest Test Fleet', now: Date.now(), passphrase: new TextEncoder().encode(CA_PASS) });
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const csr = await createCsr({ signer: keyObjectSigner(privateKey), subject: { commonName: '127.0.0.1' } });
+    const cert = await ca.issueService(csr, { ipAddresses: ['127.0.0.1'] }, Date.now());
+    writeFileSync(join(dir, 'https-chain.pem'), pemEncode('CERTIFICATE', cert.der) + pemEncode('CERTIFICATE', ca.issuing.der));
+    writeFileSync(join(dir, 'https.key'), privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(), { mode: 0o600 });
+    cfg = config('ingest.yaml');
+  });
+
+  it('validates the configuration, naming the field; refuses inline secrets', () => {
+    const bad = (name: string, extra: string, pattern: RegExp) => {
+      const r = bin_(['ingest', 'check-config', '--config', config(name, extra)]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, pattern);
+    };
+    bad('bad-port.yaml', 'ingest: { maxMessageBytes: 12 }\n', /ingest\.maxMessageBytes: expected an integer from 1024/);
+    bad('bad-key.yaml', 'colour: blue\n', /\(top level\)\.colour: unknown setting/);
+    bad('bad-op.yaml', 'anomaly: { windowSeconds: -1 }\n', /anomaly\.windowSeconds/);
+    const pgInline = join(dir, 'pg-inline.yaml');
+    writeFileSync(pgInline, readFileSync(cfg, 'utf8').replace(/storage:\n {2}sqlite: .*\n/, 'storage:\n  postgres: { connection: "postgres://u:hunter2@db/ingest" }\n'));
+    const r = bin_(['ingest', 'check-config', '--config', pgInline]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /storage\.postgres\.connection: a connection string holds a password/);
+    assert.doesNotMatch(r.stderr, /hunter2/);
+    const ok = bin_(['ingest', 'check-config', '--config', cfg]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /valid[\s\S]*key store software, KEK 'ingest-kek'[\s\S]*enrolment CA/);
+  });
+
+  it('the listener sections are ready, and refuse with what is missing until the transports are built', () => {
+    const mqtt = config('mqtt.yaml', `mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: ingest.pem, keyFile: ingest.key }\n`);
+    const r = bin_(['ingest', 'run', '--config', mqtt]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /mqtt: the MQTT shared-subscription subscriber \(src\/transport\/mqtts\) is not part of this build; remove the mqtt section.* \[transport-not-built\]/);
+    const coaps = config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key }\n');
+    assert.match(bin_(['ingest', 'run', '--config', coaps]).stderr, /coaps: the CoAPS listener .*src\/dtls.* \[transport-not-built\]/);
+    assert.match(bin_(['ingest', 'check-config', '--config', config('mqtt-bad.yaml', 'mqtt: { url: "mqtt://x", caFile: a, certFile: b, keyFile: c }\n')]).stderr, /mqtt\.url: expected mqtts:/);
+  });
+
+  it('without the power-on self-test module the service opens no key', () => {
+    const present = existsSync(fileURLToPath(new URL('../../src/crypto/selftest.ts', import.meta.url)));
+    const r = bin_(['ingest', 'keygen', '--config', config('no-selftest.yaml', '', 'no-selftest.db')]);
+    if (present) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /BEGIN PUBLIC KEY/);
+    } else {
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /power-on self-test \(src\/crypto\/selftest\.ts\) is not part of this build.*\[self-test-unavailable\]/);
+      assert.equal(existsSync(join(dir, 'ingest-keys.vsks')), false, 'the key store was never opened');
+    }
+  });
+
+  it('keygen makes the static key; tokens and the registry work without opening keys', async () => {
+    const k = await cli(['keygen', '--config', cfg, '--public-out', join(dir, 'ingest-static.pub.pem')]);
+    assert.equal(k.code, 0, k.stderr);
+    assert.match(k.stderr, /static key version 1, kid [0-9a-f]{16}/);
+    assert.equal(x25519PublicFromPem(k.stdout).length, 32);
+    assert.equal(readFileSync(join(dir, 'ingest-static.pub.pem'), 'utf8'), k.stdout);
+
+    const t = bin_(['ingest', 'enrol-token', '--config', cfg, '--device-id', 'bed-cli', '--ttl', '2h']);
+    assert.equal(t.code, 0, t.stderr);
+    assert.match(t.stdout, /^vse_[A-Za-z0-9_-]{43}\n$/);
+    assert.equal(bin_(['ingest', 'enrol-token', '--config', cfg, '--device-id', '../x']).code, 2);
+    assert.equal(bin_(['ingest', 'enrol-token', '--config', cfg, '--device-id', 'x', '--ttl', 'forever']).code, 2);
+    const a = bin_(['ingest', 'api-token', 'create', '--config', cfg, '--name', 'ward', '--role', 'reader', '--ttl', '30d']);
+    assert.equal(a.code, 0, a.stderr);
+    readerToken = a.stdout.trim();
+    assert.match(readerToken, /^vst_/);
+    bin_(['ingest', 'api-token', 'create', '--config', cfg, '--name', 'old']);
+    assert.equal(bin_(['ingest', 'api-token', 'revoke', '--config', cfg, '--name', 'old']).code, 0);
+    assert.equal(bin_(['ingest', 'api-token', 'revoke', '--config', cfg, '--name', 'old']).code, 1);
+    const list = bin_(['ingest', 'api-token', 'list', '--config', cfg]).stdout;
+    assert.match(list, /^ward\s+reader\s+live/m);
+    assert.match(list, /^old\s+reader\s+revoked/m);
+    assert.doesNotMatch(list, /vst_/, 'tokens are stored hashed and never shown again');
+    const audit = readFileSync(join(dir, 'ingest.yaml.audit.log.cli'), 'utf8');
+    assert.match(audit, /"op":"token".*enrolment token for bed-cli/);
+  });
+
+  it('run serves HTTPS with the configured token, enrols a device, takes its messages, and stops gracefully', async () => {
+    const ac = new AbortController();
+    let url = '';
+    const listening = new Promise<void>((resolve) => {
+      void cli(['run', '--config', cfg], { signal: ac.signal, onListening: (u) => { url = u; resolve(); } }).then((r) => {
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stderr, /"msg":"ingest service listening"/);
+        assert.match(r.stderr, /"msg":"ingest service stopped"/);
+      });
+    });
+    await listening;
+    const root = pemEncode('CERTIFICATE', ca.root.der);
+    assert.equal((await httpsRequest(url, '/api/v1/devices', root, { token: readerToken })).status, 200);
+    // Enrol bed-cli with the token from the command line, then send it a sealed message directly.
+    const t = bin_(['ingest', 'enrol-token', '--config', cfg, '--device-id', 'bed-cli']).stdout.trim();
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const csr = Buffer.from(await createCsr({ signer: keyObjectSigner(privateKey), subject: { commonName: 'bed-cli' } })).toString('base64');
+    const enrol = await httpsRequest(url, '/.well-known/est/simpleenroll', root, { method: 'POST', token: t, body: csr });
+    assert.equal(enrol.status, 200, enrol.text());
+    assert.equal((await httpsRequest(url, '/api/v1/devices/bed-cli', root, { token: readerToken })).json<{ device: { status: string } }>().device.status, 'active');
+    ac.abort();
+    await new Promise((r) => setTimeout(r, 300));
+  });
+
+  it('devices list/suspend/resume through the bin; revoke writes the CRL', async () => {
+    assert.match(bin_(['ingest', 'devices', 'list', '--config', cfg]).stdout, /^bed-cli\s+active/m);
+    assert.equal(bin_(['ingest', 'devices', 'suspend', 'bed-cli', '--config', cfg, '--reason', 'maintenance']).code, 0);
+    assert.match(bin_(['ingest', 'devices', 'list', '--config', cfg]).stdout, /^bed-cli\s+suspended/m);
+    assert.equal(bin_(['ingest', 'devices', 'resume', 'bed-cli', '--config', cfg]).code, 0);
+    const serial = (JSON.parse(bin_(['ingest', 'devices', 'list', '--config', cfg, '--json']).stdout) as { deviceId: string; certSerial: string }[]).find((d) => d.deviceId === 'bed-cli')?.certSerial;
+    assert.ok(serial);
+    const rev = await cli(['devices', 'revoke', 'bed-cli', '--config', cfg, '--reason', 'stolen']);
+    assert.equal(rev.code, 0, rev.stderr);
+    assert.match(rev.stdout, /bed-cli: revoked \(CRL #\d+ written to .*crl\.pem; the broker must reload it\)/);
+    const crl = parseCrl(pemDecode(readFileSync(join(dir, 'ca', 'crl.pem'), 'utf8'), 'X509 CRL')[0]?.der as Uint8Array);
+    assert.ok(crl.revoked.has(serial), 'the device certificate is on the CRL');
+    assert.equal(bin_(['ingest', 'devices', 'resume', 'bed-cli', '--config', cfg]).code, 1, 'revocation is final');
+    assert.match(readFileSync(join(dir, 'ingest.yaml.audit.log.cli'), 'utf8'), /"op":"revoke".*bed-cli \(stolen\)/);
+  });
+
+  it('backup, then restore into a fresh database with the drill; rotation and re-key from the command line', async () => {
+    // Some data first: a device sealing to the static key, through the library on the same files.
+    const running = await startIngest(loadIngestConfig(cfg), { env, selfTest: katSelfTest, log: { info: () => undefined, warn: () => undefined, error: () => undefined }, clock: systemClock });
+    const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const csr = await createCsr({ signer: keyObjectSigner(spki.privateKey), subject: { commonName: 'bed-b' } });
+    const cert = await ca.issueDevice(csr, 'bed-b', Date.now());
+    await running.core.registry.register({ deviceId: 'bed-b', credential: 'certificate', credentialSha256: toHex(spkiSha256(cert.spki.der)), status: 'active', enrolledAt: Date.now(), certSerial: cert.serialHex, certNotAfter: cert.notAfter });
+    const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: running.core.staticKeys?.current.publicKey as Uint8Array, clock: systemClock });
+    for (let seq = 1; seq <= 20; seq++) {
+      const payload = session.seal(encodeVitalsPack(batchFor('bed-b', seq)), { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-b'], [Header.SEQUENCE, seq]]) });
+      assert.equal((await running.core.service?.accept({ payload, contentFormat: 96, peer: { kind: 'certificate', deviceId: 'bed-b', spkiSha256: toHex(spkiSha256(cert.spki.der)), transport: 'coaps', suite: 'test' } }))?.status, 'accepted');
+    }
+    await running.stop();
+
+    const rot = await cli(['keys', 'rotate', '--config', cfg, '--device', 'bed-b']);
+    assert.match(rot.stdout, /bed-b: data key version 2 is current/);
+    const rk = await cli(['rekey', '--config', cfg, '--force']);
+    assert.equal(rk.code, 0, rk.stderr);
+    assert.match(rk.stdout, /bed-b: 20 rows re-keyed, destroyed v1/);
+
+    const out = join(dir, 'ingest.vsbackup');
+    const b = await cli(['backup', '--config', cfg, '--out', out]);
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stdout, /records {6}2 devices, \d+ wrapped keys, 2 API tokens, 20 messages/);
+    await assert.rejects(cli(['backup', '--config', cfg, '--out', out]), /refusing to overwrite a backup/);
+
+    const restoreCfg = config('restore.yaml', '', 'restored.db');
+    const r = await cli(['restore', out, '--config', restoreCfg, '--verify']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /decryptable {4}20 of 20 messages decrypted and decoded/);
+    assert.match(r.stdout, /result {9}PASS/);
+    const again = await cli(['restore', out, '--config', restoreCfg]).catch((e: unknown) => e);
+    assert.match(String(again), /not empty/);
+    const damaged = join(dir, 'damaged.vsbackup');
+    const bytes = readFileSync(out);
+    bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] as number) ^ 0x10;
+    writeFileSync(damaged, bytes);
+    await assert.rejects(cli(['restore', damaged, '--config', config('restore2.yaml', '', 'restored2.db')]),
+      /backup archive damaged in (chunk \d+ \(records \d+-\d+\)|manifest|signature)/);
+  });
+});
