@@ -25,14 +25,13 @@ import { Header } from '../../src/cose/headers.ts';
 import { SealingSession } from '../../src/cose/sealing-session.ts';
 import { openIngestCore, type IngestCore } from '../../src/ingest/core.ts';
 import type { CertificatePeer } from '../../src/ingest/outcome.ts';
-import { loadCryptoSelfTest, type StartupSelfTest } from '../../src/ingest/selftest.ts';
+import { cryptoSelfTest } from '../../src/ingest/selftest.ts';
 import { rotateStaticKey } from '../../src/ingest/static-key.ts';
 import { PostgresStorage } from '../../src/ingest/storage/postgres.ts';
 import { SqliteStorage } from '../../src/ingest/storage/sqlite.ts';
 import type { IngestStorage } from '../../src/ingest/storage/types.ts';
 import { openSoftwareKeyStore } from '../../src/keystore/software/store.ts';
 import { ManualClock } from '../../src/util/clock.ts';
-import { Unsupported } from '../../src/util/errors.ts';
 import { startPostgres } from '../lib/postgres-server.ts';
 import { median } from './measure.ts';
 import type { BenchContext, BenchResult } from './types.ts';
@@ -51,15 +50,6 @@ function peer(deviceId: string): CertificatePeer {
   return { kind: 'certificate', deviceId, spkiSha256: SPKI, transport: 'coaps', suite: 'bench' };
 }
 
-async function selfTestOrNote(): Promise<{ selfTest: StartupSelfTest; note: string }> {
-  try {
-    return { selfTest: await loadCryptoSelfTest(), note: 'src/crypto/selftest.ts ran' };
-  } catch (e) {
-    if (!(e instanceof Unsupported)) throw e;
-    // A benchmark is not a service start: measure the message path, and say the self-test did not run.
-    return { selfTest: () => ({ results: [], durationMs: 0 }), note: 'skipped: src/crypto/selftest.ts is not in this build' };
-  }
-}
 
 /** `count` sealed messages spread over `devices` devices, each device's in sequence. */
 function workload(core: IngestCore, clock: ManualClock, devices: number, perDevice: number, start: number): Msg[] {
@@ -147,7 +137,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const out: BenchResult[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'vitalseal-bench-ingest-'));
   const pgServer = await startPostgres();
-  const { selfTest, note } = await selfTestOrNote();
+  const selfTest = cryptoSelfTest();
   const devices = ctx.quick ? 20 : 100;
   const perRound = ctx.quick ? 4 : 10; // messages per device per round
   const rounds = ctx.quick ? 2 : 5;
@@ -214,7 +204,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
         meta: {
           readingsPerSecond: Math.round(value * readingsPerMsg), baselineReadingsPerSecond: Math.round(baseValue * readingsPerMsg),
           readingsPerMessage: Math.round(readingsPerMsg * 10) / 10, p99LatencyMs: Math.round(p99(latencies) * 100) / 100,
-          messagesStored: stored, rounds, rssBytes: rss, selfTest: note,
+          messagesStored: stored, rounds, rssBytes: rss,
         },
       });
       ctx.log(`${backend}: accept ${Math.round(value)} msg/s vs plaintext inserts ${Math.round(baseValue)} msg/s; p99 ${p99(latencies).toFixed(2)} ms`);

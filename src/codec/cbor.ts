@@ -8,9 +8,9 @@
  * bytes and refuses: indefinite lengths, reserved encodings, integers or lengths not in their
  * shortest form, simple values other than false/true/null, NaN and infinities, integers beyond
  * 2^53, text that is not UTF-8, map keys other than integers and text, duplicate map keys, and any
- * tag the caller did not allow. Maps decode as `Map` (COSE uses integer keys); byte strings as plain
- * `Uint8Array` views of the input, not copies: a caller that keeps one after changing or reusing the
- * input buffer must copy it first.
+ * tag the caller did not allow. Maps decode as `Map` (COSE uses integer keys); byte strings as new
+ * `Uint8Array`s that do not alias the input, unless the caller asks for views (`views: true`, for
+ * hot paths that use the values at once and never change or reuse the input meanwhile).
  *
  * The encoder writes preferred serialization (RFC 8949 §4.1): shortest integer and length forms,
  * the shortest float that holds the value exactly. Maps keep insertion order, because COSE
@@ -20,7 +20,7 @@
  *   const bytes = encodeCbor(new Map([[1, 24]]));
  *   const value = decodeCbor(bytes, { maxBytes: 1024 });   // Map { 1 => 24 }
  */
-import { allocUninit } from '../util/bytes.ts';
+import { allocUninit, copyBytes } from '../util/bytes.ts';
 import { DecodeError } from '../util/errors.ts';
 
 export interface CborLimits {
@@ -40,6 +40,12 @@ export const DEFAULT_CBOR_LIMITS: CborLimits = Object.freeze({
 export interface CborDecodeOptions extends Partial<CborLimits> {
   /** Tags the caller understands; they decode to `CborTag`. Any other tag is refused. */
   readonly allowTags?: readonly number[];
+  /**
+   * Byte strings as views of the input instead of copies: one allocation less per byte string,
+   * for callers that use the values at once. A view changes when the input does (zeroising it
+   * included), so never with an input that is changed, reused or zeroised while a value lives.
+   */
+  readonly views?: boolean;
 }
 
 /** A tagged item (RFC 8949 §3.4). */
@@ -86,6 +92,7 @@ class Decoder {
     private readonly bytes: Uint8Array,
     private readonly limits: CborLimits,
     private readonly allowTags: readonly number[],
+    private readonly views = false,
   ) {}
 
   #uint32(at: number): number {
@@ -176,8 +183,11 @@ class Decoder {
         this.#need(arg, major === 2 ? 'byte string' : 'text string');
         const start = this.#pos;
         this.#pos += arg;
-        // A view, not a copy (see the module comment): a plain Uint8Array even when the input is a Buffer.
-        if (major === 2) return new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + start, arg);
+        if (major === 2) {
+          // A plain Uint8Array either way, even when the input is a Buffer.
+          const view = new Uint8Array(this.bytes.buffer, this.bytes.byteOffset + start, arg);
+          return this.views ? view : copyBytes(view);
+        }
         return this.#text(start, this.#pos);
       }
       case 4: {
@@ -290,7 +300,7 @@ export function scanCbor(bytes: Uint8Array, limits: CborLimits, allowTags: reado
 /** Decodes exactly one CBOR item under `limits`; every failure is a `DecodeError` with a `cbor-*` code. */
 export function decodeCbor(bytes: Uint8Array, options: CborDecodeOptions = {}): unknown {
   if (!(bytes instanceof Uint8Array)) throw new TypeError('decodeCbor: expected Uint8Array');
-  return new Decoder(bytes, withDefaults(options), options.allowTags ?? NO_TAGS).top();
+  return new Decoder(bytes, withDefaults(options), options.allowTags ?? NO_TAGS, options.views === true).top();
 }
 
 /** Bytes of an item head with argument `arg` (RFC 8949 §3, shortest form). */

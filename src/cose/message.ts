@@ -45,10 +45,12 @@ function layer(arr: unknown[], what: string): CoseLayer {
 
 /**
  * Parses a COSE_Encrypt0/COSE_Encrypt. The CBOR tag is required unless the caller's context already
- * says which structure it is (`untagged`), as RFC 9052 §2 allows.
+ * says which structure it is (`untagged`), as RFC 9052 §2 allows. The byte strings in the result
+ * (protected bytes, ciphertexts) are views of `bytes`: do not change `bytes` while using them.
  */
 export function parseCoseEncrypt(bytes: Uint8Array, maxBytes = DEFAULT_MAX_COSE_BYTES, untagged?: 'encrypt0' | 'encrypt'): ParsedCoseEncrypt {
-  const top = decodeCbor(bytes, { maxBytes, maxStringBytes: maxBytes, maxDepth: 8, allowTags: [TAG_ENCRYPT0, TAG_ENCRYPT] });
+  // Views, not copies: every byte string is used during the open, before the caller gets control back.
+  const top = decodeCbor(bytes, { maxBytes, maxStringBytes: maxBytes, maxDepth: 8, allowTags: [TAG_ENCRYPT0, TAG_ENCRYPT], views: true });
   let tag: number;
   let arr: unknown;
   if (top instanceof CborTag) {

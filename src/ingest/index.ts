@@ -4,8 +4,8 @@
  * `IngestCore`. docs/ingest.md is the reference.
  *
  * @example
- *   import { loadIngestConfig, startIngest, loadCryptoSelfTest } from 'vitalseal/ingest';
- *   const running = await startIngest(loadIngestConfig('ingest.yaml'), { env: process.env, selfTest: await loadCryptoSelfTest(), log });
+ *   import { loadIngestConfig, startIngest, cryptoSelfTest } from 'vitalseal/ingest';
+ *   const running = await startIngest(loadIngestConfig('ingest.yaml'), { env: process.env, selfTest: cryptoSelfTest(), log });
  *   const outcome = await running.core.service?.accept({ payload, contentFormat: 96, peer });
  */
 export { coapResponseCode, mqttShouldAck, REJECT_REASONS, uplinkRejectReason, type AcceptInput, type AcceptOutcome, type BrokerPeer, type CertificatePeer, type CoapResponseCode, type PeerIdentity, type PskPeer, type RejectReason, type TransportName } from './outcome.ts';
@@ -13,7 +13,7 @@ export { IngestService, type AcceptedEvent, type IngestLogger, type IngestServic
 export { openIngestCore, type IngestCore, type IngestCoreOptions } from './core.ts';
 export { loadIngestConfig, parseIngestConfig, type IngestConfig } from './config.ts';
 export { checkListeners, startIngest, type ListenerFactory, type Listeners, type RunningIngest, type RuntimeDeps } from './runtime.ts';
-export { loadCryptoSelfTest, type SelfTestSummary, type StartupSelfTest } from './selftest.ts';
+export { cryptoSelfTest, type SelfTestSummary, type StartupSelfTest } from './selftest.ts';
 export { DeviceRegistry, type CrlPublisher } from './registry.ts';
 export { rotateStaticKey, retireStaticKeys, staticKeyKid, type StaticKeys } from './static-key.ts';
 export { startIngestHttp, type IngestHttp, type IngestHttpOptions } from './http/server.ts';

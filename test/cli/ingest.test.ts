@@ -29,7 +29,8 @@ import { initDevCa, type DevCa } from '../../src/pki/dev-ca.ts';
 import { pemDecode, pemEncode } from '../../src/pki/pem.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { systemClock } from '../../src/util/clock.ts';
-import { katSelfTest } from '../ingest/support/kat-selftest.ts';
+import { cryptoSelfTest } from '../../src/ingest/selftest.ts';
+import { SelfTestFailure } from '../../src/crypto/selftest.ts';
 import { batchFor } from '../ingest/support/harness.ts';
 import { httpsRequest } from '../ingest/support/https.ts';
 
@@ -59,7 +60,7 @@ function io(): CliIo & { out(): string; err(): string } {
 
 async function cli(args: string[], extra: Parameters<typeof runIngestCommand>[2] = {}) {
   const x = io();
-  const code = await runIngestCommand(args, x, { selfTest: katSelfTest, ...extra });
+  const code = await runIngestCommand(args, x, { selfTest: cryptoSelfTest(), ...extra });
   assert.doesNotMatch(x.out() + x.err(), new RegExp(`${STORE_PASS}|${CA_PASS}|BEGIN (ENCRYPTED )?PRIVATE KEY`));
   return { code, stdout: x.out(), stderr: x.err() };
 }
@@ -127,17 +128,15 @@ describe('vitalseal ingest', () => {
     assert.match(bin_(['ingest', 'check-config', '--config', config('mqtt-bad.yaml', 'mqtt: { url: "mqtt://x", caFile: a, certFile: b, keyFile: c }\n')]).stderr, /mqtt\.url: expected mqtts:/);
   });
 
-  it('without the power-on self-test module the service opens no key', () => {
-    const present = existsSync(fileURLToPath(new URL('../../src/crypto/selftest.ts', import.meta.url)));
-    const r = bin_(['ingest', 'keygen', '--config', config('no-selftest.yaml', '', 'no-selftest.db')]);
-    if (present) {
-      assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stdout, /BEGIN PUBLIC KEY/);
-    } else {
-      assert.equal(r.code, 1);
-      assert.match(r.stderr, /power-on self-test \(src\/crypto\/selftest\.ts\) is not part of this build.*\[self-test-unavailable\]/);
-      assert.equal(existsSync(join(dir, 'ingest-keys.vsks')), false, 'the key store was never opened');
-    }
+  it('a failing power-on self-test stops the command before any key is opened', async () => {
+    const failing = () => { throw new SelfTestFailure('x25519', 'node', 'known answer mismatch (test)'); };
+    const path = config('failing-selftest.yaml', '', 'failing-selftest.db');
+    writeFileSync(path, readFileSync(path, 'utf8').replace(join(dir, 'ingest-keys.vsks'), join(dir, 'failing-selftest-keys.vsks')));
+    await assert.rejects(cli(['keygen', '--config', path], { selfTest: failing }), (e) => e instanceof SelfTestFailure && /power-on self-test failed: x25519/.test(e.message));
+    assert.equal(existsSync(join(dir, 'failing-selftest-keys.vsks')), false, 'the key store was never opened');
+    const ok = bin_(['ingest', 'keygen', '--config', config('real-selftest.yaml', '', 'real-selftest.db')]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /BEGIN PUBLIC KEY/);
   });
 
   it('keygen makes the static key; tokens and the registry work without opening keys', async () => {
@@ -209,7 +208,7 @@ describe('vitalseal ingest', () => {
 
   it('backup, then restore into a fresh database with the drill; rotation and re-key from the command line', async () => {
     // Some data first: a device sealing to the static key, through the library on the same files.
-    const running = await startIngest(loadIngestConfig(cfg), { env, selfTest: katSelfTest, log: { info: () => undefined, warn: () => undefined, error: () => undefined }, clock: systemClock });
+    const running = await startIngest(loadIngestConfig(cfg), { env, selfTest: cryptoSelfTest(), log: { info: () => undefined, warn: () => undefined, error: () => undefined }, clock: systemClock });
     const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const csr = await createCsr({ signer: keyObjectSigner(spki.privateKey), subject: { commonName: 'bed-b' } });
     const cert = await ca.issueDevice(csr, 'bed-b', Date.now());

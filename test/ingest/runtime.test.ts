@@ -24,7 +24,7 @@ import { pemEncode } from '../../src/pki/pem.ts';
 import { systemClock } from '../../src/util/clock.ts';
 import { Unsupported } from '../../src/util/errors.ts';
 import { batchFor } from './support/harness.ts';
-import { katSelfTest } from './support/kat-selftest.ts';
+import { cryptoSelfTest } from '../../src/ingest/selftest.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vitalseal-runtime-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -47,7 +47,7 @@ pki: { dir: ${join(dir, 'ca')} }
 https: { port: 0, certificate: ${join(dir, 'tls.pem')}, key: ${join(dir, 'tls.key')} }
 mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile: i.key, sharedGroup: g1 }
 `);
-    const setup = await openCoreFromConfig(loadIngestConfig(cfgPath), { env, selfTest: katSelfTest, log: quiet }, { allowNoStaticKey: true, cli: true });
+    const setup = await openCoreFromConfig(loadIngestConfig(cfgPath), { env, selfTest: cryptoSelfTest(), log: quiet }, { allowNoStaticKey: true, cli: true });
     await rotateStaticKey(setup.hierarchy, setup.provider);
     await setup.registry.register({ deviceId: 'bed-rt', credential: 'certificate', credentialSha256: 'cd'.repeat(32), status: 'active', enrolledAt: Date.now() });
     await setup.close();
@@ -55,7 +55,7 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
 
   it('refuses a listener section without its transport, before opening anything', async () => {
     let opened = false;
-    await assert.rejects(startIngest(loadIngestConfig(cfgPath), { env, selfTest: () => { opened = true; return katSelfTest(); }, log: quiet }),
+    await assert.rejects(startIngest(loadIngestConfig(cfgPath), { env, selfTest: () => { opened = true; return cryptoSelfTest()(); }, log: quiet }),
       (e: unknown) => e instanceof Unsupported && e.code === 'transport-not-built' && /src\/transport\/mqtts/.test(e.message));
     assert.equal(opened, false);
   });
@@ -73,7 +73,7 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
         return { stop: async () => { events.push('listener stopped'); } };
       },
     };
-    const running = await startIngest(loadIngestConfig(cfgPath), { env, selfTest: katSelfTest, log: quiet, listeners: { mqtt } });
+    const running = await startIngest(loadIngestConfig(cfgPath), { env, selfTest: cryptoSelfTest(), log: quiet, listeners: { mqtt } });
     assert.equal(section?.sharedGroup, 'g1');
     assert.ok(core !== undefined && core === running.core);
     const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: core.staticKeys?.current.publicKey as Uint8Array, clock: systemClock });
@@ -88,7 +88,7 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
     const accepted = outcomes.filter((o) => o?.status === 'accepted').map((o) => (o as { seq: number }).seq);
     assert.ok(outcomes.every((o) => o?.status === 'accepted' || o?.status === 'unavailable'), JSON.stringify(outcomes.map((o) => o?.status)));
     // Reopen: every acknowledged message is there, nothing else.
-    const again = await openCoreFromConfig(loadIngestConfig(cfgPath), { env, selfTest: katSelfTest, log: quiet }, { cli: true });
+    const again = await openCoreFromConfig(loadIngestConfig(cfgPath), { env, selfTest: cryptoSelfTest(), log: quiet }, { cli: true });
     try {
       const stored = (await again.storage.readMessages('bed-rt', 0, Number.MAX_SAFE_INTEGER)).map((m) => m.seq);
       assert.deepEqual(stored, [1, ...accepted].sort((a, b) => a - b));

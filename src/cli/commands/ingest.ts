@@ -20,7 +20,7 @@ import { formatDrillReport, restoreBackup } from '../../ingest/backup/restore.ts
 import { loadIngestConfig, type IngestConfig } from '../../ingest/config.ts';
 import { DeviceRegistry } from '../../ingest/registry.ts';
 import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type RuntimeDeps } from '../../ingest/runtime.ts';
-import { INGEST_AEADS, loadCryptoSelfTest, type StartupSelfTest } from '../../ingest/selftest.ts';
+import { cryptoSelfTest, INGEST_AEADS, type StartupSelfTest } from '../../ingest/selftest.ts';
 import type { IngestLogger } from '../../ingest/service.ts';
 import { rotateStaticKey } from '../../ingest/static-key.ts';
 import type { DeviceStatus, IngestStorage } from '../../ingest/storage/types.ts';
@@ -122,7 +122,7 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
   if (values.config === undefined) throw new UsageError('--config FILE is required');
   const cfg = loadIngestConfig(values.config);
   const clock = deps.clock ?? systemClock;
-  const selfTest = async (): Promise<StartupSelfTest> => deps.selfTest ?? (await loadCryptoSelfTest(INGEST_AEADS));
+  const selfTest = async (): Promise<StartupSelfTest> => deps.selfTest ?? cryptoSelfTest(INGEST_AEADS);
   const runtime = async (log: IngestLogger): Promise<RuntimeDeps> => ({ env: io.env, selfTest: await selfTest(), log, clock });
   const noMore = (n: number) => {
     if (positionals.length > n) throw new UsageError(`unexpected argument ${positionals[n] ?? ''}`);

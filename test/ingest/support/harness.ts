@@ -23,7 +23,7 @@ import { toHex } from '../../../src/util/bytes.ts';
 import { ManualClock } from '../../../src/util/clock.ts';
 import { makePki, T0, type TestPki } from '../../pki/fixtures.ts';
 import { freshDatabase, type Backend } from './databases.ts';
-import { katSelfTest } from './kat-selftest.ts';
+import { cryptoSelfTest } from '../../../src/ingest/selftest.ts';
 
 export const PASSPHRASE = 'ingest test passphrase, generated per run';
 export const SUITE = 'DTLSv1.3 TLS_AES_128_CCM_8_SHA256';
@@ -77,7 +77,7 @@ export async function startHarness(backend: Backend, server: PostgresServer | un
   const db = await freshDatabase(backend, dir, server);
   const keyPath = join(dir, 'ingest-keys.vsks');
   const open = async (o: Partial<IngestCoreOptions> = {}, storage?: IngestStorage): Promise<IngestCore> => openIngestCore({
-    selfTest: katSelfTest,
+    selfTest: cryptoSelfTest(),
     openKeyStore: (events) => openSoftwareKeyStore({ path: keyPath, passphrase: PASSPHRASE, scrypt: { logN: 10 }, events }),
     storage: storage ?? await db.open(),
     auditPath: join(dir, 'audit.log'),
