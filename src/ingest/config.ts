@@ -53,7 +53,7 @@ export interface MqttListenerConfig {
   readonly caFile: string;
   readonly certFile: string;
   readonly keyFile: string;
-  /** MQTT v5 shared-subscription group ($share/<group>/devices/+/vitals). */
+  /** MQTT v5 shared-subscription group ($share/<group>/vitals/+/v1). */
   readonly sharedGroup: string;
   readonly topic: string;
 }
@@ -223,9 +223,9 @@ export function parseIngestConfig(doc: unknown, source = 'config'): IngestConfig
     const m = section(top['mqtt'], 'mqtt', ['url', 'caFile', 'certFile', 'keyFile', 'sharedGroup', 'topic']);
     const url = str(m, 'url', 'mqtt');
     if (!/^mqtts:\/\//.test(url)) throw invalid('mqtt.url', 'expected mqtts://host:port (TLS 1.3 with a client certificate)');
-    const group = m['sharedGroup'] ?? 'vitalseal-ingest';
+    const group = m['sharedGroup'] ?? 'vitalseal';
     if (typeof group !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(group)) throw invalid('mqtt.sharedGroup', 'A-Z a-z 0-9 _ -, at most 64');
-    const topic = m['topic'] ?? 'devices/+/vitals';
+    const topic = m['topic'] ?? 'vitals/+/v1';
     if (typeof topic !== 'string' || topic.includes('#') || topic.startsWith('$')) throw invalid('mqtt.topic', 'a topic filter without # and not starting with $');
     mqtt = { url, caFile: str(m, 'caFile', 'mqtt'), certFile: str(m, 'certFile', 'mqtt'), keyFile: str(m, 'keyFile', 'mqtt'), sharedGroup: group, topic };
   }
