@@ -142,6 +142,18 @@ export class HandshakeReassembler {
     }
   }
 
+  /** Starts expecting `seq` (a server that answered a HelloRetryRequest without keeping state). */
+  skipTo(seq: number): void {
+    if (seq < this.#next) throw new RangeError('skipTo cannot go back');
+    this.#next = seq;
+    for (const k of [...this.#pending.keys()]) {
+      if (k < seq) {
+        this.#bufferedBytes -= this.#pending.get(k)?.length ?? 0;
+        this.#pending.delete(k);
+      }
+    }
+  }
+
   /** Forgets everything buffered (a state change that makes queued messages meaningless). */
   clear(): void {
     this.#pending.clear();

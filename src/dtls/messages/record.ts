@@ -59,7 +59,9 @@ export function isPlaintextContentType(b: number): boolean {
 
 /**
  * Splits a datagram into records (RFC 9147 §4.1, §4.3). `cidLength` is the length of the CID this
- * endpoint asked its peer to use (0 when none): the unified header does not carry it.
+ * endpoint asked its peer to use (0 when none): the unified header does not carry it. Whether a
+ * record without a CID is acceptable is the connection's decision (RFC 9146 §3: once negotiated,
+ * every protected record carries it).
  * A record that cannot be parsed ends the walk: its boundary is unknown, so the rest is dropped.
  */
 export function parseDatagram(datagram: Uint8Array, cidLength: number): ParsedDatagram {
@@ -102,9 +104,6 @@ function readCiphertextRecord(r: Reader, datagram: Uint8Array, cidLength: number
     // RFC 9147 §9: a record with a CID where none was negotiated is invalid.
     if (cidLength === 0) throw new DecodeError('unexpected-cid', 'record carries a connection ID but none was negotiated');
     cid = r.bytes(cidLength, 'connection ID');
-  } else if (cidLength > 0) {
-    // RFC 9146 §3 / RFC 9147 §4: once negotiated, the CID MUST be in every record.
-    throw new DecodeError('missing-cid', 'record lacks the negotiated connection ID');
   }
   const seqLength: 1 | 2 = (flags & S_BIT) !== 0 ? 2 : 1;
   const seqOffset = r.offset - start;
