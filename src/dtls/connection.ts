@@ -33,7 +33,7 @@ import {
   AlertDescription, AlertLevel, alertName, ContentType, DTLS12_VERSION, HandshakeType, MAX_PLAINTEXT,
   type AlertName, type CipherSuiteName, type NamedGroupName,
 } from './messages/constants.ts';
-import { decodeHandshake, encodeHandshake, type HandshakeMessage } from './messages/handshake.ts';
+import { decodeHandshake, encodeHandshake, isHelloRetryRequest, type HandshakeMessage } from './messages/handshake.ts';
 import {
   encodeAck, encodeAlert, parseDatagram, PLAINTEXT_HEADER_LENGTH, readAck, readAlert, readHandshakeFragments,
   writeHandshakeFragment, writePlaintextHeader, type CiphertextRecord, type RecordNumber, type WireRecord,
@@ -387,6 +387,7 @@ export class Connection {
     };
     zeroize(result.clientApplicationSecret, result.serverApplicationSecret);
     this.#handshakeDeadline = undefined;
+    this.#reassembler.forgetCompleted();
     this.#events.push({ type: 'connected', info: this.#info });
     if (this.role === 'server') {
       // RFC 9147 §5.8.1: keep answering a retransmitted final flight for a while.
@@ -547,7 +548,9 @@ export class Connection {
     let progressed = false;
     for (const ready of this.#reassembler.takeReady()) {
       progressed = true;
-      await this.#onHandshakeMessage(decodeHandshake(ready.message), epoch, now);
+      const msg = decodeHandshake(ready.message);
+      if (msg.type === HandshakeType.serverHello && isHelloRetryRequest(msg)) this.#reassembler.forget(ready.messageSeq);
+      await this.#onHandshakeMessage(msg, epoch, now);
       if (this.#over) break;
     }
     if (!progressed && this.#phase.kind === 'handshaking') this.#scheduleAck(now);

@@ -88,6 +88,8 @@ export interface EndpointStats {
 interface SessionEntry extends ServerSession {
   pending: boolean;
   timeout: number | undefined;
+  /** The datagram bytes that carried the accepted ClientHello (its record header aside). */
+  hello: Uint8Array | undefined;
 }
 
 const addrKey = (p: PeerAddress) => `${p.address}|${p.port}`;
@@ -146,11 +148,13 @@ export class DtlsServerEndpoint {
     const key = addrKey(from);
     if (first === ContentType.handshake && this.#looksLikeClientHello(datagram)) {
       const pending = this.#pending.get(key);
-      if (pending !== undefined) {
-        // A retransmitted ClientHello for the handshake in progress.
+      if (pending !== undefined && pending.hello !== undefined && sameBytes(pending.hello, helloBytes(datagram))) {
+        // A retransmitted ClientHello for the handshake in progress: the session answers it.
         await this.#deliver(pending, datagram, from, now, out);
         return out;
       }
+      // A different ClientHello (a new attempt, or the one we answered was damaged on the way):
+      // it starts over, and with a valid cookie replaces the handshake in progress.
       await this.#clientHello(datagram, from, now, out);
       return out;
     }
@@ -240,7 +244,7 @@ export class DtlsServerEndpoint {
         out.datagrams.push({ to: from, data: plaintextHandshake(hrr, 0, rec.sequenceNumber) });
         return;
       }
-      await this.#start(from, { clientHello: ch, bytes, retry }, messageSeq, rec.sequenceNumber, now, out);
+      await this.#start(from, { clientHello: ch, bytes, retry }, messageSeq, rec.sequenceNumber, now, out, helloBytes(datagram));
     } catch (e) {
       if (!(e instanceof VitalsealError)) throw e;
       // A ClientHello we cannot work with: a plaintext alert for a peer that wants another version or
@@ -252,7 +256,9 @@ export class DtlsServerEndpoint {
     }
   }
 
-  async #start(from: PeerAddress, hello: AcceptedHello, messageSeq: number, recordSeq: number, now: number, out: EndpointOutput): Promise<void> {
+  async #start(from: PeerAddress, hello: AcceptedHello, messageSeq: number, recordSeq: number, now: number, out: EndpointOutput, helloDatagram: Uint8Array): Promise<void> {
+    const previous = this.#pending.get(addrKey(from));
+    if (previous !== undefined) this.#remove(previous);
     if (this.#sessions.size >= this.limits.maxSessions) return void this.#drop(out, 'limit-sessions');
     if (this.#pending.size >= this.limits.maxPendingHandshakes) return void this.#drop(out, 'limit-pending');
     const ipCount = this.#pendingPerIp.get(from.address) ?? 0;
@@ -263,7 +269,7 @@ export class DtlsServerEndpoint {
       maxAhead: 8,
       maxBufferedBytes: this.limits.maxBufferedBytesPerSession,
     });
-    const s: SessionEntry = { id: this.#nextId++, connection, peer: from, pending: true, timeout: undefined };
+    const s: SessionEntry = { id: this.#nextId++, connection, peer: from, pending: true, timeout: undefined, hello: Uint8Array.from(helloDatagram) };
     this.#sessions.add(s);
     this.#pending.set(addrKey(from), s);
     this.#pendingPerIp.set(from.address, ipCount + 1);
@@ -318,6 +324,7 @@ export class DtlsServerEndpoint {
       this.#decPending(s.peer.address);
     }
     s.pending = false;
+    s.hello = undefined;
     const previous = this.#established.get(key);
     if (previous !== undefined && previous !== s) this.#remove(previous);
     this.#established.set(key, s);
@@ -362,4 +369,15 @@ function plaintextAlert(description: number, recordSeq: number): Uint8Array {
   writePlaintextHeader(w, ContentType.alert, DTLS12_VERSION, recordSeq, body.length);
   w.bytes(body);
   return w.finish();
+}
+
+/** The handshake bytes of a datagram that starts with a DTLSPlaintext record (its record header skipped). */
+function helloBytes(datagram: Uint8Array): Uint8Array {
+  return datagram.subarray(13);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

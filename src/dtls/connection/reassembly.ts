@@ -95,6 +95,8 @@ export class HandshakeReassembler {
   #next = 0;
   readonly #pending = new Map<number, Assembly>();
   #bufferedBytes = 0;
+  /** Messages already released, kept during the handshake to check retransmissions against. */
+  #completed: Map<number, Uint8Array> | undefined = new Map();
 
   constructor(private readonly limits: ReassemblyLimits = DEFAULT_REASSEMBLY_LIMITS) {}
 
@@ -114,7 +116,13 @@ export class HandshakeReassembler {
   }
 
   add(f: HandshakeFragment): FragmentOutcome {
-    if (f.messageSeq < this.#next) return 'old';
+    if (f.messageSeq < this.#next) {
+      // RFC 9147 §5.5: a retransmission must repeat the bytes we processed; a change means what we
+      // acted on (or this copy) was damaged or forged, and the handshake cannot continue.
+      const done = this.#completed?.get(f.messageSeq);
+      if (done !== undefined && !sameFragment(done, f)) throw new PeerMisbehaved('fragment-mismatch', `retransmitted message ${f.messageSeq} differs from the one processed`);
+      return 'old';
+    }
     if (f.messageSeq > this.#next + this.limits.maxAhead) return 'dropped';
     if (f.length > this.limits.maxMessageLength) throw new PeerMisbehaved('handshake-message-too-large', `handshake message of ${f.length} bytes exceeds ${this.limits.maxMessageLength}`);
     let a = this.#pending.get(f.messageSeq);
@@ -138,6 +146,7 @@ export class HandshakeReassembler {
       this.#pending.delete(this.#next);
       this.#bufferedBytes -= a.length;
       out.push({ messageSeq: this.#next, msgType: a.msgType, message: a.buf });
+      this.#completed?.set(this.#next, a.buf);
       this.#next++;
     }
   }
@@ -154,9 +163,25 @@ export class HandshakeReassembler {
     }
   }
 
+  /** Stops checking retransmissions of message `seq` (a HelloRetryRequest: stateless servers vary it). */
+  forget(seq: number): void {
+    this.#completed?.delete(seq);
+  }
+
+  /** The handshake is over: drop the copies kept for checking retransmissions. */
+  forgetCompleted(): void {
+    this.#completed = undefined;
+  }
+
   /** Forgets everything buffered (a state change that makes queued messages meaningless). */
   clear(): void {
     this.#pending.clear();
     this.#bufferedBytes = 0;
   }
+}
+
+function sameFragment(message: Uint8Array, f: HandshakeFragment): boolean {
+  if (message[0] !== f.msgType || message.length - 4 !== f.length) return false;
+  for (let i = 0; i < f.body.length; i++) if (message[4 + f.fragmentOffset + i] !== f.body[i]) return false;
+  return true;
 }
