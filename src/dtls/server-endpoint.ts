@@ -103,7 +103,7 @@ export class DtlsServerEndpoint {
   readonly #established = new Map<string, SessionEntry>();
   readonly #pending = new Map<string, SessionEntry>();
   readonly #pendingPerIp = new Map<string, number>();
-  readonly #sessions = new Set<SessionEntry>();
+  readonly #sessions = new Map<number, SessionEntry>();
   #nextId = 1;
   readonly stats: EndpointStats = { datagramsIn: 0, helloRetryRequests: 0, sessionsCreated: 0, dropped: {} };
 
@@ -126,7 +126,7 @@ export class DtlsServerEndpoint {
   /** The earliest time `handleTimeout` must run, or undefined. */
   nextTimeout(): number | undefined {
     let t: number | undefined;
-    for (const s of this.#sessions) if (s.timeout !== undefined && (t === undefined || s.timeout < t)) t = s.timeout;
+    for (const s of this.#sessions.values()) if (s.timeout !== undefined && (t === undefined || s.timeout < t)) t = s.timeout;
     return t;
   }
 
@@ -171,7 +171,7 @@ export class DtlsServerEndpoint {
 
   async handleTimeout(now: number): Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
-    for (const s of [...this.#sessions]) {
+    for (const s of [...this.#sessions.values()]) {
       if (s.timeout !== undefined && s.timeout <= now) this.#collect(s, await s.connection.handleTimeout(now), out);
     }
     return out;
@@ -191,7 +191,7 @@ export class DtlsServerEndpoint {
 
   async #act(session: ServerSession, fn: (c: Connection) => Promise<ConnectionOutput>): Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
-    const s = [...this.#sessions].find((x) => x.id === session.id);
+    const s = this.#sessions.get(session.id);
     if (s === undefined) return out;
     this.#collect(s, await fn(s.connection), out);
     return out;
@@ -270,7 +270,7 @@ export class DtlsServerEndpoint {
       maxBufferedBytes: this.limits.maxBufferedBytesPerSession,
     });
     const s: SessionEntry = { id: this.#nextId++, connection, peer: from, pending: true, timeout: undefined, hello: Uint8Array.from(helloDatagram) };
-    this.#sessions.add(s);
+    this.#sessions.set(s.id, s);
     this.#pending.set(addrKey(from), s);
     this.#pendingPerIp.set(from.address, ipCount + 1);
     this.stats.sessionsCreated++;
@@ -291,7 +291,7 @@ export class DtlsServerEndpoint {
   }
 
   async #deliver(s: SessionEntry, datagram: Uint8Array, from: PeerAddress, now: number, out: EndpointOutput): Promise<ConnectionOutput | undefined> {
-    if (!this.#sessions.has(s)) return undefined;
+    if (this.#sessions.get(s.id) !== s) return undefined;
     const r = await s.connection.handleDatagram(datagram, now);
     // RFC 9146 §6: follow an address change only for an authenticated record newer than any before.
     if (r.advanced && addrKey(from) !== addrKey(s.peer) && !s.pending) {
@@ -331,7 +331,8 @@ export class DtlsServerEndpoint {
   }
 
   #remove(s: SessionEntry): void {
-    if (!this.#sessions.delete(s)) return;
+    if (this.#sessions.get(s.id) !== s) return;
+    this.#sessions.delete(s.id);
     const key = addrKey(s.peer);
     if (this.#pending.get(key) === s) {
       this.#pending.delete(key);
