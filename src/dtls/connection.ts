@@ -537,7 +537,14 @@ export class Connection {
     }
     let sawOld = false;
     let acked = false;
+    // Once handshake keys exist, an unprotected handshake message can only be a retransmitted hello:
+    // it may tell us the peer is retransmitting, but nothing unprotected is buffered or processed.
+    const onlyOld = !authenticated && (this.#readEpochs.has(2) || this.#phase.kind === 'connected');
     for (const f of fragments) {
+      if (onlyOld && f.messageSeq >= this.#reassembler.nextSeq) {
+        this.#drop('plaintext-after-handshake');
+        continue;
+      }
       const outcome = this.#reassembler.add(f);
       if (outcome === 'old') sawOld = true;
       if (outcome !== 'dropped') acked = true;
@@ -825,7 +832,15 @@ export class Connection {
     const flight = this.#flight;
     if (flight !== undefined && this.#retransmitAt !== undefined && now >= this.#retransmitAt) {
       if (flight.expectsAck && now - flight.firstSentAt >= this.#config.handshakeTimeoutMs) {
-        throw new DtlsTimeout('ack-timeout', 'the peer has not acknowledged our messages');
+        // A ticket or spare CIDs the peer never acknowledged are given up.
+        if (flight.purpose === 'new-session-ticket' || flight.purpose === 'new-connection-id') {
+          this.#flightDone(flight, now);
+          return;
+        }
+        // Without the ACK of our Finished the handshake did not happen at the peer.
+        if (flight.purpose === 'final') throw new DtlsTimeout('ack-timeout', 'the server has not acknowledged our Finished');
+        // A KeyUpdate keeps waiting (RFC 9147 §8: the old keys stay in use meanwhile), retransmitted
+        // at the longest interval, so a peer back from a long sleep finds its association.
       }
       // RFC 9147 §5.8.2: double the timer at each retransmission, up to the maximum.
       this.#rto = Math.min(this.#rto * 2, this.#config.maxRetransmitMs);

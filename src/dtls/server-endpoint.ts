@@ -123,6 +123,11 @@ export class DtlsServerEndpoint {
     return this.#pending.size;
   }
 
+  /** The sessions now (established and pending), for metrics and operators. */
+  sessions(): ServerSession[] {
+    return [...this.#sessions.values()];
+  }
+
   /** The earliest time `handleTimeout` must run, or undefined. */
   nextTimeout(): number | undefined {
     let t: number | undefined;
