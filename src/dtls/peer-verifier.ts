@@ -43,6 +43,19 @@ export interface X509PeerVerifierOptions {
   readonly serverName?: string;
   /** Longest chain accepted, leaf and intermediates (default 4). */
   readonly maxDepth?: number;
+  /**
+   * Chains already validated, remembered by their SHA-256 (default 256; 0 disables). A fleet
+   * reconnects with the same certificates; the signatures, extensions and names of the same bytes
+   * do not change, so only the validity window is checked again, at the new `now`.
+   */
+  readonly cacheSize?: number;
+}
+
+interface CachedChain {
+  readonly identity: PeerIdentity;
+  /** The intersection of the validity windows of the path (ms). */
+  readonly notBefore: number;
+  readonly notAfter: number;
 }
 
 const EKU = { server: '1.3.6.1.5.5.7.3.1', client: '1.3.6.1.5.5.7.3.2', any: '2.5.29.37.0' } as const;
@@ -63,6 +76,7 @@ function parse(der: Uint8Array | string, what: string): X509Certificate {
 export class X509PeerVerifier implements PeerCertificateVerifier {
   readonly #roots: X509Certificate[];
   readonly #options: X509PeerVerifierOptions;
+  readonly #cache = new Map<string, CachedChain>();
 
   constructor(options: X509PeerVerifierOptions) {
     this.#options = options;
@@ -75,6 +89,25 @@ export class X509PeerVerifier implements PeerCertificateVerifier {
   }
 
   async verify(chainDer: readonly Uint8Array[], now: number): Promise<PeerIdentity> {
+    const cacheSize = this.#options.cacheSize ?? 256;
+    const key = cacheSize > 0 ? chainKey(chainDer) : '';
+    const hit = cacheSize > 0 ? this.#cache.get(key) : undefined;
+    if (hit !== undefined) {
+      checkWindow(hit.notBefore, hit.notAfter, now);
+      // Refresh its place in the LRU order.
+      this.#cache.delete(key);
+      this.#cache.set(key, hit);
+      return hit.identity;
+    }
+    const { identity, notBefore, notAfter } = this.#validate(chainDer, now);
+    if (cacheSize > 0) {
+      if (this.#cache.size >= cacheSize) this.#cache.delete(this.#cache.keys().next().value as string);
+      this.#cache.set(key, { identity, notBefore, notAfter });
+    }
+    return identity;
+  }
+
+  #validate(chainDer: readonly Uint8Array[], now: number): CachedChain {
     const maxDepth = this.#options.maxDepth ?? 4;
     if (chainDer.length === 0) throw new CertificateRejected('empty-certificate', 'the peer sent no certificate');
     if (chainDer.length > maxDepth) throw new CertificateRejected('bad-certificate', `chain of ${chainDer.length} certificates exceeds ${maxDepth}`);
@@ -97,12 +130,13 @@ export class X509PeerVerifier implements PeerCertificateVerifier {
     if (anchor === undefined) throw new CertificateRejected('unknown-ca', 'the chain does not lead to a trusted root');
     if (!anchor.ca) throw new CertificateRejected('bad-certificate', 'the trust anchor is not a CA certificate');
 
+    let notBefore = -Infinity;
+    let notAfter = Infinity;
     for (const c of [...path, anchor]) {
-      const from = Date.parse(c.validFrom);
-      const to = Date.parse(c.validTo);
-      if (!(now >= from)) throw new CertificateRejected('certificate-not-yet-valid', `a certificate in the chain is valid only from ${c.validFrom}`);
-      if (!(now <= to)) throw new CertificateRejected('certificate-expired', `a certificate in the chain expired on ${c.validTo}`);
+      notBefore = Math.max(notBefore, Date.parse(c.validFrom));
+      notAfter = Math.min(notAfter, Date.parse(c.validTo));
     }
+    checkWindow(notBefore, notAfter, now);
     if (leaf.ca && path.length === 1 && this.#roots.some((r) => r.fingerprint256 === leaf.fingerprint256)) {
       // A root presented as the leaf identifies no device.
       throw new CertificateRejected('bad-certificate', 'the peer presented a CA certificate as its own');
@@ -119,21 +153,42 @@ export class X509PeerVerifier implements PeerCertificateVerifier {
       const match = isIp ? leaf.checkIP(name) : leaf.checkHost(name);
       if (match === undefined) throw new CertificateRejected('certificate-name-mismatch', `the certificate does not name ${name}`);
     }
-    const spki = new Uint8Array(leaf.publicKey.export({ type: 'spki', format: 'der' }));
+    const publicKey = leaf.publicKey;
+    const spki = new Uint8Array(publicKey.export({ type: 'spki', format: 'der' }));
     const spkiSha256 = toHex(createHash('sha256').update(spki).digest());
     const pins = this.#options.spkiPins;
     if (pins !== undefined && !pins.map((p) => p.toLowerCase()).includes(spkiSha256)) {
       throw new CertificateRejected('certificate-pin-mismatch', 'the certificate key is not one of the pinned keys');
     }
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(leaf.subject)?.[1];
-    return { subject: leaf.subject, commonName: cn, spki, spkiSha256, publicKey: leaf.publicKey, chain: chainDer.map((d) => Uint8Array.from(d)) };
+    const identity = { subject: leaf.subject, commonName: cn, spki, spkiSha256, publicKey, chain: chainDer.map((d) => Uint8Array.from(d)) };
+    return { identity, notBefore, notAfter };
   }
 }
 
+function checkWindow(notBefore: number, notAfter: number, now: number): void {
+  if (!(now >= notBefore)) throw new CertificateRejected('certificate-not-yet-valid', `a certificate in the chain is not valid before ${new Date(notBefore).toISOString()}`);
+  if (!(now <= notAfter)) throw new CertificateRejected('certificate-expired', `a certificate in the chain expired on ${new Date(notAfter).toISOString()}`);
+}
+
+function chainKey(chain: readonly Uint8Array[]): string {
+  const h = createHash('sha256');
+  for (const c of chain) h.update(Uint8Array.of(c.length >>> 16, (c.length >>> 8) & 0xff, c.length & 0xff)).update(c);
+  return h.digest('hex');
+}
+
+/** Issuer public keys, parsed once per certificate object (X509Certificate.publicKey builds a new one per call). */
+const ISSUER_KEYS = new WeakMap<X509Certificate, KeyObject>();
+
 function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
   if (!cert.checkIssued(issuer)) return false;
+  let key = ISSUER_KEYS.get(issuer);
+  if (key === undefined) {
+    key = issuer.publicKey;
+    ISSUER_KEYS.set(issuer, key);
+  }
   try {
-    return cert.verify(issuer.publicKey);
+    return cert.verify(key);
   } catch {
     return false;
   }

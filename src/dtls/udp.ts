@@ -56,6 +56,22 @@ class Deadline {
   }
 }
 
+/** Counts datagrams handed to a socket and not yet sent, so a close can wait for them. */
+class SendTracker {
+  #pending = 0;
+  #waiters: (() => void)[] = [];
+  send(socket: Socket, data: Uint8Array, port: number, host: string): void {
+    this.#pending++;
+    socket.send(data, port, host, () => {
+      this.#pending--;
+      if (this.#pending === 0) for (const w of this.#waiters.splice(0)) w();
+    });
+  }
+  drained(): Promise<void> {
+    return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
 function udpType(host: string): 'udp4' | 'udp6' {
   return isIP(host) === 6 ? 'udp6' : 'udp4';
 }
@@ -83,6 +99,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
   readonly #clock: Clock;
   readonly #serial = new Serial();
   readonly #deadline: Deadline;
+  readonly #sends = new SendTracker();
   #closed = false;
 
   private constructor(options: ClientSocketOptions, socket: Socket) {
@@ -166,6 +183,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     this.#socket = next;
     this.#listen(next);
     old.removeAllListeners('message');
+    await this.#sends.drained();
     old.close();
   }
 
@@ -184,7 +202,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     return this.#serial.run(async () => {
       if (this.#closed) return;
       const out = await fn(this.#clock.now());
-      for (const d of out.datagrams) this.#socket.send(d, this.#port, this.#host);
+      for (const d of out.datagrams) this.#sends.send(this.#socket, d, this.#port, this.#host);
       this.#deadline.set(out.nextTimeout);
       for (const e of out.events) this.#dispatch(e);
     });
@@ -225,12 +243,16 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#deadline.clear();
-    this.#socket.removeAllListeners('message');
-    try {
-      this.#socket.close();
-    } catch {
-      // already closed
-    }
+    const socket = this.#socket;
+    socket.removeAllListeners('message');
+    // Datagrams handed to the socket (our Finished, a close_notify) go out before it closes.
+    void this.#sends.drained().then(() => {
+      try {
+        socket.close();
+      } catch {
+        // already closed
+      }
+    });
   }
 }
 
@@ -291,6 +313,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
   readonly #serial = new Serial();
   readonly #deadline: Deadline;
   readonly #sessions = new Map<number, DtlsServerSession>();
+  readonly #sends = new SendTracker();
   #closed = false;
 
   private constructor(endpoint: DtlsServerEndpoint, socket: Socket, clock: Clock) {
@@ -336,7 +359,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
     return this.#serial.run(async () => {
       if (this.#closed) return;
       const out = await fn(this.endpoint, this.#clock.now());
-      for (const d of out.datagrams) this.#socket.send(d.data, d.to.port, d.to.address);
+      for (const d of out.datagrams) this.#sends.send(this.#socket, d.data, d.to.port, d.to.address);
       this.#deadline.set(this.endpoint.nextTimeout());
       for (const { session, event } of out.events) this.#dispatch(session, event);
     });
@@ -385,6 +408,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
     await this.#serial.run(async () => {
       this.#closed = true;
       this.#deadline.clear();
+      await this.#sends.drained();
       await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
     });
   }

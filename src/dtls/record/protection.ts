@@ -10,10 +10,11 @@
  *   const rx = new ReadEpoch(provider, suite, 3, keys);
  *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
  */
+import { createCipheriv, type Cipher } from 'node:crypto';
 import { CounterSealer, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { aeadSuite } from '../../crypto/suites.ts';
-import { zeroize } from '../../util/bytes.ts';
+import { asBuffer, zeroize } from '../../util/bytes.ts';
 import { ApiMisuse } from '../../util/errors.ts';
 import type { TrafficKeys } from '../handshake/key-schedule.ts';
 import { MAX_PLAINTEXT } from '../messages/constants.ts';
@@ -24,14 +25,41 @@ import { ReplayWindow } from './replay-window.ts';
 /** RFC 9147 §4: sequence numbers are 48 bits per epoch. */
 export const MAX_SEQUENCE = 2 ** 48 - 1;
 
-/** RFC 9147 §4.2.3: the mask from the first 16 bytes of the ciphertext. */
-export function recordNumberMask(p: CryptoProvider, suite: DtlsCipherSuite, snKey: Uint8Array, ciphertext: Uint8Array): Uint8Array {
-  const sample = ciphertext.subarray(0, 16);
-  if (suite.mask === 'aes-ecb') return p.aesEcbBlock(snKey, sample);
-  // ChaCha20: the first 4 bytes are the block counter (read little-endian, as RFC 9001 §5.4.4
-  // does for the same construction), the next 12 the nonce.
-  const counter = ((sample[0] as number) | ((sample[1] as number) << 8) | ((sample[2] as number) << 16) | ((sample[3] as number) << 24)) >>> 0;
-  return p.chacha20(snKey, sample.subarray(4, 16), counter, new Uint8Array(16));
+/**
+ * RFC 9147 §4.2.3: the record-number mask from the first 16 bytes of the ciphertext. For AES the
+ * mask is one ECB block under sn_key; with node:crypto one ECB context per key is reused (ECB keeps
+ * no state between blocks), which saves a cipher set-up on every record.
+ */
+export class RecordNumberMask {
+  #ecb: Cipher | undefined;
+
+  constructor(
+    private readonly provider: CryptoProvider,
+    private readonly suite: DtlsCipherSuite,
+    private snKey: Uint8Array,
+  ) {
+    if (suite.mask === 'aes-ecb' && provider.name === 'node') {
+      this.#ecb = createCipheriv(snKey.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', asBuffer(snKey), null);
+      this.#ecb.setAutoPadding(false);
+    }
+  }
+
+  mask(ciphertext: Uint8Array): Uint8Array {
+    const sample = ciphertext.subarray(0, 16);
+    if (this.suite.mask === 'aes-ecb') {
+      return this.#ecb !== undefined ? this.#ecb.update(sample) : this.provider.aesEcbBlock(this.snKey, sample);
+    }
+    // ChaCha20: the first 4 bytes are the block counter (read little-endian, as RFC 9001 §5.4.4
+    // does for the same construction), the next 12 the nonce.
+    const counter = ((sample[0] as number) | ((sample[1] as number) << 8) | ((sample[2] as number) << 16) | ((sample[3] as number) << 24)) >>> 0;
+    return this.provider.chacha20(this.snKey, sample.subarray(4, 16), counter, new Uint8Array(16));
+  }
+
+  destroy(): void {
+    this.#ecb = undefined;
+    zeroize(this.snKey);
+    this.snKey = new Uint8Array(0);
+  }
 }
 
 /** Limits applied to one key, lowered by configuration for tests and operators. */
@@ -52,7 +80,7 @@ export function limitsFor(suite: DtlsCipherSuite, override?: Partial<EpochLimits
 
 export class WriteEpoch {
   readonly #sealer: CounterSealer;
-  #snKey: Uint8Array;
+  readonly #mask: RecordNumberMask;
   readonly #limit: number;
 
   constructor(
@@ -65,7 +93,7 @@ export class WriteEpoch {
     this.#limit = limits.confidentiality;
     // The CounterSealer's counter is this epoch's record sequence number: nonce = iv XOR seq.
     this.#sealer = new CounterSealer(provider, suite.aead, keys.key, keys.iv, this.#limit);
-    this.#snKey = Uint8Array.from(keys.snKey);
+    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
   }
 
   /** Sequence number the next record gets. */
@@ -107,7 +135,7 @@ export class WriteEpoch {
     const header = encodeUnifiedHeader(this.epoch, seq, cid, inner.length + this.suite.tagLength);
     // RFC 9147 §4: the additional data is the header before record-number encryption.
     const { sealed } = this.#sealer.seal(inner, header);
-    const mask = recordNumberMask(this.provider, this.suite, this.#snKey, sealed);
+    const mask = this.#mask.mask(sealed);
     const at = unifiedHeaderSeqOffset(cid);
     header[at] = (header[at] as number) ^ (mask[0] as number);
     header[at + 1] = (header[at + 1] as number) ^ (mask[1] as number);
@@ -119,8 +147,7 @@ export class WriteEpoch {
 
   destroy(): void {
     this.#sealer.destroy();
-    zeroize(this.#snKey);
-    this.#snKey = new Uint8Array(0);
+    this.#mask.destroy();
   }
 }
 
@@ -156,7 +183,7 @@ export function reconstructSequence(expected: number, low: number, bits: 8 | 16)
 export class ReadEpoch {
   readonly #opener: Opener;
   readonly #iv: Uint8Array;
-  #snKey: Uint8Array;
+  readonly #mask: RecordNumberMask;
   readonly window = new ReplayWindow();
   readonly #integrityLimit: number;
   #failures = 0;
@@ -170,7 +197,7 @@ export class ReadEpoch {
   ) {
     this.#opener = new Opener(provider, suite.aead, keys.key);
     this.#iv = Uint8Array.from(keys.iv);
-    this.#snKey = Uint8Array.from(keys.snKey);
+    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
     this.#integrityLimit = limits.integrity;
   }
 
@@ -193,7 +220,7 @@ export class ReadEpoch {
     if (this.integrityExhausted) return { ok: false, reason: 'integrity-limit' };
     // RFC 9147 §4.2.3: shorter ciphertexts are rejected as if deprotection failed.
     if (rec.encrypted.length < 16) return { ok: false, reason: 'too-short' };
-    const mask = recordNumberMask(this.provider, this.suite, this.#snKey, rec.encrypted);
+    const mask = this.#mask.mask(rec.encrypted);
     const header = Uint8Array.from(rec.header);
     let low = 0;
     for (let i = 0; i < rec.seqLength; i++) {
@@ -224,7 +251,7 @@ export class ReadEpoch {
 
   destroy(): void {
     this.#opener.destroy();
-    zeroize(this.#iv, this.#snKey);
-    this.#snKey = new Uint8Array(0);
+    this.#mask.destroy();
+    zeroize(this.#iv);
   }
 }

@@ -82,3 +82,22 @@ export async function issueLeaf(ca: TestCa, commonName: string, o: LeafOptions =
   const privateKey = createPrivateKey({ key: Buffer.from(pkcs8), format: 'der', type: 'pkcs8' });
   return { der: new Uint8Array(cert.rawData), pem: cert.toString('pem'), privateKey, signer: keyObjectSigner(privateKey) };
 }
+
+/** An intermediate CA signed by `parent` (for chain tests). */
+export async function makeIntermediate(parent: TestCa, name: string): Promise<TestCa> {
+  const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.create({
+    subject: `CN=${name}`,
+    issuer: `CN=${parent.name}`,
+    notBefore: new Date(Date.now() - 3_600_000),
+    notAfter: new Date(Date.now() + 86_400_000),
+    publicKey: keys.publicKey,
+    signingKey: parent.keys.privateKey,
+    signingAlgorithm: SIGN,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+    ],
+  });
+  return { pem: cert.toString('pem'), der: new Uint8Array(cert.rawData), name, keys };
+}

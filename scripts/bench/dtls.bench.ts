@@ -1,0 +1,339 @@
+/**
+ * DTLS 1.3 against Node's own TLS 1.3 over TCP loopback (OpenSSL), measured in the same run with
+ * the client here and each server in its own process (scripts/bench/dtls-peer.ts):
+ * - handshake latency and handshakes/s with mutual authentication (P-256 certificates, X25519), and
+ *   with resumption (session tickets);
+ * - application-data throughput in 200-byte and 1 KiB records (AES-128-GCM on both sides);
+ * - server memory per established idle session with 10,000 sessions.
+ * Rounds interleave candidate and baseline so drift hits both alike; medians are reported.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { keyObjectSigner } from '../../src/keystore/signer.ts';
+import type { ClientConfig, ResumptionTicket } from '../../src/dtls/config.ts';
+import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
+import { DtlsClientSocket } from '../../src/dtls/udp.ts';
+import { issueLeaf, makeCa } from '../../test/dtls/support/pki.ts';
+import { median } from './measure.ts';
+import type { PeerCommand, PeerMemory } from './dtls-peer.ts';
+import type { BenchContext, BenchModule, BenchResult } from './types.ts';
+
+const PEER = fileURLToPath(new URL('./dtls-peer.ts', import.meta.url));
+const HOST = '127.0.0.1';
+
+class Peer {
+  readonly #child: ChildProcess;
+  #queue: Promise<unknown> = Promise.resolve();
+  constructor() {
+    this.#child = fork(PEER, [], { execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  }
+  request<T>(cmd: PeerCommand): Promise<T> {
+    const next = this.#queue.then(() => new Promise<T>((resolve, reject) => {
+      this.#child.once('message', (m) => resolve(m as T));
+      this.#child.once('exit', (code) => reject(new Error(`bench peer exited (${code})`)));
+      this.#child.send(cmd);
+    }));
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+  kill(): void {
+    this.#child.kill();
+  }
+}
+
+interface Side {
+  readonly name: string;
+  handshake(): Promise<void>;
+  resume(): Promise<void>;
+  open(): Promise<Conn>;
+}
+
+interface Conn {
+  /** Sends `count` records of `size` bytes and waits for the server's acknowledgement. */
+  batch(record: Uint8Array, count: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function timed(fn: () => Promise<void>): Promise<number> {
+  const t = performance.now();
+  await fn();
+  return performance.now() - t;
+}
+
+/** Sequential handshakes for `windowMs`: the median latency. */
+async function latency(fn: () => Promise<void>, windowMs: number): Promise<number> {
+  const xs: number[] = [];
+  const end = performance.now() + windowMs;
+  while (performance.now() < end || xs.length < 5) xs.push(await timed(fn));
+  return median(xs);
+}
+
+/** `concurrency` loops of handshakes for `windowMs`: completed per second. */
+async function rate(fn: () => Promise<void>, windowMs: number, concurrency = 8): Promise<number> {
+  let done = 0;
+  const start = performance.now();
+  const end = start + windowMs;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < end) {
+      await fn();
+      done++;
+    }
+  }));
+  return (done * 1000) / (performance.now() - start);
+}
+
+async function throughput(conn: Conn, size: number, windowMs: number): Promise<number> {
+  const record = new Uint8Array(size).fill(0x42);
+  const batch = 32;
+  let records = 0;
+  const start = performance.now();
+  while (performance.now() - start < windowMs) {
+    await conn.batch(record, batch);
+    records += batch;
+  }
+  return (records * 1000) / (performance.now() - start);
+}
+
+function dtlsSide(port: number, client: ClientConfig): Side & { ticket(): Promise<ResumptionTicket> } {
+  let ticket: ResumptionTicket | undefined;
+  const opts = { host: HOST, port, ...client };
+  const side = {
+    name: 'vitalseal DTLS 1.3 (UDP)',
+    async handshake() {
+      const c = await DtlsClientSocket.connect(opts);
+      void c.close();
+    },
+    async ticket() {
+      if (ticket !== undefined) return ticket;
+      const c = await DtlsClientSocket.connect(opts);
+      ticket = await new Promise<ResumptionTicket>((resolve) => c.once('session-ticket', resolve));
+      await c.close();
+      return ticket;
+    },
+    async resume() {
+      const c = await DtlsClientSocket.connect({ ...opts, resumption: await side.ticket() });
+      if (c.info.authMode !== 'resumption') throw new Error('DTLS resumption did not resume');
+      void c.close();
+    },
+    async open(): Promise<Conn> {
+      const c = await DtlsClientSocket.connect(opts);
+      let waiting: (() => void) | undefined;
+      c.on('data', () => waiting?.());
+      return {
+        async batch(record, count) {
+          const acked = new Promise<void>((resolve) => (waiting = resolve));
+          for (let i = 0; i < count; i++) await c.send(record);
+          await acked;
+        },
+        close: () => c.close(),
+      };
+    },
+  };
+  return side;
+}
+
+function tlsSide(port: number, ctx: SecureContext): Side {
+  let session: Buffer | undefined;
+  const connect = (extra: { session?: Buffer } = {}) =>
+    new Promise<TLSSocket>((resolve, reject) => {
+      const s = tlsConnect({ host: HOST, port, secureContext: ctx, minVersion: 'TLSv1.3', ...extra });
+      s.setNoDelay(true);
+      s.once('secureConnect', () => resolve(s));
+      s.once('error', reject);
+    });
+  const side: Side = {
+    name: 'Node TLS 1.3 (TCP, OpenSSL)',
+    async handshake() {
+      const s = await connect();
+      s.destroy();
+    },
+    async resume() {
+      if (session === undefined) {
+        const s = await connect();
+        session = await new Promise<Buffer>((resolve) => s.once('session', resolve));
+        s.destroy();
+      }
+      const s = await connect({ session });
+      if (!s.isSessionReused()) throw new Error('TLS resumption did not resume');
+      s.destroy();
+    },
+    async open(): Promise<Conn> {
+      const s = await connect();
+      let waiting: (() => void) | undefined;
+      s.on('data', () => waiting?.());
+      return {
+        async batch(record, count) {
+          const acked = new Promise<void>((resolve) => (waiting = resolve));
+          for (let i = 0; i < count; i++) s.write(record);
+          await acked;
+        },
+        close: async () => {
+          s.destroy();
+        },
+      };
+    },
+  };
+  return side;
+}
+
+/** Opens `n` idle connections (16 at a time) and returns what the server's memory grew by, per connection. */
+async function memoryPerSession(peer: Peer, n: number, open: () => Promise<() => Promise<void>>): Promise<{ heap: number; rss: number }> {
+  const before = await peer.request<PeerMemory>({ cmd: 'mem' });
+  const closers: (() => Promise<void>)[] = [];
+  let next = 0;
+  await Promise.all(Array.from({ length: 16 }, async () => {
+    while (next < n) {
+      next++;
+      closers.push(await open());
+    }
+  }));
+  const after = await peer.request<PeerMemory>({ cmd: 'mem' });
+  if (after.sessions < n) throw new Error(`only ${after.sessions} of ${n} sessions established`);
+  for (let i = 0; i < closers.length; i += 64) await Promise.all(closers.slice(i, i + 64).map((c) => c()));
+  return {
+    heap: (after.heapUsed + after.external - before.heapUsed - before.external) / n,
+    rss: (after.rss - before.rss) / n,
+  };
+}
+
+export const bench: BenchModule = {
+  async run(ctx: BenchContext): Promise<BenchResult[]> {
+    const windowMs = ctx.quick ? 400 : 2_000;
+    const rounds = ctx.quick ? 1 : 3;
+    const sessions = ctx.quick ? 500 : 10_000;
+
+    const ca = await makeCa('bench CA');
+    const server = await issueLeaf(ca, 'localhost', { eku: 'server', ip: '127.0.0.1' });
+    const device = await issueLeaf(ca, 'bench-device', { eku: 'client' });
+    const keyPem = server.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    const start = { cmd: 'start' as const, caPem: ca.pem, certPem: server.pem, keyPem };
+
+    const dtlsPeer = new Peer();
+    const tlsPeer = new Peer();
+    try {
+      const { port: dtlsPort } = await dtlsPeer.request<{ port: number }>({ ...start, mode: 'dtls' });
+      const { port: tlsPort } = await tlsPeer.request<{ port: number }>({ ...start, mode: 'tls' });
+      const dtls = dtlsSide(dtlsPort, {
+        verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server', serverName: HOST }),
+        certificateChain: [device.der],
+        signer: keyObjectSigner(device.privateKey),
+        cipherSuites: ['TLS_AES_128_GCM_SHA256'],
+        groups: ['x25519'],
+      });
+      const tlsCtx = createSecureContext({
+        ca: ca.pem,
+        cert: device.pem,
+        key: device.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+        minVersion: 'TLSv1.3',
+        ecdhCurve: 'X25519',
+        ciphersuites: 'TLS_AES_128_GCM_SHA256',
+      } as Parameters<typeof createSecureContext>[0]);
+      const tls = tlsSide(tlsPort, tlsCtx);
+
+      // Warm-up: JIT, tickets, sockets.
+      for (let i = 0; i < 20; i++) {
+        await dtls.handshake();
+        await tls.handshake();
+      }
+      await dtls.resume();
+      await tls.resume();
+
+      const results: BenchResult[] = [];
+      const pair = (name: string, unit: string, a: number[], b: number[], target?: BenchResult['target'], meta?: Record<string, unknown>): void => {
+        const value = median(a);
+        const base = median(b);
+        ctx.log(`${name}: ${value.toFixed(2)} ${unit} vs ${base.toFixed(2)} (${(value / base).toFixed(2)}×)`);
+        results.push({ name, unit, value, baseline: { name: tls.name, value: base }, ratio: value / base, ...(target === undefined ? {} : { target }), ...(meta === undefined ? {} : { meta }) });
+      };
+
+      const lat: [number[], number[]] = [[], []];
+      const hs: [number[], number[]] = [[], []];
+      const rlat: [number[], number[]] = [[], []];
+      const rhs: [number[], number[]] = [[], []];
+      for (let r = 0; r < rounds; r++) {
+        lat[0].push(await latency(() => dtls.handshake(), windowMs));
+        lat[1].push(await latency(() => tls.handshake(), windowMs));
+        hs[0].push(await rate(() => dtls.handshake(), windowMs));
+        hs[1].push(await rate(() => tls.handshake(), windowMs));
+        rlat[0].push(await latency(() => dtls.resume(), windowMs));
+        rlat[1].push(await latency(() => tls.resume(), windowMs));
+        rhs[0].push(await rate(() => dtls.resume(), windowMs));
+        rhs[1].push(await rate(() => tls.resume(), windowMs));
+      }
+      pair('dtls handshake latency (mutual auth, P-256, X25519)', 'ms', lat[0], lat[1], { ratio: 1.5, comparison: '<=' });
+      pair('dtls handshakes/s (mutual auth, X25519, 8 concurrent)', 'handshakes/s', hs[0], hs[1], { ratio: 0.5, comparison: '>=' });
+      pair('dtls resumption latency (session ticket)', 'ms', rlat[0], rlat[1], { ratio: 1.5, comparison: '<=' });
+      pair('dtls resumptions/s (session ticket, 8 concurrent)', 'handshakes/s', rhs[0], rhs[1], { ratio: 0.5, comparison: '>=' });
+
+      const dconn = await dtls.open();
+      const tconn = await tls.open();
+      for (const [label, size, target] of [['200B', 200, undefined], ['1KiB', 1024, { ratio: 0.5, comparison: '>=' as const }]] as const) {
+        await dtlsPeer.request({ cmd: 'batch', bytes: size * 32 });
+        await tlsPeer.request({ cmd: 'batch', bytes: size * 32 });
+        const a: number[] = [];
+        const b: number[] = [];
+        await throughput(dconn, size, 100);
+        await throughput(tconn, size, 100);
+        for (let r = 0; r < rounds; r++) {
+          a.push(await throughput(dconn, size, windowMs));
+          b.push(await throughput(tconn, size, windowMs));
+        }
+        pair(`dtls application data ${label} records (AES-128-GCM)`, 'records/s', a, b, target, { bytesPerSecond: median(a) * size, baselineBytesPerSecond: median(b) * size });
+      }
+      await dconn.close();
+      await tconn.close();
+
+      ctx.log(`opening ${sessions} idle DTLS sessions, then ${sessions} idle TLS connections`);
+      const dmem = await memoryPerSession(dtlsPeer, sessions, async () => {
+        const c = await DtlsClientSocket.connect({ host: HOST, port: dtlsPort, ...dtlsClientConfig(ca.pem, device) });
+        return () => c.close();
+      });
+      const tmem = await memoryPerSession(tlsPeer, sessions, async () => {
+        const s = await new Promise<TLSSocket>((resolve, reject) => {
+          const sock = tlsConnect({ host: HOST, port: tlsPort, secureContext: tlsCtx });
+          sock.once('secureConnect', () => resolve(sock));
+          sock.once('error', reject);
+        });
+        return async () => {
+          s.destroy();
+        };
+      });
+      ctx.log(`memory per idle session: DTLS heap ${dmem.heap.toFixed(0)} B, RSS ${dmem.rss.toFixed(0)} B; TLS heap ${tmem.heap.toFixed(0)} B, RSS ${tmem.rss.toFixed(0)} B`);
+      results.push({
+        name: `dtls server memory per idle session (${sessions} sessions, JS heap + buffers)`,
+        unit: 'bytes',
+        value: dmem.heap,
+        baseline: { name: 'budget from issue #4 (16 KiB)', value: 16 * 1024 },
+        ratio: dmem.heap / (16 * 1024),
+        target: { ratio: 1, comparison: '<=' },
+        meta: { rssPerSession: dmem.rss },
+      });
+      results.push({
+        name: `dtls server RSS per idle session (${sessions} sessions)`,
+        unit: 'bytes',
+        value: dmem.rss,
+        baseline: { name: `${tls.name}, RSS per idle connection`, value: tmem.rss },
+        ratio: dmem.rss / tmem.rss,
+        meta: { tlsHeapPerConnection: tmem.heap },
+      });
+      return results;
+    } finally {
+      await dtlsPeer.request({ cmd: 'stop' }).catch(() => undefined);
+      await tlsPeer.request({ cmd: 'stop' }).catch(() => undefined);
+      dtlsPeer.kill();
+      tlsPeer.kill();
+    }
+  },
+};
+
+function dtlsClientConfig(caPem: string, device: { der: Uint8Array; privateKey: Parameters<typeof keyObjectSigner>[0] }): ClientConfig {
+  return {
+    verifier: new X509PeerVerifier({ roots: [caPem], purpose: 'server', serverName: HOST }),
+    certificateChain: [device.der],
+    signer: keyObjectSigner(device.privateKey),
+    cipherSuites: ['TLS_AES_128_GCM_SHA256'],
+  };
+}
+
+export const run = bench.run;
