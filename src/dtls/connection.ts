@@ -811,10 +811,12 @@ export class Connection {
   #sendAck(now: number): void {
     this.#ackNow = false;
     this.#ackAt = undefined;
-    // RFC 9147 §7: numerically increasing, in the highest epoch we can send.
+    // RFC 9147 §7: numerically increasing, in the highest epoch we can send. During the handshake
+    // that epoch must not be below the records acknowledged; afterwards the two directions update
+    // their keys independently and the highest sending epoch is what counts.
     const list = [...this.#ackList].sort((a, b) => a.epoch - b.epoch || a.sequenceNumber - b.sequenceNumber);
     const epoch = this.#writeEpoch;
-    if (list.some((rn) => rn.epoch > epoch)) return;
+    if (this.#phase.kind === 'handshaking' && list.some((rn) => rn.epoch > epoch)) return;
     this.#emit(this.#protect(epoch, ContentType.ack, encodeAck(list)));
     if (this.#phase.kind === 'connected') this.#ackList = [];
     void now;
