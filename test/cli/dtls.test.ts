@@ -97,6 +97,15 @@ describe('vitalseal dtls (through the real bin)', () => {
     await stop(s);
   });
 
+  it('--reconnect resumes with the session ticket of the first connection', async () => {
+    const s = await startServer(['--cert', 'server.pem', '--key', 'server.key', '--echo']);
+    const r = client([`127.0.0.1:${s.port}`, '--ca', 'ca.pem', '--reconnect'], 'after resumption\n');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /auth certificate, peer CN=localhost[\s\S]*auth resumption, peer CN=localhost/);
+    assert.equal(r.stdout, 'after resumption\n');
+    await stop(s);
+  });
+
   it('fails non-zero naming the alert: untrusted server, missing client certificate, wrong PSK', async () => {
     const s = await startServer(['--cert', 'server.pem', '--key', 'server.key', '--ca', 'ca.pem', '--require-client-cert']);
     const untrusted = client([`127.0.0.1:${s.port}`, '--ca', 'other-ca.pem'], '');

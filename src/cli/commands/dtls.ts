@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { keyObjectSigner, type Signer } from '../../keystore/signer.ts';
 import { fromHex, toHex, utf8, zeroize } from '../../util/bytes.ts';
 import { VitalsealError } from '../../util/errors.ts';
-import type { CommonConfig, ExternalPsk } from '../../dtls/config.ts';
+import type { CommonConfig, ExternalPsk, ResumptionTicket } from '../../dtls/config.ts';
 import type { SessionInfo } from '../../dtls/connection.ts';
 import { CIPHER_SUITE_NAMES, isCipherSuiteName } from '../../dtls/suites.ts';
 import type { CipherSuiteName, NamedGroupName } from '../../dtls/messages/constants.ts';
@@ -41,6 +41,8 @@ options:
   --cid N              client: ask for an N-byte Connection ID; server: hand out N-byte CIDs (0: none)
   --mtu N              largest datagram to send (default 1200)
   --server-name NAME   client: the name or address the server certificate must carry (default: HOST)
+  --reconnect          client: after the first handshake, wait for a session ticket, close, and
+                       resume with it (like s_client -reconnect); the resumed session carries the data
   --echo               server: send every message back to its sender
   --once               server: exit after the first session ends
 The session summary goes to stderr; data read from the peer goes to stdout; stdin goes to the peer.
@@ -151,7 +153,7 @@ function failure(io: CliIo, what: string, e: unknown): number {
 }
 
 async function client(args: string[], io: CliIo): Promise<number> {
-  const { values, positionals } = parse(args, { ...COMMON_OPTIONS, 'server-name': { type: 'string' } });
+  const { values, positionals } = parse(args, { ...COMMON_OPTIONS, 'server-name': { type: 'string' }, reconnect: { type: 'boolean' } });
   const target = positionals[0];
   if (target === undefined || positionals.length > 1) throw new UsageError('client needs one HOST:PORT');
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(target);
@@ -162,15 +164,32 @@ async function client(args: string[], io: CliIo): Promise<number> {
   const config = common(values, 'server', serverName);
   const cid = intOption(values.cid, 'cid', 0, 255);
   if (config.verifier === undefined && config.psk === undefined) throw new UsageError('client needs --ca (to verify the server) or --psk-identity/--psk-hex');
+  const options = { host, port, ...config, ...(cid === undefined ? {} : { connectionId: cid }) };
   let socket: DtlsClientSocket;
   try {
-    socket = await DtlsClientSocket.connect({ host, port, ...config, ...(cid === undefined ? {} : { connectionId: cid }) });
+    socket = await DtlsClientSocket.connect(options);
+    if (values.reconnect === true) {
+      io.stderr.write(describe('client', socket.info, target));
+      const first = socket;
+      const ticket = await new Promise<ResumptionTicket | undefined>((resolve) => {
+        const timer = setTimeout(() => resolve(undefined), 2000);
+        first.once('session-ticket', (t) => {
+          clearTimeout(timer);
+          resolve(t);
+        });
+      });
+      await first.close();
+      if (ticket === undefined) throw new UsageError('--reconnect: the server sent no session ticket within 2 s');
+      socket = await DtlsClientSocket.connect({ ...options, resumption: ticket });
+    }
   } catch (e) {
+    if (e instanceof UsageError) throw e;
     return failure(io, 'client: handshake failed', e);
   } finally {
     if (config.psk !== undefined) zeroize(config.psk.key);
   }
   io.stderr.write(describe('client', socket.info, target));
+  socket.on('keys-updated', (direction, epoch) => io.stderr.write(`client: keys updated (${direction}, epoch ${epoch})\n`));
   let failed: unknown;
   const done = new Promise<void>((resolve) => {
     socket.on('data', (d) => io.stdout.write(d));
@@ -236,6 +255,7 @@ async function server(args: string[], io: CliIo): Promise<number> {
       if (values.echo === true) void s.send(d).catch(() => undefined);
     });
     s.on('error', (e) => io.stderr.write(`server: session ${s.peer.address}:${s.peer.port} failed: ${e.message} [${e.code}]\n`));
+    s.on('keys-updated', (direction, epoch) => io.stderr.write(`server: session ${s.peer.address}:${s.peer.port} keys updated (${direction}, epoch ${epoch})\n`));
     s.on('close', () => {
       sessions.delete(s);
       io.stderr.write(`server: session ${s.peer.address}:${s.peer.port} closed\n`);
