@@ -16,6 +16,8 @@ export interface PeerStart {
   readonly caPem: string;
   readonly certPem: string;
   readonly keyPem: string;
+  /** DTLS only: perform the cookie exchange for every handshake (the default, RFC 9147 §5.1). */
+  readonly requireCookie?: boolean;
 }
 
 export type PeerCommand = PeerStart | { readonly cmd: 'batch'; readonly bytes: number } | { readonly cmd: 'mem' } | { readonly cmd: 'cpu' } | { readonly cmd: 'stop' };
@@ -49,6 +51,7 @@ async function startDtls(s: PeerStart): Promise<{ port: number; sessions: () => 
     signer: keyObjectSigner(createPrivateKey(s.keyPem)),
     verifier: new X509PeerVerifier({ roots: [s.caPem], purpose: 'client' }),
     requireClientCertificate: true,
+    requireCookie: s.requireCookie ?? true,
     cipherSuites: ['TLS_AES_128_GCM_SHA256'],
     limits: { maxSessions: 50_000, maxPendingHandshakes: 1_000, maxPendingPerAddress: 64 },
   });

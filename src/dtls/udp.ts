@@ -261,6 +261,11 @@ export interface ServerSocketOptions extends ServerConfig {
   readonly host?: string;
   readonly limits?: Partial<EndpointLimits>;
   readonly clock?: Clock;
+  /**
+   * Kernel receive and send buffer sizes for the UDP socket (default 1 MiB, capped by the system's
+   * net.core.rmem_max/wmem_max): bursts from many devices queue there while a handshake signs.
+   */
+  readonly socketBufferBytes?: number;
 }
 
 export interface DtlsSessionEvents {
@@ -341,6 +346,13 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
         resolve();
       });
     });
+    const buffer = options.socketBufferBytes ?? 1 << 20;
+    try {
+      socket.setRecvBufferSize(buffer);
+      socket.setSendBufferSize(buffer);
+    } catch {
+      // The system refused the size: keep its default.
+    }
     return new DtlsServer(endpoint, socket, clock);
   }
 
