@@ -193,6 +193,11 @@ export class Connection {
     return this.#info;
   }
 
+  /** The largest datagram this connection sends (the configured MTU). */
+  get mtu(): number {
+    return this.#config.mtu;
+  }
+
   /** The CID records to us carry (server endpoints route by it). */
   get receiveCid(): Uint8Array {
     return this.#receiveCid;

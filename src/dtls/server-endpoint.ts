@@ -24,6 +24,7 @@ import { alertCode, alertFor } from './errors.ts';
 import { CookieKeys } from './handshake/cookie.ts';
 import { buildHelloRetryRequest, checkClientHello, chooseGroup, chooseSuite, type AcceptedHello } from './handshake/server.ts';
 import { TicketKeys } from './handshake/tickets.ts';
+import { TimerHeap } from './connection/timer-heap.ts';
 import { Writer } from './messages/codec.ts';
 import { AlertLevel, ContentType, DTLS12_VERSION, ExtensionType, HandshakeType } from './messages/constants.ts';
 import { findExtension, readCookie } from './messages/extensions.ts';
@@ -104,6 +105,7 @@ export class DtlsServerEndpoint {
   readonly #pending = new Map<string, SessionEntry>();
   readonly #pendingPerIp = new Map<string, number>();
   readonly #sessions = new Map<number, SessionEntry>();
+  readonly #timers = new TimerHeap<SessionEntry>();
   #nextId = 1;
   readonly stats: EndpointStats = { datagramsIn: 0, helloRetryRequests: 0, sessionsCreated: 0, dropped: {} };
 
@@ -130,9 +132,7 @@ export class DtlsServerEndpoint {
 
   /** The earliest time `handleTimeout` must run, or undefined. */
   nextTimeout(): number | undefined {
-    let t: number | undefined;
-    for (const s of this.#sessions.values()) if (s.timeout !== undefined && (t === undefined || s.timeout < t)) t = s.timeout;
-    return t;
+    return this.#timers.next();
   }
 
   /** The entry point for every datagram the server's socket receives. */
@@ -176,8 +176,8 @@ export class DtlsServerEndpoint {
 
   async handleTimeout(now: number): Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
-    for (const s of [...this.#sessions.values()]) {
-      if (s.timeout !== undefined && s.timeout <= now) this.#collect(s, await s.connection.handleTimeout(now), out);
+    for (const s of this.#timers.due(now)) {
+      if (this.#sessions.get(s.id) === s) this.#collect(s, await s.connection.handleTimeout(now), out);
     }
     return out;
   }
@@ -313,6 +313,7 @@ export class DtlsServerEndpoint {
   #collect(s: SessionEntry, r: ConnectionOutput, out: EndpointOutput): void {
     for (const d of r.datagrams) out.datagrams.push({ to: s.peer, data: d });
     s.timeout = r.nextTimeout;
+    this.#timers.set(s, r.nextTimeout);
     for (const event of r.events) {
       out.events.push({ session: s, event });
       if (event.type === 'connected') this.#promote(s);
@@ -338,6 +339,7 @@ export class DtlsServerEndpoint {
   #remove(s: SessionEntry): void {
     if (this.#sessions.get(s.id) !== s) return;
     this.#sessions.delete(s.id);
+    this.#timers.set(s, undefined);
     const key = addrKey(s.peer);
     if (this.#pending.get(key) === s) {
       this.#pending.delete(key);

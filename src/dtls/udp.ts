@@ -56,18 +56,58 @@ class Deadline {
   }
 }
 
-/** Counts datagrams handed to a socket and not yet sent, so a close can wait for them. */
-class SendTracker {
+/**
+ * Datagrams on their way to a socket. Those produced in the same turn of the event loop for the
+ * same peer are joined into one datagram while they fit the MTU (RFC 9147 §4.4: a datagram may
+ * carry several records; every record we send has a length field), which saves a system call per
+ * small record. A close waits until everything queued has been handed to the kernel and sent.
+ */
+class Outbox {
+  #queue: { data: Uint8Array; port: number; host: string }[] = [];
+  #scheduled = false;
   #pending = 0;
   #waiters: (() => void)[] = [];
-  send(socket: Socket, data: Uint8Array, port: number, host: string): void {
-    this.#pending++;
-    socket.send(data, port, host, () => {
-      this.#pending--;
-      if (this.#pending === 0) for (const w of this.#waiters.splice(0)) w();
-    });
+
+  constructor(
+    private readonly socket: () => Socket,
+    private readonly mtu: number,
+  ) {}
+
+  send(data: Uint8Array, port: number, host: string): void {
+    this.#queue.push({ data, port, host });
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
+
+  flush(): void {
+    this.#scheduled = false;
+    const queue = this.#queue;
+    this.#queue = [];
+    let i = 0;
+    while (i < queue.length) {
+      const first = queue[i] as { data: Uint8Array; port: number; host: string };
+      const parts = [first.data];
+      let size = first.data.length;
+      let j = i + 1;
+      for (; j < queue.length; j++) {
+        const next = queue[j] as { data: Uint8Array; port: number; host: string };
+        if (next.port !== first.port || next.host !== first.host || size + next.data.length > this.mtu) break;
+        parts.push(next.data);
+        size += next.data.length;
+      }
+      this.#pending++;
+      this.socket().send(parts.length === 1 ? first.data : parts, first.port, first.host, () => {
+        this.#pending--;
+        if (this.#pending === 0 && this.#queue.length === 0) for (const w of this.#waiters.splice(0)) w();
+      });
+      i = j;
+    }
+  }
+
   drained(): Promise<void> {
+    if (this.#queue.length > 0) this.flush();
     return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
   }
 }
@@ -99,12 +139,13 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
   readonly #clock: Clock;
   readonly #serial = new Serial();
   readonly #deadline: Deadline;
-  readonly #sends = new SendTracker();
+  readonly #sends: Outbox;
   #closed = false;
 
   private constructor(options: ClientSocketOptions, socket: Socket) {
     super();
     this.#connection = Connection.client(options);
+    this.#sends = new Outbox(() => this.#socket, this.#connection.mtu);
     this.#socket = socket;
     this.#host = options.host;
     this.#port = options.port;
@@ -202,7 +243,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     return this.#serial.run(async () => {
       if (this.#closed) return;
       const out = await fn(this.#clock.now());
-      for (const d of out.datagrams) this.#sends.send(this.#socket, d, this.#port, this.#host);
+      for (const d of out.datagrams) this.#sends.send(d, this.#port, this.#host);
       this.#deadline.set(out.nextTimeout);
       for (const e of out.events) this.#dispatch(e);
     });
@@ -318,13 +359,14 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
   readonly #serial = new Serial();
   readonly #deadline: Deadline;
   readonly #sessions = new Map<number, DtlsServerSession>();
-  readonly #sends = new SendTracker();
+  readonly #sends: Outbox;
   #closed = false;
 
   private constructor(endpoint: DtlsServerEndpoint, socket: Socket, clock: Clock) {
     super();
     this.endpoint = endpoint;
     this.#socket = socket;
+    this.#sends = new Outbox(() => this.#socket, endpoint.config.mtu);
     this.#clock = clock;
     this.#deadline = new Deadline(clock, () => void this._act((ep, now) => ep.handleTimeout(now)));
     socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
@@ -371,7 +413,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
     return this.#serial.run(async () => {
       if (this.#closed) return;
       const out = await fn(this.endpoint, this.#clock.now());
-      for (const d of out.datagrams) this.#sends.send(this.#socket, d.data, d.to.port, d.to.address);
+      for (const d of out.datagrams) this.#sends.send(d.data, d.to.port, d.to.address);
       this.#deadline.set(this.endpoint.nextTimeout());
       for (const { session, event } of out.events) this.#dispatch(session, event);
     });
