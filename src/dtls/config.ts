@@ -85,6 +85,12 @@ export interface ServerConfig extends CommonConfig {
    * HelloRetryRequest is still sent when the client's key shares are unusable.
    */
   readonly requireCookie?: boolean;
+  /**
+   * Resume without the cookie exchange when the ticket was issued to the same IP address
+   * (RFC 9147 §5.1 MAY; default true): the binder proves the ticket, and the answer goes back to
+   * the address the session already proved and is smaller than the ClientHello.
+   */
+  readonly resumeWithoutCookie?: boolean;
   /** Length of the CIDs this server hands out (0 disables CIDs; default 6, at most 7 advised). */
   readonly connectionIdLength?: number;
 }
@@ -115,6 +121,7 @@ export interface ResolvedServerConfig extends ResolvedCommon {
   readonly sessionTickets: boolean;
   readonly ticketLifetimeSeconds: number;
   readonly requireCookie: boolean;
+  readonly resumeWithoutCookie: boolean;
   readonly connectionIdLength: number;
 }
 
@@ -200,6 +207,7 @@ export function resolveServerConfig(c: ServerConfig): ResolvedServerConfig {
     sessionTickets: c.sessionTickets ?? true,
     ticketLifetimeSeconds: aint(c.ticketLifetimeSeconds ?? 86_400, 'ticketLifetimeSeconds', 1, MAX_TICKET_LIFETIME_S),
     requireCookie: c.requireCookie ?? true,
+    resumeWithoutCookie: c.resumeWithoutCookie ?? true,
     connectionIdLength: aint(c.connectionIdLength ?? 6, 'connectionIdLength', 0, 255),
   };
 }

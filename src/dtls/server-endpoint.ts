@@ -26,8 +26,8 @@ import { buildHelloRetryRequest, checkClientHello, chooseGroup, chooseSuite, typ
 import { TicketKeys } from './handshake/tickets.ts';
 import { TimerHeap } from './connection/timer-heap.ts';
 import { Writer } from './messages/codec.ts';
-import { AlertLevel, ContentType, DTLS12_VERSION, ExtensionType, HandshakeType } from './messages/constants.ts';
-import { findExtension, readCookie } from './messages/extensions.ts';
+import { AlertLevel, ContentType, DTLS12_VERSION, ExtensionType, HandshakeType, PskKeyExchangeMode } from './messages/constants.ts';
+import { findExtension, readCookie, readOfferedPsks, readPskModes } from './messages/extensions.ts';
 import { encodeHandshake, readHandshakeBody, type ClientHello } from './messages/handshake.ts';
 import { encodeAlert, isCiphertextHeaderByte, parseDatagram, readHandshakeFragments, writeHandshakeFragment, writePlaintextHeader } from './messages/record.ts';
 
@@ -241,7 +241,7 @@ export class DtlsServerEndpoint {
           return;
         }
         retry = { cookie, fields };
-      } else if (this.config.requireCookie || share === undefined) {
+      } else if (share === undefined || (this.config.requireCookie && !this.#resumesFromItsAddress(ch, from, now))) {
         const cookie = this.#cookies.make({ clientHello1Hash: this.config.provider.sha256(bytes), suite: suite.id, hrrGroup: share === undefined ? group : 0 }, addrKey(from), now);
         const hrr = encodeHandshake(buildHelloRetryRequest(suite.id, share === undefined ? group : 0, cookie));
         this.stats.helloRetryRequests++;
@@ -269,7 +269,7 @@ export class DtlsServerEndpoint {
     const ipCount = this.#pendingPerIp.get(from.address) ?? 0;
     if (ipCount >= this.limits.maxPendingPerAddress) return void this.#drop(out, 'limit-pending-address');
     const cid = this.#allocateCid();
-    const connection = Connection.server(this.config, { tickets: this.#tickets }, cid, {
+    const connection = Connection.server(this.config, { tickets: this.#tickets, clientAddress: from.address }, cid, {
       maxMessageLength: Math.min(this.limits.maxBufferedBytesPerSession, 64 * 1024),
       maxAhead: 8,
       maxBufferedBytes: this.limits.maxBufferedBytesPerSession,
@@ -284,6 +284,21 @@ export class DtlsServerEndpoint {
     const agreed = connection.receiveCid;
     if (agreed.length > 0) this.#byCid.set(toHex(agreed), s);
     this.#collect(s, r, out);
+  }
+
+  /**
+   * RFC 9147 §5.1: a resumption from the IP address its ticket was issued to may skip the cookie.
+   * Only the ticket is looked at here; its binder is checked when the handshake starts.
+   */
+  #resumesFromItsAddress(ch: ClientHello, from: PeerAddress, now: number): boolean {
+    if (!this.config.resumeWithoutCookie) return false;
+    const ext = findExtension(ch.extensions, ExtensionType.preSharedKey);
+    const modes = findExtension(ch.extensions, ExtensionType.pskKeyExchangeModes);
+    if (ext === undefined || modes === undefined || !readPskModes(modes).includes(PskKeyExchangeMode.pskDheKe)) return false;
+    const first = readOfferedPsks(ext).identities[0];
+    if (first === undefined) return false;
+    const state = this.#tickets.open(first.identity, now);
+    return state !== undefined && state.clientAddress === from.address;
   }
 
   #allocateCid(): Uint8Array {

@@ -138,12 +138,22 @@ describe('DTLS 1.3 handshake (in memory)', () => {
     assert.ok(t?.type === 'session-ticket');
     const ticket: ResumptionTicket = t.ticket;
     assert.equal(ticket.serverIdentity?.commonName, 'ingest.example');
+    const hrrsBefore = endpoint.stats.helloRetryRequests;
     const second = await handshake(clientConfig({ resumption: ticket, certificateChain: [deviceLeaf.der], signer: deviceLeaf.signer }), endpoint, first.now + 1000);
     const s = connectedInfo(second.serverEvents.map((e) => e.event));
     assert.equal(s.authMode, 'resumption');
     assert.equal(s.peer?.commonName, 'device-0042');
     assert.equal(connectedInfo(second.clientEvents).authMode, 'resumption');
+    // RFC 9147 §5.1: from the address the ticket was issued to, no cookie round trip.
+    assert.equal(endpoint.stats.helloRetryRequests, hrrsBefore);
     await exchange(second);
+    // From another address the cookie exchange happens first.
+    const elsewhere = Pair.create(clientConfig({ resumption: ticket, certificateChain: [deviceLeaf.der], signer: deviceLeaf.signer }), endpoint, second.now + 1000);
+    elsewhere.clientAddr = { address: '198.51.100.99', port: 4444 };
+    await elsewhere.start();
+    await elsewhere.run(() => elsewhere.bothConnected() || elsewhere.failed());
+    assert.equal(connectedInfo(elsewhere.clientEvents).authMode, 'resumption');
+    assert.equal(endpoint.stats.helloRetryRequests, hrrsBefore + 1);
     // Two hours later the ticket (1 h) is not offered; a full handshake happens instead.
     const later = Pair.create(clientConfig({ resumption: ticket, certificateChain: [deviceLeaf.der], signer: deviceLeaf.signer }), endpoint, T0 + 2 * 3_600_000);
     await later.start();

@@ -41,6 +41,8 @@ export interface AcceptedHello {
 
 export interface ServerServices {
   readonly tickets: TicketKeys;
+  /** The client's IP address, recorded in tickets. */
+  readonly clientAddress: string;
 }
 
 /** RFC 9147 §5.3 and RFC 8446 §4.1.2: the checks every ClientHello gets, stateless or not. */
@@ -346,6 +348,7 @@ class ExpectClientFinished implements HandshakeState {
       authMode: this.keys.ticketAuthMode,
       peer: peer === undefined ? undefined : { subject: peer.subject, commonName: peer.commonName, spki: peer.spki },
       pskIdentity: this.keys.pskIdentity,
+      clientAddress: this.services.clientAddress,
     }, cx.now);
     zeroize(psk);
     return { type: HandshakeType.newSessionTicket, lifetime: this.config.ticketLifetimeSeconds, ageAdd, nonce, ticket, extensions: [] };

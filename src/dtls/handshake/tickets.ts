@@ -31,6 +31,8 @@ export interface TicketState {
   readonly peer: Pick<PeerIdentity, 'subject' | 'commonName' | 'spki'> | undefined;
   /** The external PSK identity of the original handshake. */
   readonly pskIdentity: Uint8Array | undefined;
+  /** The client's IP address when the ticket was issued (RFC 9147 §5.1: resumption may skip the cookie from there). */
+  readonly clientAddress: string;
 }
 
 const VERSION = 1;
@@ -49,6 +51,7 @@ function encodeState(s: TicketState): Uint8Array {
   if (s.peer === undefined) w.u8(0);
   else w.u8(1).opaque(2, new TextEncoder().encode(s.peer.subject)).opaque(2, new TextEncoder().encode(s.peer.commonName ?? '')).opaque(2, s.peer.spki);
   w.opaque(2, s.pskIdentity ?? new Uint8Array(0));
+  w.opaque(1, new TextEncoder().encode(s.clientAddress));
   return w.finish();
 }
 
@@ -68,7 +71,8 @@ function decodeState(b: Uint8Array): TicketState {
       peer = { subject, commonName: cn === '' ? undefined : cn, spki: r.opaque(2, 1, 0xffff) };
     }
     const id = r.opaque(2, 0, 0xffff);
-    return { suite, psk, issuedAt, lifetimeSeconds, ageAdd, authMode, peer, pskIdentity: id.length === 0 ? undefined : id };
+    const clientAddress = new TextDecoder().decode(r.opaque(1, 0, 255));
+    return { suite, psk, issuedAt, lifetimeSeconds, ageAdd, authMode, peer, pskIdentity: id.length === 0 ? undefined : id, clientAddress };
   });
 }
 
