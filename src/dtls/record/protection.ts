@@ -1,0 +1,257 @@
+/**
+ * Record protection for one epoch and one direction (RFC 9147 §4, §4.2.3, §4.5):
+ * DTLSInnerPlaintext framing and padding, the AEAD with the unified header as additional data and
+ * the 64-bit sequence number in the nonce, record-number encryption, the replay window, and the
+ * AEAD usage limits of §4.5.3.
+ *
+ * @example
+ *   const tx = new WriteEpoch(provider, suite, 3, keys);
+ *   const record = tx.protect(ContentType.applicationData, data, peerCid);
+ *   const rx = new ReadEpoch(provider, suite, 3, keys);
+ *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
+ */
+import { createCipheriv, type Cipher } from 'node:crypto';
+import { CounterSealer, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
+import type { CryptoProvider } from '../../crypto/provider.ts';
+import { aeadSuite } from '../../crypto/suites.ts';
+import { asBuffer, zeroize } from '../../util/bytes.ts';
+import { ApiMisuse } from '../../util/errors.ts';
+import type { TrafficKeys } from '../handshake/key-schedule.ts';
+import { MAX_PLAINTEXT } from '../messages/constants.ts';
+import { encodeUnifiedHeader, unifiedHeaderSeqOffset, type CiphertextRecord } from '../messages/record.ts';
+import type { DtlsCipherSuite } from '../suites.ts';
+import { ReplayWindow } from './replay-window.ts';
+
+/** RFC 9147 §4: sequence numbers are 48 bits per epoch. */
+export const MAX_SEQUENCE = 2 ** 48 - 1;
+
+/**
+ * RFC 9147 §4.2.3: the record-number mask from the first 16 bytes of the ciphertext. For AES the
+ * mask is one ECB block under sn_key; with node:crypto one ECB context per key is reused (ECB keeps
+ * no state between blocks), which saves a cipher set-up on every record.
+ */
+export class RecordNumberMask {
+  #ecb: Cipher | undefined;
+
+  constructor(
+    private readonly provider: CryptoProvider,
+    private readonly suite: DtlsCipherSuite,
+    private snKey: Uint8Array,
+  ) {
+    if (suite.mask === 'aes-ecb' && provider.name === 'node') {
+      this.#ecb = createCipheriv(snKey.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', asBuffer(snKey), null);
+      this.#ecb.setAutoPadding(false);
+    }
+  }
+
+  mask(ciphertext: Uint8Array): Uint8Array {
+    const sample = ciphertext.subarray(0, 16);
+    if (this.suite.mask === 'aes-ecb') {
+      return this.#ecb !== undefined ? this.#ecb.update(sample) : this.provider.aesEcbBlock(this.snKey, sample);
+    }
+    // ChaCha20: the first 4 bytes are the block counter (read little-endian, as RFC 9001 §5.4.4
+    // does for the same construction), the next 12 the nonce.
+    const counter = ((sample[0] as number) | ((sample[1] as number) << 8) | ((sample[2] as number) << 16) | ((sample[3] as number) << 24)) >>> 0;
+    return this.provider.chacha20(this.snKey, sample.subarray(4, 16), counter, new Uint8Array(16));
+  }
+
+  destroy(): void {
+    this.#ecb = undefined;
+    zeroize(this.snKey);
+    this.snKey = new Uint8Array(0);
+  }
+}
+
+/** Limits applied to one key, lowered by configuration for tests and operators. */
+export interface EpochLimits {
+  /** Records that may be sealed; a key update is started at `keyUpdateAt`. */
+  readonly confidentiality: number;
+  /** Failed deprotections tolerated before the key must go. */
+  readonly integrity: number;
+}
+
+export function limitsFor(suite: DtlsCipherSuite, override?: Partial<EpochLimits>): EpochLimits {
+  const a = aeadSuite(suite.aead);
+  return {
+    confidentiality: Math.min(a.confidentialityLimit, MAX_SEQUENCE + 1, override?.confidentiality ?? Infinity),
+    integrity: Math.min(a.integrityLimit, override?.integrity ?? Infinity),
+  };
+}
+
+export class WriteEpoch {
+  readonly #sealer: CounterSealer;
+  readonly #mask: RecordNumberMask;
+  readonly #limit: number;
+
+  constructor(
+    private readonly provider: CryptoProvider,
+    readonly suite: DtlsCipherSuite,
+    readonly epoch: number,
+    keys: TrafficKeys,
+    limits: EpochLimits = limitsFor(suite),
+  ) {
+    this.#limit = limits.confidentiality;
+    // The CounterSealer's counter is this epoch's record sequence number: nonce = iv XOR seq.
+    this.#sealer = new CounterSealer(provider, suite.aead, keys.key, keys.iv, this.#limit);
+    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
+  }
+
+  /** Sequence number the next record gets. */
+  get nextSequence(): number {
+    return this.#sealer.count;
+  }
+
+  /** RFC 9147 §4.5.3: start a key update once three quarters of the limit are used. */
+  get keyUpdateDue(): boolean {
+    return this.#sealer.count >= Math.floor(this.#limit * 0.75);
+  }
+
+  get exhausted(): boolean {
+    return this.#sealer.exhausted;
+  }
+
+  /** Records still allowed under this key. */
+  get remaining(): number {
+    return this.#limit - this.#sealer.count;
+  }
+
+  /** Wire size of a record carrying `contentLength` bytes. */
+  recordSize(contentLength: number, cid: Uint8Array | undefined): number {
+    return unifiedHeaderSeqOffset(cid) + 4 + this.#innerLength(contentLength) + this.suite.tagLength;
+  }
+
+  #innerLength(contentLength: number): number {
+    // RFC 9147 §4.2.3: the ciphertext must be at least 16 bytes; pad short ones (CCM_8).
+    return Math.max(contentLength + 1, 16 - this.suite.tagLength);
+  }
+
+  /** A whole DTLSCiphertext record: unified header (sequence number masked) and encrypted record. */
+  protect(contentType: number, content: Uint8Array, cid: Uint8Array | undefined): Uint8Array {
+    if (content.length > MAX_PLAINTEXT) throw new ApiMisuse('record-too-large', `record content of ${content.length} bytes exceeds 2^14`);
+    const seq = this.#sealer.count;
+    const inner = new Uint8Array(this.#innerLength(content.length));
+    inner.set(content);
+    inner[content.length] = contentType; // DTLSInnerPlaintext: content || type || zeros
+    const header = encodeUnifiedHeader(this.epoch, seq, cid, inner.length + this.suite.tagLength);
+    // RFC 9147 §4: the additional data is the header before record-number encryption.
+    const { sealed } = this.#sealer.seal(inner, header);
+    const mask = this.#mask.mask(sealed);
+    const at = unifiedHeaderSeqOffset(cid);
+    header[at] = (header[at] as number) ^ (mask[0] as number);
+    header[at + 1] = (header[at + 1] as number) ^ (mask[1] as number);
+    const out = new Uint8Array(header.length + sealed.length);
+    out.set(header);
+    out.set(sealed, header.length);
+    return out;
+  }
+
+  destroy(): void {
+    this.#sealer.destroy();
+    this.#mask.destroy();
+  }
+}
+
+export interface OpenedRecord {
+  readonly epoch: number;
+  readonly sequenceNumber: number;
+  readonly contentType: number;
+  readonly content: Uint8Array;
+}
+
+/** Why a record was dropped (counted, never answered: RFC 9147 §4.5.2). */
+export type DropReason =
+  | 'too-short'
+  | 'bad-sequence'
+  | 'replayed'
+  | 'auth-failed'
+  | 'no-content-type'
+  | 'record-overflow'
+  | 'integrity-limit';
+
+export type UnprotectResult = { readonly ok: true; readonly record: OpenedRecord } | { readonly ok: false; readonly reason: DropReason };
+
+/** RFC 9147 §4.2.2: the full number closest to `expected` whose low `bits` bits are `low`. */
+export function reconstructSequence(expected: number, low: number, bits: 8 | 16): number {
+  const span = 2 ** bits;
+  const half = span / 2;
+  let candidate = expected - (expected % span) + low;
+  if (candidate > expected + half && candidate >= span) candidate -= span;
+  else if (candidate + half < expected) candidate += span;
+  return candidate;
+}
+
+export class ReadEpoch {
+  readonly #opener: Opener;
+  readonly #iv: Uint8Array;
+  readonly #mask: RecordNumberMask;
+  readonly window = new ReplayWindow();
+  readonly #integrityLimit: number;
+  #failures = 0;
+
+  constructor(
+    private readonly provider: CryptoProvider,
+    readonly suite: DtlsCipherSuite,
+    readonly epoch: number,
+    keys: TrafficKeys,
+    limits: EpochLimits = limitsFor(suite),
+  ) {
+    this.#opener = new Opener(provider, suite.aead, keys.key);
+    this.#iv = Uint8Array.from(keys.iv);
+    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
+    this.#integrityLimit = limits.integrity;
+  }
+
+  /** Records that failed authentication under this key (RFC 9147 §4.5.3). */
+  get failures(): number {
+    return this.#failures;
+  }
+
+  /** RFC 9147 §4.5.3: ask for a key update well before the limit. */
+  get keyUpdateDue(): boolean {
+    return this.#failures >= Math.floor(this.#integrityLimit / 2);
+  }
+
+  get integrityExhausted(): boolean {
+    return this.#failures >= this.#integrityLimit;
+  }
+
+  /** Removes record-number protection, decrypts, and checks and updates the replay window. */
+  unprotect(rec: CiphertextRecord): UnprotectResult {
+    if (this.integrityExhausted) return { ok: false, reason: 'integrity-limit' };
+    // RFC 9147 §4.2.3: shorter ciphertexts are rejected as if deprotection failed.
+    if (rec.encrypted.length < 16) return { ok: false, reason: 'too-short' };
+    const mask = this.#mask.mask(rec.encrypted);
+    const header = Uint8Array.from(rec.header);
+    let low = 0;
+    for (let i = 0; i < rec.seqLength; i++) {
+      const b = (header[rec.seqOffset + i] as number) ^ (mask[i] as number);
+      header[rec.seqOffset + i] = b;
+      low = (low << 8) | b;
+    }
+    const seq = reconstructSequence(this.window.highest + 1, low, rec.seqLength === 2 ? 16 : 8);
+    if (seq < 0 || seq > MAX_SEQUENCE) return { ok: false, reason: 'bad-sequence' };
+    let inner: Uint8Array;
+    try {
+      inner = this.#opener.open(xorCounterIntoIv(this.#iv, seq), rec.encrypted, header);
+    } catch {
+      this.#failures++;
+      return { ok: false, reason: 'auth-failed' };
+    }
+    // RFC 9147 §4.5.1: the replay check follows deprotection (no timing channel on the record
+    // number), and the window moves only for a record that deprotected.
+    if (!this.window.check(seq)) return { ok: false, reason: 'replayed' };
+    // DTLSInnerPlaintext: the content type is the last non-zero byte (RFC 8446 §5.4).
+    let end = inner.length - 1;
+    while (end >= 0 && inner[end] === 0) end--;
+    if (end < 0) return { ok: false, reason: 'no-content-type' };
+    if (end > MAX_PLAINTEXT) return { ok: false, reason: 'record-overflow' };
+    this.window.mark(seq);
+    return { ok: true, record: { epoch: this.epoch, sequenceNumber: seq, contentType: inner[end] as number, content: inner.subarray(0, end) } };
+  }
+
+  destroy(): void {
+    this.#opener.destroy();
+    this.#mask.destroy();
+    zeroize(this.#iv);
+  }
+}

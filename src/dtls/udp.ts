@@ -1,0 +1,470 @@
+/**
+ * The thin `node:dgram` adapter around the sans-I/O core: it moves datagrams between a UDP socket
+ * and a `Connection` (client) or a `DtlsServerEndpoint` (server), arms one timer for the core's
+ * `nextTimeout`, and turns the core's events into EventEmitter events. All protocol logic is in the
+ * core; this file only does I/O.
+ *
+ * @example
+ *   const server = await DtlsServer.listen({ port: 5684, certificateChain, signer });
+ *   server.on('session', (s) => s.on('data', (d) => s.send(d)));
+ *   const client = await DtlsClientSocket.connect({ host: '127.0.0.1', port: 5684, verifier });
+ *   await client.send(new TextEncoder().encode('hello'));
+ */
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
+import { systemClock, type Clock } from '../util/clock.ts';
+import { ApiMisuse, VitalsealError } from '../util/errors.ts';
+import type { ClientConfig, ResumptionTicket, ServerConfig } from './config.ts';
+import { Connection, type ConnectionOutput, type DtlsEvent, type SessionInfo } from './connection.ts';
+import { ConnectionClosed } from './errors.ts';
+import { DtlsServerEndpoint, type EndpointLimits, type EndpointOutput, type PeerAddress, type ServerSession } from './server-endpoint.ts';
+
+/** Runs async steps one at a time, in order. */
+class Serial {
+  #tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.#tail.then(fn);
+    this.#tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+/** One timer for the core's next deadline. */
+class Deadline {
+  #timer: NodeJS.Timeout | undefined;
+  #at: number | undefined;
+  constructor(
+    private readonly clock: Clock,
+    private readonly fire: () => void,
+  ) {}
+  set(at: number | undefined): void {
+    if (at === this.#at) return;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#at = at;
+    if (at === undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#at = undefined;
+      this.fire();
+    }, Math.max(0, at - this.clock.now()));
+    this.#timer.unref?.();
+  }
+  clear(): void {
+    this.set(undefined);
+  }
+}
+
+/**
+ * Datagrams on their way to a socket. Those produced in the same turn of the event loop for the
+ * same peer are joined into one datagram while they fit the MTU (RFC 9147 §4.4: a datagram may
+ * carry several records; every record we send has a length field), which saves a system call per
+ * small record. A close waits until everything queued has been handed to the kernel and sent.
+ */
+class Outbox {
+  #queue: { data: Uint8Array; port: number; host: string }[] = [];
+  #scheduled = false;
+  #pending = 0;
+  #waiters: (() => void)[] = [];
+
+  constructor(
+    private readonly socket: () => Socket,
+    private readonly mtu: number,
+  ) {}
+
+  send(data: Uint8Array, port: number, host: string): void {
+    this.#queue.push({ data, port, host });
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  flush(): void {
+    this.#scheduled = false;
+    const queue = this.#queue;
+    this.#queue = [];
+    let i = 0;
+    while (i < queue.length) {
+      const first = queue[i] as { data: Uint8Array; port: number; host: string };
+      const parts = [first.data];
+      let size = first.data.length;
+      let j = i + 1;
+      for (; j < queue.length; j++) {
+        const next = queue[j] as { data: Uint8Array; port: number; host: string };
+        if (next.port !== first.port || next.host !== first.host || size + next.data.length > this.mtu) break;
+        parts.push(next.data);
+        size += next.data.length;
+      }
+      this.#pending++;
+      this.socket().send(parts.length === 1 ? first.data : parts, first.port, first.host, () => {
+        this.#pending--;
+        if (this.#pending === 0 && this.#queue.length === 0) for (const w of this.#waiters.splice(0)) w();
+      });
+      i = j;
+    }
+  }
+
+  drained(): Promise<void> {
+    if (this.#queue.length > 0) this.flush();
+    return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+function udpType(host: string): 'udp4' | 'udp6' {
+  return isIP(host) === 6 ? 'udp6' : 'udp4';
+}
+
+export interface ClientSocketOptions extends ClientConfig {
+  readonly host: string;
+  readonly port: number;
+  readonly clock?: Clock;
+}
+
+export interface DtlsClientSocketEvents {
+  data: [Uint8Array];
+  'session-ticket': [ResumptionTicket];
+  'keys-updated': ['send' | 'receive', number];
+  close: [];
+  error: [VitalsealError];
+}
+
+/** A DTLS 1.3 client over one UDP socket. */
+export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
+  readonly #connection: Connection;
+  #socket: Socket;
+  readonly #host: string;
+  readonly #port: number;
+  readonly #clock: Clock;
+  readonly #serial = new Serial();
+  readonly #deadline: Deadline;
+  readonly #sends: Outbox;
+  #closed = false;
+
+  private constructor(options: ClientSocketOptions, socket: Socket) {
+    super();
+    this.#connection = Connection.client(options);
+    this.#sends = new Outbox(() => this.#socket, this.#connection.mtu);
+    this.#socket = socket;
+    this.#host = options.host;
+    this.#port = options.port;
+    this.#clock = options.clock ?? systemClock;
+    this.#deadline = new Deadline(this.#clock, () => void this.#step((now) => this.#connection.handleTimeout(now)));
+    this.#listen(socket);
+  }
+
+  /** Connects and completes the handshake; rejects with the failure (and its alert) otherwise. */
+  static async connect(options: ClientSocketOptions): Promise<DtlsClientSocket> {
+    const socket = createSocket(udpType(options.host));
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(0, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    const client = new DtlsClientSocket(options, socket);
+    const established = new Promise<void>((resolve, reject) => {
+      const onError = (e: VitalsealError) => reject(e);
+      client.once('error', onError);
+      client.#onConnected = () => {
+        client.off('error', onError);
+        resolve();
+      };
+    });
+    await client.#step((now) => client.#connection.start(now));
+    try {
+      await established;
+    } catch (e) {
+      client.#teardown();
+      throw e;
+    }
+    return client;
+  }
+
+  #onConnected: (() => void) | undefined;
+
+  get info(): SessionInfo {
+    const info = this.#connection.info;
+    if (info === undefined) throw new ApiMisuse('not-connected', 'not connected');
+    return info;
+  }
+
+  get connection(): Connection {
+    return this.#connection;
+  }
+
+  /** The local UDP port (changes after `rebind`). */
+  get localPort(): number {
+    return this.#socket.address().port;
+  }
+
+  /** Largest payload `send` fits in one datagram of the configured MTU. */
+  get maxPayload(): number {
+    return this.#connection.maxDatagramPayload;
+  }
+
+  async send(data: Uint8Array): Promise<void> {
+    await this.#step((now) => this.#connection.send(data, now));
+  }
+
+  async updateKeys(requestPeer = false): Promise<void> {
+    await this.#step((now) => this.#connection.updateKeys(requestPeer, now));
+  }
+
+  /**
+   * Moves to a new local UDP port, as a NAT rebinding does; with a Connection ID the server keeps
+   * the session (RFC 9146).
+   */
+  async rebind(): Promise<void> {
+    const next = createSocket(udpType(this.#host));
+    await new Promise<void>((resolve) => next.bind(0, resolve));
+    const old = this.#socket;
+    this.#socket = next;
+    this.#listen(next);
+    old.removeAllListeners('message');
+    await this.#sends.drained();
+    old.close();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.#step((now) => this.#connection.close(now));
+    this.#teardown();
+  }
+
+  #listen(socket: Socket): void {
+    socket.on('message', (msg) => void this.#step((now) => this.#connection.handleDatagram(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), now)));
+    socket.on('error', () => undefined);
+  }
+
+  #step(fn: (now: number) => Promise<ConnectionOutput>): Promise<void> {
+    return this.#serial.run(async () => {
+      if (this.#closed) return;
+      const out = await fn(this.#clock.now());
+      for (const d of out.datagrams) this.#sends.send(d, this.#port, this.#host);
+      this.#deadline.set(out.nextTimeout);
+      for (const e of out.events) this.#dispatch(e);
+    });
+  }
+
+  #dispatch(e: DtlsEvent): void {
+    switch (e.type) {
+      case 'connected':
+        this.#onConnected?.();
+        this.#onConnected = undefined;
+        return;
+      case 'data':
+        this.emit('data', e.data);
+        return;
+      case 'session-ticket':
+        this.emit('session-ticket', e.ticket);
+        return;
+      case 'keys-updated':
+        this.emit('keys-updated', e.direction, e.epoch);
+        return;
+      case 'closed':
+        this.#teardown();
+        this.emit('close');
+        return;
+      case 'failed':
+        this.#teardown();
+        if (this.listenerCount('error') > 0) this.emit('error', e.error);
+        this.emit('close');
+        return;
+      default: {
+        const never: never = e;
+        throw new TypeError(`unknown event ${String(never)}`);
+      }
+    }
+  }
+
+  #teardown(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#deadline.clear();
+    const socket = this.#socket;
+    socket.removeAllListeners('message');
+    // Datagrams handed to the socket (our Finished, a close_notify) go out before it closes.
+    void this.#sends.drained().then(() => {
+      try {
+        socket.close();
+      } catch {
+        // already closed
+      }
+    });
+  }
+}
+
+export interface ServerSocketOptions extends ServerConfig {
+  readonly port?: number;
+  readonly host?: string;
+  readonly limits?: Partial<EndpointLimits>;
+  readonly clock?: Clock;
+  /**
+   * Kernel receive and send buffer sizes for the UDP socket (default 1 MiB, capped by the system's
+   * net.core.rmem_max/wmem_max): bursts from many devices queue there while a handshake signs.
+   */
+  readonly socketBufferBytes?: number;
+}
+
+export interface DtlsSessionEvents {
+  data: [Uint8Array];
+  'keys-updated': ['send' | 'receive', number];
+  close: [];
+  error: [VitalsealError];
+}
+
+/** One established association on a DtlsServer. */
+export class DtlsServerSession extends EventEmitter<DtlsSessionEvents> {
+  constructor(
+    private readonly server: DtlsServer,
+    readonly session: ServerSession,
+    readonly info: SessionInfo,
+  ) {
+    super();
+  }
+
+  /** Where the peer is now (it may move when CIDs are in use). */
+  get peer(): PeerAddress {
+    return this.session.peer;
+  }
+
+  send(data: Uint8Array): Promise<void> {
+    return this.server._act((ep, now) => ep.send(this.session, data, now));
+  }
+
+  updateKeys(requestPeer = false): Promise<void> {
+    return this.server._act((ep, now) => ep.updateKeys(this.session, requestPeer, now));
+  }
+
+  close(): Promise<void> {
+    return this.server._act((ep, now) => ep.close(this.session, now));
+  }
+}
+
+export interface DtlsServerEvents {
+  session: [DtlsServerSession];
+  /** A handshake failed (the alert, if any, was sent). */
+  'handshake-error': [VitalsealError, PeerAddress];
+  error: [Error];
+}
+
+/** A DTLS 1.3 server on one UDP socket, serving many peers. */
+export class DtlsServer extends EventEmitter<DtlsServerEvents> {
+  readonly endpoint: DtlsServerEndpoint;
+  readonly #socket: Socket;
+  readonly #clock: Clock;
+  readonly #serial = new Serial();
+  readonly #deadline: Deadline;
+  readonly #sessions = new Map<number, DtlsServerSession>();
+  readonly #sends: Outbox;
+  #closed = false;
+
+  private constructor(endpoint: DtlsServerEndpoint, socket: Socket, clock: Clock) {
+    super();
+    this.endpoint = endpoint;
+    this.#socket = socket;
+    this.#sends = new Outbox(() => this.#socket, endpoint.config.mtu);
+    this.#clock = clock;
+    this.#deadline = new Deadline(clock, () => void this._act((ep, now) => ep.handleTimeout(now)));
+    socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
+      const from: PeerAddress = { address: rinfo.address, port: rinfo.port };
+      void this._act((ep, now) => ep.handleDatagram(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), from, now));
+    });
+    socket.on('error', (e) => this.emit('error', e));
+  }
+
+  static async listen(options: ServerSocketOptions): Promise<DtlsServer> {
+    const clock = options.clock ?? systemClock;
+    const endpoint = new DtlsServerEndpoint(options, clock.now());
+    const host = options.host ?? '127.0.0.1';
+    const socket = createSocket(udpType(host));
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(options.port ?? 0, host, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    const buffer = options.socketBufferBytes ?? 1 << 20;
+    try {
+      socket.setRecvBufferSize(buffer);
+      socket.setSendBufferSize(buffer);
+    } catch {
+      // The system refused the size: keep its default.
+    }
+    return new DtlsServer(endpoint, socket, clock);
+  }
+
+  address(): { address: string; port: number } {
+    const a = this.#socket.address();
+    return { address: a.address, port: a.port };
+  }
+
+  /** Sessions established now. */
+  get sessions(): DtlsServerSession[] {
+    return [...this.#sessions.values()];
+  }
+
+  /** @internal Runs one endpoint call and sends and dispatches what it produced. */
+  _act(fn: (ep: DtlsServerEndpoint, now: number) => Promise<EndpointOutput>): Promise<void> {
+    return this.#serial.run(async () => {
+      if (this.#closed) return;
+      const out = await fn(this.endpoint, this.#clock.now());
+      for (const d of out.datagrams) this.#sends.send(d.data, d.to.port, d.to.address);
+      this.#deadline.set(this.endpoint.nextTimeout());
+      for (const { session, event } of out.events) this.#dispatch(session, event);
+    });
+  }
+
+  #dispatch(session: ServerSession, e: DtlsEvent): void {
+    const handle = this.#sessions.get(session.id);
+    switch (e.type) {
+      case 'connected': {
+        const h = new DtlsServerSession(this, session, e.info);
+        this.#sessions.set(session.id, h);
+        this.emit('session', h);
+        return;
+      }
+      case 'data':
+        handle?.emit('data', e.data);
+        return;
+      case 'keys-updated':
+        handle?.emit('keys-updated', e.direction, e.epoch);
+        return;
+      case 'session-ticket':
+        return;
+      case 'closed':
+        this.#sessions.delete(session.id);
+        handle?.emit('close');
+        return;
+      case 'failed':
+        this.#sessions.delete(session.id);
+        if (handle === undefined) this.emit('handshake-error', e.error, session.peer);
+        else {
+          if (handle.listenerCount('error') > 0) handle.emit('error', e.error);
+          handle.emit('close');
+        }
+        return;
+      default: {
+        const never: never = e;
+        throw new TypeError(`unknown event ${String(never)}`);
+      }
+    }
+  }
+
+  /** Sends close_notify to every session and closes the socket. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    for (const s of [...this.#sessions.values()]) await s.close().catch(() => undefined);
+    await this.#serial.run(async () => {
+      this.#closed = true;
+      this.#deadline.clear();
+      await this.#sends.drained();
+      await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
+    });
+  }
+}
+

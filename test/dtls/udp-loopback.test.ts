@@ -1,0 +1,205 @@
+/**
+ * Client and server over real UDP sockets on loopback: every suite × group × auth mode, the
+ * HelloRetryRequest with cookie, resumption, KeyUpdate, and a Connection ID surviving a change of
+ * the client's port (NAT rebinding).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { ClientConfig, ResumptionTicket, ServerConfig } from '../../src/dtls/config.ts';
+import type { CipherSuiteName, NamedGroupName } from '../../src/dtls/messages/constants.ts';
+import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
+import { DtlsClientSocket, DtlsServer, type DtlsServerSession } from '../../src/dtls/udp.ts';
+import { toHex, utf8 } from '../../src/util/bytes.ts';
+import { issueLeaf, makeCa, type TestCa, type TestLeaf } from './support/pki.ts';
+
+let ca: TestCa;
+let serverLeaf: TestLeaf;
+let deviceLeaf: TestLeaf;
+const PSK = { identity: utf8('pulse-ox-17'), key: new Uint8Array(32).fill(0x5a) };
+const servers: DtlsServer[] = [];
+const clients: DtlsClientSocket[] = [];
+
+before(async () => {
+  ca = await makeCa();
+  serverLeaf = await issueLeaf(ca, 'localhost', { eku: 'server', ip: '127.0.0.1' });
+  deviceLeaf = await issueLeaf(ca, 'device-9', { eku: 'client' });
+});
+
+after(async () => {
+  // Whatever a failed test left open is closed here, so a failure cannot keep the process alive.
+  for (const c of clients) await c.close().catch(() => undefined);
+  for (const s of servers) await s.close();
+});
+
+async function startServer(extra: Partial<ServerConfig> = {}): Promise<DtlsServer> {
+  const server = await DtlsServer.listen({
+    host: '127.0.0.1',
+    certificateChain: [serverLeaf.der],
+    signer: serverLeaf.signer,
+    verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'client' }),
+    pskLookup: (id) => (toHex(id) === toHex(PSK.identity) ? PSK.key : undefined),
+    ...extra,
+  });
+  // An echo service: whatever a session receives, it sends back.
+  server.on('session', (s) => s.on('data', (d) => void s.send(d)));
+  servers.push(server);
+  return server;
+}
+
+async function client(server: DtlsServer, extra: Partial<ClientConfig> = {}): Promise<DtlsClientSocket> {
+  const c = await DtlsClientSocket.connect({
+    host: '127.0.0.1',
+    port: server.address().port,
+    verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server', serverName: '127.0.0.1' }),
+    ...extra,
+  });
+  clients.push(c);
+  return c;
+}
+
+function nextData(c: DtlsClientSocket): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no data within 5 s')), 5000);
+    c.once('data', (d) => {
+      clearTimeout(timer);
+      resolve(d);
+    });
+  });
+}
+
+async function echo(c: DtlsClientSocket, text: string): Promise<void> {
+  const got = nextData(c);
+  await c.send(utf8(text));
+  assert.equal(new TextDecoder().decode(await got), text);
+}
+
+const SUITES: CipherSuiteName[] = ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256', 'TLS_AES_128_CCM_SHA256', 'TLS_AES_128_CCM_8_SHA256'];
+const GROUPS: NamedGroupName[] = ['x25519', 'secp256r1'];
+
+describe('DTLS 1.3 over UDP loopback', () => {
+  it('every suite × group × auth mode (certificate, mutual, PSK) handshakes and echoes', async (t) => {
+    const server = await startServer({ cipherSuites: SUITES, groups: GROUPS, requireClientCertificate: false });
+    const mutualServer = await startServer({ cipherSuites: SUITES, groups: GROUPS, requireClientCertificate: true });
+    let count = 0;
+    for (const suite of SUITES) {
+      for (const group of GROUPS) {
+        for (const mode of ['certificate', 'mutual', 'psk'] as const) {
+          const extra: Partial<ClientConfig> = { cipherSuites: [suite], groups: [group] };
+          const target = mode === 'mutual' ? mutualServer : server;
+          const c = await client(target, mode === 'mutual' ? { ...extra, certificateChain: [deviceLeaf.der], signer: deviceLeaf.signer }
+            : mode === 'psk' ? { ...extra, psk: PSK } : extra);
+          assert.equal(c.info.suite, suite);
+          assert.equal(c.info.group, group);
+          assert.equal(c.info.authMode, mode);
+          await echo(c, `${suite}/${group}/${mode}`);
+          await c.close();
+          count++;
+        }
+      }
+    }
+    t.diagnostic(`${count} handshakes over UDP`);
+    assert.equal(count, 24);
+  });
+
+  it('the server sees the device identity and the negotiated parameters', async () => {
+    const server = await startServer({ requireClientCertificate: true });
+    const seen = new Promise<DtlsServerSession>((resolve) => server.once('session', resolve));
+    const c = await client(server, { certificateChain: [deviceLeaf.der], signer: deviceLeaf.signer });
+    const s = await seen;
+    assert.equal(s.info.peer?.commonName, 'device-9');
+    assert.equal(s.info.authMode, 'mutual');
+    assert.equal(s.info.version, 'DTLS 1.3');
+    await c.close();
+  });
+
+  it('HelloRetryRequest with cookie (always) and for a group the client did not share', async () => {
+    const server = await startServer({ groups: ['secp256r1'] });
+    const c = await client(server, { groups: ['x25519', 'secp256r1'] });
+    assert.equal(c.info.group, 'secp256r1');
+    await echo(c, 'after HRR');
+    await c.close();
+    assert.ok(server.endpoint.stats.helloRetryRequests >= 1);
+  });
+
+  it('resumption with a session ticket', async () => {
+    const server = await startServer();
+    const first = await client(server);
+    const ticket = await new Promise<ResumptionTicket>((resolve) => first.once('session-ticket', resolve));
+    await first.close();
+    const second = await client(server, { resumption: ticket });
+    assert.equal(second.info.authMode, 'resumption');
+    assert.equal(second.info.peer?.commonName, 'localhost');
+    await echo(second, 'resumed');
+    await second.close();
+  });
+
+  it('KeyUpdate both directions keeps data flowing', async () => {
+    const server = await startServer();
+    const sessionP = new Promise<DtlsServerSession>((resolve) => server.once('session', resolve));
+    const c = await client(server);
+    const session = await sessionP;
+    const updated = new Promise<void>((resolve) => c.on('keys-updated', (dir, epoch) => dir === 'send' && epoch === 4 && resolve()));
+    await c.updateKeys(true);
+    await updated;
+    await echo(c, 'after client KeyUpdate');
+    const peerUpdated = new Promise<void>((resolve) => c.on('keys-updated', (dir, epoch) => dir === 'receive' && epoch === 5 && resolve()));
+    await session.updateKeys(false);
+    await peerUpdated;
+    await echo(c, 'after server KeyUpdate');
+    await c.close();
+  });
+
+  it('Connection ID: the session survives the client moving to a new port', async () => {
+    const server = await startServer({ connectionIdLength: 6 });
+    const sessionP = new Promise<DtlsServerSession>((resolve) => server.once('session', resolve));
+    const c = await client(server, { connectionId: 5 });
+    const session = await sessionP;
+    assert.equal(c.info.sendCid.length, 6);
+    assert.equal(c.info.receiveCid.length, 5);
+    await echo(c, 'before rebinding');
+    const before = c.localPort;
+    await c.rebind();
+    assert.notEqual(c.localPort, before);
+    await echo(c, 'after rebinding');
+    assert.equal(session.peer.port, c.localPort, 'the server follows the client to its new port');
+    assert.equal(server.sessions.length, 1);
+    await c.close();
+  });
+
+  it('without a CID, a moved client is a stranger', async () => {
+    const server = await startServer({ connectionIdLength: 0 });
+    const received: string[] = [];
+    server.on('session', (s) => s.on('data', (d) => received.push(new TextDecoder().decode(d))));
+    const c = await client(server);
+    try {
+      await echo(c, 'before');
+      await c.rebind();
+      await c.send(utf8('lost'));
+      await new Promise((r) => setTimeout(r, 100));
+      assert.ok((server.endpoint.stats.dropped['unknown-peer'] ?? 0) >= 1);
+      assert.deepEqual(received, ['before'], 'nothing from the new port reached the session');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a client refused after its Finished (TLS 1.3 order) gets the alert as an error, and is closed', async () => {
+    const server = await startServer({ requireClientCertificate: true });
+    const refused = new Promise<string>((resolve) => server.once('handshake-error', (e) => resolve(e.code)));
+    // The client completes when it sends Finished; the server's verdict on its (absent) certificate follows.
+    const c = await client(server);
+    const error = await new Promise<string>((resolve) => c.once('error', (e) => resolve(e.code)));
+    assert.equal(error, 'certificate_required');
+    assert.equal(await refused, 'certificate-required');
+    assert.equal(c.connection.status, 'failed');
+  });
+
+  it('a server the client does not trust: connect() rejects with the alert it sent', async () => {
+    const server = await startServer();
+    const other = await makeCa('some other CA');
+    await assert.rejects(
+      DtlsClientSocket.connect({ host: '127.0.0.1', port: server.address().port, verifier: new X509PeerVerifier({ roots: [other.pem], purpose: 'server' }) }),
+      (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'unknown-ca',
+    );
+  });
+});
