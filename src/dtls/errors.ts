@@ -2,7 +2,7 @@
  * DTLS-specific errors and the one mapping from errors to alerts (RFC 8446 §6.2). Every failure a
  * handshake can meet is a typed error with a `code`; `alertFor` decides the alert to send.
  */
-import { DecodeError, PeerIncompatible, PeerMisbehaved, VitalsealError } from '../util/errors.ts';
+import { CertificateError, DecodeError, PeerIncompatible, PeerMisbehaved, VitalsealError, type CertificateErrorCode } from '../util/errors.ts';
 import { AlertDescription, type AlertName } from './messages/constants.ts';
 
 /** The peer's certificate chain was refused (code names why). */
@@ -60,17 +60,29 @@ const BY_CODE: Readonly<Record<string, AlertName>> = {
   'psk-mode': 'handshake_failure',
   'unknown-psk-identity': 'unknown_psk_identity',
   'certificate-required': 'certificate_required',
-  // Certificates
-  'certificate-expired': 'certificate_expired',
-  'certificate-not-yet-valid': 'certificate_expired',
-  'unknown-ca': 'unknown_ca',
-  'certificate-revoked': 'certificate_revoked',
-  'certificate-purpose': 'unsupported_certificate',
-  'unsupported-certificate': 'unsupported_certificate',
+  // Certificates (the PKI's own verdicts are mapped by PKI_ALERT below)
   'bad-certificate': 'bad_certificate',
-  'certificate-pin-mismatch': 'bad_certificate',
-  'certificate-name-mismatch': 'bad_certificate',
   'empty-certificate': 'decode_error',
+};
+
+/** RFC 8446 §6.2 alerts for src/pki's CertificateError codes. */
+const PKI_ALERT: Readonly<Record<CertificateErrorCode, AlertName>> = {
+  'malformed': 'bad_certificate',
+  'unsupported-algorithm': 'unsupported_certificate',
+  'expired': 'certificate_expired',
+  'not-yet-valid': 'certificate_expired',
+  'unknown-issuer': 'unknown_ca',
+  'bad-signature': 'bad_certificate',
+  'not-a-ca': 'bad_certificate',
+  'path-length-exceeded': 'bad_certificate',
+  'unhandled-critical-extension': 'unsupported_certificate',
+  'wrong-purpose': 'unsupported_certificate',
+  'name-mismatch': 'bad_certificate',
+  'revoked': 'certificate_revoked',
+  'revocation-unknown': 'certificate_unknown',
+  'pin-mismatch': 'bad_certificate',
+  'device-id-missing': 'bad_certificate',
+  'device-id-mismatch': 'bad_certificate',
 };
 
 /**
@@ -79,6 +91,8 @@ const BY_CODE: Readonly<Record<string, AlertName>> = {
  */
 export function alertFor(error: unknown): AlertName | undefined {
   if (error instanceof PeerAlert || error instanceof DtlsTimeout || error instanceof ConnectionClosed) return undefined;
+  // The fleet PKI's verdicts on a peer certificate (docs/pki.md has the same table).
+  if (error instanceof CertificateError) return PKI_ALERT[error.code];
   if (error instanceof VitalsealError) {
     const mapped = BY_CODE[error.code];
     if (mapped !== undefined) return mapped;

@@ -346,7 +346,7 @@ class ExpectClientFinished implements HandshakeState {
       lifetimeSeconds: this.config.ticketLifetimeSeconds,
       ageAdd,
       authMode: this.keys.ticketAuthMode,
-      peer: peer === undefined ? undefined : { subject: peer.subject, commonName: peer.commonName, spki: peer.spki },
+      peer: peer === undefined ? undefined : { subject: peer.subject, commonName: peer.commonName, deviceId: peer.deviceId, spki: peer.spki, notAfter: peer.notAfter },
       pskIdentity: this.keys.pskIdentity,
       clientAddress: this.services.clientAddress,
     }, cx.now);

@@ -28,7 +28,7 @@ export interface TicketState {
   /** How the original handshake authenticated the client. */
   readonly authMode: AuthMode;
   /** The client identity of the original handshake (mutual authentication). */
-  readonly peer: Pick<PeerIdentity, 'subject' | 'commonName' | 'spki'> | undefined;
+  readonly peer: Pick<PeerIdentity, 'subject' | 'commonName' | 'deviceId' | 'spki' | 'notAfter'> | undefined;
   /** The external PSK identity of the original handshake. */
   readonly pskIdentity: Uint8Array | undefined;
   /** The client's IP address when the ticket was issued (RFC 9147 §5.1: resumption may skip the cookie from there). */
@@ -49,7 +49,10 @@ function encodeState(s: TicketState): Uint8Array {
   const w = new Writer(256);
   w.u16(s.suite).opaque(1, s.psk).u64(s.issuedAt).u32(s.lifetimeSeconds).u32(s.ageAdd).u8(AUTH_MODES.indexOf(s.authMode));
   if (s.peer === undefined) w.u8(0);
-  else w.u8(1).opaque(2, new TextEncoder().encode(s.peer.subject)).opaque(2, new TextEncoder().encode(s.peer.commonName ?? '')).opaque(2, s.peer.spki);
+  else {
+    w.u8(1).opaque(2, new TextEncoder().encode(s.peer.subject)).opaque(2, new TextEncoder().encode(s.peer.commonName ?? ''))
+      .opaque(1, new TextEncoder().encode(s.peer.deviceId ?? '')).opaque(2, s.peer.spki).u64(s.peer.notAfter);
+  }
   w.opaque(2, s.pskIdentity ?? new Uint8Array(0));
   w.opaque(1, new TextEncoder().encode(s.clientAddress));
   return w.finish();
@@ -68,7 +71,8 @@ function decodeState(b: Uint8Array): TicketState {
     if (r.u8() === 1) {
       const subject = new TextDecoder().decode(r.opaque(2, 0, 0xffff));
       const cn = new TextDecoder().decode(r.opaque(2, 0, 0xffff));
-      peer = { subject, commonName: cn === '' ? undefined : cn, spki: r.opaque(2, 1, 0xffff) };
+      const deviceId = new TextDecoder().decode(r.opaque(1, 0, 64));
+      peer = { subject, commonName: cn === '' ? undefined : cn, deviceId: deviceId === '' ? undefined : deviceId, spki: r.opaque(2, 1, 0xffff), notAfter: r.u64() };
     }
     const id = r.opaque(2, 0, 0xffff);
     const clientAddress = new TextDecoder().decode(r.opaque(1, 0, 255));
@@ -82,7 +86,9 @@ export function identityFromTicket(peer: NonNullable<TicketState['peer']>): Peer
   return {
     subject: peer.subject,
     commonName: peer.commonName,
+    deviceId: peer.deviceId,
     spki: peer.spki,
+    notAfter: peer.notAfter,
     spkiSha256: toHex(createHash('sha256').update(peer.spki).digest()),
     publicKey,
     chain: [],
@@ -141,6 +147,8 @@ export class TicketKeys {
       throw e;
     }
     if (now < state.issuedAt || now > state.issuedAt + state.lifetimeSeconds * 1000) return undefined;
+    // A ticket never outlives the certificate that authenticated its session.
+    if (state.peer !== undefined && now > state.peer.notAfter) return undefined;
     return state;
   }
 }
