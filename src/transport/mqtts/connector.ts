@@ -85,6 +85,8 @@ export function inProcessTls(opts: InProcessTlsOptions): TlsConnector {
         // Checked against the configured name, whether or not it went out as SNI (an IP literal does not).
         checkServerIdentity: (_host, cert) => checkServerIdentity(target.serverName, cert),
       });
+      // Small MQTT packets go out at once; Nagle would hold a PUBLISH until the previous one's ACK.
+      socket.setNoDelay(true);
       const where = `${target.host}:${target.port}`;
       const secured = new Promise<TlsSessionInfo>((resolve, reject) => {
         socket.once('secureConnect', () => resolve(sessionInfoOf(socket)));
