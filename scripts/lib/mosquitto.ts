@@ -85,6 +85,12 @@ export interface MosquittoBroker {
   restart(): Promise<void>;
   /** SIGKILL, as a crash: whatever the broker had not saved is gone. Then start again. */
   crashAndRestart(): Promise<void>;
+  /** Clean shutdown, leaving everything in place for `up()`: the broker is away until then. */
+  down(): Promise<void>;
+  /** Starts again after `down()`, on the same port, over the saved database. */
+  up(): Promise<void>;
+  /** SIGSTOP: connections stay open but nothing is answered until the returned thaw (SIGCONT). */
+  freeze(): () => void;
   stop(): Promise<void>;
 }
 
@@ -287,6 +293,8 @@ class BrokerProcess implements MosquittoBroker {
     this.#child = undefined;
     if (child.exitCode !== null || child.signalCode !== null) return;
     const done = exited(child);
+    // A frozen broker must be woken to handle the signal.
+    child.kill('SIGCONT');
     child.kill(signal);
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     await done;
@@ -312,6 +320,30 @@ class BrokerProcess implements MosquittoBroker {
   async crashAndRestart(): Promise<void> {
     await this.#terminate('SIGKILL');
     await this.start();
+  }
+
+  async down(): Promise<void> {
+    await this.#terminate('SIGTERM');
+  }
+
+  async up(): Promise<void> {
+    if (this.#child !== undefined) return;
+    await this.start();
+  }
+
+  freeze(): () => void {
+    const child = this.#child;
+    if (child === undefined) throw new Error('mosquitto is not running');
+    child.kill('SIGSTOP');
+    let thawed = false;
+    const thaw = () => {
+      if (thawed) return;
+      thawed = true;
+      child.kill('SIGCONT');
+    };
+    // Never leave a stopped broker behind (it would not even answer SIGTERM).
+    process.once('exit', thaw);
+    return thaw;
   }
 
   async stop(): Promise<void> {

@@ -100,6 +100,7 @@ export interface SubscriberCounters {
 }
 
 export interface SubscriberEvents {
+  /** Connected and subscribed; `sessionPresent`: the broker still had this instance's session. */
   connected: [{ readonly sessionPresent: boolean }];
   disconnected: [{ readonly reason: string }];
   /** A connection attempt failed; the subscriber tries again after its back-off. */
@@ -144,6 +145,7 @@ class Session {
   #securedError: unknown;
   #disconnectReason: string | undefined;
   #wasReady = false;
+  #sessionPresent = false;
   /** Called when no handler is running any more (drain). */
   #idle: (() => void) | undefined;
   /** Resolves once subscribed; rejects with the typed reason the connection failed before that. */
@@ -244,7 +246,7 @@ class Session {
     // MQTT 5.0 §3.2.2.3.14: the broker may set our keep-alive.
     const serverKeepAlive = packet.properties?.serverKeepAlive;
     if (serverKeepAlive !== undefined) this.#keepaliveMs = serverKeepAlive * 1000;
-    this.#sub._connected(packet.sessionPresent);
+    this.#sessionPresent = packet.sessionPresent;
     // Subscribe on every connection, session or not: re-subscribing is idempotent (§3.8.4) and does
     // not depend on the broker having restored a shared subscription with the session.
     this.#phase = 'subscribing';
@@ -272,6 +274,7 @@ class Session {
     }
     this.#phase = 'ready';
     this.#wasReady = true;
+    this.#sub._connected(this.#sessionPresent);
     this.#readyResolve();
   }
 

@@ -256,6 +256,10 @@ class ChildLink {
       this.#stderr = (this.#stderr + d).slice(-4000);
     });
     this.exited = new Promise((resolve) => this.#child.once('exit', () => resolve()));
+    // Never outlive this process: a child whose parent ended exits on 'disconnect'; this catches the rest.
+    const reap = () => this.#child.kill('SIGKILL');
+    process.once('exit', reap);
+    this.#child.once('exit', () => process.removeListener('exit', reap));
     this.configured = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(new KeyStoreError('tpm-tls-unavailable', `the TPM TLS process did not load the key within ${opts.startTimeoutMs} ms${this.#tail()}`));
@@ -350,15 +354,35 @@ class ChildLink {
   /** Registers `socket` and asks the child to connect it. */
   attach(socket: TunnelSocket, target: TlsTarget): void {
     this.#sockets.set(socket.id, socket);
+    this.#holdOpen();
     this.send({ t: 'open', id: socket.id, host: target.host, port: target.port, serverName: target.serverName });
   }
 
   forget(id: number): void {
     this.#sockets.delete(id);
+    this.#holdOpen();
   }
 
+  /** The child keeps this process alive only while it carries a connection (as a socket would). */
+  #holdOpen(): void {
+    if (this.#exited) return;
+    if (this.#sockets.size > 0) {
+      this.#child.ref();
+      this.#child.channel?.ref();
+    } else {
+      this.#child.unref();
+      this.#child.channel?.unref();
+    }
+  }
+
+  /** SIGTERM, then SIGKILL if the child has not gone within 2 s (a TPM call can block it). */
   kill(): void {
-    if (!this.#exited) this.#child.kill('SIGTERM');
+    if (this.#exited) return;
+    this.#child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      if (!this.#exited) this.#child.kill('SIGKILL');
+    }, 2000);
+    timer.unref();
   }
 }
 
