@@ -136,7 +136,7 @@ function describe(e: unknown): string {
  */
 export function mapConnectionError(e: unknown, where: string): VitalsealError {
   if (e instanceof VitalsealError) return e;
-  const code = codeOf(e);
+  const code = alertCodeOf(e) ?? codeOf(e);
   if (code !== undefined) {
     const cert = VERIFY_CODES[code];
     if (cert !== undefined) return new CertificateError(cert, `the broker's certificate was refused (${code}): ${describe(e)}`, { cause: e });
@@ -148,6 +148,18 @@ export function mapConnectionError(e: unknown, where: string): VitalsealError {
     if (sock !== undefined) return new TransportError(sock, `${where}: ${sock.replace(/-/g, ' ')} (${code})`, { cause: e });
   }
   return new TransportError('connection-failed', `${where}: ${describe(e)}`, { cause: e });
+}
+
+/**
+ * An alert that arrives while writing surfaces as `EPROTO` with OpenSSL's text ("... tlsv1 alert
+ * protocol version ..."); name it as OpenSSL's own error codes do (ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION).
+ */
+function alertCodeOf(e: unknown): string | undefined {
+  const code = codeOf(e);
+  if (code !== undefined && code !== 'EPROTO') return undefined;
+  const m = /\b(sslv3|tlsv1|tlsv13) alert ([a-z ]+?)(?::|$)/.exec(e instanceof Error ? e.message : String(e));
+  if (m === null) return undefined;
+  return `ERR_SSL_${(m[1] as string).toUpperCase()}_ALERT_${(m[2] as string).trim().replace(/ /g, '_').toUpperCase()}`;
 }
 
 function alertName(code: string): string {
