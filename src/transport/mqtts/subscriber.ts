@@ -85,7 +85,7 @@ export interface MqttsSubscriberOptions {
 
 export interface SubscriberCounters {
   readonly received: number;
-  /** Acknowledged with 0x00 after the handler resolved. */
+  /** Handler resolved: PUBACK 0x00, sent in order (unless the connection ended first: then it comes again). */
   readonly accepted: number;
   /** Acknowledged with a reason code ≥ 0x80 (handler refused, or not a vitals message). */
   readonly refused: number;
