@@ -135,7 +135,7 @@ const SUBSCRIBE_PACKET_ID = 1;
 class Session {
   readonly #sub: MqttsSubscriber;
   readonly #o: ResolvedOptions;
-  readonly #stream: NodeJS.ReadWriteStream & { destroy(error?: Error): void };
+  readonly #stream: NodeJS.ReadWriteStream & { destroy(error?: Error): void; cork(): void; uncork(): void };
   readonly #acks: AckSlot[] = [];
   #phase: 'connecting' | 'subscribing' | 'ready' | 'draining' | 'dead' = 'connecting';
   #keepalive: TimerHandle | undefined;
@@ -146,6 +146,8 @@ class Session {
   #disconnectReason: string | undefined;
   #wasReady = false;
   #sessionPresent = false;
+  #corked = false;
+  #hangUpTimer: TimerHandle | undefined;
   /** Called when no handler is running any more (drain). */
   #idle: (() => void) | undefined;
   /** Resolves once subscribed; rejects with the typed reason the connection failed before that. */
@@ -206,7 +208,22 @@ class Session {
 
   #send(packet: Packet): void {
     if (this.#phase === 'dead') return;
+    this.#batch();
     this.#stream.write(generate(packet, PROTOCOL));
+  }
+
+  /**
+   * PUBACKs decided in one turn of the event loop leave in one write (one TLS record, one segment)
+   * instead of one each: over TLS the per-record cost, not the bytes, dominates small packets.
+   */
+  #batch(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    this.#stream.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      this.#stream.uncork();
+    });
   }
 
   #onPacket(packet: Packet): void {
@@ -379,7 +396,20 @@ class Session {
     this.#lastError ??= error;
     if (reasonCode !== undefined) this.#send({ cmd: 'disconnect', reasonCode });
     this.#phase = 'dead';
-    this.#stream.destroy();
+    this.#hangUp();
+  }
+
+  /**
+   * Closes gracefully, so the PUBACKs already decided (and a DISCONNECT) reach the broker: end()
+   * flushes and sends TLS close_notify; a peer that never answers is cut off after 2 s.
+   */
+  #hangUp(): void {
+    if (this.#corked) {
+      this.#corked = false;
+      this.#stream.uncork();
+    }
+    this.#stream.end();
+    this.#hangUpTimer = this.#o.timers.setTimeout(() => this.#stream.destroy(), 2000);
   }
 
   /** Waits (up to `ms`) for running handlers, sends their PUBACKs, then DISCONNECT 0x00. */
@@ -398,12 +428,12 @@ class Session {
     if (this.#phase !== 'draining') return;
     this.#send({ cmd: 'disconnect', reasonCode: 0 });
     this.#phase = 'dead';
-    this.#stream.end();
+    this.#hangUp();
     await this.ended;
   }
 
   #closed(): void {
-    for (const t of [this.#keepalive, this.#pingDeadline, this.#connectDeadline]) if (t !== undefined) this.#o.timers.clearTimeout(t);
+    for (const t of [this.#keepalive, this.#pingDeadline, this.#connectDeadline, this.#hangUpTimer]) if (t !== undefined) this.#o.timers.clearTimeout(t);
     this.#phase = 'dead';
     const where = `MQTT broker ${this.#o.host}:${this.#o.port}`;
     // The handshake's own verdict names a failed connection best (a refused certificate, a bad chain).

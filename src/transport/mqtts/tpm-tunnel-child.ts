@@ -64,14 +64,33 @@ function open(id: number, host: string, port: number, serverName: string): void 
     const group = key !== null && typeof key === 'object' && 'name' in key && typeof key.name === 'string' ? key.name.toLowerCase() : 'unknown';
     send({ t: 'secure', id, protocol: socket.getProtocol() ?? 'unknown', suite: cipher.standardName ?? cipher.name, group, chain: chainOf(socket) });
   });
+  // One IPC message per event-loop turn rather than one per TLS record (the broker sends a record
+  // per MQTT packet): what arrived together travels together.
+  let pending: Buffer[] = [];
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const all = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending);
+    pending = [];
+    for (let at = 0; at < all.length; at += MAX_CHUNK) send({ t: 'data', id, data: new Uint8Array(all.subarray(at, at + MAX_CHUNK)) });
+  };
   socket.on('data', (chunk: Buffer) => {
-    for (let at = 0; at < chunk.length; at += MAX_CHUNK) send({ t: 'data', id, data: new Uint8Array(chunk.subarray(at, at + MAX_CHUNK)) });
+    pending.push(chunk);
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
   });
-  socket.on('end', () => send({ t: 'eof', id }));
+  socket.on('end', () => {
+    flush();
+    send({ t: 'eof', id });
+  });
   socket.on('error', (e) => {
     failed = e;
   });
   socket.on('close', () => {
+    flush();
     sockets.delete(id);
     send(failed === undefined ? { t: 'closed', id } : { t: 'closed', id, error: wire(failed) });
   });

@@ -23,12 +23,14 @@
  *   await uplink.send({ deviceId: 'bed-7', seq: 42, payload: sealed, contentFormat: 'cose-encrypt' });
  */
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import { MqttClient, type IClientOptions, type IConnackPacket, type IDisconnectPacket, type Packet } from 'mqtt';
 import { aint, isBytes } from '../../util/assert.ts';
 import { isDeviceId } from '../../util/device-id.ts';
 import { ApiMisuse, TransportError, UplinkRejected, type VitalsealError } from '../../util/errors.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
 import type { Uplink, UplinkAck, UplinkCounters, UplinkEvents, UplinkMessage, UplinkRejectReason, UplinkSession } from '../types.ts';
+import { ReadCoalescer } from './coalesce.ts';
 import type { TlsConnection, TlsConnector } from './connector.ts';
 import { connackError, pubackOutcome, reasonName, type PubackOutcome } from './reason-codes.ts';
 import { mapConnectionError, type TlsSessionInfo } from './tls.ts';
@@ -74,7 +76,7 @@ interface Limits {
 type State =
   | { readonly kind: 'idle' }
   | { readonly kind: 'connecting'; readonly client: MqttClient; readonly done: Promise<void> }
-  | { readonly kind: 'connected'; readonly client: MqttClient; readonly session: UplinkSession; readonly limits: Limits }
+  | { readonly kind: 'connected'; readonly client: MqttClient; readonly stream: Duplex; readonly session: UplinkSession; readonly limits: Limits }
   | { readonly kind: 'closed' };
 
 /** Bytes of a QoS 1 PUBLISH besides the payload, at most, for our topic and properties. */
@@ -89,6 +91,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
   #waiters: { resolve: () => void; reject: (e: VitalsealError) => void }[] = [];
   /** Slots taken: sends awaiting PUBACK plus sends about to publish. */
   #inFlight = 0;
+  #corked = false;
   /** PUBACK reason codes by packet id, read by the publish callback (mqtt.js reports only failures). */
   readonly #pubackCodes = new Map<number, number>();
   #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
@@ -170,12 +173,13 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
       },
     };
     let lastError: unknown;
-    const client = new MqttClient(() => {
-      conn.stream.on('error', (e: unknown) => {
-        lastError = e;
-      });
-      return conn.stream;
-    }, options);
+    conn.stream.on('error', (e: unknown) => {
+      lastError = e;
+    });
+    const stream = new ReadCoalescer(conn.stream);
+    // The first error names the failure; the wrapper repeats it to mqtt.js.
+    stream.on('error', () => undefined);
+    const client = new MqttClient(() => stream, options);
     client.on('packetreceive', (packet: Packet) => {
       if (packet.cmd === 'puback' && packet.messageId !== undefined) this.#pubackCodes.set(packet.messageId, packet.reasonCode ?? 0);
     });
@@ -210,7 +214,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
           if (settled) return;
           settled = true;
           this.#o.timers.clearTimeout(timer);
-          this.#onConnected(client, info, connack, () => disconnectReason ?? describeLoss(lastError));
+          this.#onConnected(client, stream, info, connack, () => disconnectReason ?? describeLoss(lastError));
           resolve();
         }, (e: unknown) => fail(mapConnectionError(e, this.#where)));
       });
@@ -227,7 +231,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
     return done;
   }
 
-  #onConnected(client: MqttClient, info: TlsSessionInfo, connack: IConnackPacket, reason: () => string): void {
+  #onConnected(client: MqttClient, stream: Duplex, info: TlsSessionInfo, connack: IConnackPacket, reason: () => string): void {
     const p = connack.properties ?? {};
     const limits: Limits = {
       inFlight: Math.min(this.#o.maxInFlight, p.receiveMaximum ?? 65535),
@@ -241,7 +245,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
       group: info.group,
       auth: 'certificate',
     };
-    this.#state = { kind: 'connected', client, session, limits };
+    this.#state = { kind: 'connected', client, stream, session, limits };
     this.#counters.connects += 1;
     client.once('close', () => {
       if (this.#state.kind !== 'connected' || this.#state.client !== client) return;
@@ -351,7 +355,22 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
       this.#release();
       throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the broker takes packets of at most ${s.limits.maxPacketSize}`);
     }
+    this.#batch(s.stream);
     return this.#publish(s.client, seq, message);
+  }
+
+  /**
+   * PUBLISHes made in one turn of the event loop leave in one write: one TLS record and one TCP
+   * segment for the lot instead of one each (mqtt.js alone batches only within a tick).
+   */
+  #batch(stream: Duplex): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    stream.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      stream.uncork();
+    });
   }
 
   #publish(client: MqttClient, seq: number, message: UplinkMessage): Promise<UplinkAck> {
