@@ -9,6 +9,7 @@
  *   to a disconnected member's session too; docs/transport-mqtts.md "Failure semantics").
  * - At most `receiveMaximum` messages are unacknowledged at once (MQTT 5.0 §3.1.2.11.3; the broker
  *   holds the rest), and their handlers run concurrently so a handler can batch its writes.
+ *   (mosquitto 2.0.11 sends a resumed session's whole queue at once; the excess waits, in order.)
  * - PUBACKs go out in the order the PUBLISHes arrived (MQTT 5.0 §4.6, [MQTT-4.6.0-2]), each once
  *   its handler and every earlier one have finished:
  *     handler resolves              → PUBACK 0x00: taken, the broker forgets it
@@ -37,6 +38,7 @@ import { aint } from '../../util/assert.ts';
 import { ApiMisuse, PeerMisbehaved, TransportError, UplinkRejected, VitalsealError } from '../../util/errors.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
 import type { CoseContentFormat, UplinkRejectReason } from '../types.ts';
+import { ReadCoalescer } from './coalesce.ts';
 import type { TlsConnector } from './connector.ts';
 import { connackError, reasonName } from './reason-codes.ts';
 import { mapConnectionError } from './tls.ts';
@@ -74,6 +76,11 @@ export interface MqttsSubscriberOptions {
   readonly receiveMaximum?: number;
   /** Largest packet the broker may send us (default 256 KiB + headers). */
   readonly maxPacketSize?: number;
+  /**
+   * Payload bytes a broker may push past our Receive Maximum before the connection is ended with
+   * 0x93 (default 128 MiB; see the mosquitto note in #onPublish).
+   */
+  readonly maxBacklogBytes?: number;
   /** How long the broker keeps this instance's session while it is away (default 7 days). */
   readonly sessionExpirySeconds?: number;
   readonly keepaliveSeconds?: number;
@@ -93,6 +100,8 @@ export interface SubscriberCounters {
   readonly handlerErrors: number;
   /** Deliveries with the DUP flag. */
   readonly redelivered: number;
+  /** Deliveries past our Receive Maximum (mosquitto 2.0.11 on session resume): they waited for a handler slot. */
+  readonly overReceiveMaximum: number;
   readonly connects: number;
   readonly disconnects: number;
   /** Unacknowledged right now. */
@@ -135,8 +144,13 @@ const SUBSCRIBE_PACKET_ID = 1;
 class Session {
   readonly #sub: MqttsSubscriber;
   readonly #o: ResolvedOptions;
-  readonly #stream: NodeJS.ReadWriteStream & { destroy(error?: Error): void; cork(): void; uncork(): void };
+  readonly #stream: ReadCoalescer;
   readonly #acks: AckSlot[] = [];
+  /** Handlers running now (at most Receive Maximum). */
+  #running = 0;
+  /** Received past Receive Maximum, waiting for a handler slot, in arrival order. */
+  readonly #waiting: { readonly slot: AckSlot; readonly message: IngestMessage }[] = [];
+  #waitingBytes = 0;
   #phase: 'connecting' | 'subscribing' | 'ready' | 'draining' | 'dead' = 'connecting';
   #keepalive: TimerHandle | undefined;
   #pingDeadline: TimerHandle | undefined;
@@ -172,18 +186,23 @@ class Session {
       this.#endResolve = resolve;
     });
     const conn = o.tls.open({ host: o.host, port: o.port, serverName: o.serverName });
-    this.#stream = conn.stream;
+    conn.stream.on('error', (e: unknown) => {
+      this.#lastError ??= e;
+    });
+    // The broker sends each PUBLISH as its own TLS record: parse what one turn read in one go.
+    const stream = new ReadCoalescer(conn.stream);
+    this.#stream = stream;
     conn.secured.catch((e: unknown) => {
       this.#securedError = e;
     });
     const p = parser(PROTOCOL);
     p.on('packet', (packet: Packet) => this.#onPacket(packet));
     p.on('error', (e: unknown) => this.#die(new PeerMisbehaved('malformed-packet', `the broker sent a malformed MQTT packet: ${e instanceof Error ? e.message : String(e)}`)));
-    conn.stream.on('data', (chunk: Buffer) => p.parse(chunk));
-    conn.stream.on('error', (e: unknown) => {
+    stream.on('data', (chunk: Buffer) => p.parse(chunk));
+    stream.on('error', (e: unknown) => {
       this.#lastError ??= e;
     });
-    conn.stream.on('close', () => this.#closed());
+    stream.on('close', () => this.#closed());
     this.#connectDeadline = o.timers.setTimeout(() => this.#die(new TransportError('connect-timeout', `no CONNACK within ${o.connectTimeoutMs} ms`)), o.connectTimeoutMs);
     this.#send({
       cmd: 'connect',
@@ -307,11 +326,12 @@ class Session {
     }
     const slot: AckSlot = { packetId: packet.messageId, code: undefined };
     this.#acks.push(slot);
-    if (this.#acks.length > this.#o.receiveMaximum) {
-      // MQTT 5.0 §3.3.4: more unacknowledged QoS 1 PUBLISHes than our Receive Maximum.
-      this.#die(new PeerMisbehaved('receive-maximum-exceeded', `the broker sent more than ${this.#o.receiveMaximum} unacknowledged messages`), 0x93);
-      return;
-    }
+    // MQTT 5.0 §3.3.4: at most our Receive Maximum unacknowledged. mosquitto 2.0.11 breaks this when
+    // a session resumes: it moves its whole queue for the session in flight at once (database.c,
+    // db__message_reconnect_reset_outgoing does not charge the quota). Disconnecting would only
+    // reconnect into the same burst, so the excess waits here, in order, and handlers still run at
+    // most Receive Maximum at a time; only a backlog past `maxBacklogBytes` ends the connection.
+    if (this.#acks.length > this.#o.receiveMaximum) this.#sub._overReceiveMaximum();
     const topic = packet.topic;
     const payload = typeof packet.payload === 'string' ? new TextEncoder().encode(packet.payload) : new Uint8Array(packet.payload);
     this.#sub._received(packet.dup);
@@ -334,6 +354,20 @@ class Session {
       userProperties: packet.properties?.userProperties ?? {},
       redelivered: packet.dup,
     };
+    if (this.#running < this.#o.receiveMaximum) {
+      this.#dispatch(slot, message);
+      return;
+    }
+    this.#waiting.push({ slot, message });
+    this.#waitingBytes += payload.length;
+    if (this.#waitingBytes > this.#o.maxBacklogBytes) {
+      this.#die(new PeerMisbehaved('receive-maximum-exceeded', `the broker sent ${this.#acks.length} unacknowledged messages (${this.#waitingBytes} bytes waiting); our Receive Maximum is ${this.#o.receiveMaximum}`), 0x93);
+    }
+  }
+
+  /** Runs the handler for one message; when it settles, the next waiting message runs. */
+  #dispatch(slot: AckSlot, message: IngestMessage): void {
+    this.#running += 1;
     let outcome: Promise<void>;
     try {
       outcome = this.#o.handler(message);
@@ -347,15 +381,22 @@ class Session {
       },
       (e: unknown) => {
         if (e instanceof UplinkRejected) {
-          this.#refuse(slot, topic, deviceId, refusalCode(e.code), e.message);
+          this.#refuse(slot, message.topic, message.deviceId, refusalCode(e.code), e.message);
           return;
         }
-        this.#sub._handlerError(deviceId, e);
+        this.#sub._handlerError(message.deviceId, e);
         // No PUBACK for this one, and none may follow it (§4.6): start over on a new connection,
         // where the broker delivers every unacknowledged message again.
-        this.#die(new TransportError('handler-failed', `the ingest handler failed for a message from ${deviceId}; it will be delivered again`));
+        this.#die(new TransportError('handler-failed', `the ingest handler failed for a message from ${message.deviceId}; it will be delivered again`));
       },
-    );
+    ).finally(() => {
+      this.#running -= 1;
+      const next = this.#phase === 'ready' || this.#phase === 'subscribing' ? this.#waiting.shift() : undefined;
+      if (next !== undefined) {
+        this.#waitingBytes -= next.message.payload.length;
+        this.#dispatch(next.slot, next.message);
+      }
+    });
   }
 
   #refuse(slot: AckSlot, topic: string, deviceId: string | undefined, code: number, reason: string): void {
@@ -464,6 +505,7 @@ interface ResolvedOptions {
   readonly subscription: string;
   readonly receiveMaximum: number;
   readonly maxPacketSize: number;
+  readonly maxBacklogBytes: number;
   readonly sessionExpirySeconds: number;
   readonly keepaliveSeconds: number;
   readonly backoff: { readonly minMs: number; readonly maxMs: number };
@@ -483,7 +525,7 @@ export class MqttsSubscriber extends EventEmitter<SubscriberEvents> {
   /** True until the first subscription is granted: start() handles retries until then. */
   #starting = false;
   #attempt = 0;
-  #counters = { received: 0, accepted: 0, refused: 0, handlerErrors: 0, redelivered: 0, connects: 0, disconnects: 0 };
+  #counters = { received: 0, accepted: 0, refused: 0, handlerErrors: 0, redelivered: 0, overReceiveMaximum: 0, connects: 0, disconnects: 0 };
 
   constructor(o: MqttsSubscriberOptions) {
     super();
@@ -502,6 +544,7 @@ export class MqttsSubscriber extends EventEmitter<SubscriberEvents> {
       subscription: o.subscription ?? INGEST_SUBSCRIPTION,
       receiveMaximum: aint(o.receiveMaximum ?? 64, 'receiveMaximum', 1, 65535),
       maxPacketSize: aint(o.maxPacketSize ?? 256 * 1024 + 1024, 'maxPacketSize', 1024, 268_435_455),
+      maxBacklogBytes: aint(o.maxBacklogBytes ?? 128 * 1024 * 1024, 'maxBacklogBytes', 0),
       sessionExpirySeconds: aint(o.sessionExpirySeconds ?? 7 * 86_400, 'sessionExpirySeconds', 0, 0xffffffff),
       keepaliveSeconds: aint(o.keepaliveSeconds ?? 30, 'keepaliveSeconds', 0, 65535),
       backoff,
@@ -614,6 +657,11 @@ export class MqttsSubscriber extends EventEmitter<SubscriberEvents> {
   _received(dup: boolean): void {
     this.#counters.received += 1;
     if (dup) this.#counters.redelivered += 1;
+  }
+
+  /** @internal */
+  _overReceiveMaximum(): void {
+    this.#counters.overReceiveMaximum += 1;
   }
 
   /** @internal */

@@ -34,5 +34,9 @@ const sub = createMqttsSubscriber({
     await new Promise<void>((resolve, reject) => process.stdout.write(`${JSON.stringify({ deviceId: m.deviceId, payload: Buffer.from(m.payload).toString('base64'), dup: m.redelivered })}\n`, (e) => (e ? reject(e) : resolve())));
   },
 });
+// Diagnostics for the test's log (stderr): connection changes and failures, never payloads.
+sub.on('disconnected', ({ reason }) => process.stderr.write(`ingest ${s.clientId}: disconnected: ${reason}\n`));
+sub.on('connectFailed', ({ error }) => process.stderr.write(`ingest ${s.clientId}: connect failed: ${error.message}\n`));
+sub.on('handlerError', ({ error }) => process.stderr.write(`ingest ${s.clientId}: handler failed: ${String(error)}\n`));
 await sub.start();
 process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
