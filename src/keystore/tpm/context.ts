@@ -47,7 +47,7 @@ export interface FapiCalls {
   sign(path: string, digest: Uint8Array): Promise<{ rc: number; signature?: Uint8Array }>;
   list(searchPath: string): Promise<{ rc: number; paths?: string[] }>;
   delete(path: string): Promise<number>;
-  getTpmBlobs(path: string): Promise<{ rc: number; tpm2bPublic?: Uint8Array }>;
+  getTpmBlobs(path: string): Promise<{ rc: number; tpm2bPublic?: Uint8Array; tpm2bPrivate?: Uint8Array }>;
   setDescription(path: string, description: string): Promise<number>;
   getDescription(path: string): Promise<{ rc: number; description?: string }>;
   getInfo(): Promise<{ rc: number; info?: string }>;

@@ -16,10 +16,12 @@ export {
   KEK_DESCRIPTION,
   MAX_SEALED_BYTES,
   type TpmKeyStore,
+  type TpmLoadableKey,
   type TpmKeyStoreOptions,
   type TpmObjectInfo,
 } from './store.ts';
 export { TpmKeyStoreError, errorFromRc, decodeRc, type TpmErrorCode } from './errors.ts';
 export { checkObjectPath, pathForName } from './paths.ts';
+export { decodeLoadableKey, encodeLoadableKey, loadableKeyPem, LOADABLE_KEY_PEM_LABEL, type LoadableKey } from './loadable-key.ts';
 export { FAPI_LIBRARY_ENV, DEFAULT_FAPI_LIBRARY } from './native.ts';
 export type { TpmInfo } from './tpm-info.ts';

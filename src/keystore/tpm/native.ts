@@ -38,7 +38,12 @@ export interface FapiBindings {
   sign(ctx: CPointer, path: string, digest: Uint8Array): Promise<{ rc: number; signature?: Uint8Array }>;
   list(ctx: CPointer, searchPath: string): Promise<{ rc: number; paths?: string[] }>;
   delete(ctx: CPointer, path: string): Promise<number>;
-  getTpmBlobs(ctx: CPointer, path: string): Promise<{ rc: number; tpm2bPublic?: Uint8Array }>;
+  /**
+   * The object's marshalled TPM2B_PUBLIC and TPM2B_PRIVATE as FAPI keeps them. The private blob is
+   * encrypted and integrity-protected under the parent (TPM 2.0 Part 1 §23.3): only this TPM can
+   * load it.
+   */
+  getTpmBlobs(ctx: CPointer, path: string): Promise<{ rc: number; tpm2bPublic?: Uint8Array; tpm2bPrivate?: Uint8Array }>;
   setDescription(ctx: CPointer, path: string, description: string): Promise<number>;
   getDescription(ctx: CPointer, path: string): Promise<{ rc: number; description?: string }>;
   getInfo(ctx: CPointer): Promise<{ rc: number; info?: string }>;
@@ -259,8 +264,9 @@ function makeBindings(lib: Loaded, libraryPath: string): FapiBindings {
         return { rc };
       }
       const tpm2bPublic = take(pub[0], sizeOf(pubSize[0]), false);
-      freeIfSet(priv[0], policy[0]);
-      return { rc, tpm2bPublic };
+      const tpm2bPrivate = take(priv[0], sizeOf(privSize[0]), false);
+      freeIfSet(policy[0]);
+      return { rc, tpm2bPublic, tpm2bPrivate };
     },
     setDescription: (ctx, path, description) => call(Fapi_SetDescription, ctx, path, description),
     async getDescription(ctx, path) {

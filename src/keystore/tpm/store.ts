@@ -36,6 +36,7 @@ import { loadFapi } from './native.ts';
 import { checkObjectPath, nameOfPath, pathForName, withoutProfile } from './paths.ts';
 import { parseTpmInfo, type TpmInfo } from './tpm-info.ts';
 import { isP256SigningKey, isSealedData, objectName, p256Spki, parseTpm2bPublic, type TpmPublic } from './tpm-public.ts';
+import { encodeLoadableKey, loadableKeyPem } from './loadable-key.ts';
 import { KEK_LENGTH, MAX_DATA_KEY, unwrapWithKek, wrapWithKek } from './wrap.ts';
 
 /** TPM 2.0 Part 2 §10.4.2 (MAX_SYM_DATA): the most a sealed data object holds. */
@@ -86,6 +87,22 @@ export interface TpmKeyStore extends KeyStore {
   deleteAt(path: string): Promise<void>;
   /** Every object below `searchPath` (default `/HS/SRK`), with its type. */
   listPaths(searchPath?: string): Promise<TpmObjectInfo[]>;
+  /**
+   * The signing key `name` in the form OpenSSL's `tpm2` provider loads (a TSS2 PRIVATE KEY PEM:
+   * the TPM-wrapped blobs under the persistent SRK; see loadable-key.ts), and the TCTI that
+   * reaches this TPM. For TLS client authentication in a process that signs through OpenSSL; the
+   * key still signs only inside this TPM. Recorded as an `open` key event.
+   */
+  loadableKey(name: string): Promise<TpmLoadableKey>;
+}
+
+export interface TpmLoadableKey {
+  /** `-----BEGIN TSS2 PRIVATE KEY-----`: usable only with this TPM. */
+  readonly pem: string;
+  /** The TCTI from the store's FAPI config ('' = the TSS default search). */
+  readonly tcti: string;
+  /** The parent's persistent handle (FAPI's SRK). */
+  readonly parent: number;
 }
 
 type ObjectKind = KeyObjectType | 'other';
@@ -429,6 +446,26 @@ class FapiKeyStore implements TpmKeyStore {
 
   async publicKeyPem(name: string): Promise<string> {
     return this.publicKeyPemAt(pathForName(name));
+  }
+
+  async loadableKey(name: string): Promise<TpmLoadableKey> {
+    const path = pathForName(name);
+    const parent = this.#config.srkHandle;
+    return this.#audited('open', name, () => this.#ctx.run(async (f) => {
+      // OpenSSL's provider loads the key under a persistent parent by handle; a profile that keeps
+      // no persistent SRK would make it re-create the SRK with its own template, a different key.
+      if (parent === undefined) {
+        throw new TpmKeyStoreError('config', `FAPI profile ${this.#config.profileName} keeps no persistent SRK: OpenSSL's tpm2 provider cannot load ${path} under it`);
+      }
+      await this.#requireKind(f, path, 'signing', 'a P-256 signing key');
+      const blobs = await f.getTpmBlobs(path);
+      if (blobs.rc !== 0 || blobs.tpm2bPublic === undefined || blobs.tpm2bPrivate === undefined) {
+        throw f.error(blobs.rc || 1, { operation: 'read the key blobs of', path });
+      }
+      // Keys made by createSigningKey have an empty authValue (noDA; see the module comment).
+      const der = encodeLoadableKey({ parent, emptyAuth: true, tpm2bPublic: blobs.tpm2bPublic, tpm2bPrivate: blobs.tpm2bPrivate });
+      return { pem: loadableKeyPem(der), tcti: this.#config.tcti, parent };
+    }));
   }
 
   async publicKeyPemAt(path: string): Promise<string> {

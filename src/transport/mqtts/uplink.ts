@@ -1,0 +1,468 @@
+/**
+ * The device side of MQTTS: an `Uplink` that publishes sealed messages with QoS 1 to
+ * `vitals/<device-id>/v1` over MQTT v5 (mqtt.js) on a mutual-TLS 1.3 connection from a
+ * `TlsConnector` (in-process, or a TPM child process).
+ *
+ * - The broker's PUBACK is the acknowledgement: success resolves `send`; a reason code ≥ 0x80
+ *   rejects with `UplinkRejected` (MQTT 5.0 §3.4.2.1; reason-codes.ts has the table); a lost
+ *   connection, an acknowledgement timeout or 0x10 "no matching subscribers" reject with
+ *   `TransportError` (not taken: send again later).
+ * - One connection per `connect()`. When it is lost, in-flight sends reject, `disconnected` is
+ *   emitted, and the uplink waits for the next `connect()`: reconnect policy (back-off, when to
+ *   try) is the agent's, with its injected clock.
+ * - Persistent session (MQTT 5.0 §3.1.2.4, §3.1.2.11): Clean Start 0 and a Session Expiry, so the
+ *   broker keeps the device's session across short outages. A fresh mqtt.js client per connection
+ *   means nothing is re-sent behind the caller's back: whatever was not acknowledged was reported
+ *   as failed and the agent sends it again (the receiver dedupes).
+ *
+ * @example
+ *   const uplink = createMqttsUplink({ deviceId: 'bed-7', host: 'broker.ward7', port: 8883,
+ *     tls: inProcessTls({ certChainPem, privateKey, trust }) });
+ *   uplink.on('disconnected', ({ reason }) => log.warn({ reason }, 'uplink down'));
+ *   await uplink.connect();
+ *   await uplink.send({ deviceId: 'bed-7', seq: 42, payload: sealed, contentFormat: 'cose-encrypt' });
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { MqttClient, type IClientOptions, type IConnackPacket, type IDisconnectPacket, type Packet } from 'mqtt';
+import { aint, isBytes } from '../../util/assert.ts';
+import { isDeviceId } from '../../util/device-id.ts';
+import { ApiMisuse, TransportError, UplinkRejected, type VitalsealError } from '../../util/errors.ts';
+import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
+import type { Uplink, UplinkAck, UplinkCounters, UplinkEvents, UplinkMessage, UplinkRejectReason, UplinkSession } from '../types.ts';
+import { ReadCoalescer } from './coalesce.ts';
+import type { TlsConnection, TlsConnector } from './connector.ts';
+import { connackError, pubackOutcome, reasonName, type PubackOutcome } from './reason-codes.ts';
+import { mapConnectionError, type TlsSessionInfo } from './tls.ts';
+import { contentTypeFor, hasCoseTag, vitalsTopic } from './topics.ts';
+
+export interface MqttsUplinkOptions {
+  readonly deviceId: string;
+  readonly host: string;
+  readonly port: number;
+  /** The name the broker's certificate must carry; default `host`. Sent as SNI when a DNS name. */
+  readonly serverName?: string;
+  readonly tls: TlsConnector;
+  readonly timers?: Timers;
+  /** MQTT client identifier; default the device id (one session per device). */
+  readonly clientId?: string;
+  /** How long the broker keeps the session after a disconnect (default 7 days). */
+  readonly sessionExpirySeconds?: number;
+  /** MQTT keep-alive (default 60 s). */
+  readonly keepaliveSeconds?: number;
+  /** TCP + TLS + CONNACK must complete within this (default 15 s). */
+  readonly connectTimeoutMs?: number;
+  /** A PUBACK must arrive within this, else the send fails with TransportError (default 30 s). */
+  readonly ackTimeoutMs?: number;
+  /** Publishes awaiting PUBACK at once (default 64; never more than the broker's Receive Maximum). */
+  readonly maxInFlight?: number;
+  /** Largest payload accepted for sending (default 64 KiB; the broker's Maximum Packet Size also applies). */
+  readonly maxPayloadBytes?: number;
+}
+
+interface Pending {
+  readonly seq: number;
+  readonly resolve: (ack: UplinkAck) => void;
+  readonly reject: (e: VitalsealError) => void;
+  timer: TimerHandle | undefined;
+}
+
+/** What the broker's CONNACK allows (MQTT 5.0 §3.2.2.3). */
+interface Limits {
+  readonly inFlight: number;
+  readonly maxPacketSize: number | undefined;
+}
+
+type State =
+  | { readonly kind: 'idle' }
+  | { readonly kind: 'connecting'; readonly client: MqttClient; readonly done: Promise<void> }
+  | { readonly kind: 'connected'; readonly client: MqttClient; readonly stream: Duplex; readonly session: UplinkSession; readonly limits: Limits }
+  | { readonly kind: 'closed' };
+
+/** Bytes of a QoS 1 PUBLISH besides the payload, at most, for our topic and properties. */
+const PUBLISH_OVERHEAD = 256;
+
+class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
+  readonly kind = 'mqtts' as const;
+  readonly #o: Required<Omit<MqttsUplinkOptions, 'serverName' | 'clientId'>> & { serverName: string; clientId: string };
+  readonly #topic: string;
+  #state: State = { kind: 'idle' };
+  readonly #pending = new Set<Pending>();
+  #waiters: { resolve: () => void; reject: (e: VitalsealError) => void }[] = [];
+  /** Slots taken: sends awaiting PUBACK plus sends about to publish. */
+  #inFlight = 0;
+  #corked = false;
+  /** PUBACK reason codes by packet id, read by the publish callback (mqtt.js reports only failures). */
+  readonly #pubackCodes = new Map<number, number>();
+  #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
+
+  constructor(o: MqttsUplinkOptions) {
+    super();
+    if (!isDeviceId(o.deviceId)) throw new RangeError('createMqttsUplink: deviceId is not a device id');
+    aint(o.port, 'port', 1, 65535);
+    this.#o = {
+      deviceId: o.deviceId,
+      host: o.host,
+      port: o.port,
+      serverName: o.serverName ?? o.host,
+      tls: o.tls,
+      timers: o.timers ?? systemTimers,
+      clientId: o.clientId ?? o.deviceId,
+      sessionExpirySeconds: aint(o.sessionExpirySeconds ?? 7 * 86_400, 'sessionExpirySeconds', 0, 0xffffffff),
+      keepaliveSeconds: aint(o.keepaliveSeconds ?? 60, 'keepaliveSeconds', 0, 65535),
+      connectTimeoutMs: aint(o.connectTimeoutMs ?? 15_000, 'connectTimeoutMs', 1),
+      ackTimeoutMs: aint(o.ackTimeoutMs ?? 30_000, 'ackTimeoutMs', 1),
+      maxInFlight: aint(o.maxInFlight ?? 64, 'maxInFlight', 1, 65535),
+      maxPayloadBytes: aint(o.maxPayloadBytes ?? 64 * 1024, 'maxPayloadBytes', 1, 256 * 1024 * 1024),
+    };
+    this.#topic = vitalsTopic(o.deviceId);
+  }
+
+  get session(): UplinkSession | undefined {
+    return this.#state.kind === 'connected' ? this.#state.session : undefined;
+  }
+
+  counters(): UplinkCounters {
+    return { ...this.#counters };
+  }
+
+  get #where(): string {
+    return `MQTT broker ${this.#o.host}:${this.#o.port}`;
+  }
+
+  connect(): Promise<void> {
+    const s = this.#state;
+    switch (s.kind) {
+      case 'connected':
+        return Promise.resolve();
+      case 'connecting':
+        return s.done;
+      case 'closed':
+        return Promise.reject(new ApiMisuse('closed', 'the uplink is closed'));
+      case 'idle':
+        return this.#startConnect();
+      default: {
+        const never: never = s;
+        return Promise.reject(new Error(`unknown state ${String(never)}`));
+      }
+    }
+  }
+
+  #startConnect(): Promise<void> {
+    let conn: TlsConnection;
+    try {
+      conn = this.#o.tls.open({ host: this.#o.host, port: this.#o.port, serverName: this.#o.serverName });
+    } catch (e) {
+      return Promise.reject(mapConnectionError(e, this.#where));
+    }
+    const options: IClientOptions = {
+      protocolVersion: 5,
+      clientId: this.#o.clientId,
+      // MQTT 5.0 §3.1.2.4: Clean Start 0 resumes the device's session; §3.1.2.11.2 keeps it this long.
+      clean: false,
+      keepalive: this.#o.keepaliveSeconds,
+      reconnectPeriod: 0,
+      connectTimeout: this.#o.connectTimeoutMs,
+      resubscribe: false,
+      queueQoSZero: false,
+      properties: {
+        sessionExpiryInterval: this.#o.sessionExpirySeconds,
+        // The device subscribes to nothing; this bounds what a misbehaving broker could push.
+        receiveMaximum: 16,
+        maximumPacketSize: 64 * 1024,
+      },
+    };
+    let lastError: unknown;
+    conn.stream.on('error', (e: unknown) => {
+      lastError = e;
+    });
+    const stream = new ReadCoalescer(conn.stream);
+    // The first error names the failure; the wrapper repeats it to mqtt.js.
+    stream.on('error', () => undefined);
+    const client = new MqttClient(() => stream, options);
+    client.on('packetreceive', (packet: Packet) => {
+      if (packet.cmd === 'puback' && packet.messageId !== undefined) this.#pubackCodes.set(packet.messageId, packet.reasonCode ?? 0);
+    });
+    let disconnectReason: string | undefined;
+    client.on('disconnect', (packet: IDisconnectPacket) => {
+      disconnectReason = `the broker sent DISCONNECT ${reasonName(packet.reasonCode ?? 0)}`;
+    });
+
+    const done = new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const fail = (e: VitalsealError) => {
+        if (settled) return;
+        settled = true;
+        this.#o.timers.clearTimeout(timer);
+        this.#state = { kind: 'idle' };
+        client.removeAllListeners('connect');
+        client.end(true);
+        reject(e);
+      };
+      const timer = this.#o.timers.setTimeout(
+        () => fail(new TransportError('connect-timeout', `${this.#where}: no session within ${this.#o.connectTimeoutMs} ms`)),
+        this.#o.connectTimeoutMs,
+      );
+      client.on('error', (e: unknown) => {
+        lastError = e;
+        const code = (e as { code?: unknown }).code;
+        // mqtt.js reports a refusing CONNACK as an error carrying the reason code.
+        if (!settled && typeof code === 'number' && code >= 0x80) fail(connackError(code, this.#where));
+      });
+      client.once('connect', (connack: IConnackPacket) => {
+        conn.secured.then((info) => {
+          if (settled) return;
+          settled = true;
+          this.#o.timers.clearTimeout(timer);
+          this.#onConnected(client, stream, info, connack, () => disconnectReason ?? describeLoss(lastError));
+          resolve();
+        }, (e: unknown) => fail(mapConnectionError(e, this.#where)));
+      });
+      client.once('close', () => {
+        if (settled) return;
+        // The handshake's own verdict names the cause best (a refused certificate, a bad chain).
+        conn.secured.then(
+          () => fail(lastError === undefined ? new TransportError('connection-closed', `${this.#where} closed the connection before CONNACK`) : mapConnectionError(lastError, this.#where)),
+          (e: unknown) => fail(lastError === undefined ? mapConnectionError(e, this.#where) : mapConnectionError(lastError, this.#where)),
+        );
+      });
+    });
+    this.#state = { kind: 'connecting', client, done };
+    return done;
+  }
+
+  #onConnected(client: MqttClient, stream: Duplex, info: TlsSessionInfo, connack: IConnackPacket, reason: () => string): void {
+    const p = connack.properties ?? {};
+    const limits: Limits = {
+      inFlight: Math.min(this.#o.maxInFlight, p.receiveMaximum ?? 65535),
+      maxPacketSize: p.maximumPacketSize,
+    };
+    const session: UplinkSession = {
+      kind: 'mqtts',
+      peer: `${this.#o.host}:${this.#o.port}`,
+      protocol: info.protocol,
+      suite: info.suite,
+      group: info.group,
+      auth: 'certificate',
+    };
+    this.#state = { kind: 'connected', client, stream, session, limits };
+    this.#counters.connects += 1;
+    client.once('close', () => {
+      if (this.#state.kind !== 'connected' || this.#state.client !== client) return;
+      this.#connectionLost(client, reason());
+    });
+    this.emit('connected', session);
+  }
+
+  #connectionLost(client: MqttClient, reason: string): void {
+    this.#state = { kind: 'idle' };
+    this.#counters.disconnects += 1;
+    this.#failAll(new TransportError('connection-lost', `${this.#where}: connection lost before PUBACK (${reason})`));
+    this.#discard(client);
+    this.emit('disconnected', { reason });
+  }
+
+  /** Forgets mqtt.js's in-flight copies (they were reported as failed) and stops the client. */
+  #discard(client: MqttClient): void {
+    for (const id of Object.keys(client.outgoing)) client.removeOutgoingMessage(Number(id));
+    this.#pubackCodes.clear();
+    client.end(true);
+  }
+
+  #failAll(e: VitalsealError): void {
+    for (const p of [...this.#pending]) this.#settle(p, e);
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w.reject(e);
+  }
+
+  /** Ends a send: counts it, releases its in-flight slot, resolves or rejects its promise. */
+  #settle(p: Pending, outcome: UplinkAck | VitalsealError): void {
+    if (!this.#pending.delete(p)) return;
+    if (p.timer !== undefined) this.#o.timers.clearTimeout(p.timer);
+    this.#release();
+    if (outcome instanceof UplinkRejected) {
+      this.#counters.rejected += 1;
+      this.emit('rejected', { seq: p.seq, reason: outcome.code as UplinkRejectReason, detail: outcome.message });
+      p.reject(outcome);
+    } else if (outcome instanceof Error) {
+      this.#counters.transportErrors += 1;
+      p.reject(outcome);
+    } else {
+      this.#counters.acknowledged += 1;
+      p.resolve(outcome);
+    }
+  }
+
+  /** Takes an in-flight slot, waiting while the limit is reached. False when not connected. */
+  async #acquire(): Promise<boolean> {
+    const s = this.#state;
+    if (s.kind !== 'connected') return false;
+    if (this.#inFlight < s.limits.inFlight && this.#waiters.length === 0) {
+      this.#inFlight += 1;
+      return true;
+    }
+    // #wake takes the slot on the waiter's behalf before resolving.
+    await new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    return true;
+  }
+
+  #release(): void {
+    this.#inFlight -= 1;
+    this.#wake();
+  }
+
+  #wake(): void {
+    const s = this.#state;
+    if (s.kind !== 'connected') return;
+    while (this.#waiters.length > 0 && this.#inFlight < s.limits.inFlight) {
+      this.#inFlight += 1;
+      this.#waiters.shift()?.resolve();
+    }
+  }
+
+  #reject(seq: number, reason: UplinkRejectReason, detail: string): UplinkRejected {
+    this.#counters.rejected += 1;
+    this.emit('rejected', { seq, reason, detail });
+    return new UplinkRejected(reason, detail);
+  }
+
+  async send(message: UplinkMessage): Promise<UplinkAck> {
+    if (typeof message !== 'object' || message === null) throw new TypeError('send: expected an UplinkMessage');
+    const seq = aint(message.seq, 'seq');
+    if (message.deviceId !== this.#o.deviceId) {
+      throw new ApiMisuse('wrong-device', `send: this uplink carries device ${this.#o.deviceId}'s messages, not ${String(message.deviceId)}'s`);
+    }
+    if (!isBytes(message.payload)) throw new TypeError('send: payload must be a Uint8Array');
+    if (message.contentFormat !== 'cose-encrypt' && message.contentFormat !== 'cose-encrypt0') {
+      throw new TypeError(`send: unknown content format ${String(message.contentFormat)}`);
+    }
+    // Never plaintext on the wire: the payload must at least look like the COSE object it claims to be.
+    if (!hasCoseTag(message.payload, message.contentFormat)) {
+      throw this.#reject(seq, 'unsupported-format', `message ${seq} does not start with the CBOR tag of ${message.contentFormat}; refusing to send it`);
+    }
+    if (message.payload.length > this.#o.maxPayloadBytes) {
+      throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the uplink sends at most ${this.#o.maxPayloadBytes}`);
+    }
+    const slot = await this.#acquire();
+    const s = this.#state;
+    if (!slot || s.kind !== 'connected') {
+      if (slot) this.#release();
+      this.#counters.transportErrors += 1;
+      throw new TransportError('not-connected', `${this.#where}: not connected`);
+    }
+    if (s.limits.maxPacketSize !== undefined && message.payload.length + PUBLISH_OVERHEAD > s.limits.maxPacketSize) {
+      this.#release();
+      throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the broker takes packets of at most ${s.limits.maxPacketSize}`);
+    }
+    this.#batch(s.stream);
+    return this.#publish(s.client, seq, message);
+  }
+
+  /**
+   * PUBLISHes made in one turn of the event loop leave in one write: one TLS record and one TCP
+   * segment for the lot instead of one each (mqtt.js alone batches only within a tick).
+   */
+  #batch(stream: Duplex): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    stream.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      stream.uncork();
+    });
+  }
+
+  #publish(client: MqttClient, seq: number, message: UplinkMessage): Promise<UplinkAck> {
+    return new Promise<UplinkAck>((resolve, reject) => {
+      const p: Pending = { seq, resolve, reject, timer: undefined };
+      this.#pending.add(p);
+      p.timer = this.#o.timers.setTimeout(() => {
+        this.#settle(p, new TransportError('ack-timeout', `${this.#where}: no PUBACK for message ${seq} within ${this.#o.ackTimeoutMs} ms`));
+      }, this.#o.ackTimeoutMs);
+      const payload = Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength);
+      this.#counters.sent += 1;
+      client.publish(this.#topic, payload, {
+        qos: 1,
+        properties: {
+          // MQTT 5.0 §3.3.2.3.9: what the payload is; §3.3.2.3.2: binary, not UTF-8.
+          contentType: contentTypeFor(message.contentFormat),
+          payloadFormatIndicator: false,
+          // Advisory, for tracing on the broker and the ingest's logs; the sealed payload's own
+          // sequence number is the one the ingest trusts and dedupes on.
+          userProperties: { seq: String(seq) },
+        },
+      }, (err, packet) => {
+        const id = packet !== undefined && 'messageId' in packet ? packet.messageId : undefined;
+        const code = id === undefined ? undefined : this.#pubackCodes.get(id);
+        if (id !== undefined) this.#pubackCodes.delete(id);
+        let outcome: PubackOutcome;
+        if (err !== undefined && err !== null) {
+          const rc = (err as { code?: unknown }).code;
+          if (typeof rc !== 'number') {
+            this.#settle(p, new TransportError('connection-lost', `${this.#where}: message ${seq} not acknowledged (${err.message})`));
+            return;
+          }
+          outcome = pubackOutcome(rc);
+        } else {
+          outcome = pubackOutcome(code ?? 0);
+        }
+        switch (outcome.kind) {
+          case 'accepted':
+            this.#settle(p, { seq, status: 'accepted' });
+            return;
+          case 'retry':
+            this.#settle(p, new TransportError(outcome.code, `${this.#where}: message ${seq}: ${outcome.detail}`));
+            return;
+          case 'rejected':
+            this.#settle(p, new UplinkRejected(outcome.reason, `message ${seq}: ${outcome.detail}`));
+            return;
+          default: {
+            const never: never = outcome;
+            throw new Error(`unknown outcome ${String(never)}`);
+          }
+        }
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const s = this.#state;
+    this.#state = { kind: 'closed' };
+    this.#failAll(new TransportError('closed', `${this.#where}: the uplink was closed before PUBACK`));
+    if (s.kind === 'connecting') {
+      s.client.end(true);
+      await s.done.catch(() => undefined);
+    } else if (s.kind === 'connected') {
+      const client = s.client;
+      for (const id of Object.keys(client.outgoing)) client.removeOutgoingMessage(Number(id));
+      // MQTT 5.0 §3.14: DISCONNECT with reason 0x00 (normal), then the TLS close_notify.
+      await new Promise<void>((resolve) => {
+        const timer = this.#o.timers.setTimeout(() => {
+          client.end(true);
+          resolve();
+        }, 2000);
+        client.end(false, { reasonCode: 0 }, () => {
+          this.#o.timers.clearTimeout(timer);
+          resolve();
+        });
+      });
+      this.#counters.disconnects += 1;
+      this.emit('disconnected', { reason: 'closed by the device' });
+    }
+    await this.#o.tls.close();
+  }
+}
+
+function describeLoss(e: unknown): string {
+  if (e === undefined) return 'the connection closed';
+  return e instanceof Error ? e.message.slice(0, 200) : String(e).slice(0, 200);
+}
+
+/**
+ * An MQTT v5 over mutual-TLS 1.3 uplink for one device. See the module comment for the delivery
+ * and failure semantics; docs/transport-mqtts.md for the broker side.
+ */
+export function createMqttsUplink(opts: MqttsUplinkOptions): Uplink {
+  return new MqttsUplink(opts);
+}

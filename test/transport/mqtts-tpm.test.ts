@@ -1,0 +1,140 @@
+/**
+ * MQTTS with the device key in the TPM (swtpm behind tpm2-abrmd): TLS runs in a child process
+ * whose OpenSSL signs with the `tpm2` provider. The same Uplink contract as the software key, plus:
+ * the key the broker authenticated is the TPM store's identity key, and a key blob from another
+ * TPM does not load.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
+import { openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
+import { spkiSha256 } from '../../src/pki/certificate.ts';
+import type { IssuedIdentity } from '../../scripts/lib/test-fleet.ts';
+import { tpmTls } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
+import { KeyStoreError } from '../../src/util/errors.ts';
+import { until, uplinkContract } from './contract.ts';
+
+const DEVICE = 'tpm-bed-1';
+
+interface TpmRig {
+  tpm: Swtpm;
+  store: TpmKeyStore;
+  dir: string;
+  identity: IssuedIdentity;
+}
+
+/**
+ * A TPM with an identity key and its certificate. With `direct`, the store talks to swtpm without
+ * the resource manager: one process can reach only one tpm2-abrmd session bus (GDBus keeps the
+ * first), so a second TPM in this process is reached directly.
+ */
+async function tpmIdentity(rig: MqttRig, deviceId: string, direct = false): Promise<TpmRig> {
+  const tpm = await startSwtpm({ resourceManager: !direct });
+  if (!direct) Object.assign(process.env, tpm.env);
+  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-mqtts-tpm-'));
+  const store = await openTpmKeyStore({ kind: 'tpm', tcti: direct ? tpm.directTcti : tpm.tcti, dir });
+  const signer = await store.createSigningKey('device-identity');
+  const identity = await rig.fleet.device(deviceId, { signer });
+  return { tpm, store, dir, identity };
+}
+
+async function stopTpm(t: TpmRig | undefined): Promise<void> {
+  await t?.store.close().catch(() => undefined);
+  await t?.tpm.stop();
+  if (t !== undefined) rmSync(t.dir, { recursive: true, force: true });
+}
+
+let contractTpm: TpmRig | undefined;
+uplinkContract('MQTTS, device key in the TPM (TLS in a child process)', async () => {
+  const rig = await startMqttRig({ devices: [DEVICE] });
+  contractTpm = await tpmIdentity(rig, DEVICE);
+  const t = contractTpm;
+  const key = await t.store.loadableKey('device-identity');
+  const ingest: IngestInstance = await rig.startIngest('ingest-tpm-contract');
+  return {
+    deviceId: DEVICE,
+    protocol: 'TLSv1.3',
+    kind: 'mqtts',
+    uplink: () => createMqttsUplink({
+      deviceId: DEVICE, host: rig.broker.host, port: rig.broker.port, serverName: 'localhost',
+      tls: tpmTls({ certChainPem: t.identity.certChainPem, key, trust: rig.trust, env: t.tpm.env }),
+    }),
+    message: (seq) => rig.seal(DEVICE, seq),
+    received: () => ingest.received.map((r) => r.payload),
+    waitForReceived: (n) => ingest.waitFor(n),
+    stopPeer: () => rig.broker.down(),
+    async startPeer() {
+      const before = ingest.subscriber.counters().connects;
+      await rig.broker.up();
+      await until(() => ingest.subscriber.counters().connects > before);
+    },
+    async freezePeer() {
+      const thaw = rig.broker.freeze();
+      return async () => thaw();
+    },
+    async teardown() {
+      await rig.stop();
+      await stopTpm(contractTpm);
+    },
+  };
+});
+
+describe('MQTTS with a TPM key: what the broker authenticated, and what does not load', () => {
+  let rig: MqttRig;
+  let a: TpmRig;
+  let b: TpmRig;
+
+  before(async () => {
+    rig = await startMqttRig({ devices: ['tpm-a', 'tpm-b'] });
+    a = await tpmIdentity(rig, 'tpm-a');
+  });
+
+  after(async () => {
+    await rig?.stop();
+    await stopTpm(a);
+    await stopTpm(b);
+  });
+
+  it('the certificate the broker accepted carries the TPM key: its SPKI is the store\'s identity key', async () => {
+    const spki = Buffer.from((await a.store.publicKeyPem('device-identity')).replace(/-----[^-]+-----|\s/g, ''), 'base64');
+    assert.deepEqual(Buffer.from(spkiSha256(a.identity.cert.spki.der)), Buffer.from(spkiSha256(new Uint8Array(spki))));
+    const ingest = await rig.startIngest('ingest-tpm-a');
+    const u = createMqttsUplink({
+      deviceId: 'tpm-a', host: rig.broker.host, port: rig.broker.port,
+      tls: tpmTls({ certChainPem: a.identity.certChainPem, key: await a.store.loadableKey('device-identity'), trust: rig.trust, env: a.tpm.env }),
+    });
+    await u.connect();
+    await u.send(rig.seal('tpm-a', 7));
+    await ingest.waitFor(1);
+    assert.equal(ingest.received[0]?.deviceId, 'tpm-a');
+    assert.ok(await rig.broker.waitForLog(/New client connected .* as tpm-a .*u'tpm-a'/), 'the broker names the certificate CN as the user');
+    await u.close();
+  });
+
+  it('a key blob from another TPM does not load: typed KeyStoreError, no connection', async () => {
+    b = await tpmIdentity(rig, 'tpm-b', true);
+    const foreign = await b.store.loadableKey('device-identity');
+    // TPM b's blob, presented to TPM a (same SRK handle, a different SRK): TPM2_Load refuses it.
+    const u = createMqttsUplink({
+      deviceId: 'tpm-b', host: rig.broker.host, port: rig.broker.port,
+      tls: tpmTls({ certChainPem: b.identity.certChainPem, key: { ...foreign, tcti: a.tpm.tcti }, trust: rig.trust, env: a.tpm.env }),
+    });
+    await assert.rejects(u.connect(), (e: unknown) => e instanceof KeyStoreError && e.code === 'tpm-tls-unavailable');
+    await u.close();
+  });
+
+  it('a certificate that does not match the TPM key is refused before anything is sent', async () => {
+    // tpm-b's certificate with tpm-a's key: OpenSSL refuses the pair when the context is built.
+    const u = createMqttsUplink({
+      deviceId: 'tpm-b', host: rig.broker.host, port: rig.broker.port,
+      tls: tpmTls({ certChainPem: b.identity.certChainPem, key: await a.store.loadableKey('device-identity'), trust: rig.trust, env: a.tpm.env }),
+    });
+    await assert.rejects(u.connect(), (e: unknown) => e instanceof KeyStoreError && e.code === 'tpm-tls-unavailable' && /key values mismatch/i.test(e.message));
+    await u.close();
+  });
+});
