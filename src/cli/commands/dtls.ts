@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import { keyObjectSigner, type Signer } from '../../keystore/signer.ts';
 import { fromHex, toHex, utf8, zeroize } from '../../util/bytes.ts';
 import { VitalsealError } from '../../util/errors.ts';
+import { alertFor, PeerAlert } from '../../dtls/errors.ts';
 import type { CommonConfig, ExternalPsk, ResumptionTicket } from '../../dtls/config.ts';
 import type { SessionInfo } from '../../dtls/connection.ts';
 import { CIPHER_SUITE_NAMES, isCipherSuiteName } from '../../dtls/suites.ts';
@@ -146,9 +147,12 @@ function stopReading(io: CliIo): void {
   stdin.destroy?.();
 }
 
+/** Prints the failure with its code and the alert: the one the peer sent, or the one we sent it. */
 function failure(io: CliIo, what: string, e: unknown): number {
   const code = e instanceof VitalsealError ? e.code : 'error';
-  io.stderr.write(`vitalseal dtls ${what}: ${e instanceof Error ? e.message : String(e)} [${code}]\n`);
+  const sent = e instanceof PeerAlert ? undefined : alertFor(e);
+  const alert = e instanceof PeerAlert ? ` (alert received: ${e.code})` : sent === undefined ? '' : ` (alert sent: ${sent})`;
+  io.stderr.write(`vitalseal dtls ${what}: ${e instanceof Error ? e.message : String(e)} [${code}]${alert}\n`);
   return 1;
 }
 
