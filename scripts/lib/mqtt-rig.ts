@@ -13,7 +13,7 @@
  *   await rig.stop();
  */
 import { getProvider } from '../../src/crypto/index.ts';
-import { EpochKeyCache, Header, openCose, SealingSession, x25519Recipient } from '../../src/cose/index.ts';
+import { EpochKeyCache, Header, openCose, SealingSession, x25519PublicToPem, x25519Recipient } from '../../src/cose/index.ts';
 import { inProcessTls, type TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createMqttsSubscriber, type IngestHandler, type IngestMessage, type MqttsSubscriber, type MqttsSubscriberOptions } from '../../src/transport/mqtts/subscriber.ts';
 import { trustFromPem, type MqttsTrust } from '../../src/transport/mqtts/tls.ts';
@@ -49,6 +49,8 @@ export interface MqttRig {
   readonly brokerIdentity: IssuedIdentity;
   readonly ingestIdentity: IssuedIdentity;
   readonly devices: ReadonlyMap<string, IssuedIdentity>;
+  /** The ingest's X25519 public key (SPKI PEM), as a device pins it. */
+  readonly ingestPublicKeyPem: string;
   /** A sealed COSE_Encrypt carrying `seq` and the device id in its protected header. */
   seal(deviceId: string, seq: number, size?: number): UplinkMessage;
   /** Opens a sealed payload as the ingest does; throws on tampering. */
@@ -114,6 +116,7 @@ export async function startMqttRig(opts: MqttRigOptions): Promise<MqttRig> {
     brokerIdentity,
     ingestIdentity,
     devices,
+    ingestPublicKeyPem: x25519PublicToPem(ingestKey.publicKey),
     seal(deviceId, seq, size = 200) {
       let session = sessions.get(deviceId);
       if (session === undefined) {

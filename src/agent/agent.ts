@@ -7,7 +7,7 @@
  *      key is opened: a mismatch refuses to start and names the primitive;
  *   2. the pinned ingest public key; the certificate watcher;
  *   3. the durable queue (recovering any torn tail, reported in the status and the log);
- *   4. the uplinks (CoAPS / MQTTS from configuration, or those passed in `uplinks`);
+ *   4. the uplinks (from configuration: uplink/from-config.ts; or those passed in `uplinks`);
  *   5. `start()`: sources, sampler, uplink scheduler, metrics endpoint, status socket.
  *
  * `stop()` (what SIGTERM calls): HL7 gateways stop accepting and finish what they were storing,
@@ -32,9 +32,9 @@ import { getProvider, providerForAead } from '../crypto/registry.ts';
 import { nodeEcdsaP256, runSelfTest, type EcdsaP256, type SelfTestReport } from '../crypto/selftest.ts';
 import type { Uplink } from '../transport/types.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
-import { ApiMisuse, Unsupported, VitalsealError } from '../util/errors.ts';
+import { ApiMisuse, VitalsealError } from '../util/errors.ts';
 import { CertificateWatcher } from './cert-watch.ts';
-import { ConfigError, type AgentConfig, type TransportConfig } from './config.ts';
+import { ConfigError, type AgentConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MetricsRegistry, serveMetrics } from './metrics.ts';
 import { Pipeline } from './pipeline.ts';
@@ -44,6 +44,7 @@ import { MllpGateway } from './sensors/hl7/gateway.ts';
 import { SimulatedPatient } from './sensors/simulated-patient.ts';
 import type { SensorSource } from './sensors/types.ts';
 import { serveStatus } from './status-socket.ts';
+import { uplinkFromConfig, type BuiltUplink } from './uplink/from-config.ts';
 import { UplinkRunner, type Timers } from './uplink/runner.ts';
 
 export interface CreateAgentOptions {
@@ -60,6 +61,8 @@ export interface CreateAgentOptions {
   readonly crypto?: CryptoProvider;
   /** The ECDSA implementation the self-test checks (default node:crypto). */
   readonly ecdsa?: EcdsaP256;
+  /** Where `{ env: NAME }` secret sources (key store PIN, passphrase) are read (default process.env). */
+  readonly env?: NodeJS.ProcessEnv;
 }
 
 export interface AgentStatus {
@@ -94,31 +97,6 @@ export interface AgentEvents {
 
 const iso = (t: number | undefined): string | null => (t === undefined ? null : new Date(t).toISOString());
 
-/**
- * What a transport module must export for the agent to build it from configuration. The CoAPS and
- * MQTTS transports are not built yet in this version; until they are, choosing one is `Unsupported`.
- */
-export interface TransportModule {
-  createUplinkFromConfig(config: TransportConfig, deps: { deviceId: string; clock: Clock; log: Logger }): Promise<Uplink>;
-}
-
-async function buildUplink(t: TransportConfig, deps: { deviceId: string; clock: Clock; log: Logger }): Promise<Uplink> {
-  let mod: Partial<TransportModule>;
-  try {
-    mod = (await import(`../transport/${t.kind}/index.ts`)) as Partial<TransportModule>;
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
-      throw new Unsupported('transport-not-built', `transport '${t.kind}' is not built yet in this version (src/transport/${t.kind} is missing); `
-        + 'embed the agent with createAgent({ uplinks }) to supply an Uplink, or wait for the transport');
-    }
-    throw e;
-  }
-  if (typeof mod.createUplinkFromConfig !== 'function') {
-    throw new Unsupported('transport-not-wired', `transport '${t.kind}' does not export createUplinkFromConfig(config, deps) yet, so the agent cannot build it from configuration`);
-  }
-  return mod.createUplinkFromConfig(t, deps);
-}
-
 export class Agent extends EventEmitter<AgentEvents> {
   readonly config: AgentConfig;
   readonly selfTest: SelfTestReport;
@@ -130,6 +108,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly #pipeline: Pipeline;
   readonly #runner: UplinkRunner;
   readonly #uplinks: { readonly primary: Uplink; readonly failover?: Uplink };
+  /** Releases what configured uplinks hold (TLS child process, key store) after the runner closed them. */
+  readonly #releaseUplinks: () => Promise<void>;
   readonly #gateways: { id: string; gw: MllpGateway }[] = [];
   readonly #cert: CertificateWatcher | undefined;
   readonly #metrics = new MetricsRegistry();
@@ -147,7 +127,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   constructor(parts: {
     config: AgentConfig; selfTest: SelfTestReport; log: Logger; clock: Clock; queue: SegmentQueue; rejected: RejectedStore;
     session: SealingSession; uplinks: { primary: Uplink; failover?: Uplink }; cert: CertificateWatcher | undefined;
-    sources: readonly SensorSource[]; random: () => number; timers: Timers | undefined;
+    sources: readonly SensorSource[]; random: () => number; timers: Timers | undefined; releaseUplinks?: () => Promise<void>;
   }) {
     super();
     this.config = parts.config;
@@ -158,6 +138,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.#rejected = parts.rejected;
     this.#session = parts.session;
     this.#uplinks = parts.uplinks;
+    this.#releaseUplinks = parts.releaseUplinks ?? (async () => undefined);
     this.#cert = parts.cert;
     const c = parts.config;
     this.#runner = new UplinkRunner({
@@ -254,6 +235,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     if (wasRunning) await this.#pipeline.stop(this.#clock.now()).catch(() => undefined);
     await this.#runner.stop();
+    await this.#releaseUplinks();
     await this.#queue.close();
     this.#session.destroy();
     await new Promise<void>((r) => (this.#metricsServer === undefined ? r() : this.#metricsServer.close(() => r())));
@@ -415,14 +397,21 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
 
   // 4. The uplinks.
   let uplinks = opts.uplinks;
+  const built: BuiltUplink[] = [];
+  const releaseUplinks = async () => {
+    for (const b of built) await b.release();
+  };
   try {
     if (uplinks === undefined) {
-      const deps = { deviceId: c.device.id, clock, log: log.child({ part: 'transport' }) };
-      const primary = await buildUplink(c.transport.primary, deps);
-      const failover = c.transport.failover === undefined ? undefined : await buildUplink(c.transport.failover, deps);
-      uplinks = { primary, ...(failover === undefined ? {} : { failover }) };
+      const deps = { deviceId: c.device.id, clock, log: log.child({ part: 'transport' }), env: opts.env ?? process.env };
+      const primary = await uplinkFromConfig(c.transport.primary, 'transport.primary', deps);
+      built.push(primary);
+      const failover = c.transport.failover === undefined ? undefined : await uplinkFromConfig(c.transport.failover, 'transport.failover', deps);
+      if (failover !== undefined) built.push(failover);
+      uplinks = { primary: primary.uplink, ...(failover === undefined ? {} : { failover: failover.uplink }) };
     }
   } catch (e) {
+    await releaseUplinks();
     await queue.close();
     throw e;
   }
@@ -433,6 +422,6 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
   });
   return new Agent({
     config: c, selfTest, log, clock, queue, rejected, session, uplinks, cert,
-    sources: opts.sources ?? [], random: opts.random ?? Math.random, timers: opts.timers,
+    sources: opts.sources ?? [], random: opts.random ?? Math.random, timers: opts.timers, releaseUplinks,
   });
 }

@@ -77,6 +77,10 @@ export interface TransportConfig {
   readonly identity?: TransportIdentity;
   /** MQTT topic (mqtts) or CoAP path (coaps); the transport's default when absent. */
   readonly topic?: string;
+  /** The name the server certificate must carry (default `host`); hostname verification is always on. */
+  readonly serverName?: string;
+  /** Optional SPKI pins (SHA-256 of SubjectPublicKeyInfo, RFC 7469 §2.4) of the server key or a CA on its path. */
+  readonly spkiPins?: readonly Uint8Array[];
 }
 
 export type FsyncMode = 'every-batch' | 'never';
@@ -253,7 +257,7 @@ function keystore(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv):
 }
 
 function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv): TransportConfig | undefined {
-  const o = c.object(v, path, ['kind', 'host', 'port', 'caFile', 'certFile', 'identity', 'topic']);
+  const o = c.object(v, path, ['kind', 'host', 'port', 'serverName', 'spkiPins', 'caFile', 'certFile', 'identity', 'topic']);
   if (o === undefined) return undefined;
   const kind = c.oneOf(o, 'kind', path, ['coaps', 'mqtts'] as const);
   const host = c.string(o, 'host', path, { pattern: /^[A-Za-z0-9.:-]+$/, patternText: 'a host name or IP address' });
@@ -263,6 +267,13 @@ function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv)
   const caFile = caEnv !== undefined ? resolve(caEnv) : c.path(o, 'caFile', path, { optional: true });
   const certFile = certEnv !== undefined ? resolve(certEnv) : c.path(o, 'certFile', path, { optional: true });
   const topic = c.string(o, 'topic', path, { optional: true, pattern: /^[A-Za-z0-9/_.{}+-]{1,200}$/, patternText: 'a topic or path of letters, digits and / _ . - { } +' });
+  const serverName = c.string(o, 'serverName', path, { optional: true, pattern: /^[A-Za-z0-9.:-]{1,253}$/, patternText: 'a DNS name or IP address' });
+  let spkiPins: Uint8Array[] | undefined;
+  if (o['spkiPins'] !== undefined) {
+    const a = o['spkiPins'];
+    if (!Array.isArray(a) || a.length === 0 || !a.every((x) => typeof x === 'string' && /^[0-9a-fA-F]{64}$/.test(x))) c.fail(`${path}.spkiPins`, 'must be a non-empty list of SHA-256 hashes in hex (64 hex digits each)');
+    else spkiPins = (a as string[]).map((x) => new Uint8Array(Buffer.from(x, 'hex')));
+  }
   let identity: TransportIdentity | undefined;
   if (o['identity'] !== undefined) {
     const io = c.object(o['identity'], `${path}.identity`, ['keystore', 'keyLabel']);
@@ -277,6 +288,7 @@ function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv)
     kind, host, port,
     ...(caFile === undefined ? {} : { caFile }), ...(certFile === undefined ? {} : { certFile }),
     ...(identity === undefined ? {} : { identity }), ...(topic === undefined ? {} : { topic }),
+    ...(serverName === undefined ? {} : { serverName }), ...(spkiPins === undefined ? {} : { spkiPins }),
   };
 }
 

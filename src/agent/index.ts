@@ -10,7 +10,8 @@
  *   await agent.start();
  *   process.once('SIGTERM', () => void agent.stop());
  */
-export { Agent, createAgent, type AgentEvents, type AgentStatus, type CreateAgentOptions, type TransportModule } from './agent.ts';
+export { Agent, createAgent, type AgentEvents, type AgentStatus, type CreateAgentOptions } from './agent.ts';
+export { uplinkFromConfig, type BuiltUplink, type UplinkDeps } from './uplink/from-config.ts';
 export { ConfigError, ENV_OVERRIDES, loadAgentConfig, parseAgentConfig, type AgentConfig, type SourceConfig, type TransportConfig } from './config.ts';
 export { assessCertificate, CertificateWatcher, type CertStatus } from './cert-watch.ts';
 export { createLogger, REDACTED_FIELDS, silentLogger, type Logger } from './log.ts';

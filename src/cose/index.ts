@@ -15,6 +15,6 @@ export { EpochKeyCache } from './epoch-cache.ts';
 export { assembleEncrypt, ecdhEsContentKey, ecdhEsRecipients, openCose, requireAlg, sealEncrypt, sealEncrypt0, type OpenedCose, type OpenKeys, type OpenOptions, type SealEncryptOptions } from './encrypt.ts';
 export { Header, type HeaderMap } from './headers.ts';
 export { kdfContext } from './kdf.ts';
-export { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem, x25519Recipient, type X25519Recipient } from './keys.ts';
+export { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem, x25519PublicToPem, x25519Recipient, type X25519Recipient } from './keys.ts';
 export { aadProtected, encStructure, parseCoseEncrypt, serializeEncrypt, serializeEncrypt0, TAG_ENCRYPT, TAG_ENCRYPT0, type ParsedCoseEncrypt } from './message.ts';
 export { SealingSession, type EpochInfo, type SealingSessionOptions } from './sealing-session.ts';

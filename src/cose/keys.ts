@@ -62,6 +62,13 @@ export function x25519PublicFromPem(pem: string): Uint8Array {
   return b64url(k.export({ format: 'jwk' }).x);
 }
 
+/** SPKI PEM of a raw 32-byte X25519 public key (the form the agent pins: `sealing.ingestPublicKeyFile`). */
+export function x25519PublicToPem(publicKey: Uint8Array): string {
+  if (!(publicKey instanceof Uint8Array) || publicKey.length !== 32) throw new RangeError('x25519PublicToPem: expected 32 bytes');
+  return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: Buffer.from(publicKey).toString('base64url') }, format: 'jwk' })
+    .export({ format: 'pem', type: 'spki' }).toString();
+}
+
 /** A new key pair as PEM, in the forms `openssl genpkey -algorithm X25519` and `openssl pkey -pubout` write. */
 export function generateX25519Pem(): { privatePem: string; publicPem: string } {
   const { privateKey, publicKey } = generateKeyPairSync('x25519');

@@ -22,7 +22,6 @@ import type { CryptoProvider } from '../../src/crypto/provider.ts';
 import { SelfTestFailure } from '../../src/crypto/selftest.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { main } from '../../src/cli/main.ts';
-import { Unsupported } from '../../src/util/errors.ts';
 import { FixtureReceiver, FixtureUplink } from '../support/fixture-uplink.ts';
 import { obx, oru } from './sensors/hl7/messages.ts';
 import { agentTestEnv } from './support.ts';
@@ -214,11 +213,9 @@ describe('agent: start-up refusals', () => {
     assert.deepEqual(readdirSync(env.dir).filter((n) => n === 'queue'), [], 'queue never opened');
   });
 
-  it('choosing mqtts or coaps before those transports exist is a clear Unsupported error', async () => {
-    for (const kind of ['mqtts', 'coaps']) {
-      const config = parseAgentConfig(env.config({ transport: { primary: { kind, host: '127.0.0.1' } } }), { baseDir: env.dir });
-      await assert.rejects(createAgent({ config, log: capture().log }), (e) => e instanceof Unsupported && e.code === 'transport-not-built' && e.message.includes(`src/transport/${kind}`));
-    }
+  it('a configured transport missing its certificate settings is a configuration error naming the field', async () => {
+    const config = parseAgentConfig(env.config({ transport: { primary: { kind: 'mqtts', host: '127.0.0.1' } } }), { baseDir: env.dir });
+    await assert.rejects(createAgent({ config, log: capture().log }), (e) => e instanceof ConfigError && /transport\.primary\.identity: is required/.test(e.message));
   });
 
   it('a wrong pinned key file is a configuration error naming the field', async () => {

@@ -39,12 +39,12 @@ describe('vitalseal agent', () => {
     assert.match(r.stderr, /\[config-invalid\]/);
   });
 
-  it('choosing the mqtts transport before it is built says so plainly', async () => {
+  it('an mqtts transport without its identity settings is refused, naming the field', async () => {
     const f = join(env.dir, 'agent.json');
     writeFileSync(f, JSON.stringify(env.config({ metrics: { listen: false } })));
     const r = await run(['agent', 'run', '--config', f]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /transport 'mqtts' is not built yet in this version \(src\/transport\/mqtts is missing\).*\[transport-not-built\]/s);
+    assert.match(r.stderr, /transport\.primary\.identity: is required for mqtts.*\[config-invalid\]/s);
   });
 
   it('status with no running agent says no agent is running', async () => {

@@ -1,0 +1,143 @@
+/**
+ * The agent builds its MQTTS uplink from configuration alone (uplink/from-config.ts) and delivers
+ * through a real mosquitto 2 (TLS 1.3, client certificates, per-device ACL) to a shared-subscription
+ * consumer that opens every sealed message with the ingest key: once with the device key in the
+ * software store, once with it in a TPM (swtpm behind tpm2-abrmd; TLS then runs in a child process
+ * that signs in the TPM). Also the refusals a misconfigured device meets at start-up.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
+import { createAgent } from '../../src/agent/agent.ts';
+import { ConfigError, parseAgentConfig } from '../../src/agent/config.ts';
+import { silentLogger } from '../../src/agent/log.ts';
+import type { KeyStoreConfig } from '../../src/keystore/config.ts';
+import { openKeyStore } from '../../src/keystore/open.ts';
+import { Unsupported } from '../../src/util/errors.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+describe('agent over MQTTS, built from its configuration', () => {
+  let rig: MqttRig;
+  let ingest: IngestInstance;
+  let dir: string;
+  const files = { ca: '', ingestPub: '', pass: '' };
+
+  before(async () => {
+    rig = await startMqttRig({ devices: ['bed-soft', 'bed-tpm', 'bed-other'] });
+    ingest = await rig.startIngest('ingest-agent-test');
+    dir = mkdtempSync(join(tmpdir(), 'vitalseal-agent-mqtts-'));
+    files.ca = join(dir, 'fleet-root.pem');
+    writeFileSync(files.ca, rig.fleet.rootPem);
+    files.ingestPub = join(dir, 'ingest.pub');
+    writeFileSync(files.ingestPub, rig.ingestPublicKeyPem);
+    files.pass = join(dir, 'store.pass');
+    writeFileSync(files.pass, `pass-${process.pid}-${Date.now()}`, { mode: 0o600 });
+  });
+  after(async () => {
+    await rig?.stop();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A key in `store`, a certificate for it from the rig's fleet, written where the config points. */
+  async function provision(deviceId: string, keystore: KeyStoreConfig): Promise<string> {
+    const store = await openKeyStore(keystore);
+    try {
+      const signer = await store.createSigningKey('device-identity');
+      const issued = await rig.fleet.device(deviceId, { signer });
+      const certFile = join(dir, `${deviceId}.pem`);
+      writeFileSync(certFile, issued.certChainPem);
+      return certFile;
+    } finally {
+      await store.close();
+    }
+  }
+
+  function config(deviceId: string, transport: Record<string, unknown>): ReturnType<typeof parseAgentConfig> {
+    return parseAgentConfig({
+      device: { id: deviceId },
+      sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: files.ingestPub, epochMessages: 50, epochSeconds: 60 },
+      sources: [{ type: 'simulated', id: 'patient', seed: 11, ecgHz: 50 }],
+      batch: { windowMs: 100 },
+      queue: { dir: join(dir, `queue-${deviceId}`) },
+      transport: { primary: { kind: 'mqtts', host: '127.0.0.1', port: rig.broker.port, serverName: 'localhost', caFile: files.ca, ...transport } },
+      uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
+      metrics: { listen: false },
+      status: { socket: join(dir, `${deviceId}.sock`) },
+    }, { baseDir: dir });
+  }
+
+  /** Runs the agent until `n` of its messages reached the consumer; returns the sequence numbers seen. */
+  async function runUntilDelivered(deviceId: string, cfg: ReturnType<typeof parseAgentConfig>, n: number): Promise<number[]> {
+    const agent = await createAgent({ config: cfg, log: silentLogger() });
+    await agent.start();
+    try {
+      await until(() => ingest.received.filter((r) => r.deviceId === deviceId).length >= n, `${n} messages from ${deviceId}`);
+      await until(() => agent.status().lastAck !== null, 'an acknowledgement');
+      const s = agent.status();
+      assert.equal(s.transport.kind, 'mqtts');
+      assert.equal(s.transport.protocol, 'TLSv1.3');
+    } finally {
+      await agent.stop();
+    }
+    return ingest.received.filter((r) => r.deviceId === deviceId).map((r) => r.seq);
+  }
+
+  it('software key store: sealed readings reach the consumer, which opens them with the ingest key', async () => {
+    const keystore: KeyStoreConfig = { kind: 'software', path: join(dir, 'soft.vsks'), passphrase: { file: files.pass } };
+    const certFile = await provision('bed-soft', keystore);
+    const seqs = await runUntilDelivered('bed-soft', config('bed-soft', { certFile, identity: { keystore, keyLabel: 'device-identity' } }), 3);
+    // rig.open checked every payload with the ingest key and the sealed device id against the topic.
+    assert.ok(seqs.length >= 3);
+    assert.deepEqual([...new Set(seqs)].sort((a, b) => a - b).slice(0, 3), [0, 1, 2].map((i) => Math.min(...seqs) + i));
+  });
+
+  it('TPM key store: the same, with TLS signed inside the TPM', { timeout: 240_000 }, async () => {
+    let tpm: Swtpm | undefined;
+    const saved = { ...process.env };
+    try {
+      tpm = await startSwtpm({ resourceManager: true });
+      Object.assign(process.env, tpm.env);
+      const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(dir, 'tpm-store') };
+      const certFile = await provision('bed-tpm', keystore);
+      const seqs = await runUntilDelivered('bed-tpm', config('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } }), 2);
+      assert.ok(seqs.length >= 2);
+    } finally {
+      await tpm?.stop();
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    }
+  });
+
+  it('refusals at start-up name the field: missing settings, a certificate for another key, a token key, coaps', async () => {
+    const keystore: KeyStoreConfig = { kind: 'software', path: join(dir, 'other.vsks'), passphrase: { file: files.pass } };
+    const certFile = await provision('bed-other', keystore);
+    const identity = { keystore, keyLabel: 'device-identity' };
+
+    const refusal = async (transport: Record<string, unknown>, check: (e: unknown) => boolean) =>
+      assert.rejects(createAgent({ config: config('bed-other', transport), log: silentLogger() }), check);
+
+    await refusal({ identity, caFile: undefined, certFile }, (e) => e instanceof ConfigError && /transport\.primary\.caFile: is required/.test(e.message));
+    await refusal({ identity }, (e) => e instanceof ConfigError && /transport\.primary\.certFile: is required/.test(e.message));
+    await refusal({ certFile }, (e) => e instanceof ConfigError && /transport\.primary\.identity: is required/.test(e.message));
+    // A certificate issued to another key (bed-soft's) with this store's key.
+    await refusal({ identity, certFile: join(dir, 'bed-soft.pem') }, (e) => e instanceof ConfigError && /not issued for key 'device-identity'/.test(e.message));
+    await refusal({ identity: { keystore, keyLabel: 'no-such-key' }, certFile }, (e) => e instanceof ConfigError && /no usable key 'no-such-key'/.test(e.message));
+    await refusal({ identity, certFile, topic: 'vitals/bed-7/v1' }, (e) => e instanceof ConfigError && /transport\.primary\.topic/.test(e.message));
+    await refusal({ certFile, identity: { keystore: { kind: 'pkcs11', module: '/usr/lib/softhsm/libsofthsm2.so', token: 'pkcs11:token=x', pin: { file: files.pass } }, keyLabel: 'k' } },
+      (e) => e instanceof Unsupported && e.code === 'mqtts-pkcs11-key' && /coaps/.test(e.message));
+    await refusal({ kind: 'coaps', identity, certFile }, (e) => e instanceof Unsupported && e.code === 'transport-not-built' && /src\/transport\/coaps/.test(e.message));
+    // None of those left a key store open or a message queued: the queue directory holds no segment.
+    assert.equal(ingest.received.filter((r) => r.deviceId === 'bed-other').length, 0);
+  });
+});
