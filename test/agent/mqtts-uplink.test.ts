@@ -3,14 +3,16 @@
  * through a real mosquitto 2 (TLS 1.3, client certificates, per-device ACL) to a shared-subscription
  * consumer that opens every sealed message with the ingest key: once with the device key in the
  * software store, once with it in a TPM (swtpm behind tpm2-abrmd; TLS then runs in a child process
- * that signs in the TPM). Also the refusals a misconfigured device meets at start-up.
+ * that signs in the TPM), the latter through `vitalseal agent run` as a process of its own. Also the refusals a misconfigured device meets at start-up.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { VITALSEAL_BIN } from '../../scripts/lib/processes.ts';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { createAgent } from '../../src/agent/agent.ts';
 import { ConfigError, parseAgentConfig } from '../../src/agent/config.ts';
@@ -64,8 +66,8 @@ describe('agent over MQTTS, built from its configuration', () => {
     }
   }
 
-  function config(deviceId: string, transport: Record<string, unknown>): ReturnType<typeof parseAgentConfig> {
-    return parseAgentConfig({
+  function configDoc(deviceId: string, transport: Record<string, unknown>): Record<string, unknown> {
+    return {
       device: { id: deviceId },
       sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: files.ingestPub, epochMessages: 50, epochSeconds: 60 },
       sources: [{ type: 'simulated', id: 'patient', seed: 11, ecgHz: 50 }],
@@ -75,7 +77,11 @@ describe('agent over MQTTS, built from its configuration', () => {
       uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
       metrics: { listen: false },
       status: { socket: join(dir, `${deviceId}.sock`) },
-    }, { baseDir: dir });
+    };
+  }
+
+  function config(deviceId: string, transport: Record<string, unknown>): ReturnType<typeof parseAgentConfig> {
+    return parseAgentConfig(configDoc(deviceId, transport), { baseDir: dir });
   }
 
   /** Runs the agent until `n` of its messages reached the consumer; returns the sequence numbers seen. */
@@ -103,19 +109,41 @@ describe('agent over MQTTS, built from its configuration', () => {
     assert.deepEqual([...new Set(seqs)].sort((a, b) => a - b).slice(0, 3), [0, 1, 2].map((i) => Math.min(...seqs) + i));
   });
 
-  it('TPM key store: the same, with TLS signed inside the TPM', { timeout: 240_000 }, async () => {
+  it('TPM key store: `vitalseal agent run` as its own process, started outside the checkout, signs TLS inside the TPM', { timeout: 240_000 }, async () => {
     let tpm: Swtpm | undefined;
-    const saved = { ...process.env };
+    let agent: ChildProcess | undefined;
     try {
       tpm = await startSwtpm({ resourceManager: true });
-      Object.assign(process.env, tpm.env);
       const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(dir, 'tpm-store') };
-      const certFile = await provision('bed-tpm', keystore);
-      const seqs = await runUntilDelivered('bed-tpm', config('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } }), 2);
-      assert.ok(seqs.length >= 2);
+      const saved = { ...process.env };
+      Object.assign(process.env, tpm.env);
+      let certFile: string;
+      try {
+        certFile = await provision('bed-tpm', keystore);
+      } finally {
+        for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      }
+      const cfg = join(dir, 'bed-tpm.json');
+      writeFileSync(cfg, JSON.stringify(configDoc('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } })));
+      // The command registers its TypeScript loader from inside (no --import flag), and the working
+      // directory is not the checkout: the TLS child process must start all the same.
+      const cwd = mkdtempSync(join(tmpdir(), 'vitalseal-agent-cwd-'));
+      let log = '';
+      agent = spawn(process.execPath, [VITALSEAL_BIN, 'agent', 'run', '--config', cfg], { cwd, env: { ...process.env, ...tpm.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      agent.stdout?.on('data', (c: Buffer) => (log += c.toString()));
+      agent.stderr?.on('data', (c: Buffer) => (log += c.toString()));
+      await until(() => ingest.received.filter((r) => r.deviceId === 'bed-tpm').length >= 2, 'two messages from bed-tpm').catch((e: unknown) => {
+        throw new Error(`${(e as Error).message}; agent log:\n${log.slice(-3000)}`);
+      });
+      assert.match(log, /"protocol":"TLSv1.3"/);
+      rmSync(cwd, { recursive: true, force: true });
     } finally {
+      if (agent !== undefined && agent.exitCode === null) {
+        const exited = new Promise((r) => agent?.once('exit', r));
+        agent.kill('SIGTERM');
+        await exited;
+      }
       await tpm?.stop();
-      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
     }
   });
 

@@ -99,7 +99,12 @@ export function tpm2OpensslConfig(providerPath: string): string {
 }
 
 /** The loader flags this process runs with (tsx in development), so the child loads the same way. */
-function loaderArgs(): string[] {
+/**
+ * How the child loads TypeScript: the loader flags this process was started with, or, when it was
+ * not started with one (the `vitalseal` command registers tsx from inside), tsx by absolute URL, so
+ * the child starts whatever its working directory (a systemd unit's, a service account's home).
+ */
+function loaderArgs(childPath: string): string[] {
   const out: string[] = [];
   const argv = process.execArgv;
   for (let i = 0; i < argv.length; i++) {
@@ -107,6 +112,7 @@ function loaderArgs(): string[] {
     if (/^--(import|require|loader|experimental-loader)=/.test(a)) out.push(a);
     else if (/^(--import|--require|-r|--loader|--experimental-loader)$/.test(a) && i + 1 < argv.length) out.push(a, argv[++i] as string);
   }
+  if (out.length === 0 && childPath.endsWith('.ts')) out.push(`--import=${import.meta.resolve('tsx')}`);
   return out;
 }
 
@@ -414,7 +420,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
     };
     delete env['NODE_OPTIONS'];
     delete env['OPENSSL_CONF'];
-    return new ChildLink([...loaderArgs(), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 20_000 });
+    return new ChildLink([...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 20_000 });
   };
 
   return {
