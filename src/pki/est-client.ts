@@ -109,6 +109,11 @@ export interface IssuedChain {
   readonly peer: ValidatedPeer;
 }
 
+/** An issued chain and the CSR it answers (public; provisioning keeps it). */
+export interface Enrolment extends IssuedChain {
+  readonly csr: Uint8Array;
+}
+
 /**
  * Parses the endpoint's URL: `https://` only, a host and an optional port, nothing else (no path:
  * the EST paths are well-known; no credentials: they never go in a URL). Throws `ApiMisuse('invalid-url')`.
@@ -142,11 +147,12 @@ export function checkEnrolToken(token: string): void {
  * Enrols: a CSR signed by `signer` for `deviceId`, the token, the answer checked.
  * Throws `EnrolmentError` for every refusal.
  */
-export async function enrol(o: EstRequestOptions & { signer: Signer; deviceId: string; token: string; roots: readonly Certificate[]; clock: Clock }): Promise<IssuedChain> {
+export async function enrol(o: EstRequestOptions & { signer: Signer; deviceId: string; token: string; roots: readonly Certificate[]; clock: Clock }): Promise<Enrolment> {
   checkEnrolToken(o.token);
   const csr = await deviceCsr(o.signer, o.deviceId);
   const reply = await postCsr(o, 'enrol', csr, o.token);
-  return checkIssuedChain(chainFromReply(reply, 'enrol', o.endpoint), { roots: o.roots, now: o.clock.now(), deviceId: o.deviceId, keySpki: await o.signer.publicKeySpki() });
+  const issued = checkIssuedChain(chainFromReply(reply, 'enrol', o.endpoint), { roots: o.roots, now: o.clock.now(), deviceId: o.deviceId, keySpki: await o.signer.publicKeySpki() });
+  return { ...issued, csr };
 }
 
 /**
@@ -154,13 +160,14 @@ export async function enrol(o: EstRequestOptions & { signer: Signer; deviceId: s
  * authenticates). With `currentNotAfter`, a certificate that does not outlive the current one is
  * refused (`chain-refused`): renewing into it again and again would help nobody.
  */
-export async function reenrol(o: EstRequestOptions & { signer: Signer; deviceId: string; roots: readonly Certificate[]; clock: Clock; currentNotAfter?: number }): Promise<IssuedChain> {
+export async function reenrol(o: EstRequestOptions & { signer: Signer; deviceId: string; roots: readonly Certificate[]; clock: Clock; currentNotAfter?: number }): Promise<Enrolment> {
   const csr = await deviceCsr(o.signer, o.deviceId);
   const reply = await postCsr(o, 'renew', csr);
-  return checkIssuedChain(chainFromReply(reply, 'renew', o.endpoint), {
+  const issued = checkIssuedChain(chainFromReply(reply, 'renew', o.endpoint), {
     roots: o.roots, now: o.clock.now(), deviceId: o.deviceId, keySpki: await o.signer.publicKeySpki(),
     ...(o.currentNotAfter === undefined ? {} : { notAfterBeyond: o.currentNotAfter }),
   });
+  return { ...issued, csr };
 }
 
 function deviceCsr(signer: Signer, deviceId: string): Promise<Uint8Array> {
