@@ -6,48 +6,34 @@
  * that signs in the TPM). Also the refusals a misconfigured device meets at start-up.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { createAgent } from '../../src/agent/agent.ts';
-import { ConfigError, parseAgentConfig } from '../../src/agent/config.ts';
+import { ConfigError, type AgentConfig } from '../../src/agent/config.ts';
 import { silentLogger } from '../../src/agent/log.ts';
 import type { KeyStoreConfig } from '../../src/keystore/config.ts';
 import { openKeyStore } from '../../src/keystore/open.ts';
 import { Unsupported } from '../../src/util/errors.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+import { rigAgentFiles, until, type RigAgentFiles } from './support.ts';
 
 describe('agent over MQTTS, built from its configuration', () => {
   let rig: MqttRig;
   let ingest: IngestInstance;
+  let files: RigAgentFiles;
   let dir: string;
-  const files = { ca: '', ingestPub: '', pass: '' };
 
   before(async () => {
     rig = await startMqttRig({ devices: ['bed-soft', 'bed-tpm', 'bed-other'] });
     ingest = await rig.startIngest('ingest-agent-test');
-    dir = mkdtempSync(join(tmpdir(), 'vitalseal-agent-mqtts-'));
-    files.ca = join(dir, 'fleet-root.pem');
-    writeFileSync(files.ca, rig.fleet.rootPem);
-    files.ingestPub = join(dir, 'ingest.pub');
-    writeFileSync(files.ingestPub, rig.ingestPublicKeyPem);
-    files.pass = join(dir, 'store.pass');
-    writeFileSync(files.pass, `pass-${process.pid}-${Date.now()}`, { mode: 0o600 });
+    files = rigAgentFiles(rig, 'vitalseal-agent-mqtts-');
+    dir = files.dir;
   });
   after(async () => {
     await rig?.stop();
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    files?.cleanup();
   });
 
   /** A key in `store`, a certificate for it from the rig's fleet, written where the config points. */
@@ -64,22 +50,10 @@ describe('agent over MQTTS, built from its configuration', () => {
     }
   }
 
-  function config(deviceId: string, transport: Record<string, unknown>): ReturnType<typeof parseAgentConfig> {
-    return parseAgentConfig({
-      device: { id: deviceId },
-      sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: files.ingestPub, epochMessages: 50, epochSeconds: 60 },
-      sources: [{ type: 'simulated', id: 'patient', seed: 11, ecgHz: 50 }],
-      batch: { windowMs: 100 },
-      queue: { dir: join(dir, `queue-${deviceId}`) },
-      transport: { primary: { kind: 'mqtts', host: '127.0.0.1', port: rig.broker.port, serverName: 'localhost', caFile: files.ca, ...transport } },
-      uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
-      metrics: { listen: false },
-      status: { socket: join(dir, `${deviceId}.sock`) },
-    }, { baseDir: dir });
-  }
+  const config = (deviceId: string, transport: Record<string, unknown>) => files.config(deviceId, transport);
 
   /** Runs the agent until `n` of its messages reached the consumer; returns the sequence numbers seen. */
-  async function runUntilDelivered(deviceId: string, cfg: ReturnType<typeof parseAgentConfig>, n: number): Promise<number[]> {
+  async function runUntilDelivered(deviceId: string, cfg: AgentConfig, n: number): Promise<number[]> {
     const agent = await createAgent({ config: cfg, log: silentLogger() });
     await agent.start();
     try {

@@ -44,19 +44,10 @@ import { toHex } from '../../src/util/bytes.ts';
 import { Unsupported } from '../../src/util/errors.ts';
 import { startHarness, type Harness } from '../ingest/support/harness.ts';
 import { serverCertificate } from '../ingest/support/https.ts';
-import { agentTestEnv } from './support.ts';
+import { agentTestEnv, rigAgentFiles, until, type RigAgentFiles } from './support.ts';
 
 const DAY = 86_400_000;
 const FORTY_DAYS = validityPolicy({ deviceDays: 40 });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(cond: () => boolean, what: string, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
 function capture(): { log: ReturnType<typeof createLogger>; lines: { level: string; msg: string; [k: string]: unknown }[] } {
   const lines: { level: string; msg: string }[] = [];
   return { lines, log: createLogger({ level: 'debug', destination: { write: (s: string) => { lines.push(JSON.parse(s) as { level: string; msg: string }); } } }) };
@@ -338,8 +329,7 @@ describe('the agent renews and its next MQTTS connection presents the new certif
   let ingest: IngestInstance;
   let h: Harness;
   let http: IngestHttp;
-  let dir: string;
-  const files = { ca: '', ingestPub: '', pass: '' };
+  let files: RigAgentFiles;
 
   before(async () => {
     rig = await startMqttRig({ devices: ['bed-soft', 'bed-tpm'] });
@@ -351,37 +341,22 @@ describe('the agent renews and its next MQTTS connection presents the new certif
       host: '127.0.0.1', port: 0, certPem: server.certChainPem, keyPem: server.keyPem as string, roots: [rig.fleet.root],
       issuer: issuerOf(rig.fleet.authority, rig.fleet.root, validityPolicy()),
     });
-    dir = mkdtempSync(join(tmpdir(), 'vitalseal-agent-renewal-'));
-    files.ca = join(dir, 'fleet-root.pem');
-    writeFileSync(files.ca, rig.fleet.rootPem);
-    files.ingestPub = join(dir, 'ingest.pub');
-    writeFileSync(files.ingestPub, rig.ingestPublicKeyPem);
-    files.pass = join(dir, 'store.pass');
-    writeFileSync(files.pass, `pass-${process.pid}-${Date.now()}`, { mode: 0o600 });
+    files = rigAgentFiles(rig, 'vitalseal-agent-renewal-');
   });
   after(async () => {
     await http?.close();
     await h?.close();
     await rig?.stop();
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    files?.cleanup();
   });
 
   async function renewAndReconnect(deviceId: string, keystore: KeyStoreConfig): Promise<{ oldSerial: string; newSerial: string; chainPem: string }> {
     const first = await firstCertificate(keystore, deviceId, rig.fleet.authority, h.core, Date.now());
-    const chainFile = join(dir, `${deviceId}-chain.pem`);
+    const chainFile = join(files.dir, `${deviceId}-chain.pem`);
     writeFileSync(chainFile, first.chainPem, { mode: 0o640 });
-    const config = parseAgentConfig({
-      device: { id: deviceId },
-      sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: files.ingestPub, epochMessages: 50, epochSeconds: 60 },
-      sources: [{ type: 'simulated', id: 'patient', seed: 5, ecgHz: 50 }],
-      batch: { windowMs: 100 },
-      queue: { dir: join(dir, `queue-${deviceId}`) },
-      transport: { primary: { kind: 'mqtts', host: '127.0.0.1', port: rig.broker.port, serverName: 'localhost', caFile: files.ca, certFile: chainFile, identity: { keystore, keyLabel: 'device-identity' } } },
-      uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
+    const config = files.config(deviceId, { certFile: chainFile, identity: { keystore, keyLabel: 'device-identity' } }, {
       certificate: { file: chainFile, warnDays: 7, renew: { url: http.url, renewDays: 30 } },
-      metrics: { listen: false },
-      status: { socket: join(dir, `${deviceId}.sock`) },
-    }, { baseDir: dir });
+    });
     // The device's clock is 11 days ahead of the machine's: its 40-day certificate is due (29 days left).
     const clock = { now: () => Date.now() + 11 * DAY };
     const out = capture();
@@ -415,7 +390,7 @@ describe('the agent renews and its next MQTTS connection presents the new certif
   }
 
   it('software key store', async () => {
-    const keystore: KeyStoreConfig = { kind: 'software', path: join(dir, 'soft.vsks'), passphrase: { file: files.pass } };
+    const keystore: KeyStoreConfig = { kind: 'software', path: join(files.dir, 'soft.vsks'), passphrase: { file: files.pass } };
     const r = await renewAndReconnect('bed-soft', keystore);
     // Control: the old certificate is what the broker now refuses, so the reconnect above used the new one.
     const store = await openKeyStore(keystore);
@@ -436,10 +411,10 @@ describe('the agent renews and its next MQTTS connection presents the new certif
     try {
       tpm = await startSwtpm({ resourceManager: true });
       Object.assign(process.env, tpm.env);
-      const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(dir, 'tpm-store') };
+      const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(files.dir, 'tpm-store') };
       const r = await renewAndReconnect('bed-tpm', keystore);
       assert.notEqual(r.newSerial, r.oldSerial);
-      assert.equal(existsSync(join(dir, 'tpm-store')), true);
+      assert.equal(existsSync(join(files.dir, 'tpm-store')), true);
     } finally {
       await tpm?.stop();
       for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
