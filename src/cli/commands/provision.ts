@@ -64,8 +64,9 @@ const HELP = `usage:
                    from --token-file FILE (mode 0600) or --token-env VAR: never from the command
                    line, never printed. --ca-file ROOT.pem is the fleet root the device pins: the
                    service's certificate must chain to it and name the URL's host, and so must the
-                   issued chain. A token is spent once the service has answered; if anything fails
-                   after that, ask for a new one.
+                   issued chain. The service spends the token once it has checked the CSR's
+                   signature: if anything fails after that (a token for another device, an answer
+                   refused here), ask for a new one.
     --pki DIR      a local development CA (its passphrase from VITALSEAL_PKI_PASSPHRASE or
                    --pki-passphrase-env/--pki-passphrase-file).
 
