@@ -49,6 +49,32 @@ export function compareRates(candidate: () => void, baseline: () => void, opts: 
   return { value: median(a), baseline: median(b) };
 }
 
+/**
+ * Median milliseconds per call of an async operation (wall time: these wait on I/O, a TPM, a peer),
+ * candidate and baseline interleaved per round, after a warm-up of each.
+ */
+export async function compareLatency(candidate: () => Promise<unknown>, baseline: () => Promise<unknown>, opts: { windowMs: number; rounds: number }): Promise<RatePair> {
+  const run = async (fn: () => Promise<unknown>, ms: number) => {
+    const times: number[] = [];
+    const end = performance.now() + ms;
+    while (performance.now() < end || times.length < 3) {
+      const t = performance.now();
+      await fn();
+      times.push(performance.now() - t);
+    }
+    return median(times);
+  };
+  await run(candidate, Math.min(100, opts.windowMs));
+  await run(baseline, Math.min(100, opts.windowMs));
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let r = 0; r < opts.rounds; r++) {
+    a.push(await run(candidate, opts.windowMs));
+    b.push(await run(baseline, opts.windowMs));
+  }
+  return { value: median(a), baseline: median(b) };
+}
+
 export function windows(quick: boolean): { windowMs: number; rounds: number } {
   return quick ? { windowMs: 40, rounds: 1 } : { windowMs: 150, rounds: 5 };
 }

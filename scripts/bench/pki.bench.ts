@@ -16,35 +16,12 @@ import { createCsr } from '../../src/pki/csr.ts';
 import { createIssuingCa, createRootCa, issueDeviceCertificate } from '../../src/pki/issue.ts';
 import { DAY_MS } from '../../src/pki/policy.ts';
 import { validateChain } from '../../src/pki/validate.ts';
-import { compareRates, median, windows } from './measure.ts';
+import { compareLatency, compareRates, windows } from './measure.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 (px509.cryptoProvider.set as (crypto: unknown) => unknown).call(px509.cryptoProvider, webcrypto);
 
 const p256 = () => keyObjectSigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
-
-/** Median milliseconds per call of an async operation, candidate and baseline interleaved per round. */
-async function compareLatency(candidate: () => Promise<unknown>, baseline: () => Promise<unknown>, opts: { windowMs: number; rounds: number }): Promise<{ value: number; baseline: number }> {
-  const run = async (fn: () => Promise<unknown>, ms: number) => {
-    const times: number[] = [];
-    const end = performance.now() + ms;
-    while (performance.now() < end || times.length < 3) {
-      const t = performance.now();
-      await fn();
-      times.push(performance.now() - t);
-    }
-    return median(times);
-  };
-  await run(candidate, Math.min(100, opts.windowMs));
-  await run(baseline, Math.min(100, opts.windowMs));
-  const a: number[] = [];
-  const b: number[] = [];
-  for (let r = 0; r < opts.rounds; r++) {
-    a.push(await run(candidate, opts.windowMs));
-    b.push(await run(baseline, opts.windowMs));
-  }
-  return { value: median(a), baseline: median(b) };
-}
 
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const w = windows(ctx.quick);

@@ -5,7 +5,7 @@
  * Start-up order (each step only if the previous passed):
  *   1. power-on self-test of every primitive about to be used (src/crypto/selftest.ts), before any
  *      key is opened: a mismatch refuses to start and names the primitive;
- *   2. the pinned ingest public key; the certificate watcher;
+ *   2. the pinned ingest public key; the certificate watcher (and renewal, when configured);
  *   3. the durable queue (recovering any torn tail, reported in the status and the log);
  *   4. the uplinks (from configuration: uplink/from-config.ts; or those passed in `uplinks`);
  *   5. `start()`: sources, sampler, uplink scheduler, metrics endpoint, status socket.
@@ -34,6 +34,7 @@ import type { Uplink } from '../transport/types.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
 import { ApiMisuse, VitalsealError } from '../util/errors.ts';
 import { CertificateWatcher } from './cert-watch.ts';
+import { renewerFromConfig, type RenewalStatus } from './renewal/renewer.ts';
 import { ConfigError, type AgentConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MetricsRegistry, serveMetrics } from './metrics.ts';
@@ -83,7 +84,11 @@ export interface AgentStatus {
     readonly liveFrom: number;
   };
   readonly sealing: { readonly suite: string; readonly epochAgeSeconds: number | null; readonly epochMessages: number | null; readonly epochsStarted: number };
-  readonly certificate: { readonly state: string; readonly notAfter: string | null; readonly daysLeft: number | null; readonly message: string } | null;
+  readonly certificate: {
+    readonly state: string; readonly notAfter: string | null; readonly daysLeft: number | null; readonly message: string;
+    /** Automatic renewal, when `certificate.renew` is configured. */
+    readonly renewal: RenewalStatus | null;
+  } | null;
   readonly pipeline: Record<string, number>;
   readonly uplink: Record<string, number>;
   readonly hl7: Record<string, Record<string, number>>;
@@ -234,6 +239,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       clearInterval(flusher);
     }
     if (wasRunning) await this.#pipeline.stop(this.#clock.now()).catch(() => undefined);
+    await this.#cert?.stop();
     await this.#runner.stop();
     await this.#releaseUplinks();
     await this.#queue.close();
@@ -277,7 +283,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         epochMessages: epoch?.messages ?? null,
         epochsStarted: this.#session.epochsStarted,
       },
-      certificate: cert === undefined ? null : { state: cert.state, notAfter: iso(cert.notAfter), daysLeft: cert.daysLeft ?? null, message: cert.message },
+      certificate: cert === undefined ? null : { state: cert.state, notAfter: iso(cert.notAfter), daysLeft: cert.daysLeft ?? null, message: cert.message, renewal: this.#cert?.renewal() ?? null },
       pipeline: { ...this.#pipeline.counters() },
       uplink: { ...this.#runner.core.counters() },
       hl7: Object.fromEntries(this.#gateways.map(({ id, gw }) => [id, { ...gw.counters() }])),
@@ -337,6 +343,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       const n = this.#cert?.status().notAfter;
       return n === undefined ? undefined : n / 1000;
     });
+    this.#cert?.registerMetrics(m);
     const h = (pick: (c: ReturnType<MllpGateway['counters']>) => number) => () => this.#gateways.map(({ id, gw }) => ({ labels: { source: id }, value: pick(gw.counters()) }));
     m.counter('vitalseal_agent_hl7_connections_total', 'HL7 MLLP connections accepted', h((c) => c.connections));
     m.counter('vitalseal_agent_hl7_connections_refused_total', 'HL7 MLLP connections refused (too many)', h((c) => c.connectionsRefused));
@@ -382,7 +389,10 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
   } catch (e) {
     throw new ConfigError([`sealing.ingestPublicKeyFile: cannot use ${c.sealing.ingestPublicKeyFile} (${(e as NodeJS.ErrnoException).code ?? (e instanceof VitalsealError ? e.code : 'not an X25519 public key PEM')})`]);
   }
-  const cert = c.certificate === undefined ? undefined : new CertificateWatcher({ file: c.certificate.file, warnDays: c.certificate.warnDays, clock, log: log.child({ part: 'certificate' }) });
+  const renewer = renewerFromConfig(c, { clock, log: log.child({ part: 'certificate' }), env: opts.env ?? process.env, timers: opts.timers, random: opts.random });
+  const cert = c.certificate === undefined ? undefined : new CertificateWatcher({
+    file: c.certificate.file, warnDays: c.certificate.warnDays, clock, log: log.child({ part: 'certificate' }), ...(renewer === undefined ? {} : { renewer }),
+  });
 
   // 3. The queue.
   const queue = await openSegmentQueue({

@@ -22,6 +22,7 @@ import { isValidDeviceId } from '../codec/vitals.ts';
 import { COSE_CONTENT_ALGS, type CoseAlgName } from '../cose/algorithms.ts';
 import type { ProviderName } from '../crypto/provider.ts';
 import type { KeyStoreConfig, SecretSource } from '../keystore/config.ts';
+import { parseEstUrl } from '../pki/est-client.ts';
 import { VitalsealError } from '../util/errors.ts';
 import type { LogLevel } from './log.ts';
 
@@ -85,6 +86,24 @@ export interface TransportConfig {
 
 export type FsyncMode = 'every-batch' | 'never';
 
+/** `certificate.renew`: re-enrolment with the current certificate (mutual TLS) before it expires. */
+export interface CertificateRenewalConfig {
+  /** The enrolment endpoint, `https://HOST[:PORT]`. */
+  readonly url: string;
+  /** The root(s) the endpoint's certificate must chain to, and the new chain too (default: transport.primary.caFile). */
+  readonly caFile: string;
+  /** Renew once the certificate has at most this many days left. */
+  readonly renewDays: number;
+  /** Back-off after a failed attempt: from this ... */
+  readonly retryInitialSeconds: number;
+  /** ... doubling up to this. */
+  readonly retryMaxSeconds: number;
+  /** One attempt (connect, handshake, request, answer) must finish within this. */
+  readonly timeoutSeconds: number;
+  /** The key the certificate is for: transport.primary.identity. */
+  readonly identity: TransportIdentity;
+}
+
 export interface AgentConfig {
   readonly device: { readonly id: string };
   readonly sealing: {
@@ -118,7 +137,13 @@ export interface AgentConfig {
     readonly primaryProbeSeconds: number;
     readonly sendTimeoutMs: number;
   };
-  readonly certificate?: { readonly file: string; readonly warnDays: number; readonly checkIntervalSeconds: number };
+  readonly certificate?: {
+    readonly file: string;
+    readonly warnDays: number;
+    readonly checkIntervalSeconds: number;
+    /** Automatic renewal through the ingest enrolment endpoint; absent: only the expiry watch. */
+    readonly renew?: CertificateRenewalConfig;
+  };
   readonly metrics: { readonly listen: { readonly host: string; readonly port: number } | false };
   readonly status: { readonly socket: string };
   readonly log: { readonly level: LogLevel };
@@ -292,6 +317,38 @@ function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv)
   };
 }
 
+/**
+ * `certificate.renew`. The certificate is for the key `transport.primary.identity` names; a failover
+ * transport presenting a certificate must use the same key (renewal writes one chain for one key).
+ */
+function renewal(c: Checker, v: unknown, primary: TransportConfig | undefined, failover: TransportConfig | undefined): CertificateRenewalConfig | undefined {
+  const path = 'certificate.renew';
+  const o = c.object(v, path, ['url', 'caFile', 'renewDays', 'retryInitialSeconds', 'retryMaxSeconds', 'timeoutSeconds']);
+  if (o === undefined) return undefined;
+  const url = c.string(o, 'url', path);
+  if (url !== undefined) {
+    try {
+      parseEstUrl(url);
+    } catch (e) {
+      c.fail(`${path}.url`, `must be https://HOST[:PORT] (${e instanceof Error ? e.message : 'not a URL'})`);
+    }
+  }
+  const caFile = c.path(o, 'caFile', path, { optional: true }) ?? primary?.caFile;
+  if (caFile === undefined) c.fail(`${path}.caFile`, 'is required (transport.primary.caFile is not set either): the root the enrolment endpoint\'s certificate chains to');
+  const renewDays = c.int(o, 'renewDays', path, 1, 3650, 30);
+  const retryInitialSeconds = c.int(o, 'retryInitialSeconds', path, 1, 86_400, 60);
+  const retryMaxSeconds = c.int(o, 'retryMaxSeconds', path, 1, 7 * 86_400, 6 * 3600);
+  if (retryInitialSeconds !== undefined && retryMaxSeconds !== undefined && retryMaxSeconds < retryInitialSeconds) c.fail(`${path}.retryMaxSeconds`, `must be at least ${path}.retryInitialSeconds`);
+  const timeoutSeconds = c.int(o, 'timeoutSeconds', path, 1, 600, 30);
+  const identity = primary?.identity;
+  if (primary !== undefined && identity === undefined) c.fail(path, 'needs transport.primary.identity: the key store and key the certificate is for');
+  if (identity !== undefined && failover?.certFile !== undefined && JSON.stringify(failover.identity) !== JSON.stringify(identity)) {
+    c.fail('transport.failover.identity', 'must name the same key as transport.primary.identity when certificate.renew is set: renewal keeps one certificate for one device key');
+  }
+  if (url === undefined || caFile === undefined || renewDays === undefined || retryInitialSeconds === undefined || retryMaxSeconds === undefined || timeoutSeconds === undefined || identity === undefined) return undefined;
+  return { url, caFile, renewDays, retryInitialSeconds, retryMaxSeconds, timeoutSeconds, identity };
+}
+
 function source(c: Checker, v: unknown, path: string, index: number): SourceConfig | undefined {
   const type = typeof v === 'object' && v !== null ? (v as Obj)['type'] : undefined;
   if (type === 'simulated') {
@@ -405,12 +462,15 @@ export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: No
   let certificate: AgentConfig['certificate'];
   const certEnv = env['VITALSEAL_DEVICE_CERT_FILE'];
   if (root['certificate'] !== undefined || certEnv !== undefined) {
-    const co = root['certificate'] === undefined ? {} : c.object(root['certificate'], 'certificate', ['file', 'warnDays', 'checkIntervalSeconds']);
+    const co = root['certificate'] === undefined ? {} : c.object(root['certificate'], 'certificate', ['file', 'warnDays', 'checkIntervalSeconds', 'renew']);
     if (co !== undefined) {
       const file = certEnv !== undefined ? resolve(certEnv) : c.path(co, 'file', 'certificate');
       const warnDays = c.int(co, 'warnDays', 'certificate', 1, 3650, 30);
       const checkIntervalSeconds = c.int(co, 'checkIntervalSeconds', 'certificate', 1, 86_400, 3600);
-      if (file !== undefined && warnDays !== undefined && checkIntervalSeconds !== undefined) certificate = { file, warnDays, checkIntervalSeconds };
+      const renew = co['renew'] === undefined ? undefined : renewal(c, co['renew'], primary, failover);
+      if (file !== undefined && warnDays !== undefined && checkIntervalSeconds !== undefined) {
+        certificate = { file, warnDays, checkIntervalSeconds, ...(renew === undefined ? {} : { renew }) };
+      }
     }
   }
 

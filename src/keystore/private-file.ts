@@ -12,10 +12,9 @@
  *   await writePrivateFileAtomic('/var/lib/vitalseal/keys.vsks', bytes);
  *   const again = await readPrivateFile('/var/lib/vitalseal/keys.vsks', { maxBytes: 1 << 20, what: 'key file' });
  */
-import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { fsyncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import { KeyStoreError } from '../util/errors.ts';
 
 export interface ReadPrivateFileOptions {
@@ -115,36 +114,12 @@ export async function readPrivateFileVersioned(path: string, opts: ReadPrivateFi
  * `bytes`; nothing here keeps a copy.
  */
 export async function writePrivateFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  let fh: FileHandle | undefined;
   try {
-    // 'wx' (O_CREAT | O_EXCL): never write through a file or link planted under the temporary name.
-    fh = await open(tmp, 'wx', 0o600);
-    let off = 0;
-    while (off < bytes.length) {
-      const { bytesWritten } = await fh.write(bytes, off, bytes.length - off);
-      off += bytesWritten;
-    }
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, path);
+    await writeFileAtomic(path, bytes, 0o600);
   } catch (e) {
-    await fh?.close().catch(() => undefined);
-    await rm(tmp, { force: true }).catch(() => undefined);
     const code = (e as NodeJS.ErrnoException).code;
     throw new KeyStoreError('file-io', `cannot write ${path}: ${code ?? String(e)}`, { cause: e });
   }
-  await fsyncDirectory(dir);
 }
 
-/** Makes a rename or unlink in `dir` durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
+export { fsyncDirectory };

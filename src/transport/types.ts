@@ -83,7 +83,17 @@ export interface Uplink extends EventEmitter<UplinkEvents> {
   connect(): Promise<void>;
   /** Resolves when the receiving side has taken the message; see the module comment for failures. */
   send(message: UplinkMessage): Promise<UplinkAck>;
-  /** Closes gracefully (close_notify / DISCONNECT); messages still in flight reject with TransportError. */
+  /**
+   * Closes gracefully (close_notify / DISCONNECT) for good, releasing what the uplink holds; messages
+   * still in flight reject with TransportError.
+   */
   close(): Promise<void>;
+  /**
+   * Ends the current connection as `close` does, but the uplink stays usable: `connect()` may follow.
+   * What the agent's uplink runner calls when it gives up on a link it will connect again (lost,
+   * timed out, the failover after the primary is back). Without it, the runner calls `close`, which
+   * must then allow `connect()` again.
+   */
+  disconnect?(): Promise<void>;
   counters(): UplinkCounters;
 }

@@ -99,3 +99,53 @@ export class CertificateError extends VitalsealError {
     super(code, message, options);
   }
 }
+
+/**
+ * Enrolment or renewal through the ingest service's enrolment endpoint (src/pki/est-client.ts) did
+ * not produce a usable certificate. `code` says why; `retryable` says whether the same request may
+ * succeed later (the service was unreachable or busy) or needs someone to act (a new token, a
+ * reactivated device). Messages name the refusal, never the token.
+ */
+export type EnrolmentErrorCode =
+  /** The enrolment token is malformed or not known to the service. */
+  | 'token-invalid'
+  /** The token was used already (tokens are single-use). */
+  | 'token-spent'
+  | 'token-expired'
+  /** The token or the certificate is for another device than the CSR asks for. */
+  | 'device-mismatch'
+  /** The device is suspended or revoked at the service. */
+  | 'device-not-active'
+  /** Renewal: the service did not accept the current certificate (revoked, superseded, expired, unknown). */
+  | 'certificate-refused'
+  /** The service or its CA refused the CSR. */
+  | 'csr-refused'
+  /** The enrolment server's TLS certificate failed our checks (another CA, wrong host name, expired). */
+  | 'server-untrusted'
+  /** No enrolment endpoint at that URL (404/405). */
+  | 'not-found'
+  /** Unreachable, timed out, busy (429) or failing (5xx), or enrolment is not configured there (503). */
+  | 'unavailable'
+  /** The answer is not an enrolment answer: wrong media type, oversized, cut short, not PEM. */
+  | 'bad-response'
+  /** The returned chain does not pass our checks: not from the pinned root, another device, another key. */
+  | 'chain-refused';
+
+export class EnrolmentError extends VitalsealError {
+  readonly kind = 'enrolment';
+  declare readonly code: EnrolmentErrorCode;
+  /** The HTTP status, when the service answered. */
+  readonly status: number | undefined;
+  /** The service's own error code (its JSON `error` field), when it gave one. */
+  readonly serverCode: string | undefined;
+  constructor(code: EnrolmentErrorCode, message: string, options?: { cause?: unknown; status?: number; serverCode?: string }) {
+    super(code, message, options);
+    this.status = options?.status;
+    this.serverCode = options?.serverCode;
+  }
+
+  /** True when the same request may succeed later without anyone acting. */
+  get retryable(): boolean {
+    return this.code === 'unavailable';
+  }
+}

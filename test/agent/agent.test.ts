@@ -87,7 +87,7 @@ describe('agent: a full run', () => {
     assert.ok(status.sealing.epochAgeSeconds !== null && status.sealing.epochAgeSeconds >= 0);
     assert.ok(status.lastAck !== null && status.lastAck.seq >= 1);
     assert.equal(status.certificate?.state, 'renew-soon');
-    assert.match(status.certificate?.message ?? '', /enrolment endpoint is not available/);
+    assert.match(status.certificate?.message ?? '', /automatic renewal is not configured \(certificate\.renew/);
     assert.ok(status.selfTest.passed.some((p) => p.startsWith('aead:chacha20-poly1305')));
     assert.equal(status.hl7['monitor']?.['messagesAccepted'], 1);
 

@@ -15,41 +15,28 @@ import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/l
 import { VITALSEAL_BIN } from '../../scripts/lib/processes.ts';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { createAgent } from '../../src/agent/agent.ts';
-import { ConfigError, parseAgentConfig } from '../../src/agent/config.ts';
+import { ConfigError, type AgentConfig } from '../../src/agent/config.ts';
 import { silentLogger } from '../../src/agent/log.ts';
 import type { KeyStoreConfig } from '../../src/keystore/config.ts';
 import { openKeyStore } from '../../src/keystore/open.ts';
 import { Unsupported } from '../../src/util/errors.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+import { rigAgentFiles, until, type RigAgentFiles } from './support.ts';
 
 describe('agent over MQTTS, built from its configuration', () => {
   let rig: MqttRig;
   let ingest: IngestInstance;
+  let files: RigAgentFiles;
   let dir: string;
-  const files = { ca: '', ingestPub: '', pass: '' };
 
   before(async () => {
     rig = await startMqttRig({ devices: ['bed-soft', 'bed-tpm', 'bed-other'] });
     ingest = await rig.startIngest('ingest-agent-test');
-    dir = mkdtempSync(join(tmpdir(), 'vitalseal-agent-mqtts-'));
-    files.ca = join(dir, 'fleet-root.pem');
-    writeFileSync(files.ca, rig.fleet.rootPem);
-    files.ingestPub = join(dir, 'ingest.pub');
-    writeFileSync(files.ingestPub, rig.ingestPublicKeyPem);
-    files.pass = join(dir, 'store.pass');
-    writeFileSync(files.pass, `pass-${process.pid}-${Date.now()}`, { mode: 0o600 });
+    files = rigAgentFiles(rig, 'vitalseal-agent-mqtts-');
+    dir = files.dir;
   });
   after(async () => {
     await rig?.stop();
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    files?.cleanup();
   });
 
   /** A key in `store`, a certificate for it from the rig's fleet, written where the config points. */
@@ -66,26 +53,10 @@ describe('agent over MQTTS, built from its configuration', () => {
     }
   }
 
-  function configDoc(deviceId: string, transport: Record<string, unknown>): Record<string, unknown> {
-    return {
-      device: { id: deviceId },
-      sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: files.ingestPub, epochMessages: 50, epochSeconds: 60 },
-      sources: [{ type: 'simulated', id: 'patient', seed: 11, ecgHz: 50 }],
-      batch: { windowMs: 100 },
-      queue: { dir: join(dir, `queue-${deviceId}`) },
-      transport: { primary: { kind: 'mqtts', host: '127.0.0.1', port: rig.broker.port, serverName: 'localhost', caFile: files.ca, ...transport } },
-      uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
-      metrics: { listen: false },
-      status: { socket: join(dir, `${deviceId}.sock`) },
-    };
-  }
-
-  function config(deviceId: string, transport: Record<string, unknown>): ReturnType<typeof parseAgentConfig> {
-    return parseAgentConfig(configDoc(deviceId, transport), { baseDir: dir });
-  }
+  const config = (deviceId: string, transport: Record<string, unknown>) => files.config(deviceId, transport);
 
   /** Runs the agent until `n` of its messages reached the consumer; returns the sequence numbers seen. */
-  async function runUntilDelivered(deviceId: string, cfg: ReturnType<typeof parseAgentConfig>, n: number): Promise<number[]> {
+  async function runUntilDelivered(deviceId: string, cfg: AgentConfig, n: number): Promise<number[]> {
     const agent = await createAgent({ config: cfg, log: silentLogger() });
     await agent.start();
     try {
@@ -112,6 +83,7 @@ describe('agent over MQTTS, built from its configuration', () => {
   it('TPM key store: `vitalseal agent run` as its own process, started outside the checkout, signs TLS inside the TPM', { timeout: 240_000 }, async () => {
     let tpm: Swtpm | undefined;
     let agent: ChildProcess | undefined;
+    const cwd = mkdtempSync(join(tmpdir(), 'vitalseal-agent-cwd-'));
     try {
       tpm = await startSwtpm({ resourceManager: true });
       const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(dir, 'tpm-store') };
@@ -124,10 +96,9 @@ describe('agent over MQTTS, built from its configuration', () => {
         for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
       }
       const cfg = join(dir, 'bed-tpm.json');
-      writeFileSync(cfg, JSON.stringify(configDoc('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } })));
+      writeFileSync(cfg, JSON.stringify(files.document('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } })));
       // The command registers its TypeScript loader from inside (no --import flag), and the working
       // directory is not the checkout: the TLS child process must start all the same.
-      const cwd = mkdtempSync(join(tmpdir(), 'vitalseal-agent-cwd-'));
       let log = '';
       agent = spawn(process.execPath, [VITALSEAL_BIN, 'agent', 'run', '--config', cfg], { cwd, env: { ...process.env, ...tpm.env }, stdio: ['ignore', 'pipe', 'pipe'] });
       agent.stdout?.on('data', (c: Buffer) => (log += c.toString()));
@@ -136,7 +107,6 @@ describe('agent over MQTTS, built from its configuration', () => {
         throw new Error(`${(e as Error).message}; agent log:\n${log.slice(-3000)}`);
       });
       assert.match(log, /"protocol":"TLSv1.3"/);
-      rmSync(cwd, { recursive: true, force: true });
     } finally {
       if (agent !== undefined && agent.exitCode === null) {
         const exited = new Promise((r) => agent?.once('exit', r));
@@ -144,6 +114,7 @@ describe('agent over MQTTS, built from its configuration', () => {
         await exited;
       }
       await tpm?.stop();
+      rmSync(cwd, { recursive: true, force: true });
     }
   });
 

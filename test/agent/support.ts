@@ -6,6 +6,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { parseAgentConfig, type AgentConfig } from '../../src/agent/config.ts';
 import { generateX25519Pem, x25519PrivateFromPem } from '../../src/cose/keys.ts';
 
 export interface AgentTestEnv {
@@ -52,6 +54,57 @@ export function agentTestEnv(prefix = 'vitalseal-agent-'): AgentTestEnv {
       rmSync(key, { force: true });
       return crt;
     },
+    cleanup() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Waits for a real asynchronous outcome (a delivery, a reconnect), polling every 25 ms. */
+export async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** What an agent talking to an MQTT rig needs on disk: the fleet root, the pinned ingest key, a store passphrase (0600). */
+export interface RigAgentFiles {
+  readonly dir: string;
+  readonly ca: string;
+  readonly ingestPub: string;
+  readonly pass: string;
+  /** An MQTTS agent configuration for `deviceId` against the rig's broker; `transport` and `extra` add to it. */
+  config(deviceId: string, transport: Record<string, unknown>, extra?: Record<string, unknown>): AgentConfig;
+  /** The same as a configuration document (what `vitalseal agent run --config` reads). */
+  document(deviceId: string, transport: Record<string, unknown>, extra?: Record<string, unknown>): Record<string, unknown>;
+  cleanup(): void;
+}
+
+export function rigAgentFiles(rig: MqttRig, prefix: string): RigAgentFiles {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const ca = join(dir, 'fleet-root.pem');
+  writeFileSync(ca, rig.fleet.rootPem);
+  const ingestPub = join(dir, 'ingest.pub');
+  writeFileSync(ingestPub, rig.ingestPublicKeyPem);
+  const pass = join(dir, 'store.pass');
+  writeFileSync(pass, `pass-${process.pid}-${Date.now()}`, { mode: 0o600 });
+  const document = (deviceId: string, transport: Record<string, unknown>, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+    device: { id: deviceId },
+    sealing: { alg: 'chacha20-poly1305', ingestPublicKeyFile: ingestPub, epochMessages: 50, epochSeconds: 60 },
+    sources: [{ type: 'simulated', id: 'patient', seed: 11, ecgHz: 50 }],
+    batch: { windowMs: 100 },
+    queue: { dir: join(dir, `queue-${deviceId}`) },
+    transport: { primary: { kind: 'mqtts', host: '127.0.0.1', port: rig.broker.port, serverName: 'localhost', caFile: ca, ...transport } },
+    uplink: { backoffInitialMs: 50, backoffMaxMs: 400 },
+    metrics: { listen: false },
+    status: { socket: join(dir, `${deviceId}.sock`) },
+    ...extra,
+  });
+  return {
+    dir, ca, ingestPub, pass, document,
+    config: (deviceId, transport, extra = {}) => parseAgentConfig(document(deviceId, transport, extra), { baseDir: dir }),
     cleanup() {
       rmSync(dir, { recursive: true, force: true });
     },

@@ -154,11 +154,12 @@ describe('vitalseal provision (through the real bin)', () => {
     assert.equal(r.code, 0, r.stderr);
   });
 
-  it('--help says where keys go and that enrolment through the ingest comes later', () => {
+  it('--help says where keys go and names both issuers', () => {
     const r = vitalseal(['provision', '--help']);
     assert.equal(r.code, 0);
     assert.match(r.stdout, /dev-pem/);
-    assert.match(r.stdout, /enrolment endpoint comes later/);
+    assert.match(r.stdout, /--enrol URL {4}the ingest service's enrolment endpoint/);
+    assert.match(r.stdout, /--pki DIR {6}a local development CA/);
   });
 
   it('dev-pem with a key passphrase: key 0600 and encrypted, chain verified by openssl, the key matches the certificate', () => {

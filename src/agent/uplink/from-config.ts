@@ -11,7 +11,9 @@
  *
  * The certificate is checked against the store's key before anything connects, so a device
  * provisioned with one key and configured with another fails at start-up with a message that says so,
- * not with a TLS alert later.
+ * not with a TLS alert later. The `certFile` may be replaced while the agent runs (certificate
+ * renewal writes it): the uplink's TLS connector presents the new chain from its next connection on
+ * (device-tls.ts, `reloadingTls`). A transport added here should do the same with its chain.
  *
  * @example
  *   const built = await uplinkFromConfig(config.transport.primary, 'transport.primary', { deviceId, clock, log, env: process.env });
@@ -19,15 +21,12 @@
  *   ...
  *   await built.release();   // closes the uplink, the TLS helper and the key store
  */
-import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { openKeyStore } from '../../keystore/open.ts';
-import { SoftwareKeyStore } from '../../keystore/software/store.ts';
-import type { TpmKeyStore } from '../../keystore/tpm/store.ts';
 import type { KeyStore } from '../../keystore/types.ts';
 import { parseCertificate } from '../../pki/certificate.ts';
 import { pemDecode } from '../../pki/pem.ts';
-import { inProcessTls, type TlsConnector } from '../../transport/mqtts/connector.ts';
+import type { TlsConnector } from '../../transport/mqtts/connector.ts';
 import { trustFromPem, type MqttsTrust } from '../../transport/mqtts/tls.ts';
 import { vitalsTopic } from '../../transport/mqtts/topics.ts';
 import { createMqttsUplink } from '../../transport/mqtts/uplink.ts';
@@ -37,6 +36,7 @@ import type { Clock } from '../../util/clock.ts';
 import { Unsupported, VitalsealError } from '../../util/errors.ts';
 import { ConfigError, type TransportConfig, type TransportIdentity } from '../config.ts';
 import type { Logger } from '../log.ts';
+import { deviceTlsFactory, reloadingTls } from './device-tls.ts';
 
 export interface UplinkDeps {
   readonly deviceId: string;
@@ -97,8 +97,8 @@ async function openIdentityStore(identity: TransportIdentity, path: string, deps
   }
 }
 
-/** The store's key must be the one the certificate was issued for. */
-async function checkKeyMatchesCertificate(store: KeyStore, label: string, leafSpki: Uint8Array, path: string): Promise<void> {
+/** The store's key must be the one the certificate was issued for; returns the key's SPKI. */
+async function checkKeyMatchesCertificate(store: KeyStore, label: string, leafSpki: Uint8Array, path: string): Promise<Uint8Array> {
   let spki: Uint8Array;
   try {
     spki = await (await store.openSigningKey(label)).publicKeySpki();
@@ -108,21 +108,7 @@ async function checkKeyMatchesCertificate(store: KeyStore, label: string, leafSp
   if (!equalBytes(spki, leafSpki)) {
     throw new ConfigError([`${path}.certFile: the certificate was not issued for key '${label}' in this key store (provisioned with another key?)`]);
   }
-}
-
-async function mqttsTls(store: KeyStore, label: string, certChainPem: string, trust: MqttsTrust, path: string, deps: UplinkDeps): Promise<TlsConnector> {
-  if (store instanceof SoftwareKeyStore) {
-    deps.log.warn({ part: 'transport' }, 'mqtts: the TLS key comes from the software key store (development grade): it is held in this process');
-    const pem = await store.exportPrivateKeyPemForDevelopmentOnly(label);
-    return inProcessTls({ certChainPem, privateKey: createPrivateKey(pem), trust, clock: deps.clock });
-  }
-  const kind = store.describe().kind;
-  if (kind === 'tpm') {
-    // Loaded on demand: only TPM users load the tpm2-openssl child's code.
-    const { tpmTls } = await import('../../transport/mqtts/tpm-tunnel.ts');
-    return tpmTls({ certChainPem, key: await (store as TpmKeyStore).loadableKey(label), trust, clock: deps.clock });
-  }
-  throw pkcs11Refusal(path);
+  return spki;
 }
 
 function pkcs11Refusal(path: string): Unsupported {
@@ -136,12 +122,14 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
   const identity = need(t.identity, `${path}.identity`, 'for mqtts (the key store holding the device key)');
   if (identity.keystore.kind === 'pkcs11') throw pkcs11Refusal(path);
   const trust = readTrust(t, path);
-  const chain = readDeviceChain(need(t.certFile, `${path}.certFile`, 'for mqtts (the device certificate chain, PEM)'), `${path}.certFile`);
+  const certFile = need(t.certFile, `${path}.certFile`, 'for mqtts (the device certificate chain, PEM)');
+  const chain = readDeviceChain(certFile, `${path}.certFile`);
   const store = await openIdentityStore(identity, path, deps);
   let tls: TlsConnector | undefined;
   try {
-    await checkKeyMatchesCertificate(store, identity.keyLabel, chain.leafSpki, path);
-    tls = await mqttsTls(store, identity.keyLabel, chain.pem, trust, path, deps);
+    const keySpki = await checkKeyMatchesCertificate(store, identity.keyLabel, chain.leafSpki, path);
+    const build = await deviceTlsFactory(store, identity.keyLabel, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', refusal: () => pkcs11Refusal(path) });
+    tls = reloadingTls({ file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki, build, log: deps.log });
     const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
     deps.log.info({ part: 'transport', kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
     const connector = tls;

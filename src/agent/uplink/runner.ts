@@ -139,7 +139,10 @@ export class UplinkRunner {
         return this.#connect(a.target, a.epoch, true);
       case 'close': {
         this.#o.log.info({ target: a.target, reason: a.reason }, 'closing uplink');
-        this.#track(this.#uplink(a.target).close().catch((e: unknown) => this.#o.log.warn({ target: a.target, code: codeOf(e) }, 'uplink close failed')));
+        const u = this.#uplink(a.target);
+        // Between connections the uplink stays usable (disconnect); only stopping closes it for good.
+        const ending = a.final || u.disconnect === undefined ? u.close() : u.disconnect();
+        this.#track(ending.catch((e: unknown) => this.#o.log.warn({ target: a.target, code: codeOf(e) }, 'uplink close failed')));
         return;
       }
       case 'send':

@@ -31,7 +31,8 @@ export type LinkTarget = 'primary' | 'failover';
 export type SchedulerAction =
   | { readonly kind: 'connect'; readonly target: LinkTarget; readonly epoch: number }
   | { readonly kind: 'probe'; readonly target: 'primary'; readonly epoch: number }
-  | { readonly kind: 'close'; readonly target: LinkTarget; readonly reason: string }
+  /** `final`: the agent stops (close for good); otherwise only this connection ends and the link is connected again later. */
+  | { readonly kind: 'close'; readonly target: LinkTarget; readonly reason: string; readonly final: boolean }
   | { readonly kind: 'send'; readonly target: LinkTarget; readonly epoch: number; readonly seqs: readonly number[] }
   | { readonly kind: 'ack'; readonly throughSeq: number }
   | { readonly kind: 'move-aside'; readonly seq: number; readonly reason: string };
@@ -211,7 +212,7 @@ export class SchedulerCore {
   probeSucceeded(now: number, epoch: number): void {
     const l = this.#link;
     if (l.state !== 'connected' || !l.probing || epoch !== this.#epoch) return;
-    this.#actions.push({ kind: 'close', target: 'failover', reason: 'primary is back' });
+    this.#actions.push({ kind: 'close', target: 'failover', reason: 'primary is back', final: false });
     this.#inFlight.clear();
     this.#counters.connects++;
     // A new epoch: late failures from the failover link being closed must not touch this one.
@@ -295,7 +296,7 @@ export class SchedulerCore {
   /** Stops: closes the link, persists the acknowledged position. */
   stop(now: number): void {
     const l = this.#link;
-    if (l.state === 'connected' || l.state === 'connecting') this.#actions.push({ kind: 'close', target: l.target, reason: 'stopping' });
+    if (l.state === 'connected' || l.state === 'connecting') this.#actions.push({ kind: 'close', target: l.target, reason: 'stopping', final: true });
     this.#link = { state: 'stopped' };
     this.#inFlight.clear();
     this.#persistAck(now, true);
@@ -359,7 +360,7 @@ export class SchedulerCore {
     const l = this.#link;
     if (l.state !== 'connected') return;
     this.#lastError = reason;
-    this.#actions.push({ kind: 'close', target: l.target, reason });
+    this.#actions.push({ kind: 'close', target: l.target, reason, final: false });
     this.#inFlight.clear();
     const delay = this.#backoff.delay(this.#failures);
     this.#failures++;

@@ -69,9 +69,19 @@ function human(s: AgentStatus): string {
     `transport     ${s.transport.kind} ${s.transport.link}${s.transport.target === null ? '' : ` (${s.transport.target})`}${s.transport.peer === null ? '' : ` to ${s.transport.peer}, ${s.transport.protocol ?? '?'} ${s.transport.suite ?? ''}`}${s.transport.lastError === null ? '' : `; last error ${s.transport.lastError}`}${s.transport.retryAt === null ? '' : `; retry at ${s.transport.retryAt}`}`,
     `sealing       ${s.sealing.suite}; key epoch ${s.sealing.epochAgeSeconds === null ? 'not started' : `${s.sealing.epochAgeSeconds} s old, ${s.sealing.epochMessages ?? 0} message(s)`}; ${s.sealing.epochsStarted} epoch(s) so far`,
     `certificate   ${s.certificate === null ? 'not configured' : s.certificate.message}`,
+    `renewal       ${renewalLine(s.certificate?.renewal ?? null)}`,
     `self-test     passed: ${s.selfTest.passed.join(', ')}`,
   ];
   return `${lines.join('\n')}\n`;
+}
+
+function renewalLine(r: NonNullable<AgentStatus['certificate']>['renewal']): string {
+  if (r === null) return 'not configured (certificate.renew)';
+  const parts = [`${r.state} via ${r.url}`, r.dueAt === null ? 'not checked yet' : `due from ${r.dueAt}`];
+  if (r.lastRenewal !== null) parts.push(`last renewed ${r.lastRenewal.at} (serial ${r.lastRenewal.serial})`);
+  if (r.lastError !== null && r.consecutiveFailures > 0) parts.push(`${r.consecutiveFailures} failure(s), last ${r.lastError.code}: ${r.lastError.message}`);
+  if (r.retryAt !== null) parts.push(`next attempt after ${r.retryAt}`);
+  return parts.join('; ');
 }
 
 async function status(args: string[], io: CliIo): Promise<number> {

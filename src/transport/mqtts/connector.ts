@@ -6,6 +6,11 @@
  *   a development key file).
  * - `tpmTls` (tpm-tunnel.ts): a child process whose OpenSSL signs with the TPM through the `tpm2`
  *   provider; this process sees only the plaintext MQTT bytes.
+ * - `serverAuthTls`: node:tls in this process with no client certificate, for enrolment (a one-time
+ *   token authenticates the device; src/pki/est-client.ts).
+ *
+ * Nothing here is MQTT-specific: the device's HTTPS requests to the enrolment endpoint (renewal over
+ * mutual TLS) run over the same connectors.
  *
  * Both build their SecureContext once (parsing certificates and keys costs ~1.3 ms of CPU per
  * context) and reuse it for every reconnect, and both check the broker's chain with
@@ -60,7 +65,6 @@ export interface InProcessTlsOptions {
 
 /** TLS in this process, for keys it may hold (development stores). */
 export function inProcessTls(opts: InProcessTlsOptions): TlsConnector {
-  const clock = opts.clock ?? systemClock;
   if (opts.privateKey.type !== 'private') throw new ApiMisuse('bad-key', 'inProcessTls: privateKey must be a private key');
   // node:tls takes the key only as PEM (not a KeyObject, not DER), so it passes through a JS string
   // once, which cannot be wiped: one more reason this path is for development keys only.
@@ -69,14 +73,27 @@ export function inProcessTls(opts: InProcessTlsOptions): TlsConnector {
     cert: opts.certChainPem,
     key: opts.privateKey.export({ format: 'pem', type: 'pkcs8' }),
   });
+  return contextConnector(context, opts.trust, opts.clock ?? systemClock, 'TLS in this process (development key)');
+}
+
+/**
+ * TLS in this process without a client certificate: the server is authenticated as always (pinned
+ * roots, its name, the fleet profile), the client by something else. For enrolment, where a
+ * one-time token authenticates the device (src/pki/est-client.ts).
+ */
+export function serverAuthTls(opts: { readonly trust: MqttsTrust; readonly clock?: Clock }): TlsConnector {
+  return contextConnector(createSecureContext(clientContextOptions(opts.trust)), opts.trust, opts.clock ?? systemClock, 'TLS in this process (no client certificate)');
+}
+
+function contextConnector(context: SecureContext, trust: MqttsTrust, clock: Clock, description: string): TlsConnector {
   const checkServerIdentity = checkServerIdentityWith({
-    roots: opts.trust.roots,
+    roots: trust.roots,
     clock,
-    ...(opts.trust.spkiPins === undefined ? {} : { spkiPins: opts.trust.spkiPins }),
+    ...(trust.spkiPins === undefined ? {} : { spkiPins: trust.spkiPins }),
   });
   let closed = false;
   return {
-    description: 'TLS in this process (development key)',
+    description,
     open(target) {
       if (closed) throw new ApiMisuse('closed', 'the TLS connector is closed');
       const socket = tlsConnect({

@@ -426,13 +426,27 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
     });
   }
 
+  /** Ends the connection; `connect()` may follow (the agent reconnects after a lost link this way). */
+  async disconnect(): Promise<void> {
+    if (this.#state.kind === 'closed') return;
+    await this.#end({ kind: 'idle' }, 'the connection was ended before PUBACK');
+  }
+
+  /** Ends the connection for good and releases the TLS connector (the TPM child process). */
   async close(): Promise<void> {
+    await this.#end({ kind: 'closed' }, 'the uplink was closed before PUBACK');
+    await this.#o.tls.close();
+  }
+
+  async #end(next: { readonly kind: 'idle' } | { readonly kind: 'closed' }, why: string): Promise<void> {
     const s = this.#state;
-    this.#state = { kind: 'closed' };
-    this.#failAll(new TransportError('closed', `${this.#where}: the uplink was closed before PUBACK`));
+    this.#state = next;
+    this.#failAll(new TransportError('closed', `${this.#where}: ${why}`));
     if (s.kind === 'connecting') {
       s.client.end(true);
       await s.done.catch(() => undefined);
+      // A failing connect sets the state to idle: closed stays closed.
+      if (next.kind === 'closed') this.#state = next;
     } else if (s.kind === 'connected') {
       const client = s.client;
       for (const id of Object.keys(client.outgoing)) client.removeOutgoingMessage(Number(id));
@@ -450,7 +464,6 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
       this.#counters.disconnects += 1;
       this.emit('disconnected', { reason: 'closed by the device' });
     }
-    await this.#o.tls.close();
   }
 }
 

@@ -1,0 +1,167 @@
+/**
+ * The device's mutual-TLS connections, wherever its identity key lives, for every TLS client the
+ * agent runs (the MQTTS uplink, certificate renewal against the enrolment endpoint):
+ *
+ *   - `tpm`: TLS in a child process whose OpenSSL signs in the TPM (transport/mqtts/tpm-tunnel.ts);
+ *   - `software`: the development store's key handed to node:tls in this process (logged);
+ *   - `pkcs11`: refused with the caller's `Unsupported`: Debian 12's OpenSSL cannot sign with a
+ *     token key (docs/transport-mqtts.md, "PKCS#11").
+ *
+ * `deviceTlsFactory` prepares the key once and returns a builder from a certificate chain to a
+ * connector. `reloadingTls` wraps such a builder so that a chain file replaced on disk (renewal
+ * writes it; an operator may too) is presented from the next connection on, without a restart:
+ * each `open()` looks at the file (a stat; a read only when it changed), and a new chain for the
+ * same key gets a new connector. Connections already open finish on the old one, which is closed
+ * when its last connection ends. A changed file that is not usable (unparseable, another key) is
+ * logged once and the last good chain stays in use.
+ *
+ * @example
+ *   const build = await deviceTlsFactory(store, 'device-identity', trust, { clock, log, purpose: 'mqtts', refusal });
+ *   const tls = reloadingTls({ file: certFile, field: 'transport.primary.certFile', pem, keySpki, build, log });
+ *   createMqttsUplink({ ..., tls });
+ */
+import { createPrivateKey } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { SoftwareKeyStore } from '../../keystore/software/store.ts';
+import type { TpmKeyStore } from '../../keystore/tpm/store.ts';
+import type { KeyStore } from '../../keystore/types.ts';
+import { parseCertificate, type Certificate } from '../../pki/certificate.ts';
+import { pemDecode } from '../../pki/pem.ts';
+import { inProcessTls, type TlsConnection, type TlsConnector } from '../../transport/mqtts/connector.ts';
+import type { MqttsTrust } from '../../transport/mqtts/tls.ts';
+import { equalBytes } from '../../util/bytes.ts';
+import type { Clock } from '../../util/clock.ts';
+import { type Unsupported, VitalsealError } from '../../util/errors.ts';
+import type { Logger } from '../log.ts';
+
+/** From a device chain (PEM, leaf first) to a connector presenting it with the store's key. */
+export type DeviceTlsBuilder = (certChainPem: string) => TlsConnector;
+
+export interface DeviceTlsDeps {
+  readonly clock: Clock;
+  readonly log: Logger;
+  /** Who asks, for the log line about a development key ('mqtts', 'certificate renewal'). */
+  readonly purpose: string;
+  /** The refusal for a key TLS cannot use here (a PKCS#11 token key). */
+  readonly refusal: () => Unsupported;
+}
+
+export async function deviceTlsFactory(store: KeyStore, label: string, trust: MqttsTrust, deps: DeviceTlsDeps): Promise<DeviceTlsBuilder> {
+  if (store instanceof SoftwareKeyStore) {
+    deps.log.warn({ part: 'transport' }, `${deps.purpose}: the TLS key comes from the software key store (development grade): it is held in this process`);
+    const privateKey = createPrivateKey(await store.exportPrivateKeyPemForDevelopmentOnly(label));
+    return (certChainPem) => inProcessTls({ certChainPem, privateKey, trust, clock: deps.clock });
+  }
+  if (store.describe().kind === 'tpm') {
+    // Loaded on demand: only TPM users load the tpm2-openssl child's code.
+    const { tpmTls } = await import('../../transport/mqtts/tpm-tunnel.ts');
+    const key = await (store as TpmKeyStore).loadableKey(label);
+    return (certChainPem) => tpmTls({ certChainPem, key, trust, clock: deps.clock });
+  }
+  throw deps.refusal();
+}
+
+/** The leaf of a PEM chain, or a reason it is not usable. */
+export function leafOf(pem: string): Certificate {
+  const [leaf] = pemDecode(pem, 'CERTIFICATE');
+  if (leaf === undefined) throw new RangeError('holds no CERTIFICATE');
+  return parseCertificate(leaf.der);
+}
+
+export interface ReloadingTlsOptions {
+  /** The chain file to watch. */
+  readonly file: string;
+  /** The configuration field naming it, for log lines. */
+  readonly field: string;
+  /** The chain already read and checked at start-up. */
+  readonly pem: string;
+  /** The identity key's SubjectPublicKeyInfo: a new chain must be for this key. */
+  readonly keySpki: Uint8Array;
+  readonly build: DeviceTlsBuilder;
+  readonly log: Logger;
+}
+
+interface Generation {
+  readonly connector: TlsConnector;
+  readonly serial: string;
+  open: number;
+  retired: boolean;
+}
+
+type Stamp = string;
+
+function stampOf(file: string): Stamp | undefined {
+  try {
+    const st = statSync(file);
+    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+export function reloadingTls(o: ReloadingTlsOptions): TlsConnector {
+  let pem = o.pem;
+  let stamp = stampOf(o.file);
+  let current: Generation = { connector: o.build(pem), serial: leafOf(pem).serialHex, open: 0, retired: false };
+  const retired = new Set<Generation>();
+  let closed = false;
+
+  const release = (g: Generation) => {
+    if (!g.retired || g.open > 0) return;
+    retired.delete(g);
+    g.connector.close().catch((e: unknown) => o.log.warn({ part: 'transport', err: e instanceof VitalsealError ? e.code : String(e) }, 'closing a replaced TLS connector failed'));
+  };
+
+  /** Picks up a replaced chain file: a stat per connection, a read only when it changed. */
+  const refresh = () => {
+    const now = stampOf(o.file);
+    if (now === undefined || now === stamp) return;
+    stamp = now;
+    let text: string;
+    let leaf: Certificate;
+    try {
+      text = readFileSync(o.file, 'utf8');
+      if (text === pem) return;
+      leaf = leafOf(text);
+    } catch (e) {
+      o.log.error({ part: 'transport', file: o.file, err: e instanceof VitalsealError ? e.code : (e as NodeJS.ErrnoException).code ?? 'unreadable' },
+        `${o.field}: the device certificate file changed but cannot be used; still presenting serial ${current.serial}`);
+      return;
+    }
+    if (!equalBytes(leaf.spki.der, o.keySpki)) {
+      o.log.error({ part: 'transport', file: o.file, serial: leaf.serialHex },
+        `${o.field}: the new device certificate is for another key than the configured identity key; still presenting serial ${current.serial}`);
+      return;
+    }
+    const next: Generation = { connector: o.build(text), serial: leaf.serialHex, open: 0, retired: false };
+    const old = current;
+    current = next;
+    pem = text;
+    old.retired = true;
+    retired.add(old);
+    release(old);
+    o.log.info({ part: 'transport', file: o.file, from: old.serial, to: next.serial }, `${o.field}: presenting the new device certificate from the next connection on`);
+  };
+
+  return {
+    get description() {
+      return current.connector.description;
+    },
+    open(target): TlsConnection {
+      if (!closed) refresh();
+      const g = current;
+      const conn = g.connector.open(target);
+      g.open++;
+      conn.stream.once('close', () => {
+        g.open--;
+        release(g);
+      });
+      return conn;
+    },
+    async close() {
+      closed = true;
+      await Promise.all([current, ...retired].map((g) => g.connector.close().catch(() => undefined)));
+      retired.clear();
+    },
+  };
+}
