@@ -102,7 +102,7 @@ export class FixtureReceiver {
     this.#sockets.add(s);
     s.setNoDelay(true);
     let buf = Buffer.alloc(0);
-    let freeAt = 0;
+    let queue = Promise.resolve();
     s.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
       while (buf.length >= 4) {
@@ -122,12 +122,15 @@ export class FixtureReceiver {
           out[8] = this.#accept(seq, device, payload);
           s.write(out);
         } else {
-          freeAt = Math.max(freeAt, Date.now()) + service;
-          setTimeout(() => {
-            if (s.destroyed) return;
-            out[8] = this.#accept(seq, device, payload);
-            s.write(out);
-          }, freeAt - Date.now());
+          // One message at a time, `service` ms each, strictly in the order they came: a chain, not a
+          // timer per message (timers armed at different moments can fire out of order).
+          queue = queue.then(() => new Promise<void>((resolve) => setTimeout(() => {
+            if (!s.destroyed) {
+              out[8] = this.#accept(seq, device, payload);
+              s.write(out);
+            }
+            resolve();
+          }, service)));
         }
       }
     });
