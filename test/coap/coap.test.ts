@@ -132,7 +132,7 @@ describe('CoAP reliability (RFC 7252 §4), fake clock', () => {
     const { datagram } = c.request(post, 0);
     const first = s.receive(datagram, 0);
     assert.equal(first.requests.length, 1);
-    assert.deepEqual(s.receive(datagram, 10), { datagrams: [], events: [], requests: [] }, 'pending: silent');
+    assert.deepEqual(s.receive(datagram, 10).datagrams, [], 'pending: silent');
     const ack = s.respond((first.requests[0] as { key: number }).key, { code: CoapCode.CHANGED });
     const dup = s.receive(datagram, 3000);
     assert.equal(dup.requests.length, 0);
