@@ -22,6 +22,8 @@ export interface UplinkContractFixture {
   /** 'TLSv1.3' or 'DTLSv1.3'. */
   readonly protocol: string;
   readonly kind: Uplink['kind'];
+  /** How the uplink authenticates (default 'certificate'; CoAPS devices may use a PSK). */
+  readonly auth?: UplinkSession['auth'];
   /** A new, unconnected uplink for `deviceId`. */
   uplink(): Uplink;
   /** A sealed message with this sequence number (payloads differ per sequence number). */
@@ -91,7 +93,7 @@ export function uplinkContract(name: string, setup: () => Promise<UplinkContract
       assert.equal(s.kind, f.kind);
       assert.equal(s.protocol, f.protocol);
       assert.equal(s.group, 'x25519');
-      assert.equal(s.auth, 'certificate');
+      assert.equal(s.auth, f.auth ?? 'certificate');
       assert.match(s.suite, /^TLS_(AES_128_GCM|AES_256_GCM|CHACHA20_POLY1305|AES_128_CCM)_SHA(256|384)$/);
       assert.match(s.peer, /:\d+$/);
       assert.equal(u.counters().connects, 1);

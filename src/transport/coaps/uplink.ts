@@ -77,7 +77,7 @@ export interface CoapsUplinkOptions {
   readonly mtu?: number;
   /** The handshake and the CoAP ping after it must complete within this (default 15 s). */
   readonly connectTimeoutMs?: number;
-  /** Messages awaiting their response at once (default 16; the server's per-peer limit is higher). */
+  /** Messages awaiting their response at once (default 32; the server's per-session limit is 64). */
   readonly maxInFlight?: number;
   /** Largest payload accepted for sending (default 64 KiB; beyond one datagram it goes block-wise). */
   readonly maxPayloadBytes?: number;
@@ -196,7 +196,7 @@ function resolve(o: CoapsUplinkOptions): Resolved {
     },
     auth: id.kind,
     connectTimeoutMs: aint(o.connectTimeoutMs ?? 15_000, 'connectTimeoutMs', 1),
-    maxInFlight: aint(o.maxInFlight ?? 16, 'maxInFlight', 1, 1024),
+    maxInFlight: aint(o.maxInFlight ?? 32, 'maxInFlight', 1, 1024),
     maxPayloadBytes: aint(o.maxPayloadBytes ?? 64 * 1024, 'maxPayloadBytes', 1, 16 * 1024 * 1024),
     transmission: o.transmission ?? {},
     separateResponseTimeoutMs: aint(o.separateResponseTimeoutMs ?? 30_000, 'separateResponseTimeoutMs', 1),
