@@ -155,6 +155,8 @@ const metricsOf = new WeakMap<object, CoapsMetrics>();
 /** A running CoAPS listener: the server (its address, sessions, counters) and how to stop it. */
 export interface CoapsListener {
   readonly server: CoapsServer;
+  /** The PSK store (with `psk: true`). */
+  readonly psks: PskStore | undefined;
   stop(): Promise<void>;
 }
 
@@ -238,6 +240,7 @@ export async function startCoapsListener(core: IngestCore, cfg: CoapsListenerCon
 
   return {
     server,
+    psks,
     async stop() {
       for (const u of unsubscribe) u();
       await server.close();

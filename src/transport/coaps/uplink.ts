@@ -65,8 +65,8 @@ export interface CoapsUplinkOptions {
   readonly port?: number;
   readonly identity: CoapsIdentity;
   /**
-   * Validates the server's certificate; required with a certificate identity. With a PSK the key
-   * authenticates the server too, and a verifier is optional.
+   * Validates the server's certificate; required with a certificate identity, refused with a PSK
+   * (psk_dhe_ke: the key authenticates the server too).
    */
   readonly verifier?: PeerCertificateVerifier;
   /** The telemetry resource (default `/v1/telemetry`). */
@@ -81,6 +81,11 @@ export interface CoapsUplinkOptions {
   readonly maxInFlight?: number;
   /** Largest payload accepted for sending (default 64 KiB; beyond one datagram it goes block-wise). */
   readonly maxPayloadBytes?: number;
+  /**
+   * Block-wise bodies in transfer at once (default 2; the server holds a few per session); further
+   * large messages wait their turn, counted within `maxInFlight`.
+   */
+  readonly maxBlockwiseInFlight?: number;
   /** RFC 7252 §4.8 transmission parameters (default ACK_TIMEOUT 2 s, ×1.5 random, 4 retransmissions). */
   readonly transmission?: Partial<TransmissionParameters>;
   /** After an empty ACK, how long to wait for the separate response (default 30 s). */
@@ -112,6 +117,8 @@ interface Pending {
   readonly tag: Uint8Array;
   /** The block (or the single request) now in flight. */
   block: number;
+  /** False while a block-wise message waits for its turn (`maxBlockwiseInFlight`). */
+  started: boolean;
   /** When the current request first went out. */
   sentAt: number;
 }
@@ -146,6 +153,7 @@ interface Resolved {
   readonly connectTimeoutMs: number;
   readonly maxInFlight: number;
   readonly maxPayloadBytes: number;
+  readonly maxBlockwiseInFlight: number;
   readonly transmission: Partial<TransmissionParameters>;
   readonly separateResponseTimeoutMs: number;
   readonly timers: Timers;
@@ -169,6 +177,9 @@ function resolve(o: CoapsUplinkOptions): Resolved {
       credentials = { certificateChain: id.certificateChain, signer: id.signer };
       break;
     case 'psk': {
+      // psk_dhe_ke: the PSK authenticates the server too. A verifier would make the device accept a
+      // certificate handshake instead when the server does not know its PSK: refuse the mix.
+      if (o.verifier !== undefined) throw new ApiMisuse('config-verifier-with-psk', 'createCoapsUplink: a PSK identity authenticates the server with the PSK; give no verifier');
       abytes(id.key, 'identity.key', 32);
       const name = id.identity ?? o.deviceId;
       if (typeof name !== 'string' || name.length === 0 || name.length > 255) throw new RangeError('createCoapsUplink: identity.identity must be 1-255 characters');
@@ -198,6 +209,7 @@ function resolve(o: CoapsUplinkOptions): Resolved {
     connectTimeoutMs: aint(o.connectTimeoutMs ?? 15_000, 'connectTimeoutMs', 1),
     maxInFlight: aint(o.maxInFlight ?? 32, 'maxInFlight', 1, 1024),
     maxPayloadBytes: aint(o.maxPayloadBytes ?? 64 * 1024, 'maxPayloadBytes', 1, 16 * 1024 * 1024),
+    maxBlockwiseInFlight: aint(o.maxBlockwiseInFlight ?? 2, 'maxBlockwiseInFlight', 1, 64),
     transmission: o.transmission ?? {},
     separateResponseTimeoutMs: aint(o.separateResponseTimeoutMs ?? 30_000, 'separateResponseTimeoutMs', 1),
     timers: o.timers ?? systemTimers,
@@ -218,6 +230,9 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   #waiters: { resolve: () => void; reject: (e: VitalsealError) => void }[] = [];
   #waitHead = 0;
   #inFlight = 0;
+  /** Block-wise bodies in transfer, and block-wise messages waiting for their turn (in order). */
+  #blockwise = 0;
+  #blockQueue: { readonly link: Link; readonly p: Pending }[] = [];
   #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
 
   constructor(o: CoapsUplinkOptions) {
@@ -498,6 +513,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   }
 
   #failAll(e: VitalsealError): void {
+    this.#blockQueue = [];
     for (const p of [...this.#pending]) this.#settle(p, e);
     const waiters = this.#waiters.slice(this.#waitHead);
     this.#waiters = [];
@@ -509,6 +525,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   #settle(p: Pending, outcome: UplinkAck | VitalsealError): void {
     if (!this.#pending.delete(p)) return;
     this.#release();
+    if (p.blocks !== undefined) this.#blockDone(p);
     if (outcome instanceof UplinkRejected) {
       this.#counters.rejected += 1;
       this.emit('rejected', { seq: p.seq, reason: outcome.code as UplinkRejectReason, detail: outcome.message });
@@ -583,12 +600,34 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     return new Promise<UplinkAck>((resolveSend, rejectSend) => {
       const p: Pending = {
         seq, message, resolve: resolveSend, reject: rejectSend, blocks, szx,
-        tag: blocks === undefined ? new Uint8Array(0) : this.#o.provider.randomBytes(4), block: 0, sentAt: 0,
+        tag: blocks === undefined ? new Uint8Array(0) : this.#o.provider.randomBytes(4), block: 0, sentAt: 0, started: false,
       };
       this.#pending.add(p);
       this.#counters.sent += 1;
-      this.#request(l, p);
+      if (blocks === undefined) this.#request(l, p);
+      else if (this.#blockwise < this.#o.maxBlockwiseInFlight) this.#startBlockwise(l, p);
+      else this.#blockQueue.push({ link: l, p });
     });
+  }
+
+  #startBlockwise(l: Link, p: Pending): void {
+    this.#blockwise += 1;
+    p.started = true;
+    this.#request(l, p);
+  }
+
+  /** A block-wise body finished (or failed, or never started): its turn passes on. */
+  #blockDone(p: Pending): void {
+    if (!p.started) {
+      const queued = this.#blockQueue.findIndex((q) => q.p === p);
+      if (queued >= 0) this.#blockQueue.splice(queued, 1);
+      return;
+    }
+    this.#blockwise -= 1;
+    const next = this.#blockQueue.shift();
+    if (next === undefined) return;
+    // A queued message's session is the current one: a lost session fails the queue first.
+    this.#startBlockwise(next.link, next.p);
   }
 
   /** One request when the whole message fits a datagram; else blocks of the largest size that fits (RFC 7959 §2.2). */
