@@ -119,8 +119,8 @@ interface Pending {
   block: number;
   /** False while a block-wise message waits for its turn (`maxBlockwiseInFlight`). */
   started: boolean;
-  /** When the current request first went out. */
-  sentAt: number;
+  /** How many datagrams the server had sent us when the current request first went out. */
+  heardAtSend: number;
 }
 
 /** One DTLS session and its CoAP endpoint. */
@@ -130,8 +130,8 @@ interface Link {
   readonly byRequest: Map<number, Pending>;
   timer: TimerHandle | undefined;
   timerAt: number | undefined;
-  /** When a datagram last came from the server. */
-  lastHeardAt: number;
+  /** Datagrams received from the server in this session. */
+  heard: number;
   /** The connect-time ping (its `reset` is the server's answer) and what to do with the answer. */
   ping: { readonly id: number; readonly done: (e?: VitalsealError) => void } | undefined;
 }
@@ -353,7 +353,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
       byRequest: new Map(),
       timer: undefined,
       timerAt: undefined,
-      lastHeardAt: this.#o.clock.now(),
+      heard: 0,
       ping: undefined,
     };
   }
@@ -372,7 +372,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   #onData(l: Link, d: Uint8Array): void {
     if (!this.#current(l)) return;
     const now = this.#o.clock.now();
-    l.lastHeardAt = now;
+    l.heard += 1;
     const out = l.coap.receive(d, now);
     for (const dg of out.datagrams) this.#transmit(l, dg);
     this.#handle(l, out.events);
@@ -429,7 +429,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
             this.#settle(p, new TransportError('ack-timeout', `${this.#where}: no response to message ${p.seq} after CoAP's retransmissions`));
             // Silence since this request went out: the server no longer has our session (it
             // restarted, or the path is gone). Say so, instead of letting every send time out.
-            if (l.lastHeardAt < p.sentAt) this.#lost(l, 'no datagram from the server since the request went out');
+            if (l.heard === p.heardAtSend) this.#lost(l, 'no datagram from the server since the request went out');
           }
           continue;
         }
@@ -494,7 +494,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     const req: CoapRequest = { code: CoapCode.POST, options, payload };
     const now = this.#o.clock.now();
     const { requestId, datagram } = l.coap.request(req, now);
-    p.sentAt = now;
+    p.heardAtSend = l.heard;
     l.byRequest.set(requestId, p);
     this.#transmit(l, datagram);
     this.#arm(l);
@@ -600,7 +600,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     return new Promise<UplinkAck>((resolveSend, rejectSend) => {
       const p: Pending = {
         seq, message, resolve: resolveSend, reject: rejectSend, blocks, szx,
-        tag: blocks === undefined ? new Uint8Array(0) : this.#o.provider.randomBytes(4), block: 0, sentAt: 0, started: false,
+        tag: blocks === undefined ? new Uint8Array(0) : this.#o.provider.randomBytes(4), block: 0, heardAtSend: 0, started: false,
       };
       this.#pending.add(p);
       this.#counters.sent += 1;
