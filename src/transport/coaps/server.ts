@@ -176,7 +176,7 @@ export function peerOf(info: SessionInfo): CoapsPeer {
 /** Critical options a telemetry POST may carry (RFC 7252 §5.4.1: any other critical option → 4.02). */
 const RECOGNISED_CRITICAL = new Set<number>([CoapOption.URI_HOST, CoapOption.URI_PORT, CoapOption.URI_PATH, CoapOption.URI_QUERY, CoapOption.ACCEPT, BlockOption.BLOCK1]);
 /** Options that may appear once (RFC 7252 §5.10 Table 4, RFC 7959 §2.1, §4). */
-const SINGLE = [CoapOption.URI_HOST, CoapOption.URI_PORT, CoapOption.CONTENT_FORMAT, CoapOption.ACCEPT, BlockOption.BLOCK1, BlockOption.SIZE1];
+const SINGLE = new Set<number>([CoapOption.URI_HOST, CoapOption.URI_PORT, CoapOption.CONTENT_FORMAT, CoapOption.ACCEPT, BlockOption.BLOCK1, BlockOption.SIZE1]);
 /** RFC 7252 §5.10.5: Max-Age. */
 const MAX_AGE = 14;
 
@@ -189,6 +189,14 @@ interface Session {
   timer: TimerHandle | undefined;
   timerAt: number | undefined;
   closed: boolean;
+}
+
+/** A request in the handler, watched for the empty-ACK deadline. */
+interface SlowWatch {
+  readonly session: Session;
+  readonly key: number;
+  readonly at: number;
+  answered: boolean;
 }
 
 /** A request the handler will not see, and how it is answered. */
@@ -217,6 +225,13 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
   readonly #sessions = new Map<DtlsServerSession, Session>();
   #handling = 0;
   #closed = false;
+  /**
+   * Requests in the handler, oldest first, for the empty-ACK deadline: every request gets the same
+   * `piggybackMs`, so arrival order is deadline order and one timer serves them all.
+   */
+  #slow: SlowWatch[] = [];
+  #slowHead = 0;
+  #slowTimer: TimerHandle | undefined;
   readonly #counters: Mutable<Omit<CoapsServerCounters, 'responses' | 'refused'>> & { responses: Record<string, number>; refused: Partial<Record<CoapsRefusal, number>> } = {
     sessionsOpened: 0, sessionsClosed: 0, handshakeFailures: 0, handled: 0, handlerErrors: 0, responses: {}, refused: {},
     duplicates: 0, emptyAcks: 0, separateResponseTimeouts: 0,
@@ -266,6 +281,10 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#slowTimer !== undefined) this.#timers.clearTimeout(this.#slowTimer);
+    this.#slowTimer = undefined;
+    this.#slow = [];
+    this.#slowHead = 0;
     for (const s of [...this.#sessions.values()]) this.#end(s);
     await this.dtls.close();
   }
@@ -377,14 +396,8 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
     this.#counters.handled += 1;
     const echo = body.block === undefined ? [] : [blockOption(BlockOption.BLOCK1, body.block)];
     // RFC 7252 §5.2.2: a slow answer gets an empty ACK first, so the client stops retransmitting.
-    let piggyback: TimerHandle | undefined = this.#timers.setTimeout(() => {
-      piggyback = undefined;
-      if (s.closed) return;
-      const ack = s.coap.acknowledge(req.key);
-      if (ack === undefined) return;
-      this.#counters.emptyAcks += 1;
-      this.#send(s, ack);
-    }, this.#piggybackMs);
+    const slow: SlowWatch = { session: s, key: req.key, at: now + this.#piggybackMs, answered: false };
+    this.#watch(slow);
     const request: CoapsRequest = { payload: body.payload, contentFormat: body.contentFormat, peer: s.info.peer, suite: s.info.suite, remote: s.dtls.peer, receivedAt: now };
     let answered: Promise<CoapsReply>;
     try {
@@ -396,12 +409,39 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
       this.#counters.handlerErrors += 1;
       return { code: '5.00', diagnostic: 'internal error' } as CoapsReply;
     }).then((reply) => {
-      if (piggyback !== undefined) this.#timers.clearTimeout(piggyback);
+      slow.answered = true;
       s.handling -= 1;
       this.#handling -= 1;
       const { code, options, payload } = replyMessage(reply, echo);
       this.#respond(s, req.key, code, options, payload);
     });
+  }
+
+  #watch(w: SlowWatch): void {
+    this.#slow.push(w);
+    if (this.#slowTimer === undefined) this.#slowTimer = this.#timers.setTimeout(() => this.#slowDue(), this.#piggybackMs);
+  }
+
+  /** Sends the empty ACK of every request still unanswered at its deadline; sets the timer for the next. */
+  #slowDue(): void {
+    this.#slowTimer = undefined;
+    const now = this.#clock.now();
+    while (this.#slowHead < this.#slow.length) {
+      const w = this.#slow[this.#slowHead] as SlowWatch;
+      if (!w.answered && w.at > now) break;
+      this.#slowHead += 1;
+      if (w.answered || w.session.closed) continue;
+      const ack = w.session.coap.acknowledge(w.key);
+      if (ack === undefined) continue;
+      this.#counters.emptyAcks += 1;
+      this.#send(w.session, ack);
+    }
+    if (this.#slowHead > 1024 && this.#slowHead * 2 > this.#slow.length) {
+      this.#slow = this.#slow.slice(this.#slowHead);
+      this.#slowHead = 0;
+    }
+    const next = this.#slow[this.#slowHead];
+    if (next !== undefined) this.#slowTimer = this.#timers.setTimeout(() => this.#slowDue(), Math.max(0, next.at - now));
   }
 
   /** The checks of the module comment, in order; throws `Refuse`. */
@@ -414,15 +454,16 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
     }
     if (path !== this.#path) throw new Refuse('not-found', '4.04', `no resource at ${path.slice(0, 64)}`);
     if (m.code !== CoapCode.POST) throw new Refuse('method-not-allowed', '4.05', `${codeString(m.code)}: only POST`);
+    let previous = -1;
     for (const o of m.options) {
       // RFC 7252 §5.4.1: odd option numbers are critical.
       if ((o.number & 1) === 1 && !RECOGNISED_CRITICAL.has(o.number)) throw new Refuse('bad-option', '4.02', `option ${o.number} is not supported`);
+      // §5.4.5: a repeated non-repeatable option is treated as unrecognised (4.02 when critical);
+      // options arrive in order (§3.1), so a repeat follows its first.
+      if (o.number === previous && SINGLE.has(o.number)) throw new Refuse('bad-option', '4.02', `option ${o.number} repeated`);
+      if (o.number === CoapOption.URI_QUERY) throw new Refuse('bad-request', '4.00', 'the telemetry resource takes no query');
+      previous = o.number;
     }
-    for (const n of SINGLE) {
-      // §5.4.5: a repeated non-repeatable option is treated as unrecognised (4.02 when critical).
-      if (m.options.filter((o) => o.number === n).length > 1) throw new Refuse('bad-option', '4.02', `option ${n} repeated`);
-    }
-    if (m.options.some((o) => o.number === CoapOption.URI_QUERY)) throw new Refuse('bad-request', '4.00', 'the telemetry resource takes no query');
     let contentFormat: number | undefined;
     let block: BlockValue | undefined;
     let size1: number | undefined;
@@ -462,15 +503,16 @@ class CoapsServerImpl extends EventEmitter<CoapsServerEvents> implements CoapsSe
     }
   }
 
-  /** One timer per session, for its separate responses' retransmissions. */
+  /**
+   * One timer per session, for its separate responses' retransmissions; a timer set for earlier than
+   * needed stays (it fires, finds nothing due, and sets the next).
+   */
   #arm(s: Session): void {
     if (s.closed) return;
     const at = s.coap.nextTimeout();
-    if (at === s.timerAt) return;
+    if (at === undefined || (s.timerAt !== undefined && s.timerAt <= at)) return;
     if (s.timer !== undefined) this.#timers.clearTimeout(s.timer);
-    s.timer = undefined;
     s.timerAt = at;
-    if (at === undefined) return;
     s.timer = this.#timers.setTimeout(() => {
       s.timer = undefined;
       s.timerAt = undefined;
@@ -506,6 +548,9 @@ export async function createCoapsServer(o: CoapsServerOptions): Promise<CoapsSer
   const dtls = await DtlsServer.listen({
     // The uplink does not resume (docs/transport-coaps.md): no ticket flight after each handshake.
     sessionTickets: false,
+    // Many devices' requests arrive together; what the kernel cannot queue is lost until CoAP
+    // retransmits it seconds later (capped by net.core.rmem_max).
+    socketBufferBytes: 4 << 20,
     ...o.dtls,
     host: o.host ?? '0.0.0.0',
     port,

@@ -43,7 +43,7 @@ import { isDeviceId } from '../../util/device-id.ts';
 import { ApiMisuse, TransportError, UplinkRejected, VitalsealError } from '../../util/errors.ts';
 import { hasCoseTag } from '../mqtts/topics.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
-import { COSE_CONTENT_FORMAT_IDS, type Uplink, type UplinkAck, type UplinkCounters, type UplinkEvents, type UplinkMessage, type UplinkRejectReason, type UplinkSession } from '../types.ts';
+import { COSE_CONTENT_FORMAT_IDS, type CoseContentFormat, type Uplink, type UplinkAck, type UplinkCounters, type UplinkEvents, type UplinkMessage, type UplinkRejectReason, type UplinkSession } from '../types.ts';
 import { mapDtlsError, responseOutcome } from './codes.ts';
 
 /** The CoAP resource telemetry is POSTed to (docs/transport-coaps.md). */
@@ -134,6 +134,8 @@ interface Link {
   heard: number;
   /** The connect-time ping (its `reset` is the server's answer) and what to do with the answer. */
   ping: { readonly id: number; readonly done: (e?: VitalsealError) => void } | undefined;
+  /** Bytes of a request besides its payload, by content format (computed once per session). */
+  readonly framing: Map<string, number>;
 }
 
 type State =
@@ -147,7 +149,8 @@ interface Resolved {
   readonly host: string;
   readonly port: number;
   readonly path: string;
-  readonly pathOptions: readonly CoapOptionValue[];
+  /** Uri-Path and Content-Format (RFC 7252 §5.10.3; 96 / 16, RFC 9052 §11.2), by format. */
+  readonly baseOptions: Readonly<Record<CoseContentFormat, readonly CoapOptionValue[]>>;
   readonly dtls: Omit<ClientConfig, 'handshakeTimeoutMs'>;
   readonly auth: 'certificate' | 'psk';
   readonly connectTimeoutMs: number;
@@ -194,7 +197,10 @@ function resolve(o: CoapsUplinkOptions): Resolved {
     host: o.host,
     port,
     path,
-    pathOptions: pathOptions(path),
+    baseOptions: {
+      'cose-encrypt': [...pathOptions(path), uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS['cose-encrypt'])],
+      'cose-encrypt0': [...pathOptions(path), uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS['cose-encrypt0'])],
+    },
     dtls: {
       ...credentials,
       ...(o.verifier === undefined ? {} : { verifier: o.verifier }),
@@ -218,6 +224,37 @@ function resolve(o: CoapsUplinkOptions): Resolved {
   };
 }
 
+/**
+ * Random bytes from the provider's CSPRNG, fetched 1 KiB at a time: tokens, Request-Tags and
+ * retransmission jitter need a few bytes per request, and one call per request was measurable.
+ */
+class RandomPool {
+  readonly #provider: CryptoProvider;
+  #buf: Uint8Array = new Uint8Array(0);
+  #off = 0;
+
+  constructor(provider: CryptoProvider) {
+    this.#provider = provider;
+  }
+
+  bytes(n: number): Uint8Array {
+    if (this.#off + n > this.#buf.length) {
+      this.#buf = this.#provider.randomBytes(1024);
+      this.#off = 0;
+    }
+    const out = this.#buf.slice(this.#off, this.#off + n);
+    this.#buf.fill(0, this.#off, this.#off + n);
+    this.#off += n;
+    return out;
+  }
+
+  /** Uniform in [0, 1). */
+  uniform(): number {
+    const b = this.bytes(4);
+    return new DataView(b.buffer, b.byteOffset, 4).getUint32(0) / 2 ** 32;
+  }
+}
+
 /** Bytes of CoAP framing around a block besides the payload, at most (header, token, options, marker). */
 const BLOCK_FRAMING_SLACK = 16;
 
@@ -235,9 +272,12 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   #blockQueue: { readonly link: Link; readonly p: Pending }[] = [];
   #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
 
+  readonly #random: RandomPool;
+
   constructor(o: CoapsUplinkOptions) {
     super();
     this.#o = resolve(o);
+    this.#random = new RandomPool(this.#o.provider);
   }
 
   get session(): UplinkSession | undefined {
@@ -336,18 +376,14 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   }
 
   #newLink(socket: DtlsClientSocket): Link {
-    const p = this.#o.provider;
-    const random = () => {
-      const b = p.randomBytes(4);
-      return new DataView(b.buffer, b.byteOffset, 4).getUint32(0) / 2 ** 32;
-    };
+    const random = this.#random;
     return {
       socket,
       coap: new CoapClientEndpoint({
         params: this.#o.transmission,
-        random,
+        random: () => random.uniform(),
         // RFC 7252 §5.3.1: tokens from a CSPRNG, so an off-path party cannot guess them.
-        tokenBytes: (n) => p.randomBytes(n),
+        tokenBytes: (n) => random.bytes(n),
         separateResponseTimeoutMs: this.#o.separateResponseTimeoutMs,
       }),
       byRequest: new Map(),
@@ -355,6 +391,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
       timerAt: undefined,
       heard: 0,
       ping: undefined,
+      framing: new Map(),
     };
   }
 
@@ -389,13 +426,16 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     this.#arm(l);
   }
 
-  /** One timer for the CoAP endpoint's next deadline (retransmission or give-up). */
+  /**
+   * One timer for the CoAP endpoint's next deadline (retransmission or give-up). Deadlines only move
+   * later as responses arrive, so a timer already set for earlier stays: when it fires early it
+   * finds nothing due and sets the next one (one timer call per firing, not per response).
+   */
   #arm(l: Link): void {
     if (!this.#current(l)) return;
     const at = l.coap.nextTimeout();
-    if (at === l.timerAt) return;
+    if (at === undefined || (l.timerAt !== undefined && l.timerAt <= at)) return;
     this.#disarm(l);
-    if (at === undefined) return;
     l.timerAt = at;
     l.timer = this.#o.timers.setTimeout(() => this.#onTimer(l), Math.max(0, at - this.#o.clock.now()));
   }
@@ -478,18 +518,17 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
 
   /** The request for the body (or its current block) of `p`, handed to the CoAP endpoint and sent. */
   #request(l: Link, p: Pending): void {
-    const options: CoapOptionValue[] = [
-      ...this.#o.pathOptions,
-      // RFC 7252 §5.10.3; 96 / 16 (RFC 9052 §11.2).
-      uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS[p.message.contentFormat]),
-    ];
+    let options = this.#o.baseOptions[p.message.contentFormat];
     let payload = p.message.payload;
     if (p.blocks !== undefined) {
       payload = p.blocks[p.block] as Uint8Array;
-      options.push(blockOption(BlockOption.BLOCK1, { num: p.block, more: p.block + 1 < p.blocks.length, szx: p.szx }));
-      // RFC 7959 §4: Size1 in the first block lets the server refuse an oversized body at once.
-      if (p.block === 0) options.push(uintOption(BlockOption.SIZE1, p.message.payload.length));
-      options.push({ number: BlockOption.REQUEST_TAG, value: p.tag });
+      options = [
+        ...options,
+        blockOption(BlockOption.BLOCK1, { num: p.block, more: p.block + 1 < p.blocks.length, szx: p.szx }),
+        // RFC 7959 §4: Size1 in the first block lets the server refuse an oversized body at once.
+        ...(p.block === 0 ? [uintOption(BlockOption.SIZE1, p.message.payload.length)] : []),
+        { number: BlockOption.REQUEST_TAG, value: p.tag },
+      ];
     }
     const req: CoapRequest = { code: CoapCode.POST, options, payload };
     const now = this.#o.clock.now();
@@ -600,7 +639,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     return new Promise<UplinkAck>((resolveSend, rejectSend) => {
       const p: Pending = {
         seq, message, resolve: resolveSend, reject: rejectSend, blocks, szx,
-        tag: blocks === undefined ? new Uint8Array(0) : this.#o.provider.randomBytes(4), block: 0, heardAtSend: 0, started: false,
+        tag: blocks === undefined ? new Uint8Array(0) : this.#random.bytes(4), block: 0, heardAtSend: 0, started: false,
       };
       this.#pending.add(p);
       this.#counters.sent += 1;
@@ -633,10 +672,14 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   /** One request when the whole message fits a datagram; else blocks of the largest size that fits (RFC 7959 §2.2). */
   #plan(l: Link, message: UplinkMessage): { blocks: Uint8Array[] | undefined; szx: number } {
     const room = l.socket.maxPayload;
-    const framing = encodeCoap({
-      type: 'CON', code: CoapCode.POST, messageId: 0, token: new Uint8Array(8), payload: new Uint8Array(1),
-      options: [...this.#o.pathOptions, uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS[message.contentFormat])],
-    }).length - 1;
+    let framing = l.framing.get(message.contentFormat);
+    if (framing === undefined) {
+      framing = encodeCoap({
+        type: 'CON', code: CoapCode.POST, messageId: 0, token: new Uint8Array(8), payload: new Uint8Array(1),
+        options: this.#o.baseOptions[message.contentFormat],
+      }).length - 1;
+      l.framing.set(message.contentFormat, framing);
+    }
     if (framing + message.payload.length <= room) return { blocks: undefined, szx: 0 };
     let szx = 6;
     while (szx > 0 && framing + BLOCK_FRAMING_SLACK + blockSize(szx) > room) szx--;
