@@ -8,7 +8,7 @@ import { createPrivateKey } from 'node:crypto';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { pemDecode } from '../../src/pki/pem.ts';
-import { createCoapsServer } from '../../src/transport/coaps/server.ts';
+import { createCoapsServer, type CoapsServer } from '../../src/transport/coaps/server.ts';
 
 interface SinkSettings {
   readonly rootPem: string;
@@ -17,15 +17,18 @@ interface SinkSettings {
 }
 
 let received = 0;
+let server: CoapsServer | undefined;
 process.on('message', async (raw: unknown) => {
   const m = raw as { type: string; settings?: SinkSettings };
   if (m.type === 'count') {
-    process.send?.({ type: 'count', received });
+    const c = server?.counters();
+    // Retransmissions and empty ACKs say whether the run was smooth or stalled on lost datagrams.
+    process.send?.({ type: 'count', received, retransmissions: c?.duplicates ?? 0, emptyAcks: c?.emptyAcks ?? 0 });
     return;
   }
   if (m.type !== 'start' || m.settings === undefined) return;
   const s = m.settings;
-  const server = await createCoapsServer({
+  server = await createCoapsServer({
     host: '127.0.0.1',
     port: 0,
     handler: async () => {

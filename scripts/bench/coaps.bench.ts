@@ -56,7 +56,11 @@ class CoapsSink {
   }
 
   async count(): Promise<number> {
-    return (await this.#ask<{ received: number }>({ type: 'count' }, 'count')).received;
+    return (await this.stats()).received;
+  }
+
+  stats(): Promise<{ received: number; retransmissions: number; emptyAcks: number }> {
+    return this.#ask({ type: 'count' }, 'count');
   }
 
   stop(): void {
@@ -64,7 +68,7 @@ class CoapsSink {
   }
 }
 
-async function coapsRound(rig: MqttRig, fleet: Fleet, server: { certChainPem: string; keyPem: string }, devices: number, ms: number): Promise<RoundResult> {
+async function coapsRound(rig: MqttRig, fleet: Fleet, server: { certChainPem: string; keyPem: string }, devices: number, ms: number, log: (line: string) => void): Promise<RoundResult> {
   const sink = new CoapsSink();
   await sink.start({ rootPem: rig.fleet.rootPem, ...server });
   const ids = fleet.ids.slice(0, devices);
@@ -82,8 +86,9 @@ async function coapsRound(rig: MqttRig, fleet: Fleet, server: { certChainPem: st
     const r = await driveUplinks({ uplinks, pools: ids.map((id) => fleet.pools.get(id) as UplinkMessage[]), inFlight: IN_FLIGHT, windowMs: ms, peers: { server: sink.pid } });
     const sent = uplinks.reduce((n, u) => n + u.counters().acknowledged, 0);
     for (let i = 0; i < 400 && (await sink.count()) < sent; i++) await delay(25);
-    const delivered = await sink.count();
+    const { received: delivered, retransmissions, emptyAcks } = await sink.stats();
     if (delivered < sent) throw new Error(`coaps: the server received ${delivered} of ${sent} acknowledged messages`);
+    if (retransmissions + emptyAcks > 0) log(`  (coaps round: ${retransmissions} CoAP retransmissions reached the server, ${emptyAcks} empty ACKs)`);
     return { acked: r.acked, seconds: r.seconds, latencies: r.latencies, cpuMs: { publishers: r.cpuMs['self'] ?? 0, broker: 0, ingest: r.cpuMs['server'] ?? 0 } };
   } finally {
     for (const u of uplinks) await u.close().catch(() => undefined);
@@ -111,7 +116,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
     const sealedBytes = (pools.get(ids[0] as string) as UplinkMessage[])[0]?.payload.length ?? 0;
     ctx.log(`1 KiB readings sealed to ${sealedBytes} B COSE_Encrypt; ${rounds} round(s) of ${windowMs} ms per variant; ${IN_FLIGHT} in flight per device`);
 
-    const once = (v: Variant, devices: number, ms: number) => v === 'coaps' ? coapsRound(rig, fleet, server, devices, ms) : mqttRound(rig, fleet, v, devices, ms);
+    const once = (v: Variant, devices: number, ms: number) => v === 'coaps' ? coapsRound(rig, fleet, server, devices, ms, ctx.log) : mqttRound(rig, fleet, v, devices, ms);
     for (const v of ['coaps', 'mqtts', 'plain'] as Variant[]) await once(v, 1, ctx.quick ? 300 : 1000); // warm-up
 
     for (const devices of [1, 100]) {
