@@ -10,49 +10,29 @@
  * receiving side must have every acknowledged message by the end of each round. Variants alternate
  * and medians are reported. Target: CoAPS with 100 devices ≥ 0.5 × MQTTS.
  */
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
+import type { MqttRig } from '../lib/mqtt-rig.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
-import type { TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createCoapsUplink } from '../../src/transport/coaps/uplink.ts';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
 import { median } from './measure.ts';
-import { PAYLOAD, POOL, quantile, round as mqttRound, type Fleet, type RoundResult } from './mqtts.bench.ts';
+import { quantile, round as mqttRound, startBenchFleet, type Fleet, type RoundResult } from './mqtts.bench.ts';
 import type { BenchContext, BenchResult } from './types.ts';
-import { delay, driveUplinks } from './uplink-load.ts';
+import { BenchChild, delay, driveUplinks } from './uplink-load.ts';
 
 type Variant = 'coaps' | 'mqtts' | 'plain';
 const IN_FLIGHT = 20;
 
-class CoapsSink {
-  readonly #child: ChildProcess;
+/** The CoAPS server (coaps-sink.ts) in its own process. */
+class CoapsSink extends BenchChild {
   port = 0;
 
   constructor() {
-    this.#child = fork(fileURLToPath(new URL('./coaps-sink.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  }
-
-  get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
-  #ask<T>(msg: object, type: string): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const onMessage = (m: { type: string }) => {
-        if (m.type !== type) return;
-        this.#child.off('message', onMessage);
-        resolve(m as T);
-      };
-      this.#child.on('message', onMessage);
-      this.#child.once('exit', () => reject(new Error('the CoAPS sink exited')));
-      this.#child.send(msg);
-    });
+    super(new URL('./coaps-sink.ts', import.meta.url));
   }
 
   async start(settings: { rootPem: string; certChainPem: string; keyPem: string }): Promise<void> {
-    this.port = (await this.#ask<{ port: number }>({ type: 'start', settings }, 'ready')).port;
+    this.port = (await this.ask<{ port: number }>({ type: 'start', settings }, 'ready')).port;
   }
 
   async count(): Promise<number> {
@@ -60,11 +40,7 @@ class CoapsSink {
   }
 
   stats(): Promise<{ received: number; retransmissions: number; emptyAcks: number }> {
-    return this.#ask({ type: 'count' }, 'count');
-  }
-
-  stop(): void {
-    this.#child.kill('SIGTERM');
+    return this.ask({ type: 'count' }, 'count');
   }
 }
 
@@ -99,18 +75,10 @@ async function coapsRound(rig: MqttRig, fleet: Fleet, server: { certChainPem: st
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const rounds = ctx.quick ? 1 : 5;
   const windowMs = ctx.quick ? 1000 : 3000;
-  const ids = Array.from({ length: 100 }, (_, i) => `dev-${String(i).padStart(3, '0')}`);
-  const rig = await startMqttRig({ devices: ids, broker: { plaintext: true, captureLog: false } });
+  const { rig, fleet } = await startBenchFleet();
+  const { ids, pools } = fleet;
   const results: BenchResult[] = [];
   try {
-    const pools = new Map<string, UplinkMessage[]>();
-    for (const id of ids) pools.set(id, Array.from({ length: POOL }, (_, i) => rig.seal(id, i + 1, PAYLOAD)));
-    const tls = new Map<string, TlsConnector>();
-    for (const id of ids) {
-      const connector = rig.tlsFor(rig.devices.get(id) as NonNullable<ReturnType<typeof rig.devices.get>>);
-      tls.set(id, { description: connector.description, open: (t) => connector.open(t), close: async () => undefined });
-    }
-    const fleet: Fleet = { ids, pools, tls };
     const serverIdentity = await rig.fleet.service({ ipAddresses: ['127.0.0.1'] });
     const server = { certChainPem: serverIdentity.certChainPem, keyPem: serverIdentity.keyPem as string };
     const sealedBytes = (pools.get(ids[0] as string) as UplinkMessage[])[0]?.payload.length ?? 0;

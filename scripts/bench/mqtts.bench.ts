@@ -13,20 +13,18 @@
  * its own. TLS and plaintext rounds alternate and medians are reported, so drift hits both.
  * Target: MQTTS ≥ 0.9 × plaintext throughput.
  */
-import { fork, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import type { TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
 import { median } from './measure.ts';
-import { delay, driveUplinks } from './uplink-load.ts';
+import { BenchChild, delay, driveUplinks } from './uplink-load.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 export type Variant = 'mqtts' | 'plain';
-export const PAYLOAD = 1024;
-export const POOL = 32;
+const PAYLOAD = 1024;
+const POOL = 32;
 
 export interface RoundResult {
   readonly acked: number;
@@ -42,31 +40,14 @@ export function quantile(sorted: number[], q: number): number {
 }
 
 
-class Sink {
-  readonly #child: ChildProcess;
-  get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
+/** The ingest consumer (mqtts-sink.ts) in its own process. */
+class Sink extends BenchChild {
   constructor() {
-    this.#child = fork(fileURLToPath(new URL('./mqtts-sink.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  }
-
-  #ask<T>(msg: object, type: string): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const onMessage = (m: { type: string }) => {
-        if (m.type !== type) return;
-        this.#child.off('message', onMessage);
-        resolve(m as T);
-      };
-      this.#child.on('message', onMessage);
-      this.#child.once('exit', () => reject(new Error('the sink exited')));
-      this.#child.send(msg);
-    });
+    super(new URL('./mqtts-sink.ts', import.meta.url));
   }
 
   start(rig: MqttRig, variant: Variant): Promise<unknown> {
-    return this.#ask({
+    return this.ask({
       type: 'start',
       settings: {
         host: rig.broker.host,
@@ -81,11 +62,7 @@ class Sink {
   }
 
   async count(): Promise<number> {
-    return (await this.#ask<{ received: number }>({ type: 'count' }, 'count')).received;
-  }
-
-  stop(): void {
-    this.#child.kill('SIGTERM');
+    return (await this.ask<{ received: number }>({ type: 'count' }, 'count')).received;
   }
 }
 
@@ -151,24 +128,30 @@ async function connects(rig: MqttRig, fleet: Fleet, variant: Variant, ms: number
   return { rate: done / elapsed, latencies };
 }
 
+/** 100 devices on a broker with its plaintext listener: their sealed-message pools and TLS connectors. */
+export async function startBenchFleet(): Promise<{ rig: MqttRig; fleet: Fleet }> {
+  const ids = Array.from({ length: 100 }, (_, i) => `dev-${String(i).padStart(3, '0')}`);
+  const rig = await startMqttRig({ devices: ids, broker: { plaintext: true, captureLog: false } });
+  const pools = new Map<string, UplinkMessage[]>();
+  for (const id of ids) pools.set(id, Array.from({ length: POOL }, (_, i) => rig.seal(id, i + 1, PAYLOAD)));
+  const tls = new Map<string, TlsConnector>();
+  for (const id of ids) {
+    const identity = rig.devices.get(id);
+    if (identity === undefined) throw new Error(`no identity for ${id}`);
+    // One connector (one parsed SecureContext) per device, reused by every reconnect; close() is a no-op for it.
+    const connector = rig.tlsFor(identity);
+    tls.set(id, { description: connector.description, open: (t) => connector.open(t), close: async () => undefined });
+  }
+  return { rig, fleet: { ids, pools, tls } };
+}
+
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const rounds = ctx.quick ? 1 : 5;
   const windowMs = ctx.quick ? 1000 : 3000;
-  const ids = Array.from({ length: 100 }, (_, i) => `dev-${String(i).padStart(3, '0')}`);
-  const rig = await startMqttRig({ devices: ids, broker: { plaintext: true, captureLog: false } });
+  const { rig, fleet } = await startBenchFleet();
+  const { ids, pools } = fleet;
   const results: BenchResult[] = [];
   try {
-    const pools = new Map<string, UplinkMessage[]>();
-    for (const id of ids) pools.set(id, Array.from({ length: POOL }, (_, i) => rig.seal(id, i + 1, PAYLOAD)));
-    const tls = new Map<string, TlsConnector>();
-    for (const id of ids) {
-      const identity = rig.devices.get(id);
-      if (identity === undefined) throw new Error(`no identity for ${id}`);
-      // One connector (one parsed SecureContext) per device, reused by every reconnect; close() is a no-op for it.
-      const connector = rig.tlsFor(identity);
-      tls.set(id, { description: connector.description, open: (t) => connector.open(t), close: async () => undefined });
-    }
-    const fleet: Fleet = { ids, pools, tls };
     const sealedBytes = (pools.get(ids[0] as string) as UplinkMessage[])[0]?.payload.length ?? 0;
     ctx.log(`1 KiB readings sealed to ${sealedBytes} B COSE_Encrypt; ${rounds} round(s) of ${windowMs} ms per variant`);
 

@@ -4,7 +4,9 @@
  * then a window in which acknowledgements and send → ack latencies are counted and the CPU time of
  * this process and of the named peer processes is taken.
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
 
 export const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -65,4 +67,37 @@ export async function driveUplinks(o: {
   stop = true;
   await Promise.all(running);
   return { acked, seconds, latencies, cpuMs: cpu };
+}
+
+/**
+ * A receiving side in its own process (a sink script next to the benchmark), spoken to over IPC:
+ * `ask` sends a message and resolves with the first reply of the given type.
+ */
+export class BenchChild {
+  readonly #child: ChildProcess;
+
+  constructor(script: URL) {
+    this.#child = fork(fileURLToPath(script), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  }
+
+  get pid(): number | undefined {
+    return this.#child.pid;
+  }
+
+  ask<T>(msg: object, type: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const onMessage = (m: { type: string }) => {
+        if (m.type !== type) return;
+        this.#child.off('message', onMessage);
+        resolve(m as T);
+      };
+      this.#child.on('message', onMessage);
+      this.#child.once('exit', () => reject(new Error(`${this.#child.spawnfile} exited`)));
+      this.#child.send(msg);
+    });
+  }
+
+  stop(): void {
+    this.#child.kill('SIGTERM');
+  }
 }

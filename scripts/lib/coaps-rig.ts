@@ -14,14 +14,13 @@
  *   await rig.stop();
  */
 import { getProvider } from '../../src/crypto/index.ts';
-import { EpochKeyCache, Header, openCose, SealingSession, x25519Recipient } from '../../src/cose/index.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { createCoapsServer, type CoapsHandler, type CoapsPeer, type CoapsServer, type CoapsServerOptions } from '../../src/transport/coaps/server.ts';
 import { createCoapsUplink, type CoapsUplink, type CoapsUplinkOptions } from '../../src/transport/coaps/uplink.ts';
 import type { UplinkMessage } from '../../src/transport/types.ts';
-import { systemClock } from '../../src/util/clock.ts';
 import { createTestFleet, type IssuedIdentity, type TestFleet } from './test-fleet.ts';
+import { createTestSealer } from './test-sealer.ts';
 
 export interface CoapsReceived {
   readonly deviceId: string;
@@ -74,23 +73,13 @@ export async function startCoapsRig(opts: CoapsRigOptions): Promise<CoapsRig> {
   const devices = new Map<string, IssuedIdentity>();
   for (const id of opts.devices) devices.set(id, await fleet.device(id));
   const provider = getProvider();
-  const ingestKey = provider.x25519Generate();
-  const recipient = x25519Recipient(provider, ingestKey.privateKey);
-  const cache = new EpochKeyCache(1024);
-  const sessions = new Map<string, SealingSession>();
+  const sealer = createTestSealer();
+  const open = sealer.open;
   const psks = new Map<string, Uint8Array>();
   const received: CoapsReceived[] = [];
   const seen = new Set<string>();
   let waiters: { n: number; resolve: () => void }[] = [];
   const uplinks: CoapsUplink[] = [];
-
-  const open = (payload: Uint8Array): { deviceId: string; seq: number } => {
-    const opened = openCose(payload, { recipient, cache });
-    const deviceId = opened.protected.get(Header.DEVICE_ID);
-    const seq = opened.protected.get(Header.SEQUENCE);
-    if (typeof deviceId !== 'string' || typeof seq !== 'number') throw new Error('sealed message without device id or sequence number');
-    return { deviceId, seq };
-  };
 
   const record = (m: CoapsReceived) => {
     received.push(m);
@@ -170,17 +159,7 @@ export async function startCoapsRig(opts: CoapsRigOptions): Promise<CoapsRig> {
         } });
       });
     },
-    seal(deviceId, seq, size = 200) {
-      let session = sessions.get(deviceId);
-      if (session === undefined) {
-        session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: ingestKey.publicKey, clock: systemClock, maxMessages: 1_000_000 });
-        sessions.set(deviceId, session);
-      }
-      const body = new Uint8Array(size);
-      body.fill(seq & 0xff);
-      const payload = session.seal(body, { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, deviceId], [Header.SEQUENCE, seq]]) });
-      return { deviceId, seq, payload, contentFormat: 'cose-encrypt' };
-    },
+    seal: sealer.seal,
     open,
     serverVerifier,
     uplink(deviceId, o = {}) {
@@ -218,7 +197,7 @@ export async function startCoapsRig(opts: CoapsRigOptions): Promise<CoapsRig> {
       for (const u of uplinks) await u.close().catch(() => undefined);
       if (running) await server.close();
       running = false;
-      recipient.destroy();
+      sealer.destroy();
     },
   };
   return rig;

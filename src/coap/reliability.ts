@@ -159,26 +159,17 @@ export class CoapClientEndpoint {
   /** Retransmits and times out what is due at `now` (§4.2: timeout doubles each retransmission). */
   poll(now: number): EndpointOutput<ClientEvent> {
     const out: EndpointOutput<ClientEvent> = { datagrams: [], events: [] };
-    for (const p of this.#pending.values()) {
-      if (p.deadline > now) continue;
-      if (p.acked || p.retransmits >= this.#params.maxRetransmit) {
-        this.#pending.delete(p.requestId);
-        out.events.push({ kind: 'timeout', requestId: p.requestId });
-        continue;
-      }
-      p.retransmits++;
-      p.timeoutMs *= 2;
-      p.deadline = now + p.timeoutMs;
-      out.datagrams.push(p.datagram);
-    }
+    // After an empty ACK the deadline is the wait for the separate response: nothing to resend.
+    retransmitDue(this.#pending, now, this.#params.maxRetransmit, out.datagrams, (p) => p.acked, (p) => {
+      this.#pending.delete(p.requestId);
+      out.events.push({ kind: 'timeout', requestId: p.requestId });
+    });
     return out;
   }
 
   /** Earliest time `poll` has work, or undefined with nothing in flight. */
   nextTimeout(): number | undefined {
-    let t: number | undefined;
-    for (const p of this.#pending.values()) t = t === undefined ? p.deadline : Math.min(t, p.deadline);
-    return t;
+    return earliestDeadline(this.#pending.values());
   }
 
   /** Abandons every pending request (connection lost); returns their ids. */
@@ -364,26 +355,16 @@ export class CoapServerEndpoint {
   /** Retransmits separate responses that are due; gives up after MAX_RETRANSMIT (§4.2). */
   poll(now: number): EndpointOutput<ServerEvent> {
     const out: EndpointOutput<ServerEvent> = { datagrams: [], events: [] };
-    for (const o of this.#outgoing.values()) {
-      if (o.deadline > now) continue;
-      if (o.retransmits >= this.#params.maxRetransmit) {
-        this.#outgoing.delete(o.messageId);
-        out.events.push({ kind: 'response-timeout', messageId: o.messageId });
-        continue;
-      }
-      o.retransmits++;
-      o.timeoutMs *= 2;
-      o.deadline = now + o.timeoutMs;
-      out.datagrams.push(o.datagram);
-    }
+    retransmitDue(this.#outgoing, now, this.#params.maxRetransmit, out.datagrams, () => false, (o) => {
+      this.#outgoing.delete(o.messageId);
+      out.events.push({ kind: 'response-timeout', messageId: o.messageId });
+    });
     return out;
   }
 
   /** Earliest time `poll` has work, or undefined. */
   nextTimeout(): number | undefined {
-    let t: number | undefined;
-    for (const o of this.#outgoing.values()) t = t === undefined ? o.deadline : Math.min(t, o.deadline);
-    return t;
+    return earliestDeadline(this.#outgoing.values());
   }
 
   #takeMessageId(): number {
@@ -405,6 +386,38 @@ export class CoapServerEndpoint {
       this.#forget(ex);
     }
   }
+}
+
+/** A CON in flight, as both endpoints retransmit it (§4.2). */
+interface Retransmitted {
+  readonly datagram: Uint8Array;
+  retransmits: number;
+  timeoutMs: number;
+  deadline: number;
+}
+
+/**
+ * §4.2: every CON due at `now` is sent again with its timeout doubled, until MAX_RETRANSMIT; then
+ * (or when `finished` says nothing more is to be sent) `giveUp` ends it.
+ */
+function retransmitDue<T extends Retransmitted>(items: Map<number, T>, now: number, maxRetransmit: number, datagrams: Uint8Array[], finished: (item: T) => boolean, giveUp: (item: T) => void): void {
+  for (const item of items.values()) {
+    if (item.deadline > now) continue;
+    if (finished(item) || item.retransmits >= maxRetransmit) {
+      giveUp(item);
+      continue;
+    }
+    item.retransmits++;
+    item.timeoutMs *= 2;
+    item.deadline = now + item.timeoutMs;
+    datagrams.push(item.datagram);
+  }
+}
+
+function earliestDeadline(items: Iterable<{ readonly deadline: number }>): number | undefined {
+  let t: number | undefined;
+  for (const i of items) t = t === undefined ? i.deadline : Math.min(t, i.deadline);
+  return t;
 }
 
 function emptyMessage(type: CoapType, messageId: number): CoapMessage {

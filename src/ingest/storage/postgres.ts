@@ -44,6 +44,17 @@ function isUniqueViolation(e: unknown): boolean {
   return (e as { code?: unknown }).code === '23505';
 }
 
+/** One wrapped-key record; `KeyStoreError('exists')` when (key id, version) is taken. */
+async function insertKeyRecord(query: (sql: string, params: unknown[]) => Promise<unknown>, r: WrappedKeyRecord): Promise<void> {
+  try {
+    await query('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
+      [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
+  } catch (e) {
+    if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+    throw e;
+  }
+}
+
 export class PostgresStorage implements IngestStorage {
   readonly kind = 'postgres' as const;
   readonly #pool: pg.Pool;
@@ -111,13 +122,7 @@ export class PostgresStorage implements IngestStorage {
         VALUES ($1, $2, $3, $4, $5, $5, $6, $7) ON CONFLICT (device_id) DO NOTHING RETURNING 1`,
       [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null]);
       if (dev.rowCount !== 1) throw deviceExistsError(d.deviceId);
-      try {
-        await c.query('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
-          [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
-      } catch (e) {
-        if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-        throw e;
-      }
+      await insertKeyRecord((sql, params) => c.query(sql, params), r);
       await c.query("UPDATE meta SET value = value + 1 WHERE name = 'registry-version'");
     });
   }
@@ -352,14 +357,7 @@ class PostgresKeyRecords implements WrappedKeyRecordStore {
   }
 
   async insert(record: WrappedKeyRecord): Promise<void> {
-    const r = checkRecord(record, 'insert');
-    try {
-      await this.#q('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
-        [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-      throw e;
-    }
+    await insertKeyRecord((sql, params) => this.#q(sql, params), checkRecord(record, 'insert'));
   }
 
   async replace(records: readonly WrappedKeyRecord[]): Promise<void> {

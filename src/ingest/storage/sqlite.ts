@@ -33,6 +33,17 @@ function isUniqueViolation(e: unknown): boolean {
   return (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE';
 }
 
+/** One wrapped-key record; `KeyStoreError('exists')` when (key id, version) is taken. */
+function insertKeyRecord(statement: (sql: string) => Database.Statement, r: WrappedKeyRecord): void {
+  try {
+    statement('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
+      .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
+  } catch (e) {
+    if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+    throw e;
+  }
+}
+
 export class SqliteStorage implements IngestStorage {
   readonly kind = 'sqlite' as const;
   readonly #db: Database.Database;
@@ -86,13 +97,7 @@ export class SqliteStorage implements IngestStorage {
     const r = checkRecord(key, 'insert');
     this.#db.transaction(() => {
       if (this.#s('SELECT 1 FROM devices WHERE device_id = ?').get(d.deviceId) !== undefined) throw deviceExistsError(d.deviceId);
-      try {
-        this.#s('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
-          .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
-      } catch (e) {
-        if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-        throw e;
-      }
+      insertKeyRecord((sql) => this.#s(sql), r);
       this.#s(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null);
@@ -304,14 +309,7 @@ class SqliteKeyRecords implements WrappedKeyRecordStore {
   }
 
   async insert(record: WrappedKeyRecord): Promise<void> {
-    const r = checkRecord(record, 'insert');
-    try {
-      this.#s('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
-        .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-      throw e;
-    }
+    insertKeyRecord((sql) => this.#s(sql), checkRecord(record, 'insert'));
   }
 
   async replace(records: readonly WrappedKeyRecord[]): Promise<void> {

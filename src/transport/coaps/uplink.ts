@@ -37,13 +37,13 @@ import type { CipherSuiteName } from '../../dtls/messages/constants.ts';
 import type { PeerCertificateVerifier } from '../../dtls/peer-verifier.ts';
 import { DtlsClientSocket } from '../../dtls/udp.ts';
 import type { Signer } from '../../keystore/signer.ts';
-import { abytes, aint, isBytes } from '../../util/assert.ts';
+import { abytes, aint } from '../../util/assert.ts';
 import { systemClock, type Clock } from '../../util/clock.ts';
 import { isDeviceId } from '../../util/device-id.ts';
 import { ApiMisuse, TransportError, UplinkRejected, VitalsealError } from '../../util/errors.ts';
-import { hasCoseTag } from '../mqtts/topics.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
-import { COSE_CONTENT_FORMAT_IDS, type CoseContentFormat, type Uplink, type UplinkAck, type UplinkCounters, type UplinkEvents, type UplinkMessage, type UplinkRejectReason, type UplinkSession } from '../types.ts';
+import { checkUplinkMessage, InFlightWindow, UplinkTally } from '../uplink-support.ts';
+import { COSE_CONTENT_FORMAT_IDS, type CoseContentFormat, type Uplink, type UplinkAck, type UplinkCounters, type UplinkEvents, type UplinkMessage, type UplinkSession } from '../types.ts';
 import { mapDtlsError, responseOutcome } from './codes.ts';
 
 /** The CoAP resource telemetry is POSTed to (docs/transport-coaps.md). */
@@ -263,14 +263,11 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   readonly #o: Resolved;
   #state: State = { kind: 'idle' };
   readonly #pending = new Set<Pending>();
-  /** Sends waiting for an in-flight slot, in order (a queue: `#waitHead` is the first). */
-  #waiters: { resolve: () => void; reject: (e: VitalsealError) => void }[] = [];
-  #waitHead = 0;
-  #inFlight = 0;
+  readonly #window = new InFlightWindow(() => (this.#state.kind === 'connected' ? this.#o.maxInFlight : 0));
   /** Block-wise bodies in transfer, and block-wise messages waiting for their turn (in order). */
   #blockwise = 0;
   #blockQueue: { readonly link: Link; readonly p: Pending }[] = [];
-  #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
+  readonly #tally = new UplinkTally(this);
 
   readonly #random: RandomPool;
 
@@ -285,7 +282,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   }
 
   counters(): UplinkCounters {
-    return { ...this.#counters };
+    return this.#tally.snapshot();
   }
 
   get #where(): string {
@@ -336,7 +333,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
           kind: 'coaps', peer: `${o.host}:${o.port}`, protocol: 'DTLSv1.3', suite: info.suite, group: info.group ?? 'none', auth: o.auth,
         };
         this.#state = { kind: 'connected', link: l, session };
-        this.#counters.connects += 1;
+        this.#tally.connected();
         this.emit('connected', session);
         resolveConnect();
       };
@@ -545,7 +542,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
     this.#disarm(l);
     l.coap.cancelAll();
     l.byRequest.clear();
-    this.#counters.disconnects += 1;
+    this.#tally.disconnected();
     this.#failAll(new TransportError('connection-lost', `${this.#where}: session lost before the response (${reason})`));
     void l.socket.close().catch(() => undefined);
     this.emit('disconnected', { reason });
@@ -554,84 +551,30 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
   #failAll(e: VitalsealError): void {
     this.#blockQueue = [];
     for (const p of [...this.#pending]) this.#settle(p, e);
-    const waiters = this.#waiters.slice(this.#waitHead);
-    this.#waiters = [];
-    this.#waitHead = 0;
-    for (const w of waiters) w.reject(e);
+    this.#window.fail(e);
   }
 
   /** Ends a send: counts it, releases its in-flight slot, resolves or rejects its promise. */
   #settle(p: Pending, outcome: UplinkAck | VitalsealError): void {
     if (!this.#pending.delete(p)) return;
-    this.#release();
+    this.#window.give();
     if (p.blocks !== undefined) this.#blockDone(p);
-    if (outcome instanceof UplinkRejected) {
-      this.#counters.rejected += 1;
-      this.emit('rejected', { seq: p.seq, reason: outcome.code as UplinkRejectReason, detail: outcome.message });
-      p.reject(outcome);
-    } else if (outcome instanceof VitalsealError) {
-      this.#counters.transportErrors += 1;
-      p.reject(outcome);
-    } else {
-      this.#counters.acknowledged += 1;
-      if (outcome.status === 'duplicate') this.#counters.duplicates += 1;
-      p.resolve(outcome);
-    }
-  }
-
-  async #acquire(): Promise<boolean> {
-    if (this.#state.kind !== 'connected') return false;
-    if (this.#inFlight < this.#o.maxInFlight && this.#waitHead === this.#waiters.length) {
-      this.#inFlight += 1;
-      return true;
-    }
-    // #release hands its slot straight to the first waiter.
-    await new Promise<void>((resolveSlot, rejectSlot) => this.#waiters.push({ resolve: resolveSlot, reject: rejectSlot }));
-    return true;
-  }
-
-  #release(): void {
-    const next = this.#waiters[this.#waitHead];
-    if (next === undefined || this.#state.kind !== 'connected') {
-      this.#inFlight -= 1;
-      return;
-    }
-    this.#waitHead += 1;
-    if (this.#waitHead > 1024 && this.#waitHead * 2 > this.#waiters.length) {
-      this.#waiters = this.#waiters.slice(this.#waitHead);
-      this.#waitHead = 0;
-    }
-    next.resolve();
-  }
-
-  #reject(seq: number, reason: UplinkRejectReason, detail: string): UplinkRejected {
-    this.#counters.rejected += 1;
-    this.emit('rejected', { seq, reason, detail });
-    return new UplinkRejected(reason, detail);
+    this.#tally.ended(p.seq, outcome);
+    if (outcome instanceof VitalsealError) p.reject(outcome);
+    else p.resolve(outcome);
   }
 
   async send(message: UplinkMessage): Promise<UplinkAck> {
-    if (typeof message !== 'object' || message === null) throw new TypeError('send: expected an UplinkMessage');
-    const seq = aint(message.seq, 'seq');
-    if (message.deviceId !== this.#o.deviceId) {
-      throw new ApiMisuse('wrong-device', `send: this uplink carries device ${this.#o.deviceId}'s messages, not ${String(message.deviceId)}'s`);
+    const seq = checkUplinkMessage(message, this.#o.deviceId, this.#o.maxPayloadBytes, this.#tally);
+    if (this.#state.kind === 'connected') await this.#window.take();
+    else {
+      this.#tally.transportError();
+      throw new TransportError('not-connected', `${this.#where}: not connected`);
     }
-    if (!isBytes(message.payload)) throw new TypeError('send: payload must be a Uint8Array');
-    if (message.contentFormat !== 'cose-encrypt' && message.contentFormat !== 'cose-encrypt0') {
-      throw new TypeError(`send: unknown content format ${String(message.contentFormat)}`);
-    }
-    // Never plaintext on the wire: the payload must at least look like the COSE object it claims to be.
-    if (!hasCoseTag(message.payload, message.contentFormat)) {
-      throw this.#reject(seq, 'unsupported-format', `message ${seq} does not start with the CBOR tag of ${message.contentFormat}; refusing to send it`);
-    }
-    if (message.payload.length > this.#o.maxPayloadBytes) {
-      throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the uplink sends at most ${this.#o.maxPayloadBytes}`);
-    }
-    const slot = await this.#acquire();
     const s = this.#state;
-    if (!slot || s.kind !== 'connected') {
-      if (slot) this.#release();
-      this.#counters.transportErrors += 1;
+    if (s.kind !== 'connected') {
+      this.#window.give();
+      this.#tally.transportError();
       throw new TransportError('not-connected', `${this.#where}: not connected`);
     }
     const l = s.link;
@@ -642,7 +585,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
         tag: blocks === undefined ? new Uint8Array(0) : this.#random.bytes(4), block: 0, heardAtSend: 0, started: false,
       };
       this.#pending.add(p);
-      this.#counters.sent += 1;
+      this.#tally.sent();
       if (blocks === undefined) this.#request(l, p);
       else if (this.#blockwise < this.#o.maxBlockwiseInFlight) this.#startBlockwise(l, p);
       else this.#blockQueue.push({ link: l, p });
@@ -705,7 +648,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
       s.link.byRequest.clear();
       // RFC 8446 §6.1: close_notify.
       await s.link.socket.close().catch(() => undefined);
-      this.#counters.disconnects += 1;
+      this.#tally.disconnected();
       this.emit('disconnected', { reason: 'closed by the device' });
     }
   }
