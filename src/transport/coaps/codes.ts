@@ -1,7 +1,7 @@
 /**
- * What a CoAP response means to the uplink, and the one mapping from DTLS handshake failures to the
- * uplink's typed errors. Both ends share the response conventions here (docs/transport-coaps.md,
- * "Responses"):
+ * The CoAPS conventions both ends share (resource, port, responses: docs/transport-coaps.md,
+ * "Responses"), what a CoAP response means to the uplink, and the one mapping from DTLS handshake
+ * failures to the uplink's typed errors:
  *
  *   2.04 Changed, no payload            taken: the message is stored now
  *   2.04 Changed, payload "duplicate"   taken before: already stored (Content-Format 0, text/plain)
@@ -14,6 +14,11 @@
 import { CertificateError, PeerIncompatible, TransportError, UplinkRejected, VitalsealError } from '../../util/errors.ts';
 import { CoapCode, codeString, type CoapMessage } from '../../coap/message.ts';
 import type { UplinkRejectReason } from '../types.ts';
+
+/** The CoAP resource telemetry is POSTed to (docs/transport-coaps.md). */
+export const TELEMETRY_PATH = '/v1/telemetry';
+/** RFC 7252 §12.7: the default port of coaps. */
+export const COAPS_PORT = 5684;
 
 /** The response codes a CoAPS server here sends for a telemetry POST (RFC 7252 §12.1.2, RFC 7959 §2.9). */
 export type CoapsResponseCode = '2.04' | '2.31' | '4.00' | '4.01' | '4.02' | '4.03' | '4.04' | '4.05' | '4.08' | '4.13' | '4.15' | '5.00' | '5.03';

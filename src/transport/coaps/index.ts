@@ -8,9 +8,9 @@
  *   const uplink = createCoapsUplink({ deviceId: 'pulse-ox-17', host: 'ingest.ward7',
  *     identity: { kind: 'psk', key: psk } });
  */
-export { DUPLICATE_PAYLOAD, mapDtlsError, responseCodeValue, responseOutcome, type CoapsResponseCode, type ResponseOutcome } from './codes.ts';
+export { COAPS_PORT, DUPLICATE_PAYLOAD, mapDtlsError, responseCodeValue, responseOutcome, TELEMETRY_PATH, type CoapsResponseCode, type ResponseOutcome } from './codes.ts';
 export {
   createCoapsServer, DEFAULT_COAPS_SERVER_LIMITS, peerOf, type CoapsHandler, type CoapsPeer, type CoapsRefusal, type CoapsReply, type CoapsRequest,
   type CoapsServer, type CoapsServerCounters, type CoapsServerDtlsOptions, type CoapsServerEvents, type CoapsServerLimits, type CoapsServerOptions, type CoapsSessionInfo,
 } from './server.ts';
-export { COAPS_PORT, createCoapsUplink, TELEMETRY_PATH, type CoapsIdentity, type CoapsUplink, type CoapsUplinkOptions } from './uplink.ts';
+export { createCoapsUplink, type CoapsIdentity, type CoapsUplink, type CoapsUplinkOptions } from './uplink.ts';

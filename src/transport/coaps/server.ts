@@ -37,8 +37,7 @@ import { systemClock, type Clock } from '../../util/clock.ts';
 import { DecodeError, VitalsealError } from '../../util/errors.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
 import { COSE_CONTENT_FORMAT_IDS } from '../types.ts';
-import { DUPLICATE_PAYLOAD, MAX_DIAGNOSTIC_BYTES, responseCodeValue, TEXT_PLAIN, type CoapsResponseCode } from './codes.ts';
-import { COAPS_PORT, TELEMETRY_PATH } from './uplink.ts';
+import { COAPS_PORT, DUPLICATE_PAYLOAD, MAX_DIAGNOSTIC_BYTES, responseCodeValue, TELEMETRY_PATH, TEXT_PLAIN, type CoapsResponseCode } from './codes.ts';
 
 /** Who the DTLS handshake authenticated. */
 export type CoapsPeer =

@@ -44,12 +44,7 @@ import { ApiMisuse, TransportError, UplinkRejected, VitalsealError } from '../..
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
 import { checkUplinkMessage, InFlightWindow, UplinkTally } from '../uplink-support.ts';
 import { COSE_CONTENT_FORMAT_IDS, type CoseContentFormat, type Uplink, type UplinkAck, type UplinkCounters, type UplinkEvents, type UplinkMessage, type UplinkSession } from '../types.ts';
-import { mapDtlsError, responseOutcome } from './codes.ts';
-
-/** The CoAP resource telemetry is POSTed to (docs/transport-coaps.md). */
-export const TELEMETRY_PATH = '/v1/telemetry';
-/** RFC 7252 §12.7: the default port of coaps. */
-export const COAPS_PORT = 5684;
+import { COAPS_PORT, mapDtlsError, responseOutcome, TELEMETRY_PATH } from './codes.ts';
 
 /** How the device authenticates in the DTLS handshake. */
 export type CoapsIdentity =
