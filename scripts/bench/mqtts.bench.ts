@@ -13,22 +13,20 @@
  * its own. TLS and plaintext rounds alternate and medians are reported, so drift hits both.
  * Target: MQTTS ≥ 0.9 × plaintext throughput.
  */
-import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import type { TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
 import { median } from './measure.ts';
+import { BenchChild, delay, driveUplinks } from './uplink-load.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
-type Variant = 'mqtts' | 'plain';
+export type Variant = 'mqtts' | 'plain';
 const PAYLOAD = 1024;
 const POOL = 32;
 
-interface RoundResult {
+export interface RoundResult {
   readonly acked: number;
   readonly seconds: number;
   readonly latencies: number[];
@@ -36,49 +34,20 @@ interface RoundResult {
   readonly cpuMs: { readonly broker: number; readonly publishers: number; readonly ingest: number };
 }
 
-function quantile(sorted: number[], q: number): number {
+export function quantile(sorted: number[], q: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] as number;
 }
 
-/** Broker CPU time (user + system) in ms, from /proc (clock ticks of 10 ms on Linux). */
-function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return 0;
-  }
-}
 
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-class Sink {
-  readonly #child: ChildProcess;
-  get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
+/** The ingest consumer (mqtts-sink.ts) in its own process. */
+class Sink extends BenchChild {
   constructor() {
-    this.#child = fork(fileURLToPath(new URL('./mqtts-sink.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  }
-
-  #ask<T>(msg: object, type: string): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const onMessage = (m: { type: string }) => {
-        if (m.type !== type) return;
-        this.#child.off('message', onMessage);
-        resolve(m as T);
-      };
-      this.#child.on('message', onMessage);
-      this.#child.once('exit', () => reject(new Error('the sink exited')));
-      this.#child.send(msg);
-    });
+    super(new URL('./mqtts-sink.ts', import.meta.url));
   }
 
   start(rig: MqttRig, variant: Variant): Promise<unknown> {
-    return this.#ask({
+    return this.ask({
       type: 'start',
       settings: {
         host: rig.broker.host,
@@ -93,15 +62,11 @@ class Sink {
   }
 
   async count(): Promise<number> {
-    return (await this.#ask<{ received: number }>({ type: 'count' }, 'count')).received;
-  }
-
-  stop(): void {
-    this.#child.kill('SIGTERM');
+    return (await this.ask<{ received: number }>({ type: 'count' }, 'count')).received;
   }
 }
 
-interface Fleet {
+export interface Fleet {
   readonly ids: string[];
   readonly pools: Map<string, UplinkMessage[]>;
   readonly tls: Map<string, TlsConnector>;
@@ -119,48 +84,23 @@ function uplinksFor(rig: MqttRig, fleet: Fleet, variant: Variant, count: number)
 }
 
 /** One round: `devices` uplinks publish for `ms` with everything the broker allows in flight. */
-async function round(rig: MqttRig, fleet: Fleet, variant: Variant, devices: number, ms: number): Promise<RoundResult> {
+export async function round(rig: MqttRig, fleet: Fleet, variant: Variant, devices: number, ms: number): Promise<RoundResult> {
   const sink = new Sink();
   await sink.start(rig, variant);
   const uplinks = uplinksFor(rig, fleet, variant, devices);
   for (let i = 0; i < uplinks.length; i += 20) await Promise.all(uplinks.slice(i, i + 20).map((u) => u.connect()));
-  const latencies: number[] = [];
-  let acked = 0;
-  let measuring = false;
-  let stop = false;
-  const sender = async (u: Uplink, pool: UplinkMessage[], slot: number) => {
-    for (let k = slot; !stop; k += 20) {
-      const m = pool[k % pool.length] as UplinkMessage;
-      const t0 = performance.now();
-      await u.send(m);
-      if (measuring) {
-        latencies.push(performance.now() - t0);
-        acked += 1;
-      }
-    }
-  };
   // 20 senders per device: the broker's Receive Maximum (mosquitto's max_inflight_messages).
-  const running = uplinks.flatMap((u, i) => Array.from({ length: 20 }, (_, slot) => sender(u, fleet.pools.get(fleet.ids[i] as string) as UplinkMessage[], slot)));
-  await delay(Math.min(500, ms / 4)); // warm-up: connections settled, JIT warm
-  const broker0 = cpuMs(rig.broker.pid);
-  const ingest0 = cpuMs(sink.pid);
-  const self0 = process.cpuUsage();
-  const t0 = performance.now();
-  measuring = true;
-  await delay(ms);
-  measuring = false;
-  const seconds = (performance.now() - t0) / 1000;
-  const self = process.cpuUsage(self0);
-  const cpu = { broker: cpuMs(rig.broker.pid) - broker0, publishers: (self.user + self.system) / 1000, ingest: cpuMs(sink.pid) - ingest0 };
-  stop = true;
-  await Promise.all(running);
+  const r = await driveUplinks({
+    uplinks, pools: fleet.ids.slice(0, devices).map((id) => fleet.pools.get(id) as UplinkMessage[]), inFlight: 20, windowMs: ms,
+    peers: { broker: rig.broker.pid, ingest: sink.pid },
+  });
   const sent = uplinks.reduce((n, u) => n + u.counters().acknowledged, 0);
   for (let i = 0; i < 400 && (await sink.count()) < sent; i++) await delay(25);
   const delivered = await sink.count();
   for (const u of uplinks) await u.close();
   sink.stop();
   if (delivered < sent) throw new Error(`${variant}: the ingest received ${delivered} of ${sent} acknowledged messages`);
-  return { acked, seconds, latencies, cpuMs: cpu };
+  return { acked: r.acked, seconds: r.seconds, latencies: r.latencies, cpuMs: { broker: r.cpuMs['broker'] ?? 0, publishers: r.cpuMs['self'] ?? 0, ingest: r.cpuMs['ingest'] ?? 0 } };
 }
 
 /** Connect → CONNACK → DISCONNECT cycles, 8 at a time, for `ms`. */
@@ -188,24 +128,30 @@ async function connects(rig: MqttRig, fleet: Fleet, variant: Variant, ms: number
   return { rate: done / elapsed, latencies };
 }
 
+/** 100 devices on a broker with its plaintext listener: their sealed-message pools and TLS connectors. */
+export async function startBenchFleet(): Promise<{ rig: MqttRig; fleet: Fleet }> {
+  const ids = Array.from({ length: 100 }, (_, i) => `dev-${String(i).padStart(3, '0')}`);
+  const rig = await startMqttRig({ devices: ids, broker: { plaintext: true, captureLog: false } });
+  const pools = new Map<string, UplinkMessage[]>();
+  for (const id of ids) pools.set(id, Array.from({ length: POOL }, (_, i) => rig.seal(id, i + 1, PAYLOAD)));
+  const tls = new Map<string, TlsConnector>();
+  for (const id of ids) {
+    const identity = rig.devices.get(id);
+    if (identity === undefined) throw new Error(`no identity for ${id}`);
+    // One connector (one parsed SecureContext) per device, reused by every reconnect; close() is a no-op for it.
+    const connector = rig.tlsFor(identity);
+    tls.set(id, { description: connector.description, open: (t) => connector.open(t), close: async () => undefined });
+  }
+  return { rig, fleet: { ids, pools, tls } };
+}
+
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const rounds = ctx.quick ? 1 : 5;
   const windowMs = ctx.quick ? 1000 : 3000;
-  const ids = Array.from({ length: 100 }, (_, i) => `dev-${String(i).padStart(3, '0')}`);
-  const rig = await startMqttRig({ devices: ids, broker: { plaintext: true, captureLog: false } });
+  const { rig, fleet } = await startBenchFleet();
+  const { ids, pools } = fleet;
   const results: BenchResult[] = [];
   try {
-    const pools = new Map<string, UplinkMessage[]>();
-    for (const id of ids) pools.set(id, Array.from({ length: POOL }, (_, i) => rig.seal(id, i + 1, PAYLOAD)));
-    const tls = new Map<string, TlsConnector>();
-    for (const id of ids) {
-      const identity = rig.devices.get(id);
-      if (identity === undefined) throw new Error(`no identity for ${id}`);
-      // One connector (one parsed SecureContext) per device, reused by every reconnect; close() is a no-op for it.
-      const connector = rig.tlsFor(identity);
-      tls.set(id, { description: connector.description, open: (t) => connector.open(t), close: async () => undefined });
-    }
-    const fleet: Fleet = { ids, pools, tls };
     const sealedBytes = (pools.get(ids[0] as string) as UplinkMessage[])[0]?.payload.length ?? 0;
     ctx.log(`1 KiB readings sealed to ${sealedBytes} B COSE_Encrypt; ${rounds} round(s) of ${windowMs} ms per variant`);
 

@@ -12,16 +12,14 @@
  *   await ingest.waitFor(1);
  *   await rig.stop();
  */
-import { getProvider } from '../../src/crypto/index.ts';
-import { EpochKeyCache, Header, openCose, SealingSession, x25519PublicToPem, x25519Recipient } from '../../src/cose/index.ts';
 import { inProcessTls, type TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createMqttsSubscriber, type IngestHandler, type IngestMessage, type MqttsSubscriber, type MqttsSubscriberOptions } from '../../src/transport/mqtts/subscriber.ts';
 import { trustFromPem, type MqttsTrust } from '../../src/transport/mqtts/tls.ts';
 import { createMqttsUplink, type MqttsUplinkOptions } from '../../src/transport/mqtts/uplink.ts';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
-import { systemClock } from '../../src/util/clock.ts';
 import { startMosquitto, type MosquittoBroker, type MosquittoOptions } from './mosquitto.ts';
 import { createTestFleet, type IssuedIdentity, type TestFleet } from './test-fleet.ts';
+import { createTestSealer } from './test-sealer.ts';
 
 export const INGEST_IDENTITY = 'ingest.vitalseal.test';
 
@@ -88,25 +86,14 @@ export async function startMqttRig(opts: MqttRigOptions): Promise<MqttRig> {
     ...opts.broker,
   });
   const trust = trustFromPem(fleet.rootPem);
-  const provider = getProvider();
-  const ingestKey = provider.x25519Generate();
-  const recipient = x25519Recipient(provider, ingestKey.privateKey);
-  const cache = new EpochKeyCache(1024);
-  const sessions = new Map<string, SealingSession>();
+  const sealer = createTestSealer();
+  const open = sealer.open;
   const ingests: IngestInstance[] = [];
   const uplinks: Uplink[] = [];
 
   const tlsFor = (identity: IssuedIdentity): TlsConnector => {
     if (identity.key === undefined) throw new Error('tlsFor: this identity has no in-memory key');
     return inProcessTls({ certChainPem: identity.certChainPem, privateKey: identity.key, trust });
-  };
-
-  const open = (payload: Uint8Array): { deviceId: string; seq: number } => {
-    const opened = openCose(payload, { recipient, cache });
-    const deviceId = opened.protected.get(Header.DEVICE_ID);
-    const seq = opened.protected.get(Header.SEQUENCE);
-    if (typeof deviceId !== 'string' || typeof seq !== 'number') throw new Error('sealed message without device id or sequence number');
-    return { deviceId, seq };
   };
 
   return {
@@ -116,18 +103,8 @@ export async function startMqttRig(opts: MqttRigOptions): Promise<MqttRig> {
     brokerIdentity,
     ingestIdentity,
     devices,
-    ingestPublicKeyPem: x25519PublicToPem(ingestKey.publicKey),
-    seal(deviceId, seq, size = 200) {
-      let session = sessions.get(deviceId);
-      if (session === undefined) {
-        session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: ingestKey.publicKey, clock: systemClock, maxMessages: 100_000 });
-        sessions.set(deviceId, session);
-      }
-      const body = new Uint8Array(size);
-      body.fill(seq & 0xff);
-      const payload = session.seal(body, { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, deviceId], [Header.SEQUENCE, seq]]) });
-      return { deviceId, seq, payload, contentFormat: 'cose-encrypt' };
-    },
+    ingestPublicKeyPem: sealer.publicKeyPem,
+    seal: sealer.seal,
     open,
     tlsFor,
     uplink(deviceId, o = {}) {

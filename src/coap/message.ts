@@ -126,32 +126,66 @@ export function decodeCoap(datagram: Uint8Array): CoapMessage {
 export function encodeCoap(m: CoapMessage): Uint8Array {
   if (m.token.length > 8) throw new RangeError('CoAP token longer than 8 bytes');
   if (!Number.isInteger(m.messageId) || m.messageId < 0 || m.messageId > 0xffff) throw new RangeError('CoAP message ID must be 0..65535');
-  const parts: number[] = [(1 << 6) | (TYPES.indexOf(m.type) << 4) | m.token.length, m.code, m.messageId >> 8, m.messageId & 0xff, ...m.token];
-  const sorted = [...m.options].sort((a, b) => a.number - b.number);
+  // §3.1: options in ascending number order (the sort is stable: repeated options keep their order).
+  let options = m.options;
+  for (let i = 1; i < options.length; i++) {
+    if ((options[i] as CoapOptionValue).number < (options[i - 1] as CoapOptionValue).number) {
+      options = [...m.options].sort((a, b) => a.number - b.number);
+      break;
+    }
+  }
+  // One pass for the size, one to write: every message is built on a hot path.
+  let size = 4 + m.token.length + (m.payload.length > 0 ? 1 + m.payload.length : 0);
   let prev = 0;
-  const chunks: Uint8Array[] = [Uint8Array.from(parts)];
-  for (const o of sorted) {
+  for (const o of options) {
+    size += 1 + extBytes(o.number - prev) + extBytes(o.value.length) + o.value.length;
+    prev = o.number;
+  }
+  const out = new Uint8Array(size);
+  out[0] = (1 << 6) | (TYPES.indexOf(m.type) << 4) | m.token.length;
+  out[1] = m.code;
+  out[2] = m.messageId >> 8;
+  out[3] = m.messageId & 0xff;
+  out.set(m.token, 4);
+  let off = 4 + m.token.length;
+  prev = 0;
+  for (const o of options) {
     const delta = o.number - prev;
     prev = o.number;
-    const [dn, dx] = nibble(delta);
-    const [ln, lx] = nibble(o.value.length);
-    chunks.push(Uint8Array.of((dn << 4) | ln, ...dx, ...lx), o.value);
+    const head = off++;
+    const dn = writeExt(out, off, delta);
+    off += extBytes(delta);
+    const ln = writeExt(out, off, o.value.length);
+    off += extBytes(o.value.length);
+    out[head] = (dn << 4) | ln;
+    out.set(o.value, off);
+    off += o.value.length;
   }
-  if (m.payload.length > 0) chunks.push(Uint8Array.of(PAYLOAD_MARKER), m.payload);
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
+  if (m.payload.length > 0) {
+    out[off++] = PAYLOAD_MARKER;
+    out.set(m.payload, off);
   }
   return out;
 }
 
-function nibble(v: number): [number, number[]] {
-  if (v < 13) return [v, []];
-  if (v < 269) return [13, [v - 13]];
-  if (v <= 0xffff + 269) return [14, [(v - 269) >> 8, (v - 269) & 0xff]];
+/** §3.1: extended delta/length bytes for a value (0, 1 or 2). */
+function extBytes(v: number): number {
+  if (v < 13) return 0;
+  if (v < 269) return 1;
+  if (v <= 0xffff + 269) return 2;
   throw new RangeError('CoAP option delta/length too large');
+}
+
+/** Writes the extended bytes of `v` at `off`; returns the nibble. */
+function writeExt(out: Uint8Array, off: number, v: number): number {
+  if (v < 13) return v;
+  if (v < 269) {
+    out[off] = v - 13;
+    return 13;
+  }
+  out[off] = (v - 269) >> 8;
+  out[off + 1] = (v - 269) & 0xff;
+  return 14;
 }
 
 /** §3.2 uint option value: shortest big-endian form, 0 as the empty value. */

@@ -98,6 +98,21 @@ export class CoapClientEndpoint {
     return { requestId, datagram };
   }
 
+  /**
+   * §4.3 "CoAP ping": an Empty CON, answered by an RST (reported as a `reset` event for the
+   * returned id), retransmitted and timed out like any CON.
+   */
+  ping(now: number): { requestId: number; datagram: Uint8Array } {
+    if (this.#pending.size >= 0x8000) throw new ApiMisuse('coap-too-many-in-flight', 'CoAP: too many requests in flight');
+    const messageId = this.#nextMessageId;
+    this.#nextMessageId = (this.#nextMessageId + 1) & 0xffff;
+    const datagram = encodeCoap(emptyMessage('CON', messageId));
+    const timeoutMs = this.#params.ackTimeoutMs * (1 + this.#random() * (this.#params.ackRandomFactor - 1));
+    const requestId = this.#nextRequestId++;
+    this.#pending.set(requestId, { requestId, messageId, token: new Uint8Array(0), datagram, acked: false, retransmits: 0, timeoutMs, deadline: now + timeoutMs });
+    return { requestId, datagram };
+  }
+
   /** Handles one datagram from the peer. */
   receive(datagram: Uint8Array, _now: number): EndpointOutput<ClientEvent> {
     let m: CoapMessage;
@@ -144,26 +159,17 @@ export class CoapClientEndpoint {
   /** Retransmits and times out what is due at `now` (§4.2: timeout doubles each retransmission). */
   poll(now: number): EndpointOutput<ClientEvent> {
     const out: EndpointOutput<ClientEvent> = { datagrams: [], events: [] };
-    for (const p of this.#pending.values()) {
-      if (p.deadline > now) continue;
-      if (p.acked || p.retransmits >= this.#params.maxRetransmit) {
-        this.#pending.delete(p.requestId);
-        out.events.push({ kind: 'timeout', requestId: p.requestId });
-        continue;
-      }
-      p.retransmits++;
-      p.timeoutMs *= 2;
-      p.deadline = now + p.timeoutMs;
-      out.datagrams.push(p.datagram);
-    }
+    // After an empty ACK the deadline is the wait for the separate response: nothing to resend.
+    retransmitDue(this.#pending, now, this.#params.maxRetransmit, out.datagrams, (p) => p.acked, (p) => {
+      this.#pending.delete(p.requestId);
+      out.events.push({ kind: 'timeout', requestId: p.requestId });
+    });
     return out;
   }
 
   /** Earliest time `poll` has work, or undefined with nothing in flight. */
   nextTimeout(): number | undefined {
-    let t: number | undefined;
-    for (const p of this.#pending.values()) t = t === undefined ? p.deadline : Math.min(t, p.deadline);
-    return t;
+    return earliestDeadline(this.#pending.values());
   }
 
   /** Abandons every pending request (connection lost); returns their ids. */
@@ -180,7 +186,7 @@ export class CoapClientEndpoint {
 }
 
 export interface IncomingRequest {
-  /** Pass back to `respond`. */
+  /** Pass back to `respond` / `acknowledge`. */
   readonly key: number;
   readonly message: CoapMessage;
 }
@@ -191,34 +197,77 @@ export interface CoapResponse {
   readonly payload?: Uint8Array;
 }
 
+/**
+ * What the endpoint remembers of a request, for EXCHANGE_LIFETIME: enough to answer a duplicate
+ * (§4.5) and to match a separate response's ACK. Never the request's payload: a peer cannot make the
+ * dedupe cache hold its bodies.
+ */
 interface Exchange {
-  readonly request: CoapMessage;
-  /** The response datagram once the handler answered; resent to duplicates (§4.5). */
-  response: Uint8Array | undefined;
+  readonly key: number;
+  readonly type: CoapType;
+  readonly messageId: number;
+  readonly token: Uint8Array;
+  /**
+   * 'pending': the application has it, nothing sent yet; 'acknowledged': an empty ACK went out and
+   * the response will come separately (§5.2.2); 'answered': the response went out.
+   */
+  state: 'pending' | 'acknowledged' | 'answered';
+  /** The datagram a duplicate gets (§4.5): the piggybacked response, or the empty ACK. */
+  reply: Uint8Array | undefined;
   readonly expires: number;
+}
+
+/** A separate response sent as CON (§5.2.2), retransmitted until the client acknowledges it. */
+interface OutgoingResponse {
+  readonly messageId: number;
+  readonly datagram: Uint8Array;
+  retransmits: number;
+  timeoutMs: number;
+  deadline: number;
 }
 
 export interface ServerEndpointOptions {
   readonly params?: Partial<TransmissionParameters>;
-  /** Bound on remembered exchanges; the oldest are forgotten first. */
+  /** Bound on remembered exchanges; the oldest are forgotten first (default 1024). */
   readonly maxExchanges?: number;
+  /** Uniform [0,1): randomises separate responses' first timeout and the initial message ID (default Math.random). */
+  readonly random?: () => number;
 }
 
-export type ServerEvent = { readonly kind: 'dropped'; readonly error: DecodeError | string };
+export type ServerEvent =
+  | { readonly kind: 'dropped'; readonly error: DecodeError | string }
+  /** A separate CON response was never acknowledged (§4.2: given up after MAX_RETRANSMIT). */
+  | { readonly kind: 'response-timeout'; readonly messageId: number }
+  /** A retransmitted request (§4.5), answered from the exchange and not handed on again. */
+  | { readonly kind: 'duplicate'; readonly messageId: number };
 
 /**
  * The receiving side: detects duplicates by message ID for EXCHANGE_LIFETIME and answers them
- * with the stored response, so a retransmitted POST is handed to the application once.
- * Responses are piggybacked on the ACK (§5.2.1).
+ * with the stored answer, so a retransmitted POST is handed to the application once. A response is
+ * piggybacked on the ACK (§5.2.1) unless the application took long enough that `acknowledge` sent an
+ * empty ACK first; then it goes as a separate CON response (§5.2.2) with its own message ID,
+ * retransmitted with back-off until the client ACKs it (`poll`, `nextTimeout`).
  */
 export class CoapServerEndpoint {
   readonly #params: TransmissionParameters;
   readonly #max: number;
+  readonly #random: () => number;
   readonly #exchanges = new Map<number, Exchange>();
+  readonly #byKey = new Map<number, Exchange>();
+  readonly #outgoing = new Map<number, OutgoingResponse>();
+  #nextKey = 1;
+  #nextMessageId: number;
 
   constructor(opts: ServerEndpointOptions = {}) {
     this.#params = { ...DEFAULT_TRANSMISSION, ...opts.params };
     this.#max = opts.maxExchanges ?? 1024;
+    this.#random = opts.random ?? Math.random;
+    this.#nextMessageId = Math.floor(this.#random() * 0x10000);
+  }
+
+  /** Separate responses awaiting the client's ACK. */
+  get unacknowledgedResponses(): number {
+    return this.#outgoing.size;
   }
 
   receive(datagram: Uint8Array, now: number): EndpointOutput<ServerEvent> & { requests: IncomingRequest[] } {
@@ -227,47 +276,148 @@ export class CoapServerEndpoint {
     try {
       m = decodeCoap(datagram);
     } catch (e) {
-      if (e instanceof DecodeError) return { datagrams: [], events: [{ kind: 'dropped', error: e }], requests: [] };
-      throw e;
+      if (!(e instanceof DecodeError)) throw e;
+      // §4.2: a CON with a message format error is rejected with RST, when its header can be read.
+      const rst = datagram.length >= 4 && datagram[0] !== undefined && datagram[0] >> 6 === 1 && ((datagram[0] >> 4) & 3) === 0
+        ? [encodeCoap(emptyMessage('RST', ((datagram[2] as number) << 8) | (datagram[3] as number)))]
+        : [];
+      return { datagrams: rst, events: [{ kind: 'dropped', error: e }], requests: [] };
     }
-    if (m.type === 'ACK' || m.type === 'RST') return { datagrams: [], events: [], requests: [] };
+    if (m.type === 'ACK' || m.type === 'RST') {
+      // The client's answer to a separate response (§5.2.2); anything else matches nothing.
+      if (!this.#outgoing.delete(m.messageId)) return { datagrams: [], events: [{ kind: 'dropped', error: `${m.type} for no response of ours` }], requests: [] };
+      return { datagrams: [], events: [], requests: [] };
+    }
     if (m.code === CoapCode.EMPTY) {
       // §4.3: an Empty CON is a "CoAP ping", answered with RST.
       return { datagrams: m.type === 'CON' ? [encodeCoap(emptyMessage('RST', m.messageId))] : [], events: [], requests: [] };
     }
-    if (m.code >= 0x20) return { datagrams: [], events: [{ kind: 'dropped', error: 'not a request' }], requests: [] };
+    if (m.code >= 0x20) {
+      // §4.2/§4.3: a response or a reserved class we lack the context for: reject a CON with RST.
+      return { datagrams: m.type === 'CON' ? [encodeCoap(emptyMessage('RST', m.messageId))] : [], events: [{ kind: 'dropped', error: 'not a request' }], requests: [] };
+    }
     const seen = this.#exchanges.get(m.messageId);
     if (seen !== undefined) {
-      // §4.5: a duplicate. Answer with the same response if we have one; otherwise stay silent.
-      return { datagrams: seen.response !== undefined ? [seen.response] : [], events: [], requests: [] };
+      // §4.5: a duplicate. Repeat what we answered (the response, or the empty ACK); silence while pending.
+      return { datagrams: seen.reply !== undefined ? [seen.reply] : [], events: [{ kind: 'duplicate', messageId: m.messageId }], requests: [] };
     }
     if (this.#exchanges.size >= this.#max) {
-      const oldest = this.#exchanges.keys().next().value as number;
-      this.#exchanges.delete(oldest);
+      const oldest = this.#exchanges.values().next().value as Exchange;
+      this.#forget(oldest);
     }
-    this.#exchanges.set(m.messageId, { request: m, response: undefined, expires: now + this.#params.exchangeLifetimeMs });
-    return { datagrams: [], events: [], requests: [{ key: m.messageId, message: m }] };
+    const ex: Exchange = {
+      key: this.#nextKey++, type: m.type, messageId: m.messageId, token: Uint8Array.from(m.token),
+      state: 'pending', reply: undefined, expires: now + this.#params.exchangeLifetimeMs,
+    };
+    this.#exchanges.set(m.messageId, ex);
+    this.#byKey.set(ex.key, ex);
+    return { datagrams: [], events: [], requests: [{ key: ex.key, message: m }] };
   }
 
-  /** The datagram answering request `key` (piggybacked ACK for CON, NON for NON). */
-  respond(key: number, res: CoapResponse): Uint8Array {
-    const ex = this.#exchanges.get(key);
+  /**
+   * §5.2.2: an empty ACK for a CON request whose response is not ready, so the client stops
+   * retransmitting it. Undefined when none is due (NON, already acknowledged or answered, forgotten).
+   */
+  acknowledge(key: number): Uint8Array | undefined {
+    const ex = this.#byKey.get(key);
+    if (ex === undefined || ex.type !== 'CON' || ex.state !== 'pending') return undefined;
+    ex.state = 'acknowledged';
+    ex.reply = encodeCoap(emptyMessage('ACK', ex.messageId));
+    return ex.reply;
+  }
+
+  /**
+   * The datagram answering request `key`: piggybacked on the ACK for a CON (§5.2.1), a separate
+   * CON response after `acknowledge` (§5.2.2, retransmitted by `poll`), a NON for a NON (§5.2.3).
+   */
+  respond(key: number, res: CoapResponse, now = 0): Uint8Array {
+    const ex = this.#byKey.get(key);
     if (ex === undefined) throw new ApiMisuse('coap-no-exchange', 'CoAP: no such request (expired or already forgotten)');
-    const type: CoapType = ex.request.type === 'CON' ? 'ACK' : 'NON';
-    const datagram = encodeCoap({
-      type, code: res.code, messageId: ex.request.messageId, token: ex.request.token,
-      options: res.options ?? [], payload: res.payload ?? new Uint8Array(0),
-    });
-    ex.response = datagram;
+    if (ex.state === 'answered') throw new ApiMisuse('coap-answered', 'CoAP: this request was already answered');
+    const options = res.options ?? [];
+    const payload = res.payload ?? new Uint8Array(0);
+    if (ex.state === 'acknowledged') {
+      const messageId = this.#takeMessageId();
+      const datagram = encodeCoap({ type: 'CON', code: res.code, messageId, token: ex.token, options, payload });
+      // §4.2: the same randomised, doubling timeouts as any CON.
+      const timeoutMs = this.#params.ackTimeoutMs * (1 + this.#random() * (this.#params.ackRandomFactor - 1));
+      this.#outgoing.set(messageId, { messageId, datagram, retransmits: 0, timeoutMs, deadline: now + timeoutMs });
+      ex.state = 'answered';
+      return datagram;
+    }
+    const type: CoapType = ex.type === 'CON' ? 'ACK' : 'NON';
+    const datagram = encodeCoap({ type, code: res.code, messageId: type === 'ACK' ? ex.messageId : this.#takeMessageId(), token: ex.token, options, payload });
+    ex.state = 'answered';
+    ex.reply = datagram;
     return datagram;
   }
 
+  /** Retransmits separate responses that are due; gives up after MAX_RETRANSMIT (§4.2). */
+  poll(now: number): EndpointOutput<ServerEvent> {
+    const out: EndpointOutput<ServerEvent> = { datagrams: [], events: [] };
+    retransmitDue(this.#outgoing, now, this.#params.maxRetransmit, out.datagrams, () => false, (o) => {
+      this.#outgoing.delete(o.messageId);
+      out.events.push({ kind: 'response-timeout', messageId: o.messageId });
+    });
+    return out;
+  }
+
+  /** Earliest time `poll` has work, or undefined. */
+  nextTimeout(): number | undefined {
+    return earliestDeadline(this.#outgoing.values());
+  }
+
+  #takeMessageId(): number {
+    let id = this.#nextMessageId;
+    // Never reuse an ID still awaiting its ACK.
+    while (this.#outgoing.has(id)) id = (id + 1) & 0xffff;
+    this.#nextMessageId = (id + 1) & 0xffff;
+    return id;
+  }
+
+  #forget(ex: Exchange): void {
+    this.#exchanges.delete(ex.messageId);
+    this.#byKey.delete(ex.key);
+  }
+
   #expire(now: number): void {
-    for (const [k, ex] of this.#exchanges) {
+    for (const ex of this.#exchanges.values()) {
       if (ex.expires > now) break; // insertion order is expiry order
-      this.#exchanges.delete(k);
+      this.#forget(ex);
     }
   }
+}
+
+/** A CON in flight, as both endpoints retransmit it (§4.2). */
+interface Retransmitted {
+  readonly datagram: Uint8Array;
+  retransmits: number;
+  timeoutMs: number;
+  deadline: number;
+}
+
+/**
+ * §4.2: every CON due at `now` is sent again with its timeout doubled, until MAX_RETRANSMIT; then
+ * (or when `finished` says nothing more is to be sent) `giveUp` ends it.
+ */
+function retransmitDue<T extends Retransmitted>(items: Map<number, T>, now: number, maxRetransmit: number, datagrams: Uint8Array[], finished: (item: T) => boolean, giveUp: (item: T) => void): void {
+  for (const item of items.values()) {
+    if (item.deadline > now) continue;
+    if (finished(item) || item.retransmits >= maxRetransmit) {
+      giveUp(item);
+      continue;
+    }
+    item.retransmits++;
+    item.timeoutMs *= 2;
+    item.deadline = now + item.timeoutMs;
+    datagrams.push(item.datagram);
+  }
+}
+
+function earliestDeadline(items: Iterable<{ readonly deadline: number }>): number | undefined {
+  let t: number | undefined;
+  for (const i of items) t = t === undefined ? i.deadline : Math.min(t, i.deadline);
+  return t;
 }
 
 function emptyMessage(type: CoapType, messageId: number): CoapMessage {

@@ -58,11 +58,43 @@ export interface MqttListenerConfig {
   readonly topic: string;
 }
 
+/** The CoAPS listener's limits (docs/transport-coaps.md "Limits"). */
+export interface CoapsLimitsConfig {
+  /** DTLS sessions, established and in progress (default 100 000). */
+  readonly maxSessions: number;
+  /** Handshakes in progress in all (default 1000) and from one IP address (default 4). */
+  readonly maxPendingHandshakes: number;
+  readonly maxPendingPerAddress: number;
+  /** Messages of one session being processed at once (default 64) and over all sessions (default 8192). */
+  readonly maxHandlingPerSession: number;
+  readonly maxHandling: number;
+  /** Block-wise bodies in progress per session (default 4). */
+  readonly maxBodiesPerSession: number;
+}
+
 export interface CoapsListenerConfig {
   readonly host: string;
   readonly port: number;
+  /** PEM: the server certificate, then its chain. */
   readonly certificate: string;
-  readonly key: string;
+  /** PEM private key file (0600; encrypted PKCS#8 takes `keyPassphrase`), or `keyStoreKey`: exactly one. */
+  readonly key?: string;
+  readonly keyPassphrase?: SecretSource;
+  /** A signing key in the ingest's key store (TPM, PKCS#11 token) that matches the certificate. */
+  readonly keyStoreKey?: string;
+  /** PEM files of the fleet roots device certificates must chain to. */
+  readonly clientRoots: readonly string[];
+  /** CRL files (PEM or DER) checked in every handshake besides the registry; reloaded when the registry's CRL changes. */
+  readonly crls: readonly string[];
+  /** Take DTLS external-PSK handshakes from PSK-registered devices (default false). */
+  readonly psk: boolean;
+  /** The telemetry resource (default /v1/telemetry). */
+  readonly path: string;
+  /** Largest UDP payload the server sends (default 1200). */
+  readonly mtu: number;
+  /** How long a message may take before the server sends an empty ACK and answers separately (default 500 ms). */
+  readonly piggybackMs: number;
+  readonly limits: CoapsLimitsConfig;
 }
 
 export interface IngestConfig {
@@ -195,6 +227,43 @@ function parseHttps(v: unknown): HttpsConfig {
   };
 }
 
+function files(o: Obj, key: string, path: string, required: boolean): string[] {
+  const v = o[key] ?? [];
+  if (!Array.isArray(v) || v.some((r) => typeof r !== 'string' || r.length === 0 || r.length > 4096)) throw invalid(`${path}.${key}`, 'expected a list of file paths');
+  if (required && v.length === 0) throw invalid(`${path}.${key}`, 'at least one file');
+  return v as string[];
+}
+
+function parseCoaps(v: unknown): CoapsListenerConfig {
+  const P = 'coaps';
+  const c = section(v, P, ['host', 'port', 'certificate', 'key', 'keyPassphrase', 'keyStoreKey', 'clientRoots', 'crls', 'psk', 'path', 'mtu', 'piggybackMs', 'limits']);
+  const key = str(c, 'key', P, true);
+  const keyStoreKey = c['keyStoreKey'] === undefined ? undefined : keyName(c, 'keyStoreKey', P);
+  if ((key === undefined) === (keyStoreKey === undefined)) throw invalid(`${P}.key`, 'give exactly one of key (a PEM file) or keyStoreKey (a signing key in the key store)');
+  const keyPassphrase = secret(c, 'keyPassphrase', P);
+  if (keyPassphrase !== undefined && key === undefined) throw invalid(`${P}.keyPassphrase`, 'only with key');
+  const psk = c['psk'] ?? false;
+  if (typeof psk !== 'boolean') throw invalid(`${P}.psk`, 'true or false');
+  const path = c['path'] ?? '/v1/telemetry';
+  if (typeof path !== 'string' || !/^(\/[A-Za-z0-9._~-]{1,63}){1,8}$/.test(path)) throw invalid(`${P}.path`, 'a path such as /v1/telemetry');
+  const L = `${P}.limits`;
+  const l = section(c['limits'] ?? {}, L, ['maxSessions', 'maxPendingHandshakes', 'maxPendingPerAddress', 'maxHandlingPerSession', 'maxHandling', 'maxBodiesPerSession']);
+  return {
+    host: host(c, 'host', P, '0.0.0.0'), port: num(c, 'port', P, 5684, 0, 65535), certificate: str(c, 'certificate', P),
+    ...(key === undefined ? {} : { key }), ...(keyPassphrase === undefined ? {} : { keyPassphrase }), ...(keyStoreKey === undefined ? {} : { keyStoreKey }),
+    clientRoots: files(c, 'clientRoots', P, true), crls: files(c, 'crls', P, false), psk, path,
+    mtu: num(c, 'mtu', P, 1200, 256, 16_384), piggybackMs: num(c, 'piggybackMs', P, 500, 0, 60_000),
+    limits: {
+      maxSessions: num(l, 'maxSessions', L, 100_000, 1, 10_000_000),
+      maxPendingHandshakes: num(l, 'maxPendingHandshakes', L, 1000, 1, 1_000_000),
+      maxPendingPerAddress: num(l, 'maxPendingPerAddress', L, 4, 1, 10_000),
+      maxHandlingPerSession: num(l, 'maxHandlingPerSession', L, 64, 1, 100_000),
+      maxHandling: num(l, 'maxHandling', L, 8192, 1, 1_000_000),
+      maxBodiesPerSession: num(l, 'maxBodiesPerSession', L, 4, 1, 1024),
+    },
+  };
+}
+
 /** Validates a parsed document into an `IngestConfig`. */
 export function parseIngestConfig(doc: unknown, source = 'config'): IngestConfig {
   const top = section(doc, '(top level)', ['storage', 'keystore', 'keys', 'audit', 'pki', 'https', 'ingest', 'anomaly', 'mqtt', 'coaps', 'log']);
@@ -229,11 +298,7 @@ export function parseIngestConfig(doc: unknown, source = 'config'): IngestConfig
     if (typeof topic !== 'string' || topic.includes('#') || topic.startsWith('$')) throw invalid('mqtt.topic', 'a topic filter without # and not starting with $');
     mqtt = { url, caFile: str(m, 'caFile', 'mqtt'), certFile: str(m, 'certFile', 'mqtt'), keyFile: str(m, 'keyFile', 'mqtt'), sharedGroup: group, topic };
   }
-  let coaps: CoapsListenerConfig | undefined;
-  if (top['coaps'] !== undefined) {
-    const c = section(top['coaps'], 'coaps', ['host', 'port', 'certificate', 'key']);
-    coaps = { host: host(c, 'host', 'coaps', '0.0.0.0'), port: num(c, 'port', 'coaps', 5684, 0, 65535), certificate: str(c, 'certificate', 'coaps'), key: str(c, 'key', 'coaps') };
-  }
+  const coaps = top['coaps'] === undefined ? undefined : parseCoaps(top['coaps']);
 
   return {
     source,

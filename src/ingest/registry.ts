@@ -26,6 +26,7 @@ import type { Clock } from '../util/clock.ts';
 import { ApiMisuse } from '../util/errors.ts';
 import type { RevocationQuery, RevocationStatus } from '../pki/validate.ts';
 import { deviceLabel, type AuditTrail } from './audit-trail.ts';
+import type { WrappedKeyRecord } from '../keystore/hierarchy/types.ts';
 import type { DeviceRecord, DeviceRegistration, DeviceStatus, IngestStorage } from './storage/types.ts';
 
 /** Revokes a certificate with the issuing CA and writes a new CRL (e.g. the dev CA: `DevCa.revoke`). */
@@ -36,6 +37,8 @@ export interface CrlPublisher {
 }
 
 export type StatusListener = (deviceId: string, status: DeviceStatus, previous: DeviceStatus | undefined) => void;
+/** Devices registered, re-registered or changed in status (here, or elsewhere as `refresh` found). */
+export type DevicesListener = (deviceIds: readonly string[]) => void;
 export type CrlListener = (info: { readonly crlNumber?: number; readonly crlPath?: string }) => void;
 
 export interface DeviceRegistryOptions {
@@ -54,6 +57,7 @@ export class DeviceRegistry {
   #version = -1;
   readonly #statusListeners = new Set<StatusListener>();
   readonly #crlListeners = new Set<CrlListener>();
+  readonly #deviceListeners = new Set<DevicesListener>();
 
   constructor(o: DeviceRegistryOptions) {
     this.#storage = o.storage;
@@ -80,14 +84,18 @@ export class DeviceRegistry {
     const before = this.#devices;
     await this.load();
     let revoked = false;
+    const changed: string[] = [];
     for (const d of this.#devices.values()) {
-      const prev = before.get(d.deviceId)?.status;
+      const was = before.get(d.deviceId);
+      const prev = was?.status;
       if (prev !== d.status) {
         if (prev !== undefined) this.#emitStatus(d.deviceId, d.status, prev);
         if (d.status === 'revoked') revoked = true;
       }
+      if (was === undefined || prev !== d.status || was.credential !== d.credential || was.credentialSha256 !== d.credentialSha256) changed.push(d.deviceId);
     }
     if (revoked) this.#emitCrl(this.#crl?.crlPath === undefined ? {} : { crlPath: this.#crl.crlPath });
+    if (changed.length > 0) this.#emitDevices(changed);
     return true;
   }
 
@@ -138,6 +146,21 @@ export class DeviceRegistry {
     const d = await this.reload(reg.deviceId);
     this.#version = -1; // our own bump: the next refresh reloads once, harmlessly
     if (d === undefined) throw new ApiMisuse('not-found', `device ${reg.deviceId} vanished while registering`);
+    this.#emitDevices([reg.deviceId]);
+    return d;
+  }
+
+  /**
+   * Registers a new device together with the wrapped key of its credential (a PSK device's key,
+   * psk-store.ts), both or neither (`IngestStorage.registerDeviceWithKey`). An id already registered,
+   * revoked ones included, is `ApiMisuse('exists')`.
+   */
+  async registerWithKey(reg: DeviceRegistration, key: WrappedKeyRecord): Promise<DeviceRecord> {
+    await this.#storage.registerDeviceWithKey(reg, key);
+    const d = await this.reload(reg.deviceId);
+    this.#version = -1;
+    if (d === undefined) throw new ApiMisuse('not-found', `device ${reg.deviceId} vanished while registering`);
+    this.#emitDevices([reg.deviceId]);
     return d;
   }
 
@@ -157,6 +180,7 @@ export class DeviceRegistry {
     this.#version = -1;
     await this.#audit?.append({ actor, operation: op, result: 'ok', detail: `device ${deviceLabel(deviceId)}${reason === undefined ? '' : ` (${reason})`}` });
     this.#emitStatus(deviceId, status, current.status);
+    this.#emitDevices([deviceId]);
     let crlNumber: number | undefined;
     if (status === 'revoked' && device.certSerial !== undefined && this.#crl !== undefined) {
       try {
@@ -184,6 +208,22 @@ export class DeviceRegistry {
   onCrlChange(listener: CrlListener): () => void {
     this.#crlListeners.add(listener);
     return () => this.#crlListeners.delete(listener);
+  }
+
+  /** Runs `listener` with the ids of devices registered or changed (here at once; elsewhere after `refresh`). */
+  onDevicesChanged(listener: DevicesListener): () => void {
+    this.#deviceListeners.add(listener);
+    return () => this.#deviceListeners.delete(listener);
+  }
+
+  #emitDevices(ids: readonly string[]): void {
+    for (const l of this.#deviceListeners) {
+      try {
+        l(ids);
+      } catch {
+        // as for status listeners: a listener's failure must not undo or hide the change
+      }
+    }
   }
 
   #emitStatus(deviceId: string, status: DeviceStatus, prev: DeviceStatus | undefined): void {

@@ -144,6 +144,11 @@ export class IngestService {
     });
   }
 
+  /** The largest sealed message taken (`ingest.maxMessageBytes`): listeners refuse larger ones early. */
+  get maxMessageBytes(): number {
+    return this.#maxBytes;
+  }
+
   /** Sealed messages being processed right now. */
   get inflight(): number {
     return this.#inflight;

@@ -8,3 +8,4 @@
 export * from './types.ts';
 export { ManualTimers, systemTimers, type TimerHandle, type Timers } from './timers.ts';
 export * from './mqtts/index.ts';
+export * from './coaps/index.ts';

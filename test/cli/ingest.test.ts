@@ -123,7 +123,7 @@ describe('vitalseal ingest', () => {
     const r = bin_(['ingest', 'run', '--config', mqtt]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /mqtt: the MQTT shared-subscription subscriber \(src\/transport\/mqtts\) is not part of this build; remove the mqtt section.* \[transport-not-built\]/);
-    const coaps = config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key }\n');
+    const coaps = config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key, clientRoots: [fleet-root.pem] }\n');
     assert.match(bin_(['ingest', 'run', '--config', coaps]).stderr, /coaps: the CoAPS listener .*src\/dtls.* \[transport-not-built\]/);
     assert.match(bin_(['ingest', 'check-config', '--config', config('mqtt-bad.yaml', 'mqtt: { url: "mqtt://x", caFile: a, certFile: b, keyFile: c }\n')]).stderr, /mqtt\.url: expected mqtts:/);
   });

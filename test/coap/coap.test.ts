@@ -5,9 +5,10 @@ import { Prng } from '../../src/agent/sensors/prng.ts';
 import {
   CoapCode, CoapOption, ContentFormat, codeString, decodeCoap, encodeCoap, pathOptions, readPath, readUintOption, uintOption,
 } from '../../src/coap/message.ts';
+import { Block1Assembler, blockOption, BlockOption, readBlock, splitBlocks } from '../../src/coap/blockwise.ts';
 import { CoapClientEndpoint, CoapServerEndpoint, type ClientEvent } from '../../src/coap/reliability.ts';
 import { fromHex, toHex } from '../../src/util/bytes.ts';
-import { DecodeError } from '../../src/util/errors.ts';
+import { ApiMisuse, DecodeError } from '../../src/util/errors.ts';
 
 // CON POST, MID 0x1234, token aabbccdd, Uri-Path v1/telemetry, Content-Format 96, payload d860 (hand-assembled per RFC 7252 §3, §3.1).
 const POST_HEX = '44021234aabbccdd' + 'b27631' + '0974656c656d65747279' + '1160' + 'ff' + 'd860';
@@ -132,7 +133,7 @@ describe('CoAP reliability (RFC 7252 §4), fake clock', () => {
     const { datagram } = c.request(post, 0);
     const first = s.receive(datagram, 0);
     assert.equal(first.requests.length, 1);
-    assert.deepEqual(s.receive(datagram, 10), { datagrams: [], events: [], requests: [] }, 'pending: silent');
+    assert.deepEqual(s.receive(datagram, 10).datagrams, [], 'pending: silent');
     const ack = s.respond((first.requests[0] as { key: number }).key, { code: CoapCode.CHANGED });
     const dup = s.receive(datagram, 3000);
     assert.equal(dup.requests.length, 0);
@@ -204,5 +205,105 @@ describe('CoAP reliability (RFC 7252 §4), fake clock', () => {
       for (const [k, n] of delivered) assert.equal(n, 1, `seed ${seed}: payload ${k} delivered ${n} times`);
       assert.ok(delivered.size >= 45, `seed ${seed}: only ${delivered.size} of 50 got through`);
     }
+  });
+});
+
+describe('CoAP separate responses (RFC 7252 §5.2.2), server side', () => {
+  it('empty ACK, then a CON response retransmitted until the client ACKs it; a duplicate request meanwhile gets the empty ACK again', () => {
+    const c = client(6);
+    const s = new CoapServerEndpoint({ random: () => 0 });
+    const { requestId, datagram } = c.request(post, 0);
+    const [req] = s.receive(datagram, 0).requests;
+    assert.ok(req);
+    const ack = s.acknowledge(req.key);
+    assert.ok(ack !== undefined);
+    assert.deepEqual({ type: decodeCoap(ack).type, code: decodeCoap(ack).code }, { type: 'ACK', code: CoapCode.EMPTY });
+    assert.equal(s.acknowledge(req.key), undefined, 'only once');
+    assert.deepEqual(c.receive(ack, 10).events, []);
+    assert.deepEqual(s.receive(datagram, 20).datagrams, [ack], 'a retransmitted request gets the same empty ACK');
+    const sep = s.respond(req.key, { code: CoapCode.CHANGED }, 100);
+    const m = decodeCoap(sep);
+    assert.equal(m.type, 'CON');
+    assert.notEqual(m.messageId, decodeCoap(datagram).messageId, 'its own message ID');
+    assert.deepEqual(m.token, decodeCoap(datagram).token, 'matched by token');
+    assert.equal(s.nextTimeout(), 100 + 2000);
+    assert.deepEqual(s.poll(2099).datagrams, []);
+    assert.deepEqual(s.poll(2100).datagrams, [sep], 'retransmitted when unacknowledged');
+    const out = c.receive(sep, 2101);
+    assert.equal(out.events[0]?.kind === 'response' && out.events[0].requestId, requestId);
+    assert.deepEqual(s.receive(out.datagrams[0] as Uint8Array, 2102).events, []);
+    assert.equal(s.unacknowledgedResponses, 0);
+    assert.equal(s.nextTimeout(), undefined);
+    assert.throws(() => s.respond(req.key, { code: CoapCode.CHANGED }), (e) => e instanceof ApiMisuse && e.code === 'coap-answered');
+  });
+
+  it('gives a separate response up after MAX_RETRANSMIT, and reports it', () => {
+    const s = new CoapServerEndpoint({ random: () => 0 });
+    const [req] = s.receive(encodeCoap({ type: 'CON', code: CoapCode.POST, messageId: 5, token: Uint8Array.of(1), options: [], payload: Uint8Array.of(1) }), 0).requests;
+    assert.ok(req);
+    s.acknowledge(req.key);
+    s.respond(req.key, { code: CoapCode.CHANGED }, 0);
+    let sent = 0;
+    const events: string[] = [];
+    for (let now = 0; now < 200_000; now += 100) {
+      const out = s.poll(now);
+      sent += out.datagrams.length;
+      events.push(...out.events.map((e) => e.kind));
+    }
+    assert.equal(sent, 4);
+    assert.deepEqual(events, ['response-timeout']);
+  });
+
+  it('a NON request has nothing to acknowledge and gets a NON answer', () => {
+    const s = new CoapServerEndpoint();
+    const r = s.receive(encodeCoap({ type: 'NON', code: CoapCode.POST, messageId: 77, token: Uint8Array.of(3), options: [], payload: Uint8Array.of(9, 9) }), 0);
+    const [req] = r.requests;
+    assert.ok(req);
+    assert.equal(s.acknowledge(req.key), undefined, 'nothing to acknowledge for NON');
+    assert.equal(decodeCoap(s.respond(req.key, { code: CoapCode.CHANGED })).type, 'NON');
+  });
+
+  it('a CoAP ping from the client side: the RST is its answer', () => {
+    const c = client(7);
+    const s = new CoapServerEndpoint();
+    const { requestId, datagram } = c.ping(0);
+    const m = decodeCoap(datagram);
+    assert.deepEqual({ type: m.type, code: m.code, token: m.token.length }, { type: 'CON', code: 0, token: 0 });
+    const [rst] = s.receive(datagram, 1).datagrams;
+    assert.deepEqual(c.receive(rst as Uint8Array, 2).events, [{ kind: 'reset', requestId }]);
+  });
+});
+
+describe('Block-wise request bodies (RFC 7959 Block1, RFC 9175 Request-Tag)', () => {
+  it('encodes and reads the Block option (§2.2), and refuses SZX 7 and values over 3 bytes', () => {
+    for (const b of [{ num: 0, more: true, szx: 6 }, { num: 1, more: false, szx: 0 }, { num: 0xfffff, more: true, szx: 3 }]) {
+      const m = { type: 'CON' as const, code: CoapCode.POST, messageId: 1, token: new Uint8Array(), payload: new Uint8Array(), options: [blockOption(BlockOption.BLOCK1, b)] };
+      assert.deepEqual(readBlock(decodeCoap(encodeCoap(m)), BlockOption.BLOCK1), b);
+    }
+    const bad = (value: Uint8Array) => ({ type: 'CON' as const, code: CoapCode.POST, messageId: 1, token: new Uint8Array(), payload: new Uint8Array(), options: [{ number: BlockOption.BLOCK1, value }] });
+    assert.throws(() => readBlock(bad(Uint8Array.of(0x0f)), BlockOption.BLOCK1), (e) => e instanceof DecodeError && e.code === 'coap-block');
+    assert.throws(() => readBlock(bad(Uint8Array.of(1, 2, 3, 4)), BlockOption.BLOCK1), (e) => e instanceof DecodeError);
+    assert.throws(() => blockOption(BlockOption.BLOCK1, { num: 0, more: false, szx: 7 }), RangeError);
+    assert.equal(splitBlocks(new Uint8Array(2049), 6).map((b) => b.length).join(','), '1024,1024,1');
+  });
+
+  it('reassembles in order; refuses out-of-order (4.08), oversize (4.13, also by Size1), too many bodies (busy); forgets idle bodies', () => {
+    const asm = new Block1Assembler({ maxBodyBytes: 100, maxBodies: 1, idleMs: 1000 });
+    const part = (n: number, fill: number) => new Uint8Array(n).fill(fill);
+    assert.equal(asm.add('a', { num: 0, more: true, szx: 1 }, part(32, 1), 70, 0).kind, 'continue');
+    assert.equal(asm.add('b', { num: 0, more: true, szx: 1 }, part(32, 2), undefined, 0).kind, 'busy');
+    const done = asm.add('a', { num: 1, more: false, szx: 1 }, part(5, 3), undefined, 10);
+    assert.equal(done.kind, 'complete');
+    assert.deepEqual(done.kind === 'complete' && [...done.body], [...part(32, 1), ...part(5, 3)]);
+    assert.equal(asm.size, 0);
+    assert.equal(asm.add('c', { num: 2, more: true, szx: 1 }, part(32, 1), undefined, 20).kind, 'incomplete');
+    assert.equal(asm.add('c', { num: 0, more: true, szx: 1 }, part(31, 1), undefined, 20).kind, 'incomplete', 'a middle block must be full');
+    assert.deepEqual(asm.add('d', { num: 0, more: true, szx: 1 }, part(32, 1), 101, 30), { kind: 'too-large', limit: 100 });
+    assert.equal(asm.add('e', { num: 0, more: true, szx: 2 }, part(64, 1), undefined, 40).kind, 'continue');
+    assert.deepEqual(asm.add('e', { num: 1, more: true, szx: 2 }, part(64, 1), undefined, 41), { kind: 'too-large', limit: 100 });
+    assert.equal(asm.size, 0, 'a refused body is dropped');
+    assert.equal(asm.add('f', { num: 0, more: true, szx: 1 }, part(32, 1), undefined, 50).kind, 'continue');
+    assert.equal(asm.bytes, 32);
+    assert.equal(asm.add('f', { num: 1, more: false, szx: 1 }, part(1, 1), undefined, 1051).kind, 'incomplete', 'idle too long: forgotten');
   });
 });

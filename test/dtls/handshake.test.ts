@@ -238,6 +238,12 @@ describe('DTLS 1.3 handshake failures carry the right alert', () => {
     assert.equal(r.client?.error.code, 'unknown_psk_identity');
   });
 
+  it('an unknown PSK identity from a PSK-only client at a server with a certificate: unknown_psk_identity, no certificate fallback', async () => {
+    const r = await failure({ psk: PSK }, serverConfig({ pskLookup: () => undefined, requireClientCertificate: true }));
+    assert.equal(r.server?.alertSent, 'unknown_psk_identity');
+    assert.equal(r.client?.error.code, 'unknown_psk_identity');
+  });
+
   it('no common suite: handshake_failure', async () => {
     const r = await failure(clientConfig({ cipherSuites: ['TLS_AES_128_CCM_8_SHA256'] }), serverConfig());
     assert.equal(r.client?.error.code, 'handshake_failure');

@@ -8,6 +8,7 @@
  *   duplicate seq  the same message twice: both succeed (at-least-once; the receiver dedupes)
  *   not connected  send before connect / after the peer went away → TransportError
  *   close          messages in flight reject with TransportError; none hangs; close resolves
+ *   disconnect     the session ends, the uplink does not: connect() again and deliver; close is final
  *   reconnect      after the peer goes away and comes back, connect() again and send
  *   bad input      a payload that is not the COSE object it claims → UplinkRejected, `rejected`
  *                  event, counted; a message for another device → ApiMisuse
@@ -22,6 +23,8 @@ export interface UplinkContractFixture {
   /** 'TLSv1.3' or 'DTLSv1.3'. */
   readonly protocol: string;
   readonly kind: Uplink['kind'];
+  /** How the uplink authenticates (default 'certificate'; CoAPS devices may use a PSK). */
+  readonly auth?: UplinkSession['auth'];
   /** A new, unconnected uplink for `deviceId`. */
   uplink(): Uplink;
   /** A sealed message with this sequence number (payloads differ per sequence number). */
@@ -91,7 +94,7 @@ export function uplinkContract(name: string, setup: () => Promise<UplinkContract
       assert.equal(s.kind, f.kind);
       assert.equal(s.protocol, f.protocol);
       assert.equal(s.group, 'x25519');
-      assert.equal(s.auth, 'certificate');
+      assert.equal(s.auth, f.auth ?? 'certificate');
       assert.match(s.suite, /^TLS_(AES_128_GCM|AES_256_GCM|CHACHA20_POLY1305|AES_128_CCM)_SHA(256|384)$/);
       assert.match(s.peer, /:\d+$/);
       assert.equal(u.counters().connects, 1);
@@ -189,6 +192,27 @@ export function uplinkContract(name: string, setup: () => Promise<UplinkContract
       }
       await assert.rejects(u.send(f.message(++seq)), (e: unknown) => e instanceof TransportError || e instanceof ApiMisuse);
       assert.equal(u.session, undefined);
+    });
+
+    it('disconnect ends the session but not the uplink: connect() again and deliver; after close, connect() is refused', async () => {
+      const u = fresh();
+      const events: string[] = [];
+      u.on('connected', () => events.push('connected'));
+      u.on('disconnected', () => events.push('disconnected'));
+      await u.connect();
+      const first = f.message(++seq);
+      assert.equal((await u.send(first)).seq, first.seq);
+      assert.ok(u.disconnect !== undefined, 'the agent reconnects through disconnect(): every transport has it');
+      await u.disconnect();
+      assert.equal(u.session, undefined);
+      await assert.rejects(u.send(f.message(++seq)), (e: unknown) => e instanceof TransportError);
+      await u.connect();
+      const second = f.message(++seq);
+      assert.equal((await u.send(second)).seq, second.seq);
+      assert.deepEqual(events, ['connected', 'disconnected', 'connected']);
+      assert.equal(u.counters().connects, 2);
+      await u.close();
+      await assert.rejects(u.connect(), (e: unknown) => e instanceof ApiMisuse);
     });
 
     it('the peer goes away: in-flight and new sends fail with TransportError, disconnected is emitted; connect() again once it is back', async () => {

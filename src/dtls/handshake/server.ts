@@ -177,7 +177,12 @@ export async function startServer(cx: HandshakeContext, config: ResolvedServerCo
       throw new PeerIncompatible(findExtension(ch.extensions, ExtensionType.preSharedKey) === undefined ? 'no-credentials' : 'unknown-psk-identity', 'no PSK we know and no certificate to offer');
     }
     const sa = findExtension(ch.extensions, ExtensionType.signatureAlgorithms);
-    if (sa === undefined) throw new PeerMisbehaved('missing-extension', 'certificate handshake without signature_algorithms');
+    if (sa === undefined) {
+      // A client that offered only a PSK (no signature_algorithms: it cannot verify a certificate)
+      // has nothing to fall back to: its identity is what failed (RFC 8446 §4.2.11, §6.2).
+      if (findExtension(ch.extensions, ExtensionType.preSharedKey) !== undefined) throw new PeerIncompatible('unknown-psk-identity', 'unknown PSK identity, and the client cannot take a certificate handshake');
+      throw new PeerMisbehaved('missing-extension', 'certificate handshake without signature_algorithms');
+    }
     if (!readU16List(sa, 'signature_algorithms').includes(schemeForSigner(signer.scheme))) {
       throw new PeerIncompatible('no-common-signature', 'the client accepts none of our signature schemes');
     }

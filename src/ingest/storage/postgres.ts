@@ -13,7 +13,7 @@ import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
 import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
 import { KeyStoreError, StorageError } from '../../util/errors.ts';
 import {
-  apiTokenFromRow, closedError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  apiTokenFromRow, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
@@ -42,6 +42,17 @@ const BUMP = "bump AS (UPDATE meta SET value = value + 1 WHERE name = 'registry-
 
 function isUniqueViolation(e: unknown): boolean {
   return (e as { code?: unknown }).code === '23505';
+}
+
+/** One wrapped-key record; `KeyStoreError('exists')` when (key id, version) is taken. */
+async function insertKeyRecord(query: (sql: string, params: unknown[]) => Promise<unknown>, r: WrappedKeyRecord): Promise<void> {
+  try {
+    await query('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
+      [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
+  } catch (e) {
+    if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+    throw e;
+  }
 }
 
 export class PostgresStorage implements IngestStorage {
@@ -102,6 +113,18 @@ export class PostgresStorage implements IngestStorage {
       status_changed_at = CASE WHEN devices.status = excluded.status THEN devices.status_changed_at ELSE excluded.status_changed_at END,
       cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after RETURNING 1), ${BUMP} SELECT 1`,
     [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null]);
+  }
+
+  async registerDeviceWithKey(d: DeviceRegistration, key: WrappedKeyRecord): Promise<void> {
+    const r = checkRecord(key, 'insert');
+    await this.#transaction(async (c) => {
+      const dev = await c.query(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after)
+        VALUES ($1, $2, $3, $4, $5, $5, $6, $7) ON CONFLICT (device_id) DO NOTHING RETURNING 1`,
+      [d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null]);
+      if (dev.rowCount !== 1) throw deviceExistsError(d.deviceId);
+      await insertKeyRecord((sql, params) => c.query(sql, params), r);
+      await c.query("UPDATE meta SET value = value + 1 WHERE name = 'registry-version'");
+    });
   }
 
   async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
@@ -334,14 +357,7 @@ class PostgresKeyRecords implements WrappedKeyRecordStore {
   }
 
   async insert(record: WrappedKeyRecord): Promise<void> {
-    const r = checkRecord(record, 'insert');
-    try {
-      await this.#q('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)',
-        [r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt]);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-      throw e;
-    }
+    await insertKeyRecord((sql, params) => this.#q(sql, params), checkRecord(record, 'insert'));
   }
 
   async replace(records: readonly WrappedKeyRecord[]): Promise<void> {

@@ -2,7 +2,7 @@
  * Row ↔ record mapping shared by both backends. PostgreSQL returns BIGINT as strings and BYTEA as
  * Buffers; SQLite returns numbers and Buffers: everything passes through `num` and `bytes`.
  */
-import { KeyStoreError } from '../../util/errors.ts';
+import { ApiMisuse, KeyStoreError } from '../../util/errors.ts';
 import type { RekeyState, WrappedKeyRecord } from '../../keystore/hierarchy/types.ts';
 import type { ApiRole, ApiTokenRecord, CredentialKind, DeviceRecord, DeviceStatus, EnrolTokenRecord, StoredMessage } from './types.ts';
 
@@ -75,6 +75,11 @@ export function apiTokenFromRow(r: ApiTokenRow): ApiTokenRecord {
 
 export function closedError(): KeyStoreError {
   return new KeyStoreError('closed', 'the record store is closed');
+}
+
+/** A device id that is already registered (registerDeviceWithKey). */
+export function deviceExistsError(deviceId: string): ApiMisuse {
+  return new ApiMisuse('exists', `device ${deviceId} is already registered`);
 }
 
 export function existsError(keyId: string, version: number): KeyStoreError {

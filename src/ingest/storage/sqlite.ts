@@ -12,7 +12,7 @@ import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
 import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
 import { KeyStoreError, StorageError } from '../../util/errors.ts';
 import {
-  apiTokenFromRow, closedError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  apiTokenFromRow, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
@@ -31,6 +31,17 @@ const BUMP_REGISTRY = "UPDATE meta SET value = value + 1 WHERE name = 'registry-
 
 function isUniqueViolation(e: unknown): boolean {
   return (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || (e as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
+/** One wrapped-key record; `KeyStoreError('exists')` when (key id, version) is taken. */
+function insertKeyRecord(statement: (sql: string) => Database.Statement, r: WrappedKeyRecord): void {
+  try {
+    statement('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
+      .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
+  } catch (e) {
+    if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
+    throw e;
+  }
 }
 
 export class SqliteStorage implements IngestStorage {
@@ -77,6 +88,18 @@ export class SqliteStorage implements IngestStorage {
         credential_sha256 = excluded.credential_sha256, status = excluded.status, enrolled_at = excluded.enrolled_at,
         status_changed_at = CASE WHEN devices.status = excluded.status THEN devices.status_changed_at ELSE excluded.status_changed_at END,
         cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after`)
+        .run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null);
+      this.#s(BUMP_REGISTRY).run();
+    }).immediate();
+  }
+
+  async registerDeviceWithKey(d: DeviceRegistration, key: WrappedKeyRecord): Promise<void> {
+    const r = checkRecord(key, 'insert');
+    this.#db.transaction(() => {
+      if (this.#s('SELECT 1 FROM devices WHERE device_id = ?').get(d.deviceId) !== undefined) throw deviceExistsError(d.deviceId);
+      insertKeyRecord((sql) => this.#s(sql), r);
+      this.#s(`INSERT INTO devices (device_id, credential, credential_sha256, status, enrolled_at, status_changed_at, cert_serial, cert_not_after)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(d.deviceId, d.credential, d.credentialSha256, d.status, d.enrolledAt, d.enrolledAt, d.certSerial ?? null, d.certNotAfter ?? null);
       this.#s(BUMP_REGISTRY).run();
     }).immediate();
@@ -286,14 +309,7 @@ class SqliteKeyRecords implements WrappedKeyRecordStore {
   }
 
   async insert(record: WrappedKeyRecord): Promise<void> {
-    const r = checkRecord(record, 'insert');
-    try {
-      this.#s('INSERT INTO wrapped_keys (key_id, version, kek_name, wrapped, created_at) VALUES (?, ?, ?, ?, ?)')
-        .run(r.keyId, r.version, r.kekName, Buffer.from(r.wrapped), r.createdAt);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw existsError(r.keyId, r.version);
-      throw e;
-    }
+    insertKeyRecord((sql) => this.#s(sql), checkRecord(record, 'insert'));
   }
 
   async replace(records: readonly WrappedKeyRecord[]): Promise<void> {

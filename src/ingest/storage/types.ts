@@ -12,7 +12,7 @@
  * Exactly-once: (deviceId, seq) is unique; storing it again reports 'duplicate' and changes nothing.
  * Several ingest instances may share one PostgreSQL database: nothing here relies on in-process state.
  */
-import type { WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import type { WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
 
 export type DeviceStatus = 'active' | 'suspended' | 'revoked';
 export const DEVICE_STATUSES: readonly DeviceStatus[] = ['active', 'suspended', 'revoked'];
@@ -140,6 +140,13 @@ export interface IngestStorage {
   registryVersion(): Promise<number>;
   /** Inserts devices with every field as they are (restore); an existing device id is an error. */
   importDevices(devices: readonly DeviceRecord[]): Promise<void>;
+  /**
+   * Registers a new device together with the wrapped key of its credential (a PSK device's key,
+   * src/ingest/psk-store.ts), in one transaction: both are written or neither. A device id already
+   * registered is `ApiMisuse('exists')`; a key record already there `KeyStoreError('exists')`.
+   * Bumps the registry version.
+   */
+  registerDeviceWithKey(device: DeviceRegistration, key: WrappedKeyRecord): Promise<void>;
   /** Adds `count` refused messages to a device's tally. */
   addRejections(deviceId: string, count: number, at: number, reason: string): Promise<void>;
 

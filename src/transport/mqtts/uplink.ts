@@ -25,16 +25,17 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { MqttClient, type IClientOptions, type IConnackPacket, type IDisconnectPacket, type Packet } from 'mqtt';
-import { aint, isBytes } from '../../util/assert.ts';
+import { aint } from '../../util/assert.ts';
 import { isDeviceId } from '../../util/device-id.ts';
 import { ApiMisuse, TransportError, UplinkRejected, type VitalsealError } from '../../util/errors.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
-import type { Uplink, UplinkAck, UplinkCounters, UplinkEvents, UplinkMessage, UplinkRejectReason, UplinkSession } from '../types.ts';
+import { checkUplinkMessage, InFlightWindow, UplinkTally } from '../uplink-support.ts';
+import type { Uplink, UplinkAck, UplinkCounters, UplinkEvents, UplinkMessage, UplinkSession } from '../types.ts';
 import { ReadCoalescer } from './coalesce.ts';
 import type { TlsConnection, TlsConnector } from './connector.ts';
 import { connackError, pubackOutcome, reasonName, type PubackOutcome } from './reason-codes.ts';
 import { mapConnectionError, type TlsSessionInfo } from './tls.ts';
-import { contentTypeFor, hasCoseTag, vitalsTopic } from './topics.ts';
+import { contentTypeFor, vitalsTopic } from './topics.ts';
 
 export interface MqttsUplinkOptions {
   readonly deviceId: string;
@@ -88,13 +89,12 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
   readonly #topic: string;
   #state: State = { kind: 'idle' };
   readonly #pending = new Set<Pending>();
-  #waiters: { resolve: () => void; reject: (e: VitalsealError) => void }[] = [];
-  /** Slots taken: sends awaiting PUBACK plus sends about to publish. */
-  #inFlight = 0;
+  /** Slots: sends awaiting PUBACK plus sends about to publish, up to what the CONNACK allows. */
+  readonly #window = new InFlightWindow(() => (this.#state.kind === 'connected' ? this.#state.limits.inFlight : 0));
   #corked = false;
   /** PUBACK reason codes by packet id, read by the publish callback (mqtt.js reports only failures). */
   readonly #pubackCodes = new Map<number, number>();
-  #counters = { sent: 0, acknowledged: 0, duplicates: 0, rejected: 0, transportErrors: 0, connects: 0, disconnects: 0 };
+  readonly #tally = new UplinkTally(this);
 
   constructor(o: MqttsUplinkOptions) {
     super();
@@ -123,7 +123,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
   }
 
   counters(): UplinkCounters {
-    return { ...this.#counters };
+    return this.#tally.snapshot();
   }
 
   get #where(): string {
@@ -246,7 +246,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
       auth: 'certificate',
     };
     this.#state = { kind: 'connected', client, stream, session, limits };
-    this.#counters.connects += 1;
+    this.#tally.connected();
     client.once('close', () => {
       if (this.#state.kind !== 'connected' || this.#state.client !== client) return;
       this.#connectionLost(client, reason());
@@ -256,7 +256,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
 
   #connectionLost(client: MqttClient, reason: string): void {
     this.#state = { kind: 'idle' };
-    this.#counters.disconnects += 1;
+    this.#tally.disconnected();
     this.#failAll(new TransportError('connection-lost', `${this.#where}: connection lost before PUBACK (${reason})`));
     this.#discard(client);
     this.emit('disconnected', { reason });
@@ -271,89 +271,35 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
 
   #failAll(e: VitalsealError): void {
     for (const p of [...this.#pending]) this.#settle(p, e);
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const w of waiters) w.reject(e);
+    this.#window.fail(e);
   }
 
   /** Ends a send: counts it, releases its in-flight slot, resolves or rejects its promise. */
   #settle(p: Pending, outcome: UplinkAck | VitalsealError): void {
     if (!this.#pending.delete(p)) return;
     if (p.timer !== undefined) this.#o.timers.clearTimeout(p.timer);
-    this.#release();
-    if (outcome instanceof UplinkRejected) {
-      this.#counters.rejected += 1;
-      this.emit('rejected', { seq: p.seq, reason: outcome.code as UplinkRejectReason, detail: outcome.message });
-      p.reject(outcome);
-    } else if (outcome instanceof Error) {
-      this.#counters.transportErrors += 1;
-      p.reject(outcome);
-    } else {
-      this.#counters.acknowledged += 1;
-      p.resolve(outcome);
-    }
-  }
-
-  /** Takes an in-flight slot, waiting while the limit is reached. False when not connected. */
-  async #acquire(): Promise<boolean> {
-    const s = this.#state;
-    if (s.kind !== 'connected') return false;
-    if (this.#inFlight < s.limits.inFlight && this.#waiters.length === 0) {
-      this.#inFlight += 1;
-      return true;
-    }
-    // #wake takes the slot on the waiter's behalf before resolving.
-    await new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
-    return true;
-  }
-
-  #release(): void {
-    this.#inFlight -= 1;
-    this.#wake();
-  }
-
-  #wake(): void {
-    const s = this.#state;
-    if (s.kind !== 'connected') return;
-    while (this.#waiters.length > 0 && this.#inFlight < s.limits.inFlight) {
-      this.#inFlight += 1;
-      this.#waiters.shift()?.resolve();
-    }
-  }
-
-  #reject(seq: number, reason: UplinkRejectReason, detail: string): UplinkRejected {
-    this.#counters.rejected += 1;
-    this.emit('rejected', { seq, reason, detail });
-    return new UplinkRejected(reason, detail);
+    this.#window.give();
+    this.#tally.ended(p.seq, outcome);
+    if (outcome instanceof Error) p.reject(outcome);
+    else p.resolve(outcome);
   }
 
   async send(message: UplinkMessage): Promise<UplinkAck> {
-    if (typeof message !== 'object' || message === null) throw new TypeError('send: expected an UplinkMessage');
-    const seq = aint(message.seq, 'seq');
-    if (message.deviceId !== this.#o.deviceId) {
-      throw new ApiMisuse('wrong-device', `send: this uplink carries device ${this.#o.deviceId}'s messages, not ${String(message.deviceId)}'s`);
+    const seq = checkUplinkMessage(message, this.#o.deviceId, this.#o.maxPayloadBytes, this.#tally);
+    if (this.#state.kind === 'connected') await this.#window.take();
+    else {
+      this.#tally.transportError();
+      throw new TransportError('not-connected', `${this.#where}: not connected`);
     }
-    if (!isBytes(message.payload)) throw new TypeError('send: payload must be a Uint8Array');
-    if (message.contentFormat !== 'cose-encrypt' && message.contentFormat !== 'cose-encrypt0') {
-      throw new TypeError(`send: unknown content format ${String(message.contentFormat)}`);
-    }
-    // Never plaintext on the wire: the payload must at least look like the COSE object it claims to be.
-    if (!hasCoseTag(message.payload, message.contentFormat)) {
-      throw this.#reject(seq, 'unsupported-format', `message ${seq} does not start with the CBOR tag of ${message.contentFormat}; refusing to send it`);
-    }
-    if (message.payload.length > this.#o.maxPayloadBytes) {
-      throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the uplink sends at most ${this.#o.maxPayloadBytes}`);
-    }
-    const slot = await this.#acquire();
     const s = this.#state;
-    if (!slot || s.kind !== 'connected') {
-      if (slot) this.#release();
-      this.#counters.transportErrors += 1;
+    if (s.kind !== 'connected') {
+      this.#window.give();
+      this.#tally.transportError();
       throw new TransportError('not-connected', `${this.#where}: not connected`);
     }
     if (s.limits.maxPacketSize !== undefined && message.payload.length + PUBLISH_OVERHEAD > s.limits.maxPacketSize) {
-      this.#release();
-      throw this.#reject(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the broker takes packets of at most ${s.limits.maxPacketSize}`);
+      this.#window.give();
+      throw this.#tally.refuse(seq, 'too-large', `message ${seq} is ${message.payload.length} bytes; the broker takes packets of at most ${s.limits.maxPacketSize}`);
     }
     this.#batch(s.stream);
     return this.#publish(s.client, seq, message);
@@ -381,7 +327,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
         this.#settle(p, new TransportError('ack-timeout', `${this.#where}: no PUBACK for message ${seq} within ${this.#o.ackTimeoutMs} ms`));
       }, this.#o.ackTimeoutMs);
       const payload = Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength);
-      this.#counters.sent += 1;
+      this.#tally.sent();
       client.publish(this.#topic, payload, {
         qos: 1,
         properties: {
@@ -461,7 +407,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
           resolve();
         });
       });
-      this.#counters.disconnects += 1;
+      this.#tally.disconnected();
       this.emit('disconnected', { reason: 'closed by the device' });
     }
   }

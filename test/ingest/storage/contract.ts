@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { DeviceRegistration, IngestStorage, StoredMessage } from '../../../src/ingest/storage/index.ts';
+import { ApiMisuse, KeyStoreError } from '../../../src/util/errors.ts';
 
 let unique = 0;
 const deviceId = () => `dev-${process.pid}-${unique++}`;
@@ -63,6 +64,28 @@ export function runStorageContract(name: string, factory: () => Promise<IngestSt
       assert.equal(r?.certSerial, undefined);
       assert.ok((await s.listDevices()).some((x) => x.deviceId === id));
       assert.equal(await s.getDevice('missing'), undefined);
+      await s.close();
+    });
+
+    it('registers a device with its wrapped credential key in one transaction, or neither', async () => {
+      const s = await open();
+      const id = deviceId();
+      const key = { keyId: `psk.${id}`, version: 1, kekName: 'ingest-kek', wrapped: Uint8Array.from({ length: 60 }, (_, i) => i), createdAt: 1500 };
+      const v0 = await s.registryVersion();
+      await s.registerDeviceWithKey(reg(id, { credential: 'psk', credentialSha256: 'ef'.repeat(32) }), key);
+      assert.ok((await s.registryVersion()) > v0, 'the registration bumps the registry version');
+      assert.deepEqual(await s.getDevice(id), { ...reg(id, { credential: 'psk', credentialSha256: 'ef'.repeat(32) }), statusChangedAt: 1000, rejections: 0 });
+      assert.deepEqual(await s.keyRecords().get(key.keyId, 1), key);
+      // The device exists: nothing more is written (the other key id stays absent).
+      const other = { ...key, keyId: `psk.${id}-2` };
+      await assert.rejects(s.registerDeviceWithKey(reg(id, { credential: 'psk' }), other), (e: unknown) => e instanceof ApiMisuse && e.code === 'exists');
+      assert.equal(await s.keyRecords().get(other.keyId, 1), undefined);
+      // The key record exists: the new device is not registered.
+      const id2 = deviceId();
+      const v1 = await s.registryVersion();
+      await assert.rejects(s.registerDeviceWithKey(reg(id2, { credential: 'psk' }), key), (e: unknown) => e instanceof KeyStoreError && e.code === 'exists');
+      assert.equal(await s.getDevice(id2), undefined);
+      assert.equal(await s.registryVersion(), v1, 'a refused registration changes nothing');
       await s.close();
     });
 
