@@ -33,6 +33,8 @@ export interface CoapsRig {
   readonly fleet: TestFleet;
   readonly serverIdentity: IssuedIdentity;
   readonly devices: ReadonlyMap<string, IssuedIdentity>;
+  /** The ingest's X25519 public key (SPKI PEM), as a device pins it. */
+  readonly ingestPublicKeyPem: string;
   /** The server now (a new one after `restartServer`). */
   readonly server: CoapsServer;
   readonly host: string;
@@ -159,6 +161,7 @@ export async function startCoapsRig(opts: CoapsRigOptions): Promise<CoapsRig> {
         } });
       });
     },
+    ingestPublicKeyPem: sealer.publicKeyPem,
     seal: sealer.seal,
     open,
     serverVerifier,

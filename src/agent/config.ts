@@ -67,6 +67,13 @@ export interface TransportIdentity {
   readonly keyLabel: string;
 }
 
+/** A DTLS external PSK (coaps only): the identity, and where the 32-byte key is (64 hex digits in a 0600 file). */
+export interface TransportPsk {
+  /** Default: the device id. */
+  readonly identity?: string;
+  readonly keyFile: string;
+}
+
 export interface TransportConfig {
   readonly kind: 'coaps' | 'mqtts';
   readonly host: string;
@@ -76,6 +83,8 @@ export interface TransportConfig {
   /** The device certificate (PEM). */
   readonly certFile?: string;
   readonly identity?: TransportIdentity;
+  /** coaps only: authenticate with an external PSK instead of a certificate. */
+  readonly psk?: TransportPsk;
   /** MQTT topic (mqtts) or CoAP path (coaps); the transport's default when absent. */
   readonly topic?: string;
   /** The name the server certificate must carry (default `host`); hostname verification is always on. */
@@ -282,7 +291,7 @@ function keystore(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv):
 }
 
 function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv): TransportConfig | undefined {
-  const o = c.object(v, path, ['kind', 'host', 'port', 'serverName', 'spkiPins', 'caFile', 'certFile', 'identity', 'topic']);
+  const o = c.object(v, path, ['kind', 'host', 'port', 'serverName', 'spkiPins', 'caFile', 'certFile', 'identity', 'psk', 'topic']);
   if (o === undefined) return undefined;
   const kind = c.oneOf(o, 'kind', path, ['coaps', 'mqtts'] as const);
   const host = c.string(o, 'host', path, { pattern: /^[A-Za-z0-9.:-]+$/, patternText: 'a host name or IP address' });
@@ -308,9 +317,20 @@ function transport(c: Checker, v: unknown, path: string, env: NodeJS.ProcessEnv)
       if (ks !== undefined && keyLabel !== undefined) identity = { keystore: ks, keyLabel };
     }
   }
+  let psk: TransportPsk | undefined;
+  if (o['psk'] !== undefined) {
+    const po = c.object(o['psk'], `${path}.psk`, ['identity', 'keyFile']);
+    if (po !== undefined) {
+      const pskIdentity = c.string(po, 'identity', `${path}.psk`, { optional: true, pattern: /^[\x21-\x7e]{1,255}$/, patternText: '1-255 printable ASCII characters' });
+      const keyFile = c.path(po, 'keyFile', `${path}.psk`);
+      if (keyFile !== undefined) psk = { keyFile, ...(pskIdentity === undefined ? {} : { identity: pskIdentity }) };
+    }
+    if (kind === 'mqtts') c.fail(`${path}.psk`, 'applies to coaps only (MQTTS authenticates with the device certificate)');
+    if (o['identity'] !== undefined || o['certFile'] !== undefined) c.fail(`${path}.psk`, 'a PSK replaces the certificate: give psk, or identity and certFile, not both');
+  }
   if (kind === undefined || host === undefined || port === undefined) return undefined;
   return {
-    kind, host, port,
+    kind, host, port, ...(psk === undefined ? {} : { psk }),
     ...(caFile === undefined ? {} : { caFile }), ...(certFile === undefined ? {} : { certFile }),
     ...(identity === undefined ? {} : { identity }), ...(topic === undefined ? {} : { topic }),
     ...(serverName === undefined ? {} : { serverName }), ...(spkiPins === undefined ? {} : { spkiPins }),

@@ -118,7 +118,7 @@ describe('agent over MQTTS, built from its configuration', () => {
     }
   });
 
-  it('refusals at start-up name the field: missing settings, a certificate for another key, a token key, coaps', async () => {
+  it('refusals at start-up name the field: missing settings, a certificate for another key, a token key', async () => {
     const keystore: KeyStoreConfig = { kind: 'software', path: join(dir, 'other.vsks'), passphrase: { file: files.pass } };
     const certFile = await provision('bed-other', keystore);
     const identity = { keystore, keyLabel: 'device-identity' };
@@ -135,7 +135,6 @@ describe('agent over MQTTS, built from its configuration', () => {
     await refusal({ identity, certFile, topic: 'vitals/bed-7/v1' }, (e) => e instanceof ConfigError && /transport\.primary\.topic/.test(e.message));
     await refusal({ certFile, identity: { keystore: { kind: 'pkcs11', module: '/usr/lib/softhsm/libsofthsm2.so', token: 'pkcs11:token=x', pin: { file: files.pass } }, keyLabel: 'k' } },
       (e) => e instanceof Unsupported && e.code === 'mqtts-pkcs11-key' && /coaps/.test(e.message));
-    await refusal({ kind: 'coaps', identity, certFile }, (e) => e instanceof Unsupported && e.code === 'transport-not-built' && /src\/transport\/coaps/.test(e.message));
     // None of those left a key store open or a message queued: the queue directory holds no segment.
     assert.equal(ingest.received.filter((r) => r.deviceId === 'bed-other').length, 0);
   });

@@ -81,9 +81,63 @@ export interface ReloadingTlsOptions {
   readonly log: Logger;
 }
 
+/**
+ * The device chain file, re-read when it changes (a stat per call, a read only after a change): a
+ * chain for another key, or one that cannot be read or parsed, is logged and the last good chain
+ * stays in use. Renewal replaces the file atomically (src/util/atomic-file.ts).
+ */
+export class ChainFile {
+  readonly #o: Omit<ReloadingTlsOptions, 'build'>;
+  #pem: string;
+  #serial: string;
+  #stamp: Stamp | undefined;
+
+  constructor(o: Omit<ReloadingTlsOptions, 'build'>) {
+    this.#o = o;
+    this.#pem = o.pem;
+    this.#serial = leafOf(o.pem).serialHex;
+    this.#stamp = stampOf(o.file);
+  }
+
+  get pem(): string {
+    return this.#pem;
+  }
+
+  get serial(): string {
+    return this.#serial;
+  }
+
+  /** Picks up a replaced file; true when the chain in use changed. */
+  refresh(): boolean {
+    const o = this.#o;
+    const now = stampOf(o.file);
+    if (now === undefined || now === this.#stamp) return false;
+    this.#stamp = now;
+    let text: string;
+    let leaf: Certificate;
+    try {
+      text = readFileSync(o.file, 'utf8');
+      if (text === this.#pem) return false;
+      leaf = leafOf(text);
+    } catch (e) {
+      o.log.error({ part: 'transport', file: o.file, err: e instanceof VitalsealError ? e.code : (e as NodeJS.ErrnoException).code ?? 'unreadable' },
+        `${o.field}: the device certificate file changed but cannot be used; still presenting serial ${this.#serial}`);
+      return false;
+    }
+    if (!equalBytes(leaf.spki.der, o.keySpki)) {
+      o.log.error({ part: 'transport', file: o.file, serial: leaf.serialHex },
+        `${o.field}: the new device certificate is for another key than the configured identity key; still presenting serial ${this.#serial}`);
+      return false;
+    }
+    o.log.info({ part: 'transport', file: o.file, from: this.#serial, to: leaf.serialHex }, `${o.field}: presenting the new device certificate from the next connection on`);
+    this.#pem = text;
+    this.#serial = leaf.serialHex;
+    return true;
+  }
+}
+
 interface Generation {
   readonly connector: TlsConnector;
-  readonly serial: string;
   open: number;
   retired: boolean;
 }
@@ -100,9 +154,8 @@ function stampOf(file: string): Stamp | undefined {
 }
 
 export function reloadingTls(o: ReloadingTlsOptions): TlsConnector {
-  let pem = o.pem;
-  let stamp = stampOf(o.file);
-  let current: Generation = { connector: o.build(pem), serial: leafOf(pem).serialHex, open: 0, retired: false };
+  const chain = new ChainFile(o);
+  let current: Generation = { connector: o.build(chain.pem), open: 0, retired: false };
   const retired = new Set<Generation>();
   let closed = false;
 
@@ -112,35 +165,13 @@ export function reloadingTls(o: ReloadingTlsOptions): TlsConnector {
     g.connector.close().catch((e: unknown) => o.log.warn({ part: 'transport', err: e instanceof VitalsealError ? e.code : String(e) }, 'closing a replaced TLS connector failed'));
   };
 
-  /** Picks up a replaced chain file: a stat per connection, a read only when it changed. */
   const refresh = () => {
-    const now = stampOf(o.file);
-    if (now === undefined || now === stamp) return;
-    stamp = now;
-    let text: string;
-    let leaf: Certificate;
-    try {
-      text = readFileSync(o.file, 'utf8');
-      if (text === pem) return;
-      leaf = leafOf(text);
-    } catch (e) {
-      o.log.error({ part: 'transport', file: o.file, err: e instanceof VitalsealError ? e.code : (e as NodeJS.ErrnoException).code ?? 'unreadable' },
-        `${o.field}: the device certificate file changed but cannot be used; still presenting serial ${current.serial}`);
-      return;
-    }
-    if (!equalBytes(leaf.spki.der, o.keySpki)) {
-      o.log.error({ part: 'transport', file: o.file, serial: leaf.serialHex },
-        `${o.field}: the new device certificate is for another key than the configured identity key; still presenting serial ${current.serial}`);
-      return;
-    }
-    const next: Generation = { connector: o.build(text), serial: leaf.serialHex, open: 0, retired: false };
+    if (!chain.refresh()) return;
     const old = current;
-    current = next;
-    pem = text;
+    current = { connector: o.build(chain.pem), open: 0, retired: false };
     old.retired = true;
     retired.add(old);
     release(old);
-    o.log.info({ part: 'transport', file: o.file, from: old.serial, to: next.serial }, `${o.field}: presenting the new device certificate from the next connection on`);
   };
 
   return {

@@ -3,11 +3,13 @@
  * trust anchors, the device certificate, and the device identity key opened in its key store.
  *
  * The key never leaves a hardware store:
- *   - `tpm`: MQTTS runs TLS in a child process whose OpenSSL signs in the TPM (tpmTls);
- *   - `software`: the development store's key is handed to node:tls in this process (logged as
- *     development grade);
- *   - `pkcs11`: MQTTS cannot use a token key on Debian 12 (docs/transport-mqtts.md, "PKCS#11"):
- *     refused with `Unsupported`, naming the transport that can (CoAPS signs through the store).
+ *   - CoAPS: our DTLS 1.3 signs CertificateVerify through the store's `Signer` (TPM, PKCS#11 token or
+ *     the software store); or the device uses an external PSK read from a 0600 file;
+ *   - MQTTS with `tpm`: TLS runs in a child process whose OpenSSL signs in the TPM (tpmTls);
+ *   - MQTTS with `software`: the development store's key is handed to node:tls in this process
+ *     (logged as development grade);
+ *   - MQTTS with `pkcs11`: refused with `Unsupported` (Debian 12 has no OpenSSL 3 PKCS#11 provider;
+ *     docs/transport-mqtts.md, "PKCS#11"), naming the transport that can (CoAPS).
  *
  * The certificate is checked against the store's key before anything connects, so a device
  * provisioned with one key and configured with another fails at start-up with a message that says so,
@@ -31,12 +33,15 @@ import { trustFromPem, type MqttsTrust } from '../../transport/mqtts/tls.ts';
 import { vitalsTopic } from '../../transport/mqtts/topics.ts';
 import { createMqttsUplink } from '../../transport/mqtts/uplink.ts';
 import type { Uplink } from '../../transport/types.ts';
-import { equalBytes } from '../../util/bytes.ts';
+import { X509PeerVerifier } from '../../dtls/peer-verifier.ts';
+import { readSecret } from '../../keystore/secret-source.ts';
+import { createCoapsUplink } from '../../transport/coaps/uplink.ts';
+import { equalBytes, fromHex, toHex } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
 import { Unsupported, VitalsealError } from '../../util/errors.ts';
 import { ConfigError, type TransportConfig, type TransportIdentity } from '../config.ts';
 import type { Logger } from '../log.ts';
-import { deviceTlsFactory, reloadingTls } from './device-tls.ts';
+import { ChainFile, deviceTlsFactory, reloadingTls } from './device-tls.ts';
 
 export interface UplinkDeps {
   readonly deviceId: string;
@@ -133,23 +138,99 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
     const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
     deps.log.info({ part: 'transport', kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
     const connector = tls;
-    let released: Promise<void> | undefined;
-    return {
-      uplink,
-      release() {
-        released ??= (async () => {
-          await uplink.close().catch(() => undefined);
-          await connector.close().catch(() => undefined);
-          await store.close().catch(() => undefined);
-        })();
-        return released;
-      },
-    };
+    return released(uplink, async () => {
+      await connector.close().catch(() => undefined);
+      await store.close();
+    });
   } catch (e) {
     await tls?.close().catch(() => undefined);
     await store.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** The 32-byte PSK from its file: 64 hex digits (what `vitalseal ingest devices add-psk` writes), mode 0600. */
+async function readPskKey(file: string, field: string, env: NodeJS.ProcessEnv): Promise<Uint8Array> {
+  let raw: Uint8Array;
+  try {
+    raw = await readSecret({ file }, { env, what: 'PSK key' });
+  } catch (e) {
+    throw new ConfigError([`${field}: ${e instanceof VitalsealError ? `${e.message} [${e.code}]` : 'cannot be read'}`]);
+  }
+  try {
+    const text = new TextDecoder().decode(raw).trim();
+    // Never quote the file's content: it is the key.
+    if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new ConfigError([`${field}: ${file} must hold the 32-byte key as 64 hex digits`]);
+    return fromHex(text);
+  } finally {
+    raw.fill(0);
+  }
+}
+
+async function buildCoaps(t: TransportConfig, path: string, deps: UplinkDeps): Promise<BuiltUplink> {
+  const common = { deviceId: deps.deviceId, host: t.host, port: t.port, ...(t.topic === undefined ? {} : { path: t.topic.startsWith('/') ? t.topic : `/${t.topic}` }) };
+  if (t.psk !== undefined) {
+    const key = await readPskKey(t.psk.keyFile, `${path}.psk.keyFile`, deps.env);
+    let uplink: Uplink;
+    try {
+      uplink = createCoapsUplink({ ...common, identity: { kind: 'psk', key, ...(t.psk.identity === undefined ? {} : { identity: t.psk.identity }) } });
+    } finally {
+      key.fill(0); // the uplink keeps its own copy
+    }
+    deps.log.info({ part: 'transport', kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'psk' }, 'uplink configured');
+    return released(uplink, async () => undefined);
+  }
+  const identity = need(t.identity, `${path}.identity`, 'for coaps with a certificate (the key store holding the device key), or give psk');
+  const caFile = need(t.caFile, `${path}.caFile`, 'for coaps with a certificate (the CA that issued the ingest certificate)');
+  const caPem = readText(caFile, `${path}.caFile`, 'CA bundle');
+  const certFile = need(t.certFile, `${path}.certFile`, 'for coaps with a certificate (the device certificate chain, PEM)');
+  const chain = readDeviceChain(certFile, `${path}.certFile`);
+  const store = await openIdentityStore(identity, path, deps);
+  try {
+    const keySpki = await checkKeyMatchesCertificate(store, identity.keyLabel, chain.leafSpki, path);
+    const signer = await store.openSigningKey(identity.keyLabel);
+    let verifier: X509PeerVerifier;
+    try {
+      verifier = new X509PeerVerifier({
+        roots: [caPem], purpose: 'server', serverName: t.serverName ?? t.host,
+        ...(t.spkiPins === undefined ? {} : { spkiPins: t.spkiPins.map((p) => toHex(p)) }),
+      });
+    } catch (e) {
+      throw new ConfigError([`${path}.caFile: ${caFile} holds no usable CA certificate (${e instanceof VitalsealError ? e.code : 'unreadable'})`]);
+    }
+    // Renewal replaces certFile: every new session presents what it holds then (same key only).
+    const file = new ChainFile({ file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki, log: deps.log });
+    const uplink = createCoapsUplink({
+      ...common, verifier,
+      identity: {
+        kind: 'certificate', signer,
+        certificateChain: () => {
+          file.refresh();
+          return pemDecode(file.pem, 'CERTIFICATE').map((b) => b.der);
+        },
+      },
+    });
+    deps.log.info({ part: 'transport', kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'certificate', keyStore: store.describe().kind }, 'uplink configured');
+    return released(uplink, () => store.close());
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** The built uplink with an idempotent release: the uplink first, then what it used. */
+function released(uplink: Uplink, after: () => Promise<void>): BuiltUplink {
+  let done: Promise<void> | undefined;
+  return {
+    uplink,
+    release() {
+      done ??= (async () => {
+        await uplink.close().catch(() => undefined);
+        await after().catch(() => undefined);
+      })();
+      return done;
+    },
+  };
 }
 
 /** Builds the uplink a transport section describes; `path` names the section in errors. */
@@ -158,8 +239,7 @@ export async function uplinkFromConfig(t: TransportConfig, path: string, deps: U
     case 'mqtts':
       return buildMqtts(t, path, deps);
     case 'coaps':
-      throw new Unsupported('transport-not-built', `${path}: transport 'coaps' is not built yet in this version (src/transport/coaps is missing); `
-        + 'use mqtts, or embed the agent with createAgent({ uplinks }) to supply an Uplink');
+      return buildCoaps(t, path, deps);
     default: {
       const never: never = t.kind;
       throw new ConfigError([`${path}.kind: unknown transport ${String(never)}`]);

@@ -48,8 +48,12 @@ import { COAPS_PORT, mapDtlsError, responseOutcome, TELEMETRY_PATH } from './cod
 
 /** How the device authenticates in the DTLS handshake. */
 export type CoapsIdentity =
-  /** A certificate chain (leaf first, DER) and the Signer of its key: software, TPM or PKCS#11 (the key never leaves the store). */
-  | { readonly kind: 'certificate'; readonly certificateChain: readonly Uint8Array[]; readonly signer: Signer }
+  /**
+   * A certificate chain (leaf first, DER) and the Signer of its key: software, TPM or PKCS#11 (the key
+   * never leaves the store). A function is asked at every connect, so a renewed certificate is
+   * presented from the next session on.
+   */
+  | { readonly kind: 'certificate'; readonly certificateChain: readonly Uint8Array[] | (() => readonly Uint8Array[]); readonly signer: Signer }
   /** An external PSK (RFC 8446 §4.2.11, psk_dhe_ke) of 32 bytes; the identity defaults to the device id. */
   | { readonly kind: 'psk'; readonly key: Uint8Array; readonly identity?: string };
 
@@ -146,7 +150,9 @@ interface Resolved {
   readonly path: string;
   /** Uri-Path and Content-Format (RFC 7252 §5.10.3; 96 / 16, RFC 9052 §11.2), by format. */
   readonly baseOptions: Readonly<Record<CoseContentFormat, readonly CoapOptionValue[]>>;
-  readonly dtls: Omit<ClientConfig, 'handshakeTimeoutMs'>;
+  readonly dtls: Omit<ClientConfig, 'handshakeTimeoutMs' | 'certificateChain'>;
+  /** The chain to present at the next connect (certificate identities). */
+  readonly chain: (() => readonly Uint8Array[]) | undefined;
   readonly auth: 'certificate' | 'psk';
   readonly connectTimeoutMs: number;
   readonly maxInFlight: number;
@@ -168,11 +174,16 @@ function resolve(o: CoapsUplinkOptions): Resolved {
   if (typeof path !== 'string' || !path.startsWith('/') || path.length > 255) throw new RangeError('createCoapsUplink: path must start with / (at most 255 characters)');
   const provider = o.provider ?? getProvider();
   const id = o.identity;
-  let credentials: Pick<ClientConfig, 'certificateChain' | 'signer' | 'psk'>;
+  let credentials: Pick<ClientConfig, 'signer' | 'psk'>;
+  let chain: (() => readonly Uint8Array[]) | undefined;
   switch (id?.kind) {
     case 'certificate':
       if (o.verifier === undefined) throw new ApiMisuse('config-no-verifier', 'createCoapsUplink: a certificate identity needs a verifier for the server certificate');
-      credentials = { certificateChain: id.certificateChain, signer: id.signer };
+      credentials = { signer: id.signer };
+      {
+        const given = id.certificateChain;
+        chain = typeof given === 'function' ? given : () => given;
+      }
       break;
     case 'psk': {
       // psk_dhe_ke: the PSK authenticates the server too. A verifier would make the device accept a
@@ -196,6 +207,7 @@ function resolve(o: CoapsUplinkOptions): Resolved {
       'cose-encrypt': [...pathOptions(path), uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS['cose-encrypt'])],
       'cose-encrypt0': [...pathOptions(path), uintOption(CoapOption.CONTENT_FORMAT, COSE_CONTENT_FORMAT_IDS['cose-encrypt0'])],
     },
+    chain,
     dtls: {
       ...credentials,
       ...(o.verifier === undefined ? {} : { verifier: o.verifier }),
@@ -332,7 +344,7 @@ class CoapsUplinkImpl extends EventEmitter<UplinkEvents> implements CoapsUplink 
         this.emit('connected', session);
         resolveConnect();
       };
-      DtlsClientSocket.connect({ ...o.dtls, host: o.host, port: o.port, handshakeTimeoutMs: o.connectTimeoutMs }).then((s) => {
+      DtlsClientSocket.connect({ ...o.dtls, ...(o.chain === undefined ? {} : { certificateChain: o.chain() }), host: o.host, port: o.port, handshakeTimeoutMs: o.connectTimeoutMs }).then((s) => {
         socket = s;
         if (settled) {
           void s.close().catch(() => undefined);
