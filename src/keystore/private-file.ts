@@ -115,12 +115,22 @@ export async function readPrivateFileVersioned(path: string, opts: ReadPrivateFi
  * `bytes`; nothing here keeps a copy.
  */
 export async function writePrivateFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
+  await writeFileAtomic(path, bytes, 0o600);
+}
+
+/**
+ * The same atomic replacement with another mode, for public material other processes read (a CRL
+ * for the MQTT broker: 0644).
+ */
+export async function writeFileAtomic(path: string, bytes: Uint8Array, mode: number): Promise<void> {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: FileHandle | undefined;
   try {
     // 'wx' (O_CREAT | O_EXCL): never write through a file or link planted under the temporary name.
-    fh = await open(tmp, 'wx', 0o600);
+    fh = await open(tmp, 'wx', mode);
+    // The umask may have narrowed the mode at creation: set it exactly.
+    await fh.chmod(mode);
     let off = 0;
     while (off < bytes.length) {
       const { bytesWritten } = await fh.write(bytes, off, bytes.length - off);

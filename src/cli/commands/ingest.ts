@@ -19,7 +19,8 @@ import { writeBackup } from '../../ingest/backup/archive.ts';
 import { formatDrillReport, restoreBackup } from '../../ingest/backup/restore.ts';
 import { loadIngestConfig, type IngestConfig } from '../../ingest/config.ts';
 import { DeviceRegistry } from '../../ingest/registry.ts';
-import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type RuntimeDeps } from '../../ingest/runtime.ts';
+import { mqttListener } from '../../ingest/listeners/index.ts';
+import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type Listeners, type RuntimeDeps } from '../../ingest/runtime.ts';
 import { cryptoSelfTest, INGEST_AEADS, type StartupSelfTest } from '../../ingest/selftest.ts';
 import type { IngestLogger } from '../../ingest/service.ts';
 import { rotateStaticKey } from '../../ingest/static-key.ts';
@@ -62,6 +63,9 @@ export interface IngestCommandDeps {
   /** Called once `run` is serving (tests read the URL). */
   readonly onListening?: (url: string) => void;
 }
+
+/** The transport listeners in this build; a section for any other is refused (`checkListeners`). */
+const LISTENERS: Listeners = { mqtt: mqttListener };
 
 function duration(v: string | undefined, flag: string, def: number): number {
   if (v === undefined) return def;
@@ -131,9 +135,9 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
   switch (sub) {
     case 'run': {
       noMore(0);
-      checkListeners(cfg);
+      checkListeners(cfg, LISTENERS);
       const log = stderrLogger(io, cfg.log.level);
-      const running = await startIngest(cfg, await runtime(log));
+      const running = await startIngest(cfg, { ...await runtime(log), listeners: LISTENERS });
       deps.onListening?.(running.http?.url ?? '');
       await new Promise<void>((resolve) => {
         if (deps.signal !== undefined) {
@@ -150,7 +154,8 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
     }
     case 'check-config': {
       noMore(0);
-      checkListeners(cfg);
+      checkListeners(cfg, LISTENERS);
+      const m = cfg.mqtt;
       io.stdout.write([
         `${cfg.source}: valid`,
         `  storage   ${cfg.storage.kind === 'sqlite' ? `sqlite ${cfg.storage.path}` : 'postgres (connection string from its secret source)'}`,
@@ -158,6 +163,7 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
         `  audit     ${cfg.audit.path} (operator commands: ${cfg.audit.cliPath})`,
         `  https     ${cfg.https === undefined ? 'not configured' : `${cfg.https.host}:${cfg.https.port}${cfg.https.redirectPort === undefined ? '' : `, redirect from :${cfg.https.redirectPort}`}`}`,
         `  enrolment ${cfg.pki === undefined ? 'off (no pki section)' : `CA ${cfg.pki.dir}`}`,
+        `  mqtt      ${m === undefined ? 'not configured' : `${m.url} as client ${m.clientId}, $share/${m.sharedGroup}/${m.topic}; CRL reload: ${m.crlReload === undefined ? 'not configured' : Object.keys(m.crlReload).join(' + ')}`}`,
         '',
       ].join('\n'));
       return 0;
