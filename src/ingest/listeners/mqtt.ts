@@ -30,6 +30,7 @@ import { readFileSync } from 'node:fs';
 import { alertFor } from '../../dtls/errors.ts';
 import { readPrivateFile } from '../../keystore/private-file.ts';
 import { parseCertificate } from '../../pki/certificate.ts';
+import { commonNameOf } from '../../pki/name.ts';
 import { pemDecode } from '../../pki/pem.ts';
 import { inProcessTls, type TlsConnector } from '../../transport/mqtts/connector.ts';
 import { createMqttsSubscriber, type IngestHandler, type MqttsSubscriber } from '../../transport/mqtts/subscriber.ts';
@@ -113,7 +114,8 @@ async function clientTls(cfg: MqttListenerConfig, core: IngestCore): Promise<{ t
   const certChainPem = readText(cfg.certFile, 'mqtt.certFile');
   const leaf = pemDecode(certChainPem, 'CERTIFICATE')[0];
   if (leaf === undefined) throw new ApiMisuse('invalid-config', `mqtt.certFile: ${cfg.certFile} holds no certificate`);
-  const username = parseCertificate(leaf.der).subject.text;
+  const subject = parseCertificate(leaf.der).subject;
+  const username = commonNameOf(subject) ?? subject.text;
   const keyBytes = await readPrivateFile(cfg.keyFile, { maxBytes: 64 * 1024, what: 'MQTT client key (mqtt.keyFile)' });
   let privateKey: KeyObject;
   try {
