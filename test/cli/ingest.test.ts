@@ -1,11 +1,14 @@
 /**
  * `vitalseal ingest`: through the real bin where no key is opened (configuration errors naming the
- * field, the transports' Unsupported, the refusal to start without the power-on self-test, tokens,
- * the registry), and in-process with a known-answer self-test for the commands that open keys
- * (keygen, run, revoke with a CRL, backup, restore with the drill, rotation and re-key).
+ * field, the CoAPS listener's Unsupported, the refusal to start without the power-on self-test,
+ * tokens, the registry), and in-process with a known-answer self-test for the commands that open
+ * keys (keygen, run, revoke with a CRL, backup, restore with the drill, rotation and re-key). Last,
+ * `vitalseal ingest run` as a process with its MQTT listener: a device's uplink through mosquitto
+ * into the database, and `vitalseal ingest devices revoke` reaching the broker through the running
+ * service.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -33,6 +36,8 @@ import { cryptoSelfTest } from '../../src/ingest/selftest.ts';
 import { SelfTestFailure } from '../../src/crypto/selftest.ts';
 import { batchFor } from '../ingest/support/harness.ts';
 import { httpsRequest } from '../ingest/support/https.ts';
+import { startMqttIngestSite, type MqttIngestSite } from '../../scripts/lib/mqtt-ingest-site.ts';
+import { UplinkRejected } from '../../src/util/errors.ts';
 
 const bin = fileURLToPath(new URL('../../scripts/bin/vitalseal.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vitalseal-cli-ingest-'));
@@ -118,14 +123,14 @@ describe('vitalseal ingest', () => {
     assert.match(ok.stdout, /valid[\s\S]*key store software, KEK 'ingest-kek'[\s\S]*enrolment CA/);
   });
 
-  it('the listener sections are ready, and refuse with what is missing until the transports are built', () => {
-    const mqtt = config('mqtt.yaml', `mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: ingest.pem, keyFile: ingest.key }\n`);
-    const r = bin_(['ingest', 'run', '--config', mqtt]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /mqtt: the MQTT shared-subscription subscriber \(src\/transport\/mqtts\) is not part of this build; remove the mqtt section.* \[transport-not-built\]/);
+  it('a coaps section is refused with what is missing until the CoAPS listener is built; listener sections are validated', () => {
     const coaps = config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key }\n');
     assert.match(bin_(['ingest', 'run', '--config', coaps]).stderr, /coaps: the CoAPS listener .*src\/dtls.* \[transport-not-built\]/);
+    assert.match(bin_(['ingest', 'check-config', '--config', coaps]).stderr, /\[transport-not-built\]/);
     assert.match(bin_(['ingest', 'check-config', '--config', config('mqtt-bad.yaml', 'mqtt: { url: "mqtt://x", caFile: a, certFile: b, keyFile: c }\n')]).stderr, /mqtt\.url: expected mqtts:/);
+    const mqtt = bin_(['ingest', 'check-config', '--config', config('mqtt.yaml', 'mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: ingest.pem, keyFile: ingest.key, clientId: ingest-1, crlReload: { command: [/usr/bin/systemctl, reload, mosquitto] } }\n')]);
+    assert.equal(mqtt.code, 0, mqtt.stderr);
+    assert.match(mqtt.stdout, /mqtt {6}mqtts:\/\/127\.0\.0\.1:8883 as client ingest-1, \$share\/vitalseal\/vitals\/\+\/v1; CRL reload: command/);
   });
 
   it('a failing power-on self-test stops the command before any key is opened', async () => {
@@ -245,5 +250,74 @@ describe('vitalseal ingest', () => {
     writeFileSync(damaged, bytes);
     await assert.rejects(cli(['restore', damaged, '--config', config('restore2.yaml', '', 'restored2.db')]),
       /backup archive damaged in (chunk \d+ \(records \d+-\d+\)|manifest|signature)/);
+  });
+});
+
+describe('vitalseal ingest run with the MQTT listener (a real process, mosquitto, a device uplink)', () => {
+  let site: MqttIngestSite;
+  let child: ChildProcess | undefined;
+  before(async () => {
+    site = await startMqttIngestSite({ devices: ['bed-mq', 'bed-mq2'] });
+  });
+  after(async () => {
+    if (child !== undefined && child.exitCode === null) child.kill('SIGKILL');
+    await site?.stop();
+  });
+
+  it('receives a device\'s sealed messages through the broker, stores them, serves them; a revocation from the command line reaches the broker', async () => {
+    const cfg = site.config('ingest-run', { sqlite: join(site.dir, 'run.db') }, { crlReload: site.brokerCrlReload });
+    const staticKey = await site.prepare(cfg);
+    const run = (args: string[]) => spawnSync(process.execPath, [bin, 'ingest', ...args, '--config', cfg], { cwd: site.dir, env: site.env, encoding: 'utf8' });
+    const token = run(['api-token', 'create', '--name', 'mqtt-test']).stdout.trim();
+    assert.match(token, /^vst_/);
+
+    const proc = spawn(process.execPath, [bin, 'ingest', 'run', '--config', cfg], { cwd: site.dir, env: site.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    child = proc;
+    let log = '';
+    proc.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
+    const logged = async (re: RegExp, ms = 20_000) => {
+      const end = Date.now() + ms;
+      while (!re.test(log)) {
+        if (Date.now() > end || proc.exitCode !== null) throw new Error(`not logged: ${re} (exit ${proc.exitCode}); log:\n${log.slice(-3000)}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    await logged(/"msg":"MQTT listener subscribed"/);
+    const url = (/"url":"(https:\/\/[^"]+)"/.exec(log) as RegExpExecArray)[1] as string;
+    assert.match(log, /"clientId":"ingest-run".*"username":"ingest\.vitalseal\.test"/);
+
+    const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: staticKey, clock: systemClock });
+    const uplink = site.uplink('bed-mq');
+    await uplink.connect();
+    const t0 = Date.now();
+    for (let seq = 1; seq <= 5; seq++) {
+      const payload = session.seal(encodeVitalsPack(batchFor('bed-mq', seq, t0)), { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-mq'], [Header.SEQUENCE, seq]]) });
+      assert.equal((await uplink.send({ deviceId: 'bed-mq', seq, payload, contentFormat: 'cose-encrypt' })).status, 'accepted');
+    }
+    await uplink.close();
+    let device: { messages?: number; transport?: string } = {};
+    for (let i = 0; i < 200 && device.messages !== 5; i++) {
+      device = (await httpsRequest(url, '/api/v1/devices/bed-mq', site.rootPem, { token })).json<{ device: typeof device }>().device;
+      if (device.messages !== 5) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(device.messages, 5);
+    assert.equal(device.transport, 'mqtts');
+    const readings = await httpsRequest(url, `/api/v1/devices/bed-mq/readings?from=${t0}&to=${t0 + 60_000}`, site.rootPem, { token });
+    assert.equal(readings.status, 200);
+    assert.ok(readings.json<unknown[]>().length >= 15, 'the readings decrypt and decode');
+
+    // The operator revokes from the command line; the running service sees it (registry refresh)
+    // and has the broker reload the CRL: the device's next connection is refused.
+    const rev = run(['devices', 'revoke', 'bed-mq', '--reason', 'stolen']);
+    assert.equal(rev.status, 0, rev.stderr);
+    await logged(/"msg":"broker told to reload the CRL"/);
+    await assert.rejects(site.uplink('bed-mq').connect(), (e: unknown) => e instanceof UplinkRejected && /certificate_revoked/.test(e.message));
+    await site.uplink('bed-mq2').connect();
+
+    proc.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => (proc.exitCode !== null ? resolve(proc.exitCode) : proc.once('exit', (c) => resolve(c))));
+    assert.equal(code, 0, log.slice(-2000));
+    assert.match(log, /"msg":"MQTT listener stopped"[\s\S]*"msg":"ingest service stopped"/);
+    assert.doesNotMatch(log, /BEGIN (EC |ENCRYPTED )?PRIVATE KEY|VS_SITE_PASS|vst_/);
   });
 });
