@@ -218,6 +218,11 @@ class SimDevice {
     return { msg: { deviceId: this.id, seq, payload, contentFormat: 'cose-encrypt' }, readings: pack.readings, sentAt };
   }
 
+  /** The sequence number the next new message gets. */
+  get nextSeq(): number {
+    return this.#nextSeq;
+  }
+
   putBack(m: { msg: UplinkMessage; readings: number; sentAt: number }): void {
     this.#retry.unshift(m);
   }
@@ -301,7 +306,6 @@ export class LoadGenerator {
   /** Streams as `o` says; resolves when every device has nothing in flight and nothing to retry. */
   async run(o: RunOptions): Promise<RunReport> {
     this.#stopNew = false;
-    const limit = o.perDevice ?? Number.MAX_SAFE_INTEGER;
     const startedAt = Date.now();
     let sent = 0;
     let acked = 0;
@@ -320,6 +324,8 @@ export class LoadGenerator {
       const wire = dev.wires.get(o.mode);
       if (wire === undefined) throw new Error(`device ${dev.id} is not connected in ${o.mode} mode`);
       if (o.collectAcked === true) ackedSeqs[dev.id] = [];
+      // Sequence numbers go on from the previous run.
+      const limit = o.perDevice === undefined ? Number.MAX_SAFE_INTEGER : dev.nextSeq - 1 + o.perDevice;
       // Paced devices start at a random point of their first interval, as real devices would.
       let due = performance.now() + Math.random() * interval;
       let healthy = true;
