@@ -8,7 +8,7 @@ let gen: LoadGenerator | undefined;
 const send = (m: object) => process.send?.(m);
 
 process.on('message', (raw: unknown) => {
-  const m = raw as { type: string; id?: number; config?: LoadGeneratorConfig; mode?: LoadMode; options?: RunOptions };
+  const m = raw as { type: string; id?: number; config?: LoadGeneratorConfig; mode?: LoadMode; options?: RunOptions; key?: string };
   const id = m.id ?? 0;
   const fail = (e: unknown) => send({ type: 'error', id, message: e instanceof Error ? `${e.name}: ${e.message}` : String(e) });
   switch (m.type) {
@@ -32,6 +32,14 @@ process.on('message', (raw: unknown) => {
     }
     case 'stopNew':
       gen?.stopNew();
+      return;
+    case 'sealTo':
+      try {
+        (gen as LoadGenerator).sealTo(m.key as string);
+        send({ type: 'sealing', id });
+      } catch (e) {
+        fail(e);
+      }
       return;
     case 'rss':
       send({ type: 'rss', id, rss: process.memoryUsage().rss });

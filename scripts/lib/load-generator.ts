@@ -179,7 +179,7 @@ class SimDevice {
   readonly id: string;
   readonly wires = new Map<LoadMode, Wire>();
   readonly #packs: Pack[];
-  readonly #session: SealingSession;
+  #session: SealingSession;
   #nextSeq = 1;
   /** Taken from the device but not acknowledged: sent again, first. */
   readonly #retry: { msg: UplinkMessage; readings: number; sentAt: number }[] = [];
@@ -216,6 +216,12 @@ class SimDevice {
       ? pack.bytes
       : this.#session.seal(pack.bytes, { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, this.id], [Header.SEQUENCE, seq]]) });
     return { msg: { deviceId: this.id, seq, payload, contentFormat: 'cose-encrypt' }, readings: pack.readings, sentAt };
+  }
+
+  /** Seals to another ingest key from now on (a new sealing epoch). */
+  sealTo(staticPublicKey: Uint8Array): void {
+    this.#session.rotate();
+    this.#session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: staticPublicKey, clock: systemClock, maxMessages: 1000 });
   }
 
   /** The sequence number the next new message gets. */
@@ -269,6 +275,12 @@ export class LoadGenerator {
 
   progress(): Progress {
     return { ...this.#counters };
+  }
+
+  /** Seals to another ingest's static key from now on (base64 X25519 public key). */
+  sealTo(staticPublicKey: string): void {
+    const key = new Uint8Array(Buffer.from(staticPublicKey, 'base64'));
+    for (const d of this.#devices) d.sealTo(key);
   }
 
   /** Opens every device's connection in this mode (`connectConcurrency` at a time, retrying). */
@@ -396,6 +408,8 @@ export interface LoadGeneratorHandle {
   /** `onProgress` is called about every 100 ms while the run goes on. */
   run(o: RunOptions, onProgress?: (p: Progress) => void): Promise<RunReport>;
   stopNew(): void;
+  /** Seals to another ingest's static key from now on. */
+  sealTo(staticPublicKey: Uint8Array): Promise<void>;
   /** Resident memory of the generator process (bytes). */
   rss(): Promise<number>;
   close(): Promise<void>;
@@ -407,13 +421,15 @@ type FromChild =
   | { type: 'report'; id: number; report: RunReport }
   | { type: 'progress'; progress: Progress }
   | { type: 'rss'; id: number; rss: number }
+  | { type: 'sealing'; id: number }
   | { type: 'error'; id: number; message: string }
   | { type: 'closed'; id: number };
 
-/** Starts the generator process and hands it the devices. */
-export async function startLoadGenerator(cfg: LoadGeneratorConfig): Promise<LoadGeneratorHandle> {
+/** Starts the generator process and hands it the devices (`profileDir`: write a V8 CPU profile there). */
+export async function startLoadGenerator(cfg: LoadGeneratorConfig, opts: { profileDir?: string } = {}): Promise<LoadGeneratorHandle> {
   const entry = fileURLToPath(new URL('./load-generator-process.ts', import.meta.url));
-  const child: ChildProcess = fork(entry, [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
+  const execArgv = ['--import', 'tsx', ...(opts.profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`])];
+  const child: ChildProcess = fork(entry, [], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
   let seq = 0;
   const waiting = new Map<number, { resolve: (m: FromChild) => void; reject: (e: Error) => void }>();
   let onProgress: ((p: Progress) => void) | undefined;
@@ -468,6 +484,9 @@ export async function startLoadGenerator(cfg: LoadGeneratorConfig): Promise<Load
     },
     stopNew() {
       if (!exited) child.send({ type: 'stopNew' });
+    },
+    async sealTo(key) {
+      await ask({ type: 'sealTo', key: Buffer.from(key).toString('base64') });
     },
     async rss() {
       return ((await ask({ type: 'rss' })) as Extract<FromChild, { type: 'rss' }>).rss;

@@ -58,6 +58,8 @@ export interface MqttIngestSite {
   readonly dir: string;
   readonly ca: DevCa;
   readonly broker: MosquittoBroker;
+  /** With `baselineBroker`: a second mosquitto whose plaintext listener carries the benchmark baseline. */
+  readonly plainBroker: MosquittoBroker | undefined;
   readonly trust: MqttsTrust;
   readonly rootPem: string;
   readonly devices: ReadonlyMap<string, SiteDevice>;
@@ -84,6 +86,12 @@ export interface MqttIngestSite {
 export interface MqttIngestSiteOptions {
   readonly devices: readonly string[];
   readonly broker?: Partial<Pick<MosquittoOptions, 'plaintext' | 'captureLog' | 'maxQueuedMessages' | 'autosaveSeconds'>>;
+  /**
+   * Also start a second broker with a plaintext listener (benchmarks only). A broker of its own,
+   * because share groups span listeners: plaintext messages on the first broker would reach the
+   * ingest's share too.
+   */
+  readonly baselineBroker?: boolean;
 }
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined };
@@ -99,6 +107,7 @@ function pkcs8(key: KeyObject): string {
 export async function startMqttIngestSite(o: MqttIngestSiteOptions): Promise<MqttIngestSite> {
   const dir = mkdtempSync(join(tmpdir(), 'vitalseal-site-'));
   let broker: MosquittoBroker | undefined;
+  let plainBroker: MosquittoBroker | undefined;
   try {
     const now = Date.now();
     const ca = await initDevCa({ dir: join(dir, 'ca'), organization: 'Site Test Fleet', now: now - 3_600_000 });
@@ -152,13 +161,21 @@ export async function startMqttIngestSite(o: MqttIngestSiteOptions): Promise<Mqt
       ...o.broker,
     });
     const b = broker;
+    if (o.baselineBroker === true) {
+      plainBroker = await startMosquitto({
+        caChainPem: pemEncode('CERTIFICATE', ca.issuing.der) + pemEncode('CERTIFICATE', ca.root.der),
+        certChainPem: brokerId.certChainPem, keyPem: brokerId.keyPem, crlPem: readFileSync(ca.paths.crl, 'utf8'),
+        devices: [], ingest: [], plaintext: true, ...o.broker,
+      });
+    }
+    const pb = plainBroker;
     const trust = trustFromPem(pemEncode('CERTIFICATE', ca.root.der));
     const connectors = new Map<string, TlsConnector>();
     const uplinks: Uplink[] = [];
     const brokerCrlReload = { copyTo: join(b.dir, 'crl.pem'), pidFile: b.pidFile };
 
     const site: MqttIngestSite = {
-      dir, ca, broker: b, trust, rootPem: pemEncode('CERTIFICATE', ca.root.der), devices, env, files, brokerCrlReload,
+      dir, ca, broker: b, plainBroker: pb, trust, rootPem: pemEncode('CERTIFICATE', ca.root.der), devices, env, files, brokerCrlReload,
       config(name, storage, mqtt = {}, extra = '') {
         const storageYaml = 'sqlite' in storage
           ? `{ sqlite: { path: ${JSON.stringify(storage.sqlite)} } }`
@@ -213,12 +230,14 @@ ${mqttSection}${extra}`);
       async stop() {
         for (const u of uplinks) await u.close().catch(() => undefined);
         await b.stop();
+        await pb?.stop();
         rmSync(dir, { recursive: true, force: true });
       },
     };
     return site;
   } catch (e) {
     await broker?.stop();
+    await plainBroker?.stop();
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
