@@ -32,22 +32,11 @@ import { fileURLToPath } from 'node:url';
 import { startLoadGenerator, type LoadGeneratorHandle, type LoadMode, type RunReport } from '../lib/load-generator.ts';
 import { startMqttIngestSite, type MqttIngestSite, type SiteStorage } from '../lib/mqtt-ingest-site.ts';
 import { startPostgres } from '../lib/postgres-server.ts';
-import { median } from './measure.ts';
+import { median, processCpuMs } from './measure.ts';
 import type { Taken } from './ingest-load-records.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** CPU time (user + system) of a process in ms, from /proc (clock ticks of 10 ms). */
-function cpuMsOf(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(f[11]) + Number(f[12])) * 10;
-  } catch {
-    return 0;
-  }
-}
 
 function rssOf(pid: number | undefined): number {
   if (pid === undefined) return 0;
@@ -148,11 +137,11 @@ function latenciesOf(sent: readonly number[], committed: readonly number[]): num
 
 async function measure(gen: LoadGeneratorHandle, receiver: Receiver, brokerPid: number | undefined, o: { mode: LoadMode; window: number; durationMs: number; rampMs: number; ratePerDevice?: number }): Promise<Measured> {
   await receiver.take(); // what came before is not this round's
-  const g0 = cpuMsOf(gen.pid);
-  const b0 = cpuMsOf(brokerPid);
+  const g0 = processCpuMs(gen.pid);
+  const b0 = processCpuMs(brokerPid);
   const report = await gen.run({ mode: o.mode, window: o.window, durationMs: o.durationMs, collectTimes: true, ...(o.ratePerDevice === undefined ? {} : { ratePerDevice: o.ratePerDevice }) });
   const committed = await receiver.drain(report.acked);
-  const cpuMs = { generator: cpuMsOf(gen.pid) - g0, broker: cpuMsOf(brokerPid) - b0, receiver: committed.cpuMs };
+  const cpuMs = { generator: processCpuMs(gen.pid) - g0, broker: processCpuMs(brokerPid) - b0, receiver: committed.cpuMs };
   const from = report.startedAt + o.rampMs;
   const to = report.startedAt + o.durationMs;
   let inWindow = 0;

@@ -14,14 +14,13 @@
  * Target: MQTTS ≥ 0.9 × plaintext throughput.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import type { TlsConnector } from '../../src/transport/mqtts/connector.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
-import { median } from './measure.ts';
+import { median, processCpuMs } from './measure.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 type Variant = 'mqtts' | 'plain';
@@ -41,16 +40,7 @@ function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] as number;
 }
 
-/** Broker CPU time (user + system) in ms, from /proc (clock ticks of 10 ms on Linux). */
-function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return 0;
-  }
-}
+const cpuMs = processCpuMs;
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
