@@ -26,7 +26,7 @@
  * INGEST_LOAD_PROFILE=<dir> writes V8 CPU profiles of the generator, the ingest and the baseline subscriber.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startLoadGenerator, type LoadGeneratorHandle, type LoadMode, type RunReport } from '../lib/load-generator.ts';
@@ -37,6 +37,28 @@ import type { Taken } from './ingest-load-records.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** CPU time of a PostgreSQL cluster (the postmaster and every backend), ms. */
+function postgresCpuMs(dataDir: string | undefined): number {
+  if (dataDir === undefined) return 0;
+  let master: number;
+  try {
+    master = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return 0;
+  }
+  let total = processCpuMs(master);
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const f = readFileSync(`/proc/${entry}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      if (Number(f[1]) === master) total += (Number(f[11]) + Number(f[12])) * 10;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
 
 function rssOf(pid: number | undefined): number {
   if (pid === undefined) return 0;
@@ -121,7 +143,7 @@ interface Measured {
   readonly latencies: number[];
   /** Commits per second in [start + ramp, start + duration]. */
   readonly rate: number;
-  readonly cpuMs: { readonly generator: number; readonly broker: number; readonly receiver: number };
+  readonly cpuMs: { readonly generator: number; readonly broker: number; readonly receiver: number; readonly database: number };
 }
 
 function latenciesOf(sent: readonly number[], committed: readonly number[]): number[] {
@@ -135,13 +157,14 @@ function latenciesOf(sent: readonly number[], committed: readonly number[]): num
   return out;
 }
 
-async function measure(gen: LoadGeneratorHandle, receiver: Receiver, brokerPid: number | undefined, o: { mode: LoadMode; window: number; durationMs: number; rampMs: number; ratePerDevice?: number }): Promise<Measured> {
+async function measure(gen: LoadGeneratorHandle, receiver: Receiver, brokerPid: number | undefined, pgData: string | undefined, o: { mode: LoadMode; window: number; durationMs: number; rampMs: number; ratePerDevice?: number }): Promise<Measured> {
   await receiver.take(); // what came before is not this round's
   const g0 = processCpuMs(gen.pid);
   const b0 = processCpuMs(brokerPid);
+  const d0 = postgresCpuMs(pgData);
   const report = await gen.run({ mode: o.mode, window: o.window, durationMs: o.durationMs, collectTimes: true, ...(o.ratePerDevice === undefined ? {} : { ratePerDevice: o.ratePerDevice }) });
   const committed = await receiver.drain(report.acked);
-  const cpuMs = { generator: processCpuMs(gen.pid) - g0, broker: processCpuMs(brokerPid) - b0, receiver: committed.cpuMs };
+  const cpuMs = { generator: processCpuMs(gen.pid) - g0, broker: processCpuMs(brokerPid) - b0, receiver: committed.cpuMs, database: postgresCpuMs(pgData) - d0 };
   const from = report.startedAt + o.rampMs;
   const to = report.startedAt + o.durationMs;
   let inWindow = 0;
@@ -170,9 +193,9 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   try {
     ctx.log(`${n} device identities, two brokers, PostgreSQL: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const plainPort = site.plainBroker?.plainPort as number;
-    const backends: { name: 'sqlite' | 'postgres'; storage: SiteStorage }[] = [
+    const backends: { name: 'sqlite' | 'postgres'; storage: SiteStorage; pgData?: string }[] = [
       { name: 'sqlite', storage: { sqlite: join(site.dir, 'bench.db') } },
-      { name: 'postgres', storage: { postgres: pgServer.connectionString } },
+      { name: 'postgres', storage: { postgres: pgServer.connectionString }, pgData: join(pgServer.dir, 'data') },
     ];
     for (const backend of backends) {
       // One client id for both backends' ingests: a stopped instance's session stays a member of the
@@ -215,7 +238,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
 
         const paced: Partial<Record<LoadMode, Measured>> = {};
         for (const mode of ['mqtts', 'plain'] as const) {
-          paced[mode] = await measure(gen, receivers[mode].r, receivers[mode].broker, { mode, window, durationMs: pacedMs, rampMs, ratePerDevice: 1 });
+          paced[mode] = await measure(gen, receivers[mode].r, receivers[mode].broker, backend.pgData, { mode, window, durationMs: pacedMs, rampMs, ratePerDevice: 1 });
           ctx.log(`${backend.name} paced ${mode}: ${Math.round(paced[mode].rate)} msg/s committed, p50 ${quantile(paced[mode].latencies, 0.5).toFixed(1)} ms, p99 ${quantile(paced[mode].latencies, 0.99).toFixed(1)} ms, receiver RSS ${(paced[mode].committed.rssMax / 2 ** 20).toFixed(0)} MiB`);
         }
         const brokerRss = rssOf(site.broker.pid);
@@ -224,16 +247,21 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
         const cap: Record<LoadMode, Measured[]> = { mqtts: [], plain: [] };
         for (let r = 0; r < rounds; r++) {
           for (const mode of (r % 2 === 0 ? ['mqtts', 'plain'] : ['plain', 'mqtts']) as LoadMode[]) {
-            const m = await measure(gen, receivers[mode].r, receivers[mode].broker, { mode, window, durationMs: capacityMs, rampMs });
+            const m = await measure(gen, receivers[mode].r, receivers[mode].broker, backend.pgData, { mode, window, durationMs: capacityMs, rampMs });
             cap[mode].push(m);
             const per = (ms: number) => (ms * 1000 / m.report.acked).toFixed(0);
-            ctx.log(`${backend.name} capacity ${mode}: ${Math.round(m.rate)} msg/s committed; p99 ${quantile(m.latencies, 0.99).toFixed(0)} ms; CPU µs/msg generator ${per(m.cpuMs.generator)}, broker ${per(m.cpuMs.broker)}, receiver ${per(m.cpuMs.receiver)}`);
+            ctx.log(`${backend.name} capacity ${mode}: ${Math.round(m.rate)} msg/s committed; p99 ${quantile(m.latencies, 0.99).toFixed(0)} ms; CPU µs/msg generator ${per(m.cpuMs.generator)}, broker ${per(m.cpuMs.broker)}, receiver ${per(m.cpuMs.receiver)}${backend.pgData === undefined ? '' : `, postgres ${per(m.cpuMs.database)}`}`);
           }
         }
         const readingsPerMessage = paced.mqtts !== undefined && paced.mqtts.committed.records.length > 0 ? paced.mqtts.committed.readings / (paced.mqtts.committed.records.length / 3) : NaN;
         const rate = (mode: LoadMode) => median(cap[mode].map((m) => m.rate));
         const cpuPer = (mode: LoadMode, who: keyof Measured['cpuMs']) => round1(median(cap[mode].map((m) => (m.cpuMs[who] * 1000) / m.report.acked)));
-        const cpuTable = (mode: LoadMode) => ({ generator: cpuPer(mode, 'generator'), broker: cpuPer(mode, 'broker'), receiver: cpuPer(mode, 'receiver') });
+        const cpuTable = (mode: LoadMode) => ({ generator: cpuPer(mode, 'generator'), broker: cpuPer(mode, 'broker'), receiver: cpuPer(mode, 'receiver'), database: cpuPer(mode, 'database') });
+        // What a deployment's servers spend per message (the devices are elsewhere there).
+        const serverSide = (mode: LoadMode) => {
+          const t = cpuTable(mode);
+          return t.broker + t.receiver + t.database;
+        };
         const mq = rate('mqtts');
         const pl = rate('plain');
         results.push({
@@ -250,6 +278,14 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
             cpuMicrosecondsPerMessage: { sealedMtls: cpuTable('mqtts'), plaintext: cpuTable('plain') },
             inFlightPerDevice: window, rounds, windowSeconds: capacityMs / 1000,
           },
+        });
+        results.push({
+          name: `ingest end to end → ${backend.name}: server-side CPU per message (broker + ingest${backend.pgData === undefined ? '' : ' + PostgreSQL'}; devices excluded)`,
+          unit: 'µs',
+          value: serverSide('mqtts'),
+          baseline: { name: `broker + plaintext subscriber${backend.pgData === undefined ? '' : ' + PostgreSQL'}`, value: serverSide('plain') },
+          ratio: serverSide('mqtts') / serverSide('plain'),
+          meta: { sealedMtls: cpuTable('mqtts'), plaintext: cpuTable('plain') },
         });
         const pm = paced.mqtts as Measured;
         const pp = paced.plain as Measured;
