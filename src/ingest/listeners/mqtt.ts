@@ -187,9 +187,14 @@ export async function startMqttListener(core: IngestCore, cfg: MqttListenerConfi
 
   let stopping = false;
   const started = sub.start();
-  const firstFailure = new Promise<void>((resolve) => sub.once('connectFailed', () => resolve()));
+  let onFirstFailure = (): void => undefined;
+  const firstFailure = new Promise<void>((resolve) => {
+    onFirstFailure = () => resolve();
+    sub.once('connectFailed', onFirstFailure);
+  });
   try {
-    const first = await Promise.race([started.then(() => 'subscribed' as const), firstFailure.then(() => 'retrying' as const)]);
+    const first = await Promise.race([started.then(() => 'subscribed' as const), firstFailure.then(() => 'retrying' as const)])
+      .finally(() => sub.off('connectFailed', onFirstFailure));
     if (first === 'retrying') {
       log.warn(where, 'the broker is not reachable yet: the MQTT listener keeps trying in the background');
       started.catch((e: unknown) => {
