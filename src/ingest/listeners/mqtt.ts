@@ -164,11 +164,23 @@ export async function startMqttListener(core: IngestCore, cfg: MqttListenerConfi
     tlsFailure(error);
     log.warn({ ...where, code: error.code, err: error.message, retryInMs }, 'MQTT listener could not connect; retrying');
   });
+  // A misconfigured device repeats its mistake with every message: log the first few per minute.
+  let logWindow = { start: 0, logged: 0, suppressed: 0 };
   sub.on('refused', (r) => {
     if (r.byHandler) return; // accept() has counted and audited it
     // Never reached accept(): not a vitals/<id>/v1 topic, or not a COSE content type.
     metrics.rejected.inc({ reason: r.code === 0x99 ? 'unsupported-format' : 'malformed' });
-    log.warn({ ...where, deviceId: r.deviceId, reason: r.reason }, 'MQTT message refused before the ingest path');
+    const now = core.clock.now();
+    if (now - logWindow.start >= 60_000) {
+      if (logWindow.suppressed > 0) log.warn({ ...where, suppressed: logWindow.suppressed }, 'more MQTT messages were refused before the ingest path');
+      logWindow = { start: now, logged: 0, suppressed: 0 };
+    }
+    if (logWindow.logged < 10) {
+      logWindow.logged++;
+      log.warn({ ...where, deviceId: r.deviceId, reason: r.reason }, 'MQTT message refused before the ingest path');
+    } else {
+      logWindow.suppressed++;
+    }
   });
 
   const reloader = cfg.crlReload === undefined ? undefined : new BrokerCrlReloader({
