@@ -35,7 +35,8 @@ import { UsageError, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage: vitalseal ingest <command> --config FILE [options]
 
-  run                            start the service (HTTPS API, enrolment, dashboard, metrics); SIGINT/SIGTERM stop it
+  run                            start the service (HTTPS API, enrolment, dashboard, metrics, and the MQTT listener
+                                 when configured); SIGINT/SIGTERM stop it
   check-config                   validate the configuration and say what it would start
   keygen [--public-out FILE]     make the static X25519 key (or its next version); prints the public key devices pin
   devices list [--json]          the registry with each device's posture
