@@ -8,6 +8,8 @@
  * meaningful when other processes compete for the cores (wall-clock rates then mostly measure the
  * scheduler). On an idle machine the two agree.
  */
+import { readFileSync } from 'node:fs';
+
 export interface RatePair {
   readonly value: number;
   readonly baseline: number;
@@ -28,6 +30,17 @@ function opsPerSecond(fn: () => void, windowMs: number): number {
   const cpu = process.cpuUsage(cpuStart);
   const cpuMs = (cpu.user + cpu.system) / 1000;
   return (ops * 1000) / cpuMs;
+}
+
+/** CPU time (user + system) of another process in ms, from /proc (clock ticks of 10 ms on Linux); 0 if it is gone. */
+export function processCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return 0;
+  }
 }
 
 export function median(xs: number[]): number {

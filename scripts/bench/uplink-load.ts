@@ -8,19 +8,9 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Uplink, UplinkMessage } from '../../src/transport/types.ts';
+import { processCpuMs } from './measure.ts';
 
 export const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A process's CPU time (user + system) in ms, from /proc (clock ticks of 10 ms on Linux). */
-export function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return 0;
-  }
-}
 
 export interface LoadResult {
   readonly acked: number;
@@ -54,7 +44,7 @@ export async function driveUplinks(o: {
   };
   const running = o.uplinks.flatMap((u, i) => Array.from({ length: o.inFlight }, (_, slot) => sender(u, o.pools[i] as UplinkMessage[], slot)));
   await delay(Math.min(500, o.windowMs / 4)); // warm-up: connections settled, JIT warm
-  const peers0 = Object.fromEntries(Object.entries(o.peers).map(([name, pid]) => [name, cpuMs(pid)]));
+  const peers0 = Object.fromEntries(Object.entries(o.peers).map(([name, pid]) => [name, processCpuMs(pid)]));
   const self0 = process.cpuUsage();
   const t0 = performance.now();
   measuring = true;
@@ -63,7 +53,7 @@ export async function driveUplinks(o: {
   const seconds = (performance.now() - t0) / 1000;
   const self = process.cpuUsage(self0);
   const cpu: Record<string, number> = { self: (self.user + self.system) / 1000 };
-  for (const [name, pid] of Object.entries(o.peers)) cpu[name] = cpuMs(pid) - (peers0[name] as number);
+  for (const [name, pid] of Object.entries(o.peers)) cpu[name] = processCpuMs(pid) - (peers0[name] as number);
   stop = true;
   await Promise.all(running);
   return { acked, seconds, latencies, cpuMs: cpu };

@@ -75,6 +75,11 @@ export interface MosquittoBroker {
   readonly dir: string;
   /** The broker's process id while it runs (for the benchmark's CPU accounting). */
   readonly pid: number | undefined;
+  /**
+   * `<dir>/mosquitto.pid`, rewritten after every start with the running broker's process id, as a
+   * service manager's PIDFile would be (mosquitto writes its own `pid_file` only when it daemonises).
+   */
+  readonly pidFile: string;
   /** The broker's log so far (the last 256 KiB). */
   log(): string;
   /** Waits until `re` matches the log (the broker writes it asynchronously), up to `ms`. */
@@ -225,6 +230,10 @@ class BrokerProcess implements MosquittoBroker {
     return this.#child?.pid;
   }
 
+  get pidFile(): string {
+    return join(this.dir, 'mosquitto.pid');
+  }
+
   log(): string {
     return this.#log;
   }
@@ -262,7 +271,10 @@ class BrokerProcess implements MosquittoBroker {
         if (child.exitCode !== null || child.signalCode !== null) break;
         const tls = await canConnect(this.host, this.port);
         const plain = this.plainPort === undefined || await canConnect(this.host, this.plainPort);
-        if (tls && plain) return;
+        if (tls && plain) {
+          this.writePrivate('mosquitto.pid', `${child.pid ?? ''}\n`, 0o644);
+          return;
+        }
         await delay(25);
       }
       child.kill('SIGKILL');

@@ -190,7 +190,14 @@ function decrypt(provider: CryptoProvider | undefined, alg: CoseContentAlg, key:
 
 /** Opens a tagged COSE_Encrypt0 or COSE_Encrypt. */
 export function openCose(bytes: Uint8Array, keys: OpenKeys, opts: OpenOptions = {}): OpenedCose {
-  const msg: ParsedCoseEncrypt = parseCoseEncrypt(bytes, opts.maxBytes, opts.untagged);
+  return openParsedCose(parseCoseEncrypt(bytes, opts.maxBytes, opts.untagged), keys, opts);
+}
+
+/**
+ * Opens a message `parseCoseEncrypt` has already parsed (a receiver that inspected its protected
+ * header first need not parse it twice). `maxBytes` and `untagged` were the parser's business.
+ */
+export function openParsedCose(msg: ParsedCoseEncrypt, keys: OpenKeys, opts: Omit<OpenOptions, 'maxBytes' | 'untagged'> = {}): OpenedCose {
   const alg = contentAlgOf(msg, opts.allowUnprotectedAlg === true);
   const iv = ivOf(msg, alg);
   const extAad = opts.externalAad ?? new Uint8Array(0);

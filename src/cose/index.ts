@@ -12,7 +12,7 @@
  */
 export { ALG_DIRECT, ALG_ECDH_ES_HKDF_256, COSE_CONTENT_ALGS, contentAlgById, contentAlgByName, type CoseAlgName, type CoseContentAlg } from './algorithms.ts';
 export { EpochKeyCache } from './epoch-cache.ts';
-export { assembleEncrypt, ecdhEsContentKey, ecdhEsRecipients, openCose, requireAlg, sealEncrypt, sealEncrypt0, type OpenedCose, type OpenKeys, type OpenOptions, type SealEncryptOptions } from './encrypt.ts';
+export { assembleEncrypt, ecdhEsContentKey, ecdhEsRecipients, openCose, openParsedCose, requireAlg, sealEncrypt, sealEncrypt0, type OpenedCose, type OpenKeys, type OpenOptions, type SealEncryptOptions } from './encrypt.ts';
 export { Header, type HeaderMap } from './headers.ts';
 export { kdfContext } from './kdf.ts';
 export { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem, x25519PublicToPem, x25519Recipient, type X25519Recipient } from './keys.ts';

@@ -5,13 +5,14 @@
  * read it (`{ env: NAME }` or `{ file: PATH }`, the file mode 0600), never inline.
  *
  * docs/ingest.md has the reference with an example. The `mqtt` and `coaps` sections are validated
- * now; starting them needs the transports (`Unsupported` until they are part of the build).
+ * here; starting one needs its listener in the build (`checkListeners` in runtime.ts).
  *
  * @example
  *   const cfg = loadIngestConfig('/etc/vitalseal/ingest.yaml');
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import type { KeyStoreConfig, SecretSource } from '../keystore/config.ts';
 import { parseKeyStoreConfig } from '../keystore/open.ts';
@@ -48,14 +49,44 @@ export interface HttpsConfig {
   readonly maxLiveStreams: number;
 }
 
+/**
+ * How the broker learns of a new CRL (mosquitto reads its `crlfile` at start and on SIGHUP). Run
+ * in this order, each when given: copy, signal, command.
+ */
+export interface BrokerCrlReloadConfig {
+  /** Copy the CA's CRL here (atomically, mode 0644): the broker's `crlfile`, when it is not the CA's file. */
+  readonly copyTo?: string;
+  /** Send SIGHUP to the process whose id this file holds (mosquitto's `pid_file`). */
+  readonly pidFile?: string;
+  /** Run this program (argv; no shell) with VITALSEAL_CRL_PATH and VITALSEAL_CRL_NUMBER set, e.g. [/usr/bin/systemctl, reload, mosquitto]. */
+  readonly command?: readonly string[];
+}
+
 export interface MqttListenerConfig {
+  /** mqtts://host[:port] (default port 8883). */
   readonly url: string;
+  readonly host: string;
+  readonly port: number;
+  /** The name the broker's certificate must carry (default: the URL's host). */
+  readonly serverName: string;
+  /** PEM: the root(s) the broker's certificate chains to. */
   readonly caFile: string;
+  /** PEM: the ingest's client certificate, then its issuing CA. Its CN is the broker username. */
   readonly certFile: string;
+  /** PEM private key of the client certificate (PKCS#8 or SEC1, unencrypted, mode 0600). */
   readonly keyFile: string;
   /** MQTT v5 shared-subscription group ($share/<group>/vitals/+/v1). */
   readonly sharedGroup: string;
   readonly topic: string;
+  /** Stable per instance: the broker keeps this instance's session (and its share of the stream) under it. */
+  readonly clientId: string;
+  /** Unacknowledged messages the broker may send at once (MQTT 5.0 §3.1.2.11.3). */
+  readonly receiveMaximum: number;
+  /** How long the broker keeps this instance's session while it is away. */
+  readonly sessionExpirySeconds: number;
+  /** On stop, how long running messages get to finish and be acknowledged. */
+  readonly drainSeconds: number;
+  readonly crlReload?: BrokerCrlReloadConfig;
 }
 
 /** The CoAPS listener's limits (docs/transport-coaps.md "Limits"). */
@@ -264,6 +295,66 @@ function parseCoaps(v: unknown): CoapsListenerConfig {
   };
 }
 
+/** The topic every device publishes under (vitals/<id>/v1): the listener reads the device id from it. */
+const MQTT_TOPIC = 'vitals/+/v1';
+
+function parseMqtt(v: unknown): MqttListenerConfig {
+  const P = 'mqtt';
+  const m = section(v, P, ['url', 'serverName', 'caFile', 'certFile', 'keyFile', 'sharedGroup', 'topic', 'clientId', 'receiveMaximum', 'sessionExpirySeconds', 'drainSeconds', 'crlReload']);
+  const url = str(m, 'url', P);
+  // RFC 3986 authority: a host name, an IPv4 address or a bracketed IPv6 address, and an optional port.
+  const u = /^mqtts:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::([0-9]{1,5}))?\/?$/.exec(url);
+  if (u === null) throw invalid(`${P}.url`, 'expected mqtts://host:port (TLS 1.3 with a client certificate)');
+  const rawHost = u[1] as string;
+  const urlHost = rawHost.startsWith('[') ? rawHost.slice(1, -1) : rawHost;
+  if (rawHost.startsWith('[') ? isIP(urlHost) !== 6 : !(isIP(urlHost) === 4 || /^([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$/.test(urlHost))) throw invalid(`${P}.url`, 'expected mqtts://host:port with a host name or an IP address');
+  const port = u[2] === undefined ? 8883 : Number(u[2]);
+  if (port < 1 || port > 65535) throw invalid(`${P}.url`, 'the port must be from 1 to 65535');
+  const group = m['sharedGroup'] ?? 'vitalseal';
+  if (typeof group !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(group)) throw invalid(`${P}.sharedGroup`, 'A-Z a-z 0-9 _ -, at most 64');
+  const topic = m['topic'] ?? MQTT_TOPIC;
+  // Devices publish under vitals/<their id>/v1, the broker's access rules are written for it, and the
+  // listener takes the device id from the second level: another layout would refuse every message.
+  if (topic !== MQTT_TOPIC) throw invalid(`${P}.topic`, `only ${MQTT_TOPIC} (the topic devices publish under; the device id is its second level)`);
+  const clientId = m['clientId'] ?? defaultClientId();
+  if (typeof clientId !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(clientId)) throw invalid(`${P}.clientId`, 'A-Z a-z 0-9 . _ -, at most 64 (one per instance, stable across restarts)');
+  const serverName = m['serverName'] ?? urlHost;
+  if (typeof serverName !== 'string' || !(isIP(serverName) !== 0 || /^([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$/.test(serverName))) throw invalid(`${P}.serverName`, 'expected a host name or an IP address');
+  const crlReload = m['crlReload'] === undefined ? undefined : parseCrlReload(m['crlReload'], `${P}.crlReload`);
+  return {
+    url, host: urlHost, port, serverName,
+    caFile: str(m, 'caFile', P), certFile: str(m, 'certFile', P), keyFile: str(m, 'keyFile', P),
+    sharedGroup: group, topic, clientId,
+    receiveMaximum: num(m, 'receiveMaximum', P, 128, 1, 65_535),
+    sessionExpirySeconds: num(m, 'sessionExpirySeconds', P, 7 * 86_400, 60, 0xffff_ffff),
+    drainSeconds: num(m, 'drainSeconds', P, 10, 0, 600),
+    ...(crlReload === undefined ? {} : { crlReload }),
+  };
+}
+
+function parseCrlReload(v: unknown, path: string): BrokerCrlReloadConfig {
+  const c = section(v, path, ['copyTo', 'pidFile', 'command']);
+  if (Object.keys(c).length === 0) throw invalid(path, 'give at least one of copyTo, pidFile, command');
+  const copyTo = str(c, 'copyTo', path, true);
+  const pidFile = str(c, 'pidFile', path, true);
+  for (const [k, p] of [['copyTo', copyTo], ['pidFile', pidFile]] as const) {
+    if (p !== undefined && !p.startsWith('/')) throw invalid(`${path}.${k}`, 'an absolute path');
+  }
+  const cmd = c['command'];
+  if (cmd !== undefined) {
+    if (!Array.isArray(cmd) || cmd.length === 0 || cmd.length > 32 || cmd.some((a) => typeof a !== 'string' || a.length === 0 || a.length > 4096)) {
+      throw invalid(`${path}.command`, 'a list of 1 to 32 non-empty strings: the program and its arguments (no shell)');
+    }
+    if (!(cmd[0] as string).startsWith('/')) throw invalid(`${path}.command`, 'the program must be an absolute path (no PATH lookup)');
+  }
+  return { ...(copyTo === undefined ? {} : { copyTo }), ...(pidFile === undefined ? {} : { pidFile }), ...(cmd === undefined ? {} : { command: cmd as string[] }) };
+}
+
+/** vitalseal-ingest-<host name>: stable across restarts of one machine's single instance. */
+function defaultClientId(): string {
+  return `vitalseal-ingest-${hostname().replace(/[^A-Za-z0-9._-]/g, '-')}`.slice(0, 64);
+}
+
 /** Validates a parsed document into an `IngestConfig`. */
 export function parseIngestConfig(doc: unknown, source = 'config'): IngestConfig {
   const top = section(doc, '(top level)', ['storage', 'keystore', 'keys', 'audit', 'pki', 'https', 'ingest', 'anomaly', 'mqtt', 'coaps', 'log']);
@@ -287,17 +378,7 @@ export function parseIngestConfig(doc: unknown, source = 'config'): IngestConfig
   const level = lg['level'] ?? 'info';
   if (level !== 'debug' && level !== 'info' && level !== 'warn' && level !== 'error') throw invalid('log.level', 'debug, info, warn or error');
 
-  let mqtt: MqttListenerConfig | undefined;
-  if (top['mqtt'] !== undefined) {
-    const m = section(top['mqtt'], 'mqtt', ['url', 'caFile', 'certFile', 'keyFile', 'sharedGroup', 'topic']);
-    const url = str(m, 'url', 'mqtt');
-    if (!/^mqtts:\/\//.test(url)) throw invalid('mqtt.url', 'expected mqtts://host:port (TLS 1.3 with a client certificate)');
-    const group = m['sharedGroup'] ?? 'vitalseal';
-    if (typeof group !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(group)) throw invalid('mqtt.sharedGroup', 'A-Z a-z 0-9 _ -, at most 64');
-    const topic = m['topic'] ?? 'vitals/+/v1';
-    if (typeof topic !== 'string' || topic.includes('#') || topic.startsWith('$')) throw invalid('mqtt.topic', 'a topic filter without # and not starting with $');
-    mqtt = { url, caFile: str(m, 'caFile', 'mqtt'), certFile: str(m, 'certFile', 'mqtt'), keyFile: str(m, 'keyFile', 'mqtt'), sharedGroup: group, topic };
-  }
+  const mqtt = top['mqtt'] === undefined ? undefined : parseMqtt(top['mqtt']);
   const coaps = top['coaps'] === undefined ? undefined : parseCoaps(top['coaps']);
 
   return {

@@ -4,8 +4,8 @@
  * `IngestCore`. docs/ingest.md is the reference.
  *
  * @example
- *   import { loadIngestConfig, startIngest, cryptoSelfTest } from 'vitalseal/ingest';
- *   const running = await startIngest(loadIngestConfig('ingest.yaml'), { env: process.env, selfTest: cryptoSelfTest(), log });
+ *   import { loadIngestConfig, startIngest, cryptoSelfTest, mqttListener } from 'vitalseal/ingest';
+ *   const running = await startIngest(loadIngestConfig('ingest.yaml'), { env: process.env, selfTest: cryptoSelfTest(), log, listeners: { mqtt: mqttListener } });
  *   const outcome = await running.core.service?.accept({ payload, contentFormat: 96, peer });
  */
 export { coapResponseCode, mqttShouldAck, REJECT_REASONS, uplinkRejectReason, type AcceptInput, type AcceptOutcome, type BrokerPeer, type CertificatePeer, type CoapResponseCode, type PeerIdentity, type PskPeer, type RejectReason, type TransportName } from './outcome.ts';
@@ -14,6 +14,7 @@ export { openIngestCore, type IngestCore, type IngestCoreOptions } from './core.
 export { loadIngestConfig, parseIngestConfig, type IngestConfig } from './config.ts';
 export { checkListeners, startIngest, type ListenerFactory, type Listeners, type RunningIngest, type RuntimeDeps } from './runtime.ts';
 export { cryptoSelfTest, type SelfTestSummary, type StartupSelfTest } from './selftest.ts';
+export * from './listeners/index.ts';
 export { DeviceRegistry, type CrlPublisher } from './registry.ts';
 export { rotateStaticKey, retireStaticKeys, staticKeyKid, type StaticKeys } from './static-key.ts';
 export { startIngestHttp, type IngestHttp, type IngestHttpOptions } from './http/server.ts';

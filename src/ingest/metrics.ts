@@ -170,4 +170,7 @@ export class IngestMetrics {
   readonly enrolments = this.registry.register(new Counter('vitalseal_ingest_enrolments_total', 'Enrolment and renewal requests, by result.', ['result']));
   readonly rekeyed = this.registry.register(new Counter('vitalseal_ingest_rekeyed_messages_total', 'Stored messages re-encrypted under a newer data key.'));
   readonly dekRotations = this.registry.register(new Counter('vitalseal_ingest_dek_rotations_total', 'Device data keys rotated.'));
+  readonly mqttSubscribed = this.registry.register(new Gauge('vitalseal_ingest_mqtt_subscribed', '1 while the MQTT listener holds its shared subscription, else 0.'));
+  readonly mqttDisconnects = this.registry.register(new Counter('vitalseal_ingest_mqtt_disconnects_total', 'MQTT listener connections lost (each is re-made after a back-off).'));
+  readonly brokerCrlReloads = this.registry.register(new Counter('vitalseal_ingest_broker_crl_reloads_total', 'Times the MQTT listener had the broker reload the CRL, by result.', ['result']));
 }

@@ -66,6 +66,11 @@ export class DeviceRegistry {
     this.#crl = o.crl;
   }
 
+  /** Where the CA writes the current CRL (what the broker loads), when a CRL publisher is configured. */
+  get crlPath(): string | undefined {
+    return this.#crl?.crlPath;
+  }
+
   /** Loads every device (at start-up). */
   async load(): Promise<void> {
     const version = await this.#storage.registryVersion();

@@ -3,9 +3,9 @@
  * need): the database, the key store (after the self-test), the issuing CA, the HTTPS front end, the
  * background timers (registry refresh, anomaly windows, refusal tallies, re-key), and a graceful stop.
  *
- * The transport listeners plug in here once they are part of the build (docs/ingest.md, "Wiring the
- * listeners"); until then a configured `mqtt` or `coaps` section stops the start with `Unsupported`,
- * naming what is missing, before anything is opened.
+ * The transport listeners plug in here (docs/ingest.md, "Wiring the listeners"): the build passes
+ * the ones it has (src/ingest/listeners/); a configured `mqtt` or `coaps` section whose listener is
+ * not among them stops the start with `Unsupported`, naming what is missing, before anything opens.
  *
  * @example
  *   const running = await startIngest(loadIngestConfig(path), { env: process.env, selfTest, log });
@@ -52,7 +52,7 @@ export interface RuntimeDeps {
   readonly selfTest: StartupSelfTest;
   readonly log: IngestLogger;
   readonly clock?: Clock;
-  /** The transport listeners this build has (none yet). */
+  /** The transport listeners this build has (src/ingest/listeners/index.ts). */
   readonly listeners?: Listeners;
 }
 
@@ -182,7 +182,8 @@ export async function startIngest(cfg: IngestConfig, deps: RuntimeDeps): Promise
     if (cfg.mqtt !== undefined && deps.listeners?.mqtt !== undefined) listeners.push(await deps.listeners.mqtt.start(core, cfg.mqtt, deps.log));
     if (cfg.coaps !== undefined && deps.listeners?.coaps !== undefined) listeners.push(await deps.listeners.coaps.start(core, cfg.coaps, deps.log));
     core.registry.onStatusChange((deviceId, status) => deps.log.warn({ deviceId, status }, 'device status changed'));
-    core.registry.onCrlChange((info) => deps.log.warn({ ...info }, 'CRL regenerated: the broker must reload it'));
+    // The MQTT listener has the broker reload it (mqtt.crlReload); without one, the operator does.
+    core.registry.onCrlChange((info) => deps.log.warn({ ...info }, cfg.mqtt?.crlReload === undefined ? 'CRL regenerated: the broker must reload it' : 'CRL regenerated'));
     deps.log.info({ url: http.url, redirectPort: http.redirectPort, storage: core.storage.kind, keyStore: core.keyStore.describe().kind }, 'ingest service listening');
   } catch (e) {
     for (const t of timers) clearInterval(t);

@@ -19,7 +19,7 @@
  */
 import { createHash } from 'node:crypto';
 import { decodeVitalsPack, type VitalsBatch } from '../codec/vitals.ts';
-import { openCose, type OpenedCose } from '../cose/encrypt.ts';
+import { openParsedCose, type OpenedCose } from '../cose/encrypt.ts';
 import { EpochKeyCache } from '../cose/epoch-cache.ts';
 import { decodeX25519CoseKey, Header, headerValue } from '../cose/headers.ts';
 import { parseCoseEncrypt, type ParsedCoseEncrypt } from '../cose/message.ts';
@@ -208,7 +208,7 @@ export class IngestService {
       throw new Refused('identity-mismatch', `the sealed message names device ${deviceLabel(claimed)} but the transport authenticated ${deviceLabel(deviceId)}`, deviceId, seq);
     }
 
-    const opened = this.#open(payload, parsed, deviceId, seq);
+    const opened = this.#open(parsed, deviceId, seq);
     const epoch = opened.epoch as string;
     let plaintext: Uint8Array | undefined = opened.plaintext;
     try {
@@ -299,7 +299,7 @@ export class IngestService {
     return d;
   }
 
-  #open(payload: Uint8Array, parsed: ParsedCoseEncrypt, deviceId: string, seq: number): OpenedCose {
+  #open(parsed: ParsedCoseEncrypt, deviceId: string, seq: number): OpenedCose {
     const r0 = parsed.kind === 'encrypt' ? parsed.recipients[0] : undefined;
     let kid: Uint8Array | undefined;
     let epochHint: string | undefined;
@@ -310,7 +310,7 @@ export class IngestService {
         try {
           epochHint = toHex(decodeX25519CoseKey(headerValue(r0.protected, r0.unprotected, Header.EPHEMERAL_KEY)));
         } catch {
-          // malformed keys are reported by openCose below
+          // malformed keys are reported by openParsedCose below
         }
       }
     }
@@ -321,7 +321,8 @@ export class IngestService {
       const cache = this.#caches.get(c.version) as EpochKeyCache;
       const before = cache.stats.misses;
       try {
-        const opened = openCose(payload, { recipient: c.recipient, cache, provider: this.#provider }, { maxBytes: this.#maxBytes });
+        // Parsed once, above (bounded by maxMessageBytes), and opened from that.
+        const opened = openParsedCose(parsed, { recipient: c.recipient, cache, provider: this.#provider });
         this.metrics.epochCacheLookups.inc({ result: cache.stats.misses === before ? 'hit' : 'miss' });
         if (this.#caches.size > 1 && opened.epoch !== undefined) this.#rememberEpoch(opened.epoch, c.version);
         return opened;

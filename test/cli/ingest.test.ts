@@ -1,13 +1,16 @@
 /**
  * `vitalseal ingest`: through the real bin where no key is opened (configuration errors naming the
- * field, the transports' Unsupported, the refusal to start without the power-on self-test, tokens,
- * the registry), and in-process with a known-answer self-test for the commands that open keys
- * (keygen, run, revoke with a CRL, backup, restore with the drill, rotation and re-key).
+ * field, the CoAPS listener's Unsupported, the refusal to start without the power-on self-test,
+ * tokens, the registry), and in-process with a known-answer self-test for the commands that open
+ * keys (keygen, run, revoke with a CRL, backup, restore with the drill, rotation and re-key). Last,
+ * `vitalseal ingest run` as a process with its MQTT listener: a device's uplink through mosquitto
+ * into the database, and `vitalseal ingest devices revoke` reaching the broker through the running
+ * service.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -19,7 +22,8 @@ import { encodeVitalsPack } from '../../src/codec/vitals.ts';
 import { Header } from '../../src/cose/headers.ts';
 import { SealingSession } from '../../src/cose/sealing-session.ts';
 import { x25519PublicFromPem } from '../../src/cose/keys.ts';
-import { startIngest } from '../../src/ingest/runtime.ts';
+import { openCoreFromConfig, startIngest } from '../../src/ingest/runtime.ts';
+import { PskStore } from '../../src/ingest/psk-store.ts';
 import { loadIngestConfig } from '../../src/ingest/config.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { spkiSha256 } from '../../src/pki/certificate.ts';
@@ -33,6 +37,8 @@ import { cryptoSelfTest } from '../../src/ingest/selftest.ts';
 import { SelfTestFailure } from '../../src/crypto/selftest.ts';
 import { batchFor } from '../ingest/support/harness.ts';
 import { httpsRequest } from '../ingest/support/https.ts';
+import { startMqttIngestSite, type MqttIngestSite } from '../../scripts/lib/mqtt-ingest-site.ts';
+import { UplinkRejected } from '../../src/util/errors.ts';
 
 const bin = fileURLToPath(new URL('../../scripts/bin/vitalseal.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vitalseal-cli-ingest-'));
@@ -118,14 +124,15 @@ describe('vitalseal ingest', () => {
     assert.match(ok.stdout, /valid[\s\S]*key store software, KEK 'ingest-kek'[\s\S]*enrolment CA/);
   });
 
-  it('the listener sections are ready, and refuse with what is missing until the transports are built', () => {
-    const mqtt = config('mqtt.yaml', `mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: ingest.pem, keyFile: ingest.key }\n`);
-    const r = bin_(['ingest', 'run', '--config', mqtt]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /mqtt: the MQTT shared-subscription subscriber \(src\/transport\/mqtts\) is not part of this build; remove the mqtt section.* \[transport-not-built\]/);
-    const coaps = config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key, clientRoots: [fleet-root.pem] }\n');
-    assert.match(bin_(['ingest', 'run', '--config', coaps]).stderr, /coaps: the CoAPS listener .*src\/dtls.* \[transport-not-built\]/);
+  it('the listener sections are validated and check-config says what each would start', () => {
+    const coaps = bin_(['ingest', 'check-config', '--config', config('coaps.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key, clientRoots: [fleet-root.pem], psk: true }\n')]);
+    assert.equal(coaps.code, 0, coaps.stderr);
+    assert.match(coaps.stdout, /coaps {5}udp 0\.0\.0\.0:5684\/v1\/telemetry, client certificates from 1 root file\(s\), PSK devices too; server key from a PEM file/);
+    assert.match(bin_(['ingest', 'check-config', '--config', config('coaps-bad.yaml', 'coaps: { port: 5684, certificate: c.pem, key: c.key }\n')]).stderr, /coaps\.clientRoots/);
     assert.match(bin_(['ingest', 'check-config', '--config', config('mqtt-bad.yaml', 'mqtt: { url: "mqtt://x", caFile: a, certFile: b, keyFile: c }\n')]).stderr, /mqtt\.url: expected mqtts:/);
+    const mqtt = bin_(['ingest', 'check-config', '--config', config('mqtt.yaml', 'mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: ingest.pem, keyFile: ingest.key, clientId: ingest-1, crlReload: { command: [/usr/bin/systemctl, reload, mosquitto] } }\n')]);
+    assert.equal(mqtt.code, 0, mqtt.stderr);
+    assert.match(mqtt.stdout, /mqtt {6}mqtts:\/\/127\.0\.0\.1:8883 as client ingest-1, \$share\/vitalseal\/vitals\/\+\/v1; CRL reload: command/);
   });
 
   it('a failing power-on self-test stops the command before any key is opened', async () => {
@@ -245,5 +252,121 @@ describe('vitalseal ingest', () => {
     writeFileSync(damaged, bytes);
     await assert.rejects(cli(['restore', damaged, '--config', config('restore2.yaml', '', 'restored2.db')]),
       /backup archive damaged in (chunk \d+ \(records \d+-\d+\)|manifest|signature)/);
+  });
+
+  it('devices add-psk writes the key once (0600, never printed); rotate-kek re-wraps every key, retire-kek deletes the old KEK only once unused', async () => {
+    const pskCfg = config('psk.yaml', '', 'psk.db');
+    assert.equal((await cli(['keygen', '--config', pskCfg])).code, 0);
+    const keyOut = join(dir, 'oxi-9.psk');
+    const r = await cli(['devices', 'add-psk', '--config', pskCfg, '--device-id', 'oxi-9', '--key-out', keyOut]);
+    assert.equal(r.code, 0, r.stderr);
+    const hex = readFileSync(keyOut, 'utf8').trim();
+    assert.match(hex, /^[0-9a-f]{64}$/);
+    assert.equal(statSync(keyOut).mode & 0o777, 0o600);
+    assert.doesNotMatch(r.stdout + r.stderr, new RegExp(hex));
+    assert.doesNotMatch(readFileSync(join(dir, 'psk.yaml.audit.log.cli'), 'utf8'), new RegExp(hex));
+    assert.match(r.stderr, /oxi-9: registered as a PSK device/);
+    // The same id again: refused, and the new key file it would have written is not left behind.
+    const again = join(dir, 'oxi-9-again.psk');
+    await assert.rejects(cli(['devices', 'add-psk', '--config', pskCfg, '--device-id', 'oxi-9', '--key-out', again]), /already registered/);
+    assert.equal(existsSync(again), false);
+    // An existing file is never overwritten, and nothing is registered then.
+    await assert.rejects(cli(['devices', 'add-psk', '--config', pskCfg, '--device-id', 'oxi-10', '--key-out', keyOut]), /exists; refusing to overwrite/);
+    assert.doesNotMatch((await cli(['devices', 'list', '--config', pskCfg])).stdout, /oxi-10/);
+
+    // What the CoAPS listener would look up: the key the operator got.
+    const pskOf = async (file: string): Promise<string | undefined> => {
+      const core = await openCoreFromConfig(loadIngestConfig(file), { env, selfTest: cryptoSelfTest(), log: { info: () => undefined, warn: () => undefined, error: () => undefined } }, { cli: true });
+      try {
+        const store = await PskStore.open({ registry: core.registry, hierarchy: core.hierarchy });
+        const k = store.lookup(new TextEncoder().encode('oxi-9'));
+        const out = k === undefined ? undefined : toHex(k);
+        store.destroy();
+        return out;
+      } finally {
+        await core.close();
+      }
+    };
+    assert.equal(await pskOf(pskCfg), hex);
+
+    const rot = await cli(['keys', 'rotate-kek', '--config', pskCfg, '--name', 'ingest-kek-2']);
+    assert.equal(rot.code, 0, rot.stderr);
+    assert.match(rot.stdout, /\d+ wrapped key record\(s\) re-wrapped under ingest-kek-2/);
+    await assert.rejects(cli(['keys', 'retire-kek', '--config', pskCfg, '--name', 'ingest-kek']), /is keys\.kek/);
+    const next = join(dir, 'psk-kek2.yaml');
+    writeFileSync(next, readFileSync(pskCfg, 'utf8').replace('kek: ingest-kek,', 'kek: ingest-kek-2,'));
+    assert.equal((await cli(['keys', 'retire-kek', '--config', next, '--name', 'ingest-kek'])).code, 0);
+    // The old KEK is gone from the store, and every key still opens under the new one.
+    assert.equal(await pskOf(next), hex);
+    await assert.rejects(cli(['keys', 'retire-kek', '--config', next, '--name', 'ingest-kek-2']), /is keys\.kek/);
+  });
+});
+
+describe('vitalseal ingest run with the MQTT listener (a real process, mosquitto, a device uplink)', () => {
+  let site: MqttIngestSite;
+  let child: ChildProcess | undefined;
+  before(async () => {
+    site = await startMqttIngestSite({ devices: ['bed-mq', 'bed-mq2'] });
+  });
+  after(async () => {
+    if (child !== undefined && child.exitCode === null) child.kill('SIGKILL');
+    await site?.stop();
+  });
+
+  it('receives a device\'s sealed messages through the broker, stores them, serves them; a revocation from the command line reaches the broker', async () => {
+    const cfg = site.config('ingest-run', { sqlite: join(site.dir, 'run.db') }, { crlReload: site.brokerCrlReload });
+    const staticKey = await site.prepare(cfg);
+    const run = (args: string[]) => spawnSync(process.execPath, [bin, 'ingest', ...args, '--config', cfg], { cwd: site.dir, env: site.env, encoding: 'utf8' });
+    const token = run(['api-token', 'create', '--name', 'mqtt-test']).stdout.trim();
+    assert.match(token, /^vst_/);
+
+    const proc = spawn(process.execPath, [bin, 'ingest', 'run', '--config', cfg], { cwd: site.dir, env: site.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    child = proc;
+    let log = '';
+    proc.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
+    const logged = async (re: RegExp, ms = 20_000) => {
+      const end = Date.now() + ms;
+      while (!re.test(log)) {
+        if (Date.now() > end || proc.exitCode !== null) throw new Error(`not logged: ${re} (exit ${proc.exitCode}); log:\n${log.slice(-3000)}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    await logged(/"msg":"MQTT listener subscribed"/);
+    const url = (/"url":"(https:\/\/[^"]+)"/.exec(log) as RegExpExecArray)[1] as string;
+    assert.match(log, /"clientId":"ingest-run".*"username":"ingest\.vitalseal\.test"/);
+
+    const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: staticKey, clock: systemClock });
+    const uplink = site.uplink('bed-mq');
+    await uplink.connect();
+    const t0 = Date.now();
+    for (let seq = 1; seq <= 5; seq++) {
+      const payload = session.seal(encodeVitalsPack(batchFor('bed-mq', seq, t0)), { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-mq'], [Header.SEQUENCE, seq]]) });
+      assert.equal((await uplink.send({ deviceId: 'bed-mq', seq, payload, contentFormat: 'cose-encrypt' })).status, 'accepted');
+    }
+    await uplink.close();
+    let device: { messages?: number; transport?: string } = {};
+    for (let i = 0; i < 200 && device.messages !== 5; i++) {
+      device = (await httpsRequest(url, '/api/v1/devices/bed-mq', site.rootPem, { token })).json<{ device: typeof device }>().device;
+      if (device.messages !== 5) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(device.messages, 5);
+    assert.equal(device.transport, 'mqtts');
+    const readings = await httpsRequest(url, `/api/v1/devices/bed-mq/readings?from=${t0}&to=${t0 + 60_000}`, site.rootPem, { token });
+    assert.equal(readings.status, 200);
+    assert.ok(readings.json<unknown[]>().length >= 15, 'the readings decrypt and decode');
+
+    // The operator revokes from the command line; the running service sees it (registry refresh)
+    // and has the broker reload the CRL: the device's next connection is refused.
+    const rev = run(['devices', 'revoke', 'bed-mq', '--reason', 'stolen']);
+    assert.equal(rev.status, 0, rev.stderr);
+    await logged(/"msg":"broker told to reload the CRL"/);
+    await assert.rejects(site.uplink('bed-mq').connect(), (e: unknown) => e instanceof UplinkRejected && /certificate_revoked/.test(e.message));
+    await site.uplink('bed-mq2').connect();
+
+    proc.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => (proc.exitCode !== null ? resolve(proc.exitCode) : proc.once('exit', (c) => resolve(c))));
+    assert.equal(code, 0, log.slice(-2000));
+    assert.match(log, /"msg":"MQTT listener stopped"[\s\S]*"msg":"ingest service stopped"/);
+    assert.doesNotMatch(log, /BEGIN (EC |ENCRYPTED )?PRIVATE KEY|VS_SITE_PASS|vst_/);
   });
 });

@@ -2,11 +2,12 @@
  * The runtime from a configuration file: a transport listener plugged in as a factory gets the core
  * and its section, its messages reach the database, and on stop it is stopped before the core
  * drains; messages in flight at shutdown are either stored or refused as unavailable, never lost
- * silently; a listener section without its transport is refused before anything opens.
+ * silently; a listener section whose listener the build lacks is refused before anything opens.
+ * (The real MQTT listener: test/ingest/listener-mqtt.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +15,7 @@ import { encodeVitalsPack } from '../../src/codec/vitals.ts';
 import { Header } from '../../src/cose/headers.ts';
 import { SealingSession } from '../../src/cose/sealing-session.ts';
 import { loadIngestConfig, type MqttListenerConfig } from '../../src/ingest/config.ts';
+import { mqttListener } from '../../src/ingest/listeners/index.ts';
 import { openCoreFromConfig, startIngest, type ListenerFactory } from '../../src/ingest/runtime.ts';
 import type { IngestCore } from '../../src/ingest/core.ts';
 import { rotateStaticKey } from '../../src/ingest/static-key.ts';
@@ -53,10 +55,16 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
     await setup.close();
   });
 
-  it('refuses a listener section without its transport, before opening anything', async () => {
+  it('refuses a listener section whose listener the build did not pass, before opening anything', async () => {
     let opened = false;
-    await assert.rejects(startIngest(loadIngestConfig(cfgPath), { env, selfTest: () => { opened = true; return cryptoSelfTest()(); }, log: quiet }),
+    const selfTest = () => { opened = true; return cryptoSelfTest()(); };
+    await assert.rejects(startIngest(loadIngestConfig(cfgPath), { env, selfTest, log: quiet }),
       (e: unknown) => e instanceof Unsupported && e.code === 'transport-not-built' && /src\/transport\/mqtts/.test(e.message));
+    // This build's listeners (src/ingest/listeners): MQTT is there; a coaps section is still refused.
+    const withCoaps = join(dir, 'coaps.yaml');
+    writeFileSync(withCoaps, `${readFileSync(cfgPath, 'utf8')}coaps: { port: 5684, certificate: c.pem, key: c.key }\n`);
+    await assert.rejects(startIngest(loadIngestConfig(withCoaps), { env, selfTest, log: quiet, listeners: { mqtt: mqttListener } }),
+      (e: unknown) => e instanceof Unsupported && e.code === 'transport-not-built' && /coaps: the CoAPS listener/.test(e.message));
     assert.equal(opened, false);
   });
 

@@ -12,14 +12,16 @@
  *   vitalseal ingest restore /backups/ingest-2026-11-25.vsbackup --config restore.yaml --verify
  */
 import { createPublicKey } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import pino from 'pino';
 import { openAuditLog } from '../../audit/log.ts';
 import { writeBackup } from '../../ingest/backup/archive.ts';
 import { formatDrillReport, restoreBackup } from '../../ingest/backup/restore.ts';
 import { loadIngestConfig, type IngestConfig } from '../../ingest/config.ts';
 import { DeviceRegistry } from '../../ingest/registry.ts';
-import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type RuntimeDeps } from '../../ingest/runtime.ts';
+import { coapsListener, mqttListener } from '../../ingest/listeners/index.ts';
+import { registerPskDevice } from '../../ingest/psk-store.ts';
+import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type Listeners, type RuntimeDeps } from '../../ingest/runtime.ts';
 import { cryptoSelfTest, INGEST_AEADS, type StartupSelfTest } from '../../ingest/selftest.ts';
 import type { IngestLogger } from '../../ingest/service.ts';
 import { rotateStaticKey } from '../../ingest/static-key.ts';
@@ -27,6 +29,7 @@ import type { DeviceStatus, IngestStorage } from '../../ingest/storage/types.ts'
 import { createApiToken, createEnrolToken, TOKEN_NAME_PATTERN } from '../../ingest/tokens.ts';
 import { AuditTrail } from '../../ingest/audit-trail.ts';
 import { openKeyStore } from '../../keystore/open.ts';
+import { KEY_NAME_PATTERN } from '../../keystore/types.ts';
 import { systemClock, type Clock } from '../../util/clock.ts';
 import { isDeviceId } from '../../util/device-id.ts';
 import { parse } from '../args.ts';
@@ -34,10 +37,14 @@ import { UsageError, type CliIo, type CommandModule } from '../types.ts';
 
 const HELP = `usage: vitalseal ingest <command> --config FILE [options]
 
-  run                            start the service (HTTPS API, enrolment, dashboard, metrics); SIGINT/SIGTERM stop it
+  run                            start the service (HTTPS API, enrolment, dashboard, metrics, and the MQTT listener
+                                 when configured); SIGINT/SIGTERM stop it
   check-config                   validate the configuration and say what it would start
   keygen [--public-out FILE]     make the static X25519 key (or its next version); prints the public key devices pin
   devices list [--json]          the registry with each device's posture
+  devices add-psk --device-id ID --key-out FILE
+                                 register a PSK device (CoAPS): its key is wrapped under the KEK and
+                                 written once to FILE (new, mode 0600; - prints it once)
   devices suspend|resume|revoke ID [--reason TEXT]
                                  change a device's status (revoke is final and regenerates the CRL)
   enrol-token --device-id ID [--ttl 24h]
@@ -48,6 +55,8 @@ const HELP = `usage: vitalseal ingest <command> --config FILE [options]
   restore FILE [--verify] [--signer-pubkey PEM]
                                  restore into the (empty) configured database; --verify runs the drill
   keys rotate --device ID        rotate a device's data key now
+  keys rotate-kek --name NEW     re-wrap every wrapped key (data keys, static key, PSKs) under a new KEK
+  keys retire-kek --name OLD     delete an old KEK from the key store once nothing uses it
   rekey [--device ID] [--force]  run a re-key pass now (--force: without the grace period; stop the service first)
 
 Durations: 90s, 15m, 24h, 30d. Secrets are never options: the configuration says where they are.
@@ -62,6 +71,9 @@ export interface IngestCommandDeps {
   /** Called once `run` is serving (tests read the URL). */
   readonly onListening?: (url: string) => void;
 }
+
+/** The transport listeners in this build; a section for any other is refused (`checkListeners`). */
+const LISTENERS: Listeners = { mqtt: mqttListener, coaps: coapsListener };
 
 function duration(v: string | undefined, flag: string, def: number): number {
   if (v === undefined) return def;
@@ -117,7 +129,7 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
   const { values, positionals } = parse(rest, {
     config: { type: 'string' }, json: { type: 'boolean' }, reason: { type: 'string' }, 'device-id': { type: 'string' }, device: { type: 'string' },
     ttl: { type: 'string' }, name: { type: 'string' }, role: { type: 'string' }, out: { type: 'string' }, verify: { type: 'boolean' },
-    'signer-pubkey': { type: 'string' }, 'public-out': { type: 'string' }, force: { type: 'boolean' },
+    'signer-pubkey': { type: 'string' }, 'public-out': { type: 'string' }, force: { type: 'boolean' }, 'key-out': { type: 'string' },
   });
   if (values.config === undefined) throw new UsageError('--config FILE is required');
   const cfg = loadIngestConfig(values.config);
@@ -131,9 +143,9 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
   switch (sub) {
     case 'run': {
       noMore(0);
-      checkListeners(cfg);
+      checkListeners(cfg, LISTENERS);
       const log = stderrLogger(io, cfg.log.level);
-      const running = await startIngest(cfg, await runtime(log));
+      const running = await startIngest(cfg, { ...await runtime(log), listeners: LISTENERS });
       deps.onListening?.(running.http?.url ?? '');
       await new Promise<void>((resolve) => {
         if (deps.signal !== undefined) {
@@ -150,7 +162,9 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
     }
     case 'check-config': {
       noMore(0);
-      checkListeners(cfg);
+      checkListeners(cfg, LISTENERS);
+      const m = cfg.mqtt;
+      const c = cfg.coaps;
       io.stdout.write([
         `${cfg.source}: valid`,
         `  storage   ${cfg.storage.kind === 'sqlite' ? `sqlite ${cfg.storage.path}` : 'postgres (connection string from its secret source)'}`,
@@ -158,6 +172,8 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
         `  audit     ${cfg.audit.path} (operator commands: ${cfg.audit.cliPath})`,
         `  https     ${cfg.https === undefined ? 'not configured' : `${cfg.https.host}:${cfg.https.port}${cfg.https.redirectPort === undefined ? '' : `, redirect from :${cfg.https.redirectPort}`}`}`,
         `  enrolment ${cfg.pki === undefined ? 'off (no pki section)' : `CA ${cfg.pki.dir}`}`,
+        `  mqtt      ${m === undefined ? 'not configured' : `${m.url} as client ${m.clientId}, $share/${m.sharedGroup}/${m.topic}; CRL reload: ${m.crlReload === undefined ? 'not configured' : Object.keys(m.crlReload).join(' + ')}`}`,
+        `  coaps     ${c === undefined ? 'not configured' : `udp ${c.host}:${c.port}${c.path}, client certificates from ${c.clientRoots.length} root file(s)${c.psk ? ', PSK devices too' : ''}; server key ${c.keyStoreKey === undefined ? 'from a PEM file' : `'${c.keyStoreKey}' in the key store`}`}`,
         '',
       ].join('\n'));
       return 0;
@@ -194,7 +210,15 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
           return 0;
         });
       }
-      if (action !== 'suspend' && action !== 'resume' && action !== 'revoke') throw new UsageError('devices: list, suspend, resume or revoke');
+      if (action === 'add-psk') {
+        noMore(1);
+        const pskId = values['device-id'];
+        if (pskId === undefined || !isDeviceId(pskId)) throw new UsageError('devices add-psk needs --device-id ID');
+        const out = values['key-out'];
+        if (out === undefined) throw new UsageError('devices add-psk needs --key-out FILE (written once, mode 0600; - prints the key once on stdout)');
+        return addPskDevice(cfg, io, await runtime(quietLogger(io)), pskId, out);
+      }
+      if (action !== 'suspend' && action !== 'resume' && action !== 'revoke') throw new UsageError('devices: list, add-psk, suspend, resume or revoke');
       noMore(2);
       if (id === undefined || !isDeviceId(id)) throw new UsageError(`devices ${action} needs a device id`);
       const status: DeviceStatus = action === 'suspend' ? 'suspended' : action === 'resume' ? 'active' : 'revoked';
@@ -311,7 +335,8 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
     case 'keys': {
       const [action] = positionals;
       noMore(1);
-      if (action !== 'rotate') throw new UsageError('keys: rotate --device ID');
+      if (action === 'rotate-kek' || action === 'retire-kek') return kekCommand(cfg, io, await runtime(quietLogger(io)), action, values.name);
+      if (action !== 'rotate') throw new UsageError('keys: rotate --device ID, rotate-kek --name NEW, or retire-kek --name OLD');
       const id = values.device;
       if (id === undefined || !isDeviceId(id)) throw new UsageError('keys rotate needs --device ID');
       const core = await openCoreFromConfig(cfg, await runtime(quietLogger(io)), { allowNoStaticKey: true, cli: true });
@@ -349,6 +374,78 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
     }
     default:
       throw new UsageError(`unknown sub-command '${sub}'`);
+  }
+}
+
+/**
+ * `devices add-psk`: registers a PSK device (key wrapped under the KEK, in the registry's
+ * transaction) and hands its one clear copy to the operator: a new file, mode 0600, opened before
+ * anything is registered so a bad path costs nothing; or stdout with `-`.
+ */
+async function addPskDevice(cfg: IngestConfig, io: CliIo, rt: RuntimeDeps, deviceId: string, out: string): Promise<number> {
+  let fd: number | undefined;
+  if (out !== '-') {
+    try {
+      fd = openSync(out, 'wx', 0o600);
+    } catch (e) {
+      throw new UsageError(`--key-out ${out}: ${(e as NodeJS.ErrnoException).code === 'EEXIST' ? 'exists; refusing to overwrite a key file' : `cannot create (${(e as NodeJS.ErrnoException).code ?? 'error'})`}`);
+    }
+  }
+  let written = false;
+  try {
+    const core = await openCoreFromConfig(cfg, rt, { allowNoStaticKey: true, cli: true });
+    try {
+      const reg = await registerPskDevice({ registry: core.registry, keyStore: core.keyStore, kekName: cfg.keys.kek, clock: core.clock, provider: core.provider, audit: core.audit }, deviceId, { actor: 'cli' });
+      const hex = Buffer.from(`${Buffer.from(reg.key).toString('hex')}\n`);
+      try {
+        if (fd === undefined) io.stdout.write(hex.toString());
+        else {
+          writeSync(fd, hex);
+          fsyncSync(fd);
+        }
+        written = true;
+      } finally {
+        hex.fill(0);
+        reg.key.fill(0);
+      }
+      io.stderr.write(`${deviceId}: registered as a PSK device (identity ${reg.identity}); ${fd === undefined ? 'the key above is shown only now' : `key in ${out} (mode 0600), the only copy outside the key store`}: give it to the device as transport.primary.psk.keyFile\n`);
+      return 0;
+    } finally {
+      await core.close();
+    }
+  } finally {
+    if (fd !== undefined) {
+      closeSync(fd);
+      if (!written) rmSync(out, { force: true });
+    }
+  }
+}
+
+/**
+ * `keys rotate-kek --name NEW`: every wrapped record (data keys, the static key, PSKs) re-wrapped
+ * under NEW; resumable (run it again). `keys retire-kek --name OLD`: deletes OLD from the key store
+ * once nothing uses it. docs/operations.md has the whole procedure (configuration, restarts, backups).
+ */
+async function kekCommand(cfg: IngestConfig, io: CliIo, rt: RuntimeDeps, action: 'rotate-kek' | 'retire-kek', name: string | undefined): Promise<number> {
+  if (name === undefined || !KEY_NAME_PATTERN.test(name)) throw new UsageError(`keys ${action} needs --name NAME (a key name: letters, digits, . _ -)`);
+  const core = await openCoreFromConfig(cfg, rt, { allowNoStaticKey: true, cli: true });
+  try {
+    if (action === 'rotate-kek') {
+      if (name === cfg.keys.kek) throw new UsageError(`--name ${name} is already keys.kek; name the new KEK`);
+      const r = await core.hierarchy.rotateKek(name);
+      await core.audit.append({ actor: 'cli', operation: 'rotate', keyId: name, result: 'ok', detail: `KEK rotation: ${r.rewrapped} wrapped key record(s) now under ${name}` });
+      io.stdout.write(`${r.rewrapped} wrapped key record(s) re-wrapped under ${name}; the data is untouched\n`);
+      io.stderr.write(`next: set keys.kek: ${name} in ${cfg.source}, restart every instance, run this command again (it re-wraps what instances wrapped meanwhile), then retire the old KEK once no backup you keep needs it\n`);
+      return 0;
+    }
+    if (name === cfg.keys.kek) throw new UsageError(`--name ${name} is keys.kek in ${cfg.source}: rotate to a new KEK first`);
+    // A record wrapped under `name` makes retireKek refuse; it also refuses the hierarchy's current KEK.
+    await core.hierarchy.retireKek(name);
+    await core.audit.append({ actor: 'cli', operation: 'destroy', keyId: name, result: 'ok', detail: `KEK ${name} retired: deleted from the key store` });
+    io.stdout.write(`KEK ${name} deleted from the key store; backups whose archive key it wrapped can no longer be restored\n`);
+    return 0;
+  } finally {
+    await core.close();
   }
 }
 

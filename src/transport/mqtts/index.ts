@@ -13,7 +13,7 @@
 export { inProcessTls, type InProcessTlsOptions, type TlsConnection, type TlsConnector, type TlsTarget } from './connector.ts';
 export { connackError, pubackOutcome, reasonName, type PubackOutcome } from './reason-codes.ts';
 export { createMqttsSubscriber, MqttsSubscriber, type IngestHandler, type IngestMessage, type MqttsSubscriberOptions, type SubscriberCounters, type SubscriberEvents } from './subscriber.ts';
-export { clientContextOptions, mapConnectionError, trustFromPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
+export { clientContextOptions, mapConnectionError, tlsAlertName, trustFromPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
 export { contentTypeFor, deviceIdFromTopic, formatFromContentType, hasCoseTag, INGEST_SUBSCRIPTION, SHARE_GROUP, vitalsTopic } from './topics.ts';
 export { findTpm2Provider, tpm2OpensslConfig, tpmTls, type TpmTlsOptions } from './tpm-tunnel.ts';
 export { createMqttsUplink, type MqttsUplinkOptions } from './uplink.ts';

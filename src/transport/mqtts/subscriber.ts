@@ -114,7 +114,12 @@ export interface SubscriberEvents {
   disconnected: [{ readonly reason: string }];
   /** A connection attempt failed; the subscriber tries again after its back-off. */
   connectFailed: [{ readonly error: VitalsealError; readonly retryInMs: number }];
-  refused: [{ readonly topic: string; readonly deviceId: string | undefined; readonly reason: string }];
+  /**
+   * A message acknowledged with a reason code ≥ 0x80. `byHandler`: the handler refused it (and has
+   * recorded why); otherwise the subscriber did, before any handler ran (not a vitals topic, not a
+   * COSE content type).
+   */
+  refused: [{ readonly topic: string; readonly deviceId: string | undefined; readonly reason: string; readonly code: number; readonly byHandler: boolean }];
   handlerError: [{ readonly deviceId: string; readonly error: unknown }];
 }
 
@@ -381,7 +386,7 @@ class Session {
       },
       (e: unknown) => {
         if (e instanceof UplinkRejected) {
-          this.#refuse(slot, message.topic, message.deviceId, refusalCode(e.code), e.message);
+          this.#refuse(slot, message.topic, message.deviceId, refusalCode(e.code), e.message, true);
           return;
         }
         this.#sub._handlerError(message.deviceId, e);
@@ -399,8 +404,8 @@ class Session {
     });
   }
 
-  #refuse(slot: AckSlot, topic: string, deviceId: string | undefined, code: number, reason: string): void {
-    this.#sub._refused(topic, deviceId, reason);
+  #refuse(slot: AckSlot, topic: string, deviceId: string | undefined, code: number, reason: string, byHandler = false): void {
+    this.#sub._refused(topic, deviceId, reason, code, byHandler);
     this.#decide(slot, code);
   }
 
@@ -670,9 +675,9 @@ export class MqttsSubscriber extends EventEmitter<SubscriberEvents> {
   }
 
   /** @internal */
-  _refused(topic: string, deviceId: string | undefined, reason: string): void {
+  _refused(topic: string, deviceId: string | undefined, reason: string, code: number, byHandler: boolean): void {
     this.#counters.refused += 1;
-    this.emit('refused', { topic, deviceId, reason });
+    this.emit('refused', { topic, deviceId, reason, code, byHandler });
   }
 
   /** @internal */

@@ -162,6 +162,18 @@ function alertCodeOf(e: unknown): string | undefined {
   return `ERR_SSL_${(m[1] as string).toUpperCase()}_ALERT_${(m[2] as string).trim().replace(/ /g, '_').toUpperCase()}`;
 }
 
+/**
+ * The TLS alert behind a connection failure, by its RFC 8446 §6.2 name ('certificate_revoked',
+ * 'unknown_ca', 'protocol_version', ...), when OpenSSL reported one; for errors `mapConnectionError`
+ * made, the alert is read from their cause.
+ */
+export function tlsAlertName(e: unknown): string | undefined {
+  const cause = e instanceof VitalsealError && e.cause !== undefined ? e.cause : e;
+  const code = alertCodeOf(cause) ?? codeOf(cause);
+  const m = code === undefined ? null : /_ALERT_([A-Z_]+)$/.exec(code);
+  return m === null ? undefined : (m[1] as string).toLowerCase();
+}
+
 function alertName(code: string): string {
   const m = /ALERT_([A-Z_]+)$/.exec(code);
   return m === null ? code : `${(m[1] as string).toLowerCase()} alert`;
