@@ -17,7 +17,7 @@
  *   await tpm.stop();
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -371,8 +371,16 @@ export async function startSwtpmForVm(opts: SwtpmVmOptions = {}): Promise<SwtpmF
     }
     return text.slice(-4000).trim();
   };
-  // Readiness is the socket file: a probe connection would count as QEMU's and, closed, end swtpm.
-  for (let i = 0; i < 200 && !existsSync(ctrlSocket); i++) {
+  // Readiness is the socket file with its final mode (swtpm binds, then chmods it to 0600): a probe
+  // connection would count as QEMU's and, closed, end swtpm.
+  const ready = () => {
+    try {
+      return (statSync(ctrlSocket).mode & 0o777) === 0o600;
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 200 && !ready(); i++) {
     if (child.exitCode !== null) break;
     await delay(25);
   }

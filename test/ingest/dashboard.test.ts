@@ -115,17 +115,27 @@ describe('dashboard in headless Chromium', () => {
   });
 
   it('draws vitals and ECG, and follows the live feed', async () => {
-    // Page-side code is given as text: it runs in the browser, not under Node's types.
-    await page.waitForFunction("document.getElementById('v-heart-rate').textContent !== '–'");
+    // Polled from here through Playwright's selectors: page.waitForFunction re-evaluates its predicate
+    // with eval, which the dashboard's CSP (script-src 'self') rightly refuses once it has to poll.
+    const waitText = async (selector: string, ok: (text: string) => boolean, ms = 10_000) => {
+      const end = Date.now() + ms;
+      for (;;) {
+        const text = (await page.textContent(selector)) ?? '';
+        if (ok(text)) return;
+        if (Date.now() > end) throw new Error(`${selector} still reads ${JSON.stringify(text)} after ${ms} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    await waitText('#v-heart-rate', (t) => t !== '–');
     const rows = await h.core.storage.readMessages('icu-bed-1', 0, Number.MAX_SAFE_INTEGER);
     assert.equal(rows.length, 60);
     const hr = patientBatches('icu-bed-1', 7, base, 60).flatMap((b) => b.readings).filter((r) => r.kind === 'heart-rate').at(-1)?.value;
     assert.equal(await page.textContent('#v-heart-rate'), String(hr), 'the latest stored heart rate');
-    await page.waitForFunction("document.getElementById('conn').textContent === 'live'");
+    await waitText('#conn', (t) => t === 'live');
     const d = devices[0] as TestDevice;
     // 61 % 40 + 60 = 81, outside the simulated patient's range: a value only the live feed brings.
     await h.core.service?.accept({ payload: d.seal(61, batchFor(d.id, 61, base)), contentFormat: 96, peer: d.peer });
-    await page.waitForFunction("document.getElementById('v-heart-rate').textContent === '81'", undefined, { timeout: 10_000 });
+    await waitText('#v-heart-rate', (t) => t === '81');
     // Back to the patient for the screenshot.
     const more = patientBatches('icu-bed-1', 7, base, 62);
     await h.core.service?.accept({ payload: d.seal(62, more[61]), contentFormat: 96, peer: d.peer });

@@ -60,9 +60,9 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
     const selfTest = () => { opened = true; return cryptoSelfTest()(); };
     await assert.rejects(startIngest(loadIngestConfig(cfgPath), { env, selfTest, log: quiet }),
       (e: unknown) => e instanceof Unsupported && e.code === 'transport-not-built' && /src\/transport\/mqtts/.test(e.message));
-    // This build's listeners (src/ingest/listeners): MQTT is there; a coaps section is still refused.
+    // A build that passes only the MQTT listener refuses a coaps section, naming what is missing.
     const withCoaps = join(dir, 'coaps.yaml');
-    writeFileSync(withCoaps, `${readFileSync(cfgPath, 'utf8')}coaps: { port: 5684, certificate: c.pem, key: c.key }\n`);
+    writeFileSync(withCoaps, `${readFileSync(cfgPath, 'utf8')}coaps: { port: 5684, certificate: c.pem, key: c.key, clientRoots: [root.pem] }\n`);
     await assert.rejects(startIngest(loadIngestConfig(withCoaps), { env, selfTest, log: quiet, listeners: { mqtt: mqttListener } }),
       (e: unknown) => e instanceof Unsupported && e.code === 'transport-not-built' && /coaps: the CoAPS listener/.test(e.message));
     assert.equal(opened, false);
