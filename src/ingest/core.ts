@@ -98,6 +98,16 @@ class DeferredKeyEvents implements KeyEventSink {
     this.#queue = [];
     for (const e of q) target.record(e);
   }
+
+  /**
+   * From now on events go nowhere: called as the audit log closes, whose final checkpoint is signed
+   * with a key-store key (a `sign` event the closing log could not take; the checkpoint line itself
+   * is the record of that signature).
+   */
+  detach(): void {
+    this.#target = { record: () => undefined };
+    this.#queue = [];
+  }
 }
 
 async function signingKey(store: KeyStore, name: string): Promise<Signer> {
@@ -132,6 +142,8 @@ export async function openIngestCore(o: IngestCoreOptions): Promise<IngestCore> 
     const signer = o.auditSigningKey === undefined ? undefined : await signingKey(keyStore, o.auditSigningKey);
     const auditLog = await openAuditLog({ path: o.auditPath, clock, actor: 'ingest', ...(signer === undefined ? {} : { signer }) });
     cleanups.push(() => auditLog.close());
+    // Cleanups run in reverse: the sink is detached just before the log closes.
+    cleanups.push(async () => events.detach());
     const metrics = new IngestMetrics();
     const keyEvents = auditKeyEvents(auditLog, { actor: 'ingest', onError: (e) => log.error({ err: String(e) }, 'audit append failed') });
     events.attach(keyEvents);

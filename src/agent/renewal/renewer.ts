@@ -232,7 +232,7 @@ export class CertificateRenewer {
     let store: KeyStore | undefined;
     let connector: TlsConnector | undefined;
     try {
-      store = await openKeyStore(renewal.identity.keystore, { env: this.#o.env, create: false, logger: { warn: (m) => log.warn({ part: 'keystore' }, m) } });
+      store = await openKeyStore(renewal.identity.keystore, { env: this.#o.env, create: false, logger: { warn: (m) => log.warn({ keyStore: 'identity' }, m) } });
       const signer = await store.openSigningKey(label);
       if (!equalBytes(await signer.publicKeySpki(), current.leaf.spki.der)) {
         throw new KeyStoreError('key-mismatch', `the current certificate (${this.#chainSource}) is not for key '${label}' of the configured key store`);

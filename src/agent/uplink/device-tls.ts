@@ -48,7 +48,7 @@ export interface DeviceTlsDeps {
 
 export async function deviceTlsFactory(store: KeyStore, label: string, trust: MqttsTrust, deps: DeviceTlsDeps): Promise<DeviceTlsBuilder> {
   if (store instanceof SoftwareKeyStore) {
-    deps.log.warn({ part: 'transport' }, `${deps.purpose}: the TLS key comes from the software key store (development grade): it is held in this process`);
+    deps.log.warn({}, `${deps.purpose}: the TLS key comes from the software key store (development grade): it is held in this process`);
     const privateKey = createPrivateKey(await store.exportPrivateKeyPemForDevelopmentOnly(label));
     return (certChainPem) => inProcessTls({ certChainPem, privateKey, trust, clock: deps.clock });
   }
@@ -120,16 +120,16 @@ export class ChainFile {
       if (text === this.#pem) return false;
       leaf = leafOf(text);
     } catch (e) {
-      o.log.error({ part: 'transport', file: o.file, err: e instanceof VitalsealError ? e.code : (e as NodeJS.ErrnoException).code ?? 'unreadable' },
+      o.log.error({ file: o.file, err: e instanceof VitalsealError ? e.code : (e as NodeJS.ErrnoException).code ?? 'unreadable' },
         `${o.field}: the device certificate file changed but cannot be used; still presenting serial ${this.#serial}`);
       return false;
     }
     if (!equalBytes(leaf.spki.der, o.keySpki)) {
-      o.log.error({ part: 'transport', file: o.file, serial: leaf.serialHex },
+      o.log.error({ file: o.file, serial: leaf.serialHex },
         `${o.field}: the new device certificate is for another key than the configured identity key; still presenting serial ${this.#serial}`);
       return false;
     }
-    o.log.info({ part: 'transport', file: o.file, from: this.#serial, to: leaf.serialHex }, `${o.field}: presenting the new device certificate from the next connection on`);
+    o.log.info({ file: o.file, from: this.#serial, to: leaf.serialHex }, `${o.field}: presenting the new device certificate from the next connection on`);
     this.#pem = text;
     this.#serial = leaf.serialHex;
     return true;
@@ -162,7 +162,7 @@ export function reloadingTls(o: ReloadingTlsOptions): TlsConnector {
   const release = (g: Generation) => {
     if (!g.retired || g.open > 0) return;
     retired.delete(g);
-    g.connector.close().catch((e: unknown) => o.log.warn({ part: 'transport', err: e instanceof VitalsealError ? e.code : String(e) }, 'closing a replaced TLS connector failed'));
+    g.connector.close().catch((e: unknown) => o.log.warn({ err: e instanceof VitalsealError ? e.code : String(e) }, 'closing a replaced TLS connector failed'));
   };
 
   const refresh = () => {

@@ -95,7 +95,7 @@ function readTrust(t: TransportConfig, path: string): MqttsTrust {
 
 async function openIdentityStore(identity: TransportIdentity, path: string, deps: UplinkDeps): Promise<KeyStore> {
   try {
-    return await openKeyStore(identity.keystore, { env: deps.env, create: false, logger: { warn: (m) => deps.log.warn({ part: 'keystore' }, m) } });
+    return await openKeyStore(identity.keystore, { env: deps.env, create: false, logger: { warn: (m) => deps.log.warn({ keyStore: 'identity' }, m) } });
   } catch (e) {
     if (e instanceof VitalsealError) throw new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
     throw e;
@@ -136,7 +136,7 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
     const build = await deviceTlsFactory(store, identity.keyLabel, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', refusal: () => pkcs11Refusal(path) });
     tls = reloadingTls({ file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki, build, log: deps.log });
     const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
-    deps.log.info({ part: 'transport', kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
+    deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
     const connector = tls;
     return released(uplink, async () => {
       await connector.close().catch(() => undefined);
@@ -177,7 +177,7 @@ async function buildCoaps(t: TransportConfig, path: string, deps: UplinkDeps): P
     } finally {
       key.fill(0); // the uplink keeps its own copy
     }
-    deps.log.info({ part: 'transport', kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'psk' }, 'uplink configured');
+    deps.log.info({ kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'psk' }, 'uplink configured');
     return released(uplink, async () => undefined);
   }
   const identity = need(t.identity, `${path}.identity`, 'for coaps with a certificate (the key store holding the device key), or give psk');
@@ -210,7 +210,7 @@ async function buildCoaps(t: TransportConfig, path: string, deps: UplinkDeps): P
         },
       },
     });
-    deps.log.info({ part: 'transport', kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'certificate', keyStore: store.describe().kind }, 'uplink configured');
+    deps.log.info({ kind: 'coaps', target: `${t.host}:${t.port}`, auth: 'certificate', keyStore: store.describe().kind }, 'uplink configured');
     return released(uplink, () => store.close());
   } catch (e) {
     await store.close().catch(() => undefined);
