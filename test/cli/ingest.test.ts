@@ -254,7 +254,7 @@ describe('vitalseal ingest', () => {
       /backup archive damaged in (chunk \d+ \(records \d+-\d+\)|manifest|signature)/);
   });
 
-  it('devices add-psk writes the key once (0600, never printed); rotate-kek re-wraps every key, retire-kek deletes the old KEK only once unused', async () => {
+  it('devices add-psk writes the key once (0600, never printed); rotate-kek re-wraps every key, retire-kek deletes the old KEK only once unused; retire-static', async () => {
     const pskCfg = config('psk.yaml', '', 'psk.db');
     assert.equal((await cli(['keygen', '--config', pskCfg])).code, 0);
     const keyOut = join(dir, 'oxi-9.psk');
@@ -299,6 +299,11 @@ describe('vitalseal ingest', () => {
     // The old KEK is gone from the store, and every key still opens under the new one.
     assert.equal(await pskOf(next), hex);
     await assert.rejects(cli(['keys', 'retire-kek', '--config', next, '--name', 'ingest-kek-2']), /is keys\.kek/);
+
+    // Static key rotation: a second version, then the first retired once devices have moved.
+    assert.match((await cli(['keygen', '--config', next])).stderr, /static key version 2/);
+    assert.match((await cli(['keys', 'retire-static', '--config', next])).stdout, /static key version\(s\) 1 destroyed/);
+    assert.match((await cli(['keys', 'retire-static', '--config', next])).stdout, /nothing retired/);
   });
 });
 

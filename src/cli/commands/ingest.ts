@@ -24,7 +24,7 @@ import { registerPskDevice } from '../../ingest/psk-store.ts';
 import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type Listeners, type RuntimeDeps } from '../../ingest/runtime.ts';
 import { cryptoSelfTest, INGEST_AEADS, type StartupSelfTest } from '../../ingest/selftest.ts';
 import type { IngestLogger } from '../../ingest/service.ts';
-import { rotateStaticKey } from '../../ingest/static-key.ts';
+import { retireStaticKeys, rotateStaticKey } from '../../ingest/static-key.ts';
 import type { DeviceStatus, IngestStorage } from '../../ingest/storage/types.ts';
 import { createApiToken, createEnrolToken, TOKEN_NAME_PATTERN } from '../../ingest/tokens.ts';
 import { AuditTrail } from '../../ingest/audit-trail.ts';
@@ -57,6 +57,7 @@ const HELP = `usage: vitalseal ingest <command> --config FILE [options]
   keys rotate --device ID        rotate a device's data key now
   keys rotate-kek --name NEW     re-wrap every wrapped key (data keys, static key, PSKs) under a new KEK
   keys retire-kek --name OLD     delete an old KEK from the key store once nothing uses it
+  keys retire-static             destroy every static key version but the current one (after devices moved)
   rekey [--device ID] [--force]  run a re-key pass now (--force: without the grace period; stop the service first)
 
 Durations: 90s, 15m, 24h, 30d. Secrets are never options: the configuration says where they are.
@@ -336,7 +337,19 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
       const [action] = positionals;
       noMore(1);
       if (action === 'rotate-kek' || action === 'retire-kek') return kekCommand(cfg, io, await runtime(quietLogger(io)), action, values.name);
-      if (action !== 'rotate') throw new UsageError('keys: rotate --device ID, rotate-kek --name NEW, or retire-kek --name OLD');
+      if (action === 'retire-static') {
+        const core = await openCoreFromConfig(cfg, await runtime(quietLogger(io)), { cli: true });
+        try {
+          const destroyed = await retireStaticKeys(core.hierarchy);
+          await core.audit.append({ actor: 'cli', operation: 'destroy', keyId: 'ingest-static', result: 'ok', detail: `static key versions retired: ${destroyed.join(', ') || 'none'}` });
+          io.stdout.write(destroyed.length === 0 ? 'only the current static key version is held; nothing retired\n'
+            : `static key version(s) ${destroyed.join(', ')} destroyed: messages still sealed to them can no longer be opened\n`);
+        } finally {
+          await core.close();
+        }
+        return 0;
+      }
+      if (action !== 'rotate') throw new UsageError('keys: rotate --device ID, rotate-kek --name NEW, retire-kek --name OLD, or retire-static');
       const id = values.device;
       if (id === undefined || !isDeviceId(id)) throw new UsageError('keys rotate needs --device ID');
       const core = await openCoreFromConfig(cfg, await runtime(quietLogger(io)), { allowNoStaticKey: true, cli: true });
