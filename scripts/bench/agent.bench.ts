@@ -2,14 +2,17 @@
  * Agent benchmarks.
  *
  * 1. Footprint of a real agent process for one simulated patient (1 Hz vitals + 250 Hz ECG,
- *    1 s batches, sealed, fsync per batch, delivered over loopback): resident memory (VmRSS) and
+ *    1 s batches, sealed, fsync per batch), delivering over each real transport on loopback: MQTTS
+ *    to mosquitto (a shared-subscription consumer opens every message) and CoAPS to a CoAPS server
+ *    (which opens every message), the device key in a software store. Resident memory (VmRSS) and
  *    CPU share of one core over a measured window, read from /proc. Baseline in the same run: the
- *    same runtime (node + the tsx loader) idling. Budgets from issue 6: RSS ≤ 80 MB, CPU ≤ 5 %.
+ *    same runtime idling. Budgets from issue 6: RSS ≤ 80 MB, CPU ≤ 5 %.
  * 2. Queue append throughput with fsync per batch (the segment queue: framing, CRC-32C, index,
  *    datasync) against a plain append-only file write of the same bytes with a datasync after each,
  *    interleaved in the same run. Target: ≥ 0.5× the plain write.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,9 +22,11 @@ import { openSegmentQueue } from '../../src/agent/queue/index.ts';
 import { encodeRecord } from '../../src/agent/queue/segment-format.ts';
 import { SimulatedPatient } from '../../src/agent/sensors/simulated-patient.ts';
 import { encodeVitalsPack } from '../../src/codec/vitals.ts';
-import { generateX25519Pem, x25519PrivateFromPem, x25519PublicFromPem } from '../../src/cose/keys.ts';
+import { generateX25519Pem, x25519PublicFromPem } from '../../src/cose/keys.ts';
 import { Header, SealingSession } from '../../src/cose/index.ts';
-import { FixtureReceiver } from '../../test/support/fixture-uplink.ts';
+import { openKeyStore } from '../../src/keystore/open.ts';
+import { startCoapsRig, type CoapsRig } from '../lib/coaps-rig.ts';
+import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
 import { median } from './measure.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
@@ -44,9 +49,12 @@ function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
  */
 async function bundleChild(): Promise<string> {
   const { build } = await import('esbuild');
-  const outfile = join(root, 'node_modules/.cache/vitalseal-bench/agent-footprint-child.mjs');
-  await build({ entryPoints: [CHILD], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile, logLevel: 'silent' });
-  return outfile;
+  const outdir = join(root, 'node_modules/.cache/vitalseal-bench/agent-footprint');
+  rmSync(outdir, { recursive: true, force: true });
+  // Code splitting keeps the agent's on-demand imports (the one configured transport, the TPM or
+  // PKCS#11 key store) on demand in the bundle too.
+  await build({ entryPoints: [CHILD], bundle: true, splitting: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outdir, logLevel: 'silent' });
+  return join(outdir, 'agent-footprint-child.js');
 }
 
 async function footprint(runner: string[], args: string[], windowMs: number, warmMs: number): Promise<{ rssMiB: number; peakRssMiB: number; cpuPercent: number }> {
@@ -72,6 +80,48 @@ async function footprint(runner: string[], args: string[], windowMs: number, war
     child.kill('SIGTERM');
     await new Promise((r) => child.once('exit', r));
   }
+}
+
+/**
+ * A receiving side for one device on loopback (mosquitto + a consumer, or a CoAPS server), the
+ * device's key in a software store with a certificate from the site's fleet, and the agent
+ * configuration that points at it.
+ */
+async function transportSite(kind: 'mqtts' | 'coaps'): Promise<{ config: string; delivered(): number; stop(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), `vitalseal-bench-agent-${kind}-`));
+  const id = 'bed-fp';
+  const rig = kind === 'mqtts' ? await startMqttRig({ devices: [id] }) : await startCoapsRig({ devices: [] });
+  const delivered = kind === 'mqtts' ? (await (rig as MqttRig).startIngest('bench-footprint')).received : (rig as CoapsRig).received;
+  writeFileSync(join(dir, 'ingest.pub'), rig.ingestPublicKeyPem);
+  writeFileSync(join(dir, 'root.pem'), rig.fleet.rootPem);
+  writeFileSync(join(dir, 'store.pass'), randomBytes(24).toString('base64url'), { mode: 0o600 });
+  const keystore = { kind: 'software' as const, path: join(dir, 'keys.vsks'), passphrase: { file: join(dir, 'store.pass') } };
+  const store = await openKeyStore(keystore);
+  try {
+    writeFileSync(join(dir, 'chain.pem'), (await rig.fleet.device(id, { signer: await store.createSigningKey('device-identity') })).certChainPem);
+  } finally {
+    await store.close();
+  }
+  const config = join(dir, 'agent.json');
+  writeFileSync(config, JSON.stringify({
+    device: { id },
+    sealing: { ingestPublicKeyFile: join(dir, 'ingest.pub') },
+    sources: [{ type: 'simulated', id: 'patient', seed: 1, ecgHz: 250 }],
+    queue: { dir: join(dir, 'queue') },
+    transport: { primary: { kind, host: '127.0.0.1', port: kind === 'mqtts' ? (rig as MqttRig).broker.port : (rig as CoapsRig).port, serverName: kind === 'mqtts' ? 'localhost' : '127.0.0.1',
+      caFile: join(dir, 'root.pem'), certFile: join(dir, 'chain.pem'), identity: { keystore, keyLabel: 'device-identity' } } },
+    metrics: { listen: '127.0.0.1:0' },
+    status: { socket: join(dir, 'agent.sock') },
+    log: { level: 'info' },
+  }));
+  return {
+    config,
+    delivered: () => delivered.length,
+    async stop() {
+      await rig.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** Sealed messages as the agent makes them: one second of one simulated patient each. */
@@ -139,47 +189,34 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const results: BenchResult[] = [];
   results.push(await appendThroughput(ctx));
 
-  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-bench-agent-'));
-  const { privatePem, publicPem } = generateX25519Pem();
-  writeFileSync(join(dir, 'ingest.pub'), publicPem);
-  const receiver = new FixtureReceiver({ ingestPrivateKey: x25519PrivateFromPem(privatePem), deviceId: 'bed-7' });
-  const port = await receiver.start();
-  try {
-    const config = join(dir, 'agent.json');
-    writeFileSync(config, JSON.stringify({
-      device: { id: 'bed-7' },
-      sealing: { ingestPublicKeyFile: join(dir, 'ingest.pub') },
-      sources: [{ type: 'simulated', id: 'patient', seed: 1, ecgHz: 250 }],
-      queue: { dir: join(dir, 'queue') },
-      transport: { primary: { kind: 'mqtts', host: '127.0.0.1' } },
-      metrics: { listen: '127.0.0.1:0' },
-      status: { socket: join(dir, 'agent.sock') },
-      log: { level: 'info' },
-    }));
-    const windowMs = ctx.quick ? 5000 : 30_000;
-    const warmMs = ctx.quick ? 1000 : 5000;
-    const bundle = await bundleChild();
-    // As a device ships it (bundled JS, plain node) and as a checkout runs it (TypeScript through tsx).
-    const forms = [{ label: 'bundled JS on node', runner: [bundle] }, { label: 'from a checkout, node + tsx', runner: ['--import', 'tsx', CHILD] }];
-    for (const form of forms) {
-      const base = await footprint(form.runner, ['--idle'], windowMs, warmMs);
-      const delivered0 = receiver.messages.size;
-      const agent = await footprint(form.runner, [config, String(port)], windowMs, warmMs);
-      const delivered = receiver.messages.size - delivered0;
-      ctx.log(`agent (${form.label}): RSS ${agent.rssMiB.toFixed(1)} MiB (peak ${agent.peakRssMiB.toFixed(1)}), CPU ${agent.cpuPercent.toFixed(2)} % of one core; `
-        + `idle runtime: RSS ${base.rssMiB.toFixed(1)} MiB, CPU ${base.cpuPercent.toFixed(2)} %; ${delivered} messages delivered`);
-      const meta = { form: form.label, windowMs, delivered, peakRssMiB: agent.peakRssMiB, idleRssMiB: base.rssMiB, idleCpuPercent: base.cpuPercent };
-      results.push(
-        { name: `agent RSS, one simulated patient, ${form.label} (vs the 80 MB budget)`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'budget 80 MB (issue 6)', value: 80 / 1.048576 }, ratio: agent.rssMiB / (80 / 1.048576), target: { ratio: 1, comparison: '<=' }, meta },
-        { name: `agent RSS over the idle runtime, ${form.label}`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'the same runtime idling, same run', value: base.rssMiB }, ratio: agent.rssMiB / base.rssMiB, meta },
-        { name: `agent CPU, one simulated patient, ${form.label} (vs the 5 % budget)`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'budget 5 % (issue 6)', value: 5 }, ratio: agent.cpuPercent / 5, target: { ratio: 1, comparison: '<=' }, meta },
-        { name: `agent CPU over the idle runtime, ${form.label}`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'the same runtime idling, same run', value: base.cpuPercent }, ratio: base.cpuPercent > 0 ? agent.cpuPercent / base.cpuPercent : Infinity, meta },
-      );
+  const windowMs = ctx.quick ? 5000 : 30_000;
+  const warmMs = ctx.quick ? 1000 : 5000;
+  const bundle = await bundleChild();
+  // As a device ships it (bundled JS, plain node) and as a checkout runs it (TypeScript through tsx).
+  const forms = [{ label: 'bundled JS on node', runner: [bundle] }, { label: 'from a checkout, node + tsx', runner: ['--import', 'tsx', CHILD] }];
+  for (const kind of ['mqtts', 'coaps'] as const) {
+    const site = await transportSite(kind);
+    try {
+      for (const form of forms) {
+        const base = await footprint(form.runner, ['--idle'], windowMs, warmMs);
+        const delivered0 = site.delivered();
+        const agent = await footprint(form.runner, [site.config], windowMs, warmMs);
+        const delivered = site.delivered() - delivered0;
+        const label = `${kind}, ${form.label}`;
+        ctx.log(`agent (${label}): RSS ${agent.rssMiB.toFixed(1)} MiB (peak ${agent.peakRssMiB.toFixed(1)}), CPU ${agent.cpuPercent.toFixed(2)} % of one core; `
+          + `idle runtime: RSS ${base.rssMiB.toFixed(1)} MiB, CPU ${base.cpuPercent.toFixed(2)} %; ${delivered} messages delivered`);
+        if (delivered === 0) throw new Error(`agent footprint (${label}): no message was delivered: the measurement would be of an agent that does not work`);
+        const meta = { transport: kind, form: form.label, windowMs, delivered, peakRssMiB: agent.peakRssMiB, idleRssMiB: base.rssMiB, idleCpuPercent: base.cpuPercent };
+        results.push(
+          { name: `agent RSS, one simulated patient, ${label} (vs the 80 MB budget)`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'budget 80 MB (issue 6)', value: 80 / 1.048576 }, ratio: agent.rssMiB / (80 / 1.048576), target: { ratio: 1, comparison: '<=' }, meta },
+          { name: `agent RSS over the idle runtime, ${label}`, unit: 'MiB', value: agent.rssMiB, baseline: { name: 'the same runtime idling, same run', value: base.rssMiB }, ratio: agent.rssMiB / base.rssMiB, meta },
+          { name: `agent CPU, one simulated patient, ${label} (vs the 5 % budget)`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'budget 5 % (issue 6)', value: 5 }, ratio: agent.cpuPercent / 5, target: { ratio: 1, comparison: '<=' }, meta },
+          { name: `agent CPU over the idle runtime, ${label}`, unit: '% of one core', value: agent.cpuPercent, baseline: { name: 'the same runtime idling, same run', value: base.cpuPercent }, ratio: base.cpuPercent > 0 ? agent.cpuPercent / base.cpuPercent : Infinity, meta },
+        );
+      }
+    } finally {
+      await site.stop();
     }
-  } finally {
-    await receiver.stop();
-    receiver.destroy();
-    rmSync(dir, { recursive: true, force: true });
   }
   return results;
 }

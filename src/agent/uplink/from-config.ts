@@ -31,11 +31,9 @@ import { pemDecode } from '../../pki/pem.ts';
 import type { TlsConnector } from '../../transport/mqtts/connector.ts';
 import { trustFromPem, type MqttsTrust } from '../../transport/mqtts/tls.ts';
 import { vitalsTopic } from '../../transport/mqtts/topics.ts';
-import { createMqttsUplink } from '../../transport/mqtts/uplink.ts';
 import type { Uplink } from '../../transport/types.ts';
 import { X509PeerVerifier } from '../../dtls/peer-verifier.ts';
 import { readSecret } from '../../keystore/secret-source.ts';
-import { createCoapsUplink } from '../../transport/coaps/uplink.ts';
 import { equalBytes, fromHex, toHex } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
 import { Unsupported, VitalsealError } from '../../util/errors.ts';
@@ -135,6 +133,8 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
     const keySpki = await checkKeyMatchesCertificate(store, identity.keyLabel, chain.leafSpki, path);
     const build = await deviceTlsFactory(store, identity.keyLabel, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', refusal: () => pkcs11Refusal(path) });
     tls = reloadingTls({ file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki, build, log: deps.log });
+    // Loaded here, not at start-up: a device runs one transport, and mqtt.js alone is ~20 MB of heap.
+    const { createMqttsUplink } = await import('../../transport/mqtts/uplink.ts');
     const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
     deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
     const connector = tls;
@@ -168,6 +168,7 @@ async function readPskKey(file: string, field: string, env: NodeJS.ProcessEnv): 
 }
 
 async function buildCoaps(t: TransportConfig, path: string, deps: UplinkDeps): Promise<BuiltUplink> {
+  const { createCoapsUplink } = await import('../../transport/coaps/uplink.ts');
   const common = { deviceId: deps.deviceId, host: t.host, port: t.port, ...(t.topic === undefined ? {} : { path: t.topic.startsWith('/') ? t.topic : `/${t.topic}` }) };
   if (t.psk !== undefined) {
     const key = await readPskKey(t.psk.keyFile, `${path}.psk.keyFile`, deps.env);
