@@ -446,8 +446,10 @@ export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: No
 
   const sources: SourceConfig[] = [];
   const rawSources = root['sources'];
-  if (rawSources === undefined || !Array.isArray(rawSources) || rawSources.length === 0) c.fail('sources', 'must be a non-empty list of sources (simulated, hl7-mllp)');
-  else rawSources.forEach((s, i) => { const r = source(c, s, `sources[${i}]`, i); if (r !== undefined) sources.push(r); });
+  // Absent or empty is allowed: a program embedding the agent may pass all its sources to
+  // createAgent({ sources }); createAgent refuses to start with no source at all.
+  if (rawSources !== undefined && !Array.isArray(rawSources)) c.fail('sources', 'must be a list of sources (simulated, hl7-mllp)');
+  else rawSources?.forEach((s, i) => { const r = source(c, s, `sources[${i}]`, i); if (r !== undefined) sources.push(r); });
   const ids = sources.map((s) => s.id);
   if (new Set(ids).size !== ids.length) c.fail('sources', 'source ids must be unique');
 

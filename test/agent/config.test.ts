@@ -62,6 +62,13 @@ describe('agent configuration', () => {
     for (const re of expect) assert.ok(got.some((i) => re.test(i)), `missing ${re}\n got:\n  ${got.join('\n  ')}`);
   });
 
+  it('sources may be left out (a program passes its own to createAgent), but must be a list when given', () => {
+    const base = { device: { id: 'bed-7' }, sealing: { ingestPublicKeyFile: 'k.pub' }, queue: { dir: 'q' }, transport: { primary: { kind: 'coaps', host: 'x' } } };
+    assert.deepEqual(parseAgentConfig(base, { baseDir: '/etc' }).sources, []);
+    assert.deepEqual(parseAgentConfig({ ...base, sources: [] }, { baseDir: '/etc' }).sources, []);
+    assert.ok(issues({ ...base, sources: { type: 'simulated' } }).some((i) => /^sources: must be a list/.test(i)));
+  });
+
   it('names missing required sections and misspelt fields', () => {
     const got = issues({ device: { id: 'a', name: 'x' }, sources: [{ type: 'simulated', sed: 3 }] });
     for (const re of [/^device\.name: unknown field/, /^sources\[0\]\.sed: unknown field/, /^sealing: is required/, /^queue: is required/, /^transport: is required/]) {
