@@ -110,12 +110,17 @@ export function encodeFrame(f: { pulse?: number; spo2?: number; pleth: number; p
   );
 }
 
-/** The simulated device: ~60 frames a second with a little garbage and a probe-off spell. */
-function simulate(path: string, seconds: number): Promise<void> {
+/** The simulated device: ~60 frames a second for `seconds`, with a little garbage and a probe-off spell. */
+export function simulate(path: string, seconds: number): Promise<void> {
   const out = createWriteStream(path);
   const start = Date.now();
   let n = 0;
   return new Promise((resolve) => {
+    // The reader went away (EPIPE): the device is unplugged, so to speak; stop feeding.
+    out.on('error', () => {
+      clearInterval(timer);
+      resolve();
+    });
     const timer = setInterval(() => {
       const t = (Date.now() - start) / 1000;
       if (t >= seconds) {
