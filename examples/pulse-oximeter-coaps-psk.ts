@@ -15,7 +15,7 @@
  *
  *   npx tsx examples/pulse-oximeter-coaps-psk.ts --local --seconds 10
  *
- * On a device (`localConfig` below shows the configuration's shape; set the line up first with
+ * On a device (`localPskAgentConfig` in lib/local.ts shows the configuration's shape; set the line up first with
  * `stty -F /dev/ttyUSB0 19200 raw -echo`; without --seconds it runs until SIGTERM):
  *
  *   npx tsx examples/pulse-oximeter-coaps-psk.ts --config /etc/vitalseal/oximeter.yaml --serial /dev/ttyUSB0 \
@@ -36,7 +36,7 @@ import { createAgent, createLogger, loadAgentConfig, type AgentStatus } from 'vi
 import { StreamSensorSource } from 'vitalseal/agent/sensors';
 import { describeAgent } from './lib/agent-report.ts';
 import { describeStored } from './lib/ingest-api.ts';
-import { parseExampleArgs, runFor, startLocalSite, writeAgentConfig, type LocalSite } from './lib/local.ts';
+import { localPskAgentConfig, parseExampleArgs, runFor, startLocalSite, type LocalSite } from './lib/local.ts';
 import { OximeterProtocol, simulate } from './serial-pulse-oximeter.ts';
 
 // ───────────────────────────── the part to copy ─────────────────────────────
@@ -74,22 +74,6 @@ const USAGE = `usage:
       [--api URL --api-token-file FILE --api-ca-file ROOT.pem]
 `;
 
-/** What a PSK oximeter's configuration holds, with the local installation's endpoints and files. */
-async function localConfig(site: LocalSite, deviceId: string): Promise<string> {
-  const pskFile = join(site.dir, 'psk.key');
-  await site.stack.addPskDevice(deviceId, pskFile); // the operator's step; the key is written once, 0600
-  return writeAgentConfig(join(site.dir, 'oximeter.yaml'), {
-    device: { id: deviceId },
-    // COSE with AES-CCM and an 8-byte tag: the suite of devices with AES hardware and little else.
-    sealing: { alg: 'aes-ccm-16-64-128', ingestPublicKeyFile: site.stack.ingestPublicKeyFile },
-    queue: { dir: join(site.dir, 'queue') },
-    transport: { primary: { kind: 'coaps', host: '127.0.0.1', port: site.stack.coapsPort, psk: { keyFile: pskFile } } },
-    uplink: { backoffInitialMs: 200, backoffMaxMs: 2000 },
-    metrics: { listen: false },
-    status: { socket: join(site.dir, 'agent.sock') },
-  });
-}
-
 async function main(): Promise<number> {
   const { common, values } = parseExampleArgs(USAGE, { serial: { type: 'string' } });
   if (!common.local && typeof values['serial'] !== 'string') {
@@ -104,7 +88,8 @@ async function main(): Promise<number> {
     let fed: Promise<void> | undefined;
     if (common.local) {
       site = await startLocalSite();
-      configFile = await localConfig(site, 'oxi-1');
+      // COSE with AES-CCM and an 8-byte tag: the suite of devices with AES hardware and little else.
+      configFile = await localPskAgentConfig(site, 'oxi-1', { sealing: { alg: 'aes-ccm-16-64-128', ingestPublicKeyFile: site.stack.ingestPublicKeyFile } });
       serial = join(site.dir, 'ttyV0');
       execFileSync('mkfifo', [serial]); // a FIFO stands in for the serial line
       fed = simulate(serial, common.seconds ?? 86_400);

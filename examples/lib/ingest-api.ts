@@ -131,7 +131,7 @@ export class IngestApi {
 export function describeStored(s: StoredSummary): string {
   const last = (Object.keys(CLINICAL) as VitalKind[])
     .filter((k) => s.last[k] !== undefined)
-    .map((k) => `${CLINICAL[k][0]} ${String(s.last[k])} ${CLINICAL[k][1]}`);
+    .map((k) => `${CLINICAL[k][0]} ${k === 'body-temperature' ? (s.last[k] as number).toFixed(1) : String(s.last[k])} ${CLINICAL[k][1]}`);
   const ecg = s.ecgStrips > 0 ? `, ${s.ecgStrips} ECG strips` : '';
   return `${s.deviceId}: stored ${s.messages} messages (${s.readings} readings${ecg}) at the ingest${last.length > 0 ? `; last ${last.join(', ')}` : ''}`;
 }

@@ -51,6 +51,27 @@ export function writeAgentConfig(path: string, doc: Record<string, unknown>): st
   return path;
 }
 
+/**
+ * The local half of a PSK device: registers `deviceId` with the local ingest (`vitalseal ingest
+ * devices add-psk`, the key written once to a 0600 file) and writes the agent configuration a CoAPS
+ * PSK device keeps: device id, pinned ingest key, queue, `transport.primary: { kind: coaps, psk }`.
+ * `over` replaces or adds top-level sections (`sealing`, `metrics`, ...).
+ */
+export async function localPskAgentConfig(site: LocalSite, deviceId: string, over: Record<string, unknown> = {}): Promise<string> {
+  const pskFile = join(site.dir, `${deviceId}.psk`);
+  await site.stack.addPskDevice(deviceId, pskFile);
+  return writeAgentConfig(join(site.dir, `${deviceId}.yaml`), {
+    device: { id: deviceId },
+    sealing: { ingestPublicKeyFile: site.stack.ingestPublicKeyFile },
+    queue: { dir: join(site.dir, `${deviceId}-queue`) },
+    transport: { primary: { kind: 'coaps', host: '127.0.0.1', port: site.stack.coapsPort, psk: { keyFile: pskFile } } },
+    uplink: { backoffInitialMs: 200, backoffMaxMs: 2000 },
+    metrics: { listen: false },
+    status: { socket: join(site.dir, `${deviceId}.sock`) },
+    ...over,
+  });
+}
+
 let stopRequested: Promise<string> | undefined;
 
 /**
