@@ -10,6 +10,7 @@
  * Without `--local`, an example takes the real endpoints and files from its flags; the same flags
  * shape is parsed here so every example reads alike.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -70,6 +71,46 @@ export async function localPskAgentConfig(site: LocalSite, deviceId: string, ove
     status: { socket: join(site.dir, `${deviceId}.sock`) },
     ...over,
   });
+}
+
+/**
+ * The local half of a certificate device: a one-time enrolment token from the local ingest (in a
+ * 0600 file, for `enrolOnFirstBoot`) and the agent configuration: its key in `keystore`, its
+ * certificate to come from enrolment (`<dir>/<id>-identity/chain.pem`), renewed at the ingest.
+ * An MQTTS device's id must be among the stack's `extraMqttDevices` (the broker's topic rules).
+ */
+export async function localCertAgentConfig(site: LocalSite, deviceId: string, o: {
+  readonly transport: 'mqtts' | 'coaps';
+  readonly keystore: Record<string, unknown>;
+  readonly sources: readonly Record<string, unknown>[];
+}): Promise<{ configFile: string; tokenFile: string }> {
+  const tokenFile = join(site.dir, `${deviceId}.token`);
+  writeFileSync(tokenFile, await site.stack.enrolToken(deviceId), { mode: 0o600 });
+  const idDir = join(site.dir, `${deviceId}-identity`);
+  const configFile = writeAgentConfig(join(site.dir, `${deviceId}.yaml`), {
+    device: { id: deviceId },
+    sealing: { ingestPublicKeyFile: site.stack.ingestPublicKeyFile },
+    sources: o.sources,
+    queue: { dir: join(site.dir, `${deviceId}-queue`) },
+    transport: {
+      primary: {
+        kind: o.transport, host: '127.0.0.1', port: o.transport === 'mqtts' ? site.stack.broker.port : site.stack.coapsPort, serverName: 'localhost',
+        caFile: site.stack.rootCaFile, certFile: join(idDir, 'chain.pem'), identity: { keystore: o.keystore, keyLabel: 'device-identity' },
+      },
+    },
+    uplink: { backoffInitialMs: 200, backoffMaxMs: 2000 },
+    certificate: { file: join(idDir, 'device.pem'), renew: { url: site.stack.httpsUrl.replace(/\/$/, ''), renewDays: 30 } },
+    metrics: { listen: false },
+    status: { socket: join(site.dir, `${deviceId}.sock`) },
+  });
+  return { configFile, tokenFile };
+}
+
+/** A development software key store (encrypted file; its passphrase generated into a 0600 file). */
+export function localSoftwareKeystore(site: LocalSite, deviceId: string): Record<string, unknown> {
+  const pass = join(site.dir, `${deviceId}-keystore.pass`);
+  writeFileSync(pass, randomBytes(24).toString('base64url'), { mode: 0o600 });
+  return { kind: 'software', path: join(site.dir, `${deviceId}-keys.vsks`), passphrase: { file: pass } };
 }
 
 let stopRequested: Promise<string> | undefined;
