@@ -30,9 +30,10 @@ export interface LocalSite {
 /** Progress of the local scaffolding, on stderr so that stdout holds what the example reports. */
 export const sayLocal = (line: string): void => void process.stderr.write(`local: ${line}\n`);
 
-export async function startLocalSite(o: Omit<StackOptions, 'devices' | 'progress'> = {}): Promise<LocalSite> {
+/** Starts the local installation; by default with no devices of its own (the example is the device). */
+export async function startLocalSite(o: Omit<StackOptions, 'devices' | 'progress'> & { readonly devices?: StackOptions['devices'] } = {}): Promise<LocalSite> {
   sayLocal('starting a local installation on 127.0.0.1 (scripts/lib/stack.ts)');
-  const stack = await startStack({ ...o, devices: [], progress: sayLocal });
+  const stack = await startStack({ ...o, devices: o.devices ?? [], progress: sayLocal });
   const dir = join(stack.dir, 'example');
   mkdirSync(dir, { mode: 0o700 });
   const api = new IngestApi({ url: stack.httpsUrl, token: stack.readerToken, caPem: readFileSync(stack.rootCaFile, 'utf8') });
