@@ -6,8 +6,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { processesMarked } from '../support/marked-processes.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -20,18 +21,6 @@ export interface ExampleRun {
   readonly leftOver: string[];
   /** The local installation's directory, from the example's `local:` progress lines (gone after a clean stop). */
   readonly localDir: string | undefined;
-}
-
-function processesMarked(marker: string): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      if (readFileSync(`/proc/${pid}/environ`).includes(marker)) found.push(`${pid} ${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ')}`);
-    } catch {
-      // gone meanwhile, or not ours to read
-    }
-  }
-  return found;
 }
 
 export interface RunningExample {
