@@ -105,10 +105,6 @@ export class TemperatureProbe implements SensorSource {
     if (this.#lastError !== undefined) return { ok: false, detail: `probe unreadable (${this.#lastError}; ${this.#failures} failed reads)` };
     return { ok: true, detail: this.#last === undefined ? 'probe not read yet' : `probe ${this.#last.toFixed(1)} °C` };
   }
-
-  get lastCelsius(): number | undefined {
-    return this.#last;
-  }
 }
 
 /** GET the agent's Prometheus endpoint (what a scraper sees) and pick some series. */

@@ -30,7 +30,7 @@
  * (The last batch is sealed as the agent stops; it stays in the queue and goes out at the next start.)
  */
 import { execFileSync } from 'node:child_process';
-import { createReadStream } from 'node:fs';
+import { closeSync, constants, createReadStream, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { createAgent, createLogger, loadAgentConfig, type AgentStatus } from 'vitalseal/agent';
 import { StreamSensorSource } from 'vitalseal/agent/sensors';
@@ -81,6 +81,7 @@ async function main(): Promise<number> {
     return 2;
   }
   let site: LocalSite | undefined;
+  let fifo: string | undefined;
   try {
     let configFile = common.config ?? '';
     let serial = String(values['serial']);
@@ -90,7 +91,7 @@ async function main(): Promise<number> {
       site = await startLocalSite();
       // COSE with AES-CCM and an 8-byte tag: the suite of devices with AES hardware and little else.
       configFile = await localPskAgentConfig(site, 'oxi-1', { sealing: { alg: 'aes-ccm-16-64-128', ingestPublicKeyFile: site.stack.ingestPublicKeyFile } });
-      serial = join(site.dir, 'ttyV0');
+      serial = fifo = join(site.dir, 'ttyV0');
       execFileSync('mkfifo', [serial]); // a FIFO stands in for the serial line
       fed = simulate(serial, common.seconds ?? 86_400);
       api = site.api;
@@ -105,6 +106,14 @@ async function main(): Promise<number> {
     process.stderr.write(`pulse-oximeter-coaps-psk: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   } finally {
+    // If the agent never opened the line, the simulator still waits to open its end: let it go.
+    if (fifo !== undefined) {
+      try {
+        closeSync(openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK));
+      } catch {
+        // already gone
+      }
+    }
     await site?.stop();
   }
 }

@@ -112,19 +112,6 @@ export class IngestApi {
     }
     return { deviceId, messages: Number(headers['x-vitalseal-messages'] ?? 0), readings, ecgStrips, last };
   }
-
-  /** Asks again (every 500 ms) until at least `messages` are stored or `timeoutMs` passed; the last answer. */
-  async waitForStored(deviceId: string, since: number, messages: number, timeoutMs: number): Promise<StoredSummary> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const s = await this.stored(deviceId, since).catch((e: unknown) => {
-        if (Date.now() > end) throw e;
-        return undefined; // e.g. 404 until the device's first message registers it
-      });
-      if (s !== undefined && (s.messages >= messages || Date.now() > end)) return s;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
 }
 
 /** `oxi-1: stored 9 messages (18 readings) at the ingest; last heart rate 72 beat/min, SpO2 97 %`. */
