@@ -129,7 +129,7 @@ async function statusLine(agent: Agent, probe: TemperatureProbe): Promise<string
 
 /** The device program. Runs until SIGTERM/SIGINT (or `seconds`), then stops the agent gracefully. */
 export async function runDevice(configFile: string, probePath: string, seconds: number | undefined): Promise<{ final: AgentStatus; running: AgentStatus; why: string }> {
-  const config = loadAgentConfig(configFile, process.env);
+  const config = loadAgentConfig(configFile, process.env, { sourcesOptional: true }); // the probe is ours, not the file's
   const log = createLogger({ level: config.log.level, destination: process.stderr, base: { device: config.device.id } });
   const probe = new TemperatureProbe('temperature', new SysfsMilliCelsius(probePath));
   const agent = await createAgent({ config, sources: [probe], log });

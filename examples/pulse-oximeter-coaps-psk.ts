@@ -48,7 +48,7 @@ import { OximeterProtocol, simulate } from './serial-pulse-oximeter.ts';
  * queued, what was not acknowledged stays in the queue for the next start.
  */
 export async function runOximeter(configFile: string, serialPath: string, seconds: number | undefined): Promise<{ final: AgentStatus; running: AgentStatus }> {
-  const config = loadAgentConfig(configFile, process.env);
+  const config = loadAgentConfig(configFile, process.env, { sourcesOptional: true }); // the oximeter is ours, not the file's
   const oximeter = new StreamSensorSource({
     id: 'oximeter',
     driver: new OximeterProtocol(), // one heart rate and one SpO2 a second, from ~60 frames

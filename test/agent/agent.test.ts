@@ -220,7 +220,7 @@ describe('agent: start-up refusals', () => {
   });
 
   it('no source at all (none configured, none passed) is a configuration error; sources passed by the program suffice', async () => {
-    const config = parseAgentConfig({ ...env.config(), sources: [] }, { baseDir: env.dir });
+    const config = parseAgentConfig({ ...env.config(), sources: [] }, { baseDir: env.dir, sourcesOptional: true });
     await assert.rejects(createAgent({ config, log: capture().log, uplinks: { primary: new FixtureUplink(() => 1) } }),
       (e) => e instanceof ConfigError && /sources: no source of readings/.test(e.message));
     const agent = await createAgent({ config, log: capture().log, uplinks: { primary: new FixtureUplink(() => 1) }, sources: [new SimulatedPatient({ id: 'own', seed: 3 })] });
