@@ -112,6 +112,16 @@ export class IngestApi {
     }
     return { deviceId, messages: Number(headers['x-vitalseal-messages'] ?? 0), readings, ecgStrips, last };
   }
+
+  /** Asks again every 500 ms until at least `messages` are stored or `timeoutMs` has passed; the last answer. */
+  async waitForStored(deviceId: string, since: number, messages: number, timeoutMs: number): Promise<StoredSummary> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const s = await this.stored(deviceId, since);
+      if (s.messages >= messages || Date.now() > end) return s;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
 }
 
 /** `oxi-1: stored 9 messages (18 readings) at the ingest; last heart rate 72 beat/min, SpO2 97 %`. */
