@@ -9,8 +9,8 @@ import { describe, it } from 'node:test';
 import { cleanEnd, runExample } from './run-example.ts';
 
 describe('examples/bedside-monitor-mqtts-tpm.ts', () => {
-  it('--local --seconds 6: enrolled with a TPM key, sent over MQTTS, stored at the ingest, everything stopped', { timeout: 120_000 }, async () => {
-    const r = await runExample('bedside-monitor-mqtts-tpm.ts', ['--local', '--seconds', '6']);
+  it('--local --seconds 8: enrolled with a TPM key, sent over MQTTS, stored at the ingest, everything stopped', { timeout: 120_000 }, async () => {
+    const r = await runExample('bedside-monitor-mqtts-tpm.ts', ['--local', '--seconds', '8']);
     assert.equal(cleanEnd(r), undefined);
     assert.match(r.stdout, /^enrolled bed-7: identity key made in the tpm key store, certificate \S+\/bed-7-identity\/chain\.pem$/m);
     assert.match(r.stdout, /^certificate: ok \(\d+ days left\), renewal idle$/m);
