@@ -114,6 +114,7 @@ export function encodeFrame(f: { pulse?: number; spo2?: number; pleth: number; p
 export function simulate(path: string, seconds: number): Promise<void> {
   const out = createWriteStream(path);
   let n = 0;
+  let noisy = false;
   return new Promise((resolve) => {
     let timer: NodeJS.Timeout | undefined;
     // The reader went away (EPIPE): the device is unplugged, so to speak; stop feeding.
@@ -136,8 +137,11 @@ export function simulate(path: string, seconds: number): Promise<void> {
           const probeOff = t > 1.2 && t < 1.5;
           frames.push(encodeFrame({ pulse: 72 + Math.round(2 * Math.sin(t)), spo2: 97, pleth: Math.round(64 + 50 * Math.sin(n / 5)), probeOff }));
         }
-        // A burst of line noise once: the parser must skip it and find the next frame.
-        if (n === 120) frames.push(Uint8Array.of(0x13, 0x37, 0x42));
+        // A burst of line noise once, a second in: the parser must skip it and find the next frame.
+        if (!noisy && t >= 1) {
+          noisy = true;
+          frames.push(Uint8Array.of(0x13, 0x37, 0x42));
+        }
         out.write(Buffer.concat(frames));
       }, 1000 / 15);
     });

@@ -41,6 +41,12 @@ export async function startLocalSite(o: Omit<StackOptions, 'devices' | 'progress
   return {
     stack, dir, api,
     async stop() {
+      if (!stack.ingest.alive) {
+        // Say why before the directory goes: the ingest's log holds codes and events, never secrets or readings.
+        sayLocal(`the ingest service had exited (${String(await stack.ingest.exited)}); the end of its log:`);
+        const lines = readFileSync(join(stack.dir, 'ingest', 'ingest.log'), 'utf8').trim().split('\n');
+        for (const l of lines.slice(-12)) sayLocal(`  ${l.slice(0, 600)}`);
+      }
       sayLocal('stopping the local installation');
       await stack.stop();
     },

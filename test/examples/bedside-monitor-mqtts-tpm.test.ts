@@ -19,7 +19,8 @@ describe('examples/bedside-monitor-mqtts-tpm.ts', () => {
     const stored = /^bed-7: stored (\d+) messages \((\d+) readings, (\d+) ECG strips\) at the ingest; last heart rate \d+ beat\/min, SpO2 \d+ %, respiration \d+ \/min, temperature 3\d\.\d °C/m.exec(r.stdout);
     assert.ok(stored, r.stdout);
     assert.ok(Number(stored[1]) >= 1);
-    assert.equal(stored[1], agent[3], 'every acknowledged message is stored');
+    // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
+    assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
     assert.match(r.stderr, /"tls":"TLS in a child process; the device key stays in the TPM \(tpm2-openssl, TCTI tabrmd:/, 'the handshake was signed in the TPM');
   });
 

@@ -48,7 +48,8 @@ describe('examples/embed-create-agent.ts', () => {
     assert.ok(agent, r.stdout);
     const stored = /^temp-1: stored (\d+) messages \((\d+) readings\) at the ingest; last temperature (3\d\.\d) °C$/m.exec(r.stdout);
     assert.ok(stored, r.stdout);
-    assert.equal(stored[1], agent[3], 'every acknowledged message is stored');
+    // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
+    assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
     assert.ok(Math.abs(Number(stored[3]) - 36.9) <= 0.2, 'the simulated probe');
     assert.match(r.stderr, /"msg":"agent stopped; queue state saved"/);
   });

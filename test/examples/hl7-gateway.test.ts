@@ -25,7 +25,8 @@ describe('examples/hl7-gateway.ts', () => {
       assert.equal(agent[2], hl7[2], 'every reading taken from HL7 was sealed');
       const stored = /^monitor-gw: stored (\d+) messages \((\d+) readings\) at the ingest; last heart rate \d+ beat\/min, SpO2 \d+ %, respiration \d+ \/min, temperature 3\d\.\d °C, NIBP systolic \d+ mmHg/m.exec(r.stdout);
       assert.ok(stored, r.stdout);
-      assert.equal(stored[1], agent[3], 'every acknowledged message is stored');
+      // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
+    assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
     });
   }
 

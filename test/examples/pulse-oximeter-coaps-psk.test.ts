@@ -21,7 +21,8 @@ describe('examples/pulse-oximeter-coaps-psk.ts', () => {
     const stored = /^oxi-1: stored (\d+) messages \((\d+) readings\) at the ingest; last heart rate (\d+) beat\/min, SpO2 (\d+) %$/m.exec(r.stdout);
     assert.ok(stored, r.stdout);
     assert.ok(Number(stored[1]) >= 1, 'at least one message stored');
-    assert.equal(stored[1], agent[3], 'every acknowledged message is stored');
+    // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
+    assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
     assert.ok(Math.abs(Number(stored[3]) - 72) <= 3, 'the simulated pulse (72 ± 2)');
     assert.equal(stored[4], '97', 'the simulated SpO2');
     assert.match(r.stderr, /"auth":"psk"/, 'the uplink authenticated with the PSK');

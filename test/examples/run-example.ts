@@ -68,7 +68,7 @@ export function startExample(file: string, args: readonly string[], timeoutMs: n
       const m = re.exec(stdout);
       if (m !== null) return Promise.resolve(m[0]);
       return new Promise((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no line matching ${re} within ${ms} ms:\n${stdout}\n${stderr.slice(-3000)}`)), ms);
+        const t = setTimeout(() => reject(new Error(`no line matching ${re} within ${ms} ms:\n${stdout}\n${stderr.split('\n').filter((l) => !l.startsWith('{"level":"info"')).join('\n').slice(-4000)}`)), ms);
         waiters.push({ re, resolve: (l) => { clearTimeout(t); resolve(l); } });
         void done.then((r) => { clearTimeout(t); reject(new Error(`the example exited (${String(r.code ?? r.signal)}) before printing ${re}:\n${r.stdout}\n${r.stderr.slice(-3000)}`)); });
       });
@@ -81,9 +81,14 @@ export function runExample(file: string, args: readonly string[], timeoutMs = 90
   return startExample(file, args, timeoutMs).done;
 }
 
+/** stderr without the agent's and the ingest's routine (info) log lines: what explains a failure. */
+export function notableStderr(r: ExampleRun): string {
+  return r.stderr.split('\n').filter((l) => !/^\{"level":("info"|30),/.test(l)).join('\n').slice(-6000);
+}
+
 /** What every local run must end with: exit 0, nothing running, its directory gone. */
 export function cleanEnd(r: ExampleRun): string | undefined {
-  if (r.code !== 0) return `exit ${String(r.code ?? r.signal)}\n${r.stdout}\n${r.stderr.slice(-4000)}`;
+  if (r.code !== 0) return `exit ${String(r.code ?? r.signal)}\n${r.stdout}\n${notableStderr(r)}`;
   if (r.leftOver.length > 0) return `left running: ${r.leftOver.join('; ')}`;
   if (r.localDir === undefined) return `no local directory named on stderr:\n${r.stderr.slice(-2000)}`;
   if (existsSync(r.localDir)) return `${r.localDir} was not removed`;
