@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { stringify } from 'yaml';
 import { simulate } from '../../examples/serial-pulse-oximeter.ts';
 import { startStack } from '../../scripts/lib/stack.ts';
-import { cleanEnd, runExample } from './run-example.ts';
+import { cleanEnd, notableStderr, runExample } from './run-example.ts';
 
 describe('examples/pulse-oximeter-coaps-psk.ts', () => {
   it('--local --seconds 6: sealed over CoAPS/PSK, stored at the ingest, everything stopped', { timeout: 120_000 }, async () => {
@@ -49,7 +49,7 @@ describe('examples/pulse-oximeter-coaps-psk.ts', () => {
       const r = await runExample('pulse-oximeter-coaps-psk.ts', ['--config', config, '--serial', serial, '--seconds', '4',
         '--api', stack.httpsUrl, '--api-token-file', token, '--api-ca-file', stack.rootCaFile]);
       await fed;
-      assert.equal(r.code, 0, r.stderr.slice(-3000));
+      assert.equal(r.code, 0, `${notableStderr(r)}\n(the installation's ingest ${stack.ingest.alive ? 'was running' : `had exited: ${String(await stack.ingest.exited)}`})`);
       assert.deepEqual(r.leftOver, []);
       assert.match(r.stdout, /^agent oxi-9: \d+ messages sealed \(\d+ readings\), [1-9]\d* acknowledged, \d+ left in the queue; coaps to 127\.0\.0\.1:\d+, DTLSv1\.3/m);
       assert.match(r.stdout, /^oxi-9: stored [1-9]\d* messages \(\d+ readings\) at the ingest; last heart rate \d+ beat\/min, SpO2 97 %$/m);
