@@ -110,28 +110,41 @@ export function encodeFrame(f: { pulse?: number; spo2?: number; pleth: number; p
   );
 }
 
-/** The simulated device: ~60 frames a second with a little garbage and a probe-off spell. */
-function simulate(path: string, seconds: number): Promise<void> {
+/** The simulated device: ~60 frames a second for `seconds`, with a little garbage and a probe-off spell. */
+export function simulate(path: string, seconds: number): Promise<void> {
   const out = createWriteStream(path);
-  const start = Date.now();
   let n = 0;
+  let noisy = false;
   return new Promise((resolve) => {
-    const timer = setInterval(() => {
-      const t = (Date.now() - start) / 1000;
-      if (t >= seconds) {
-        clearInterval(timer);
-        out.end(() => resolve());
-        return;
-      }
-      const frames: Uint8Array[] = [];
-      for (let k = 0; k < 4; k++, n++) {
-        const probeOff = t > 1.2 && t < 1.5;
-        frames.push(encodeFrame({ pulse: 72 + Math.round(2 * Math.sin(t)), spo2: 97, pleth: Math.round(64 + 50 * Math.sin(n / 5)), probeOff }));
-      }
-      // A burst of line noise once: the parser must skip it and find the next frame.
-      if (n === 120) frames.push(Uint8Array.of(0x13, 0x37, 0x42));
-      out.write(Buffer.concat(frames));
-    }, 1000 / 15);
+    let timer: NodeJS.Timeout | undefined;
+    // The reader went away (EPIPE): the device is unplugged, so to speak; stop feeding.
+    out.on('error', () => {
+      clearInterval(timer);
+      resolve();
+    });
+    // The device streams from the moment the line is opened (opening a FIFO waits for the reader).
+    out.once('open', () => {
+      const start = Date.now();
+      timer = setInterval(() => {
+        const t = (Date.now() - start) / 1000;
+        if (t >= seconds) {
+          clearInterval(timer);
+          out.end(() => resolve());
+          return;
+        }
+        const frames: Uint8Array[] = [];
+        for (let k = 0; k < 4; k++, n++) {
+          const probeOff = t > 1.2 && t < 1.5;
+          frames.push(encodeFrame({ pulse: 72 + Math.round(2 * Math.sin(t)), spo2: 97, pleth: Math.round(64 + 50 * Math.sin(n / 5)), probeOff }));
+        }
+        // A burst of line noise once, a second in: the parser must skip it and find the next frame.
+        if (!noisy && t >= 1) {
+          noisy = true;
+          frames.push(Uint8Array.of(0x13, 0x37, 0x42));
+        }
+        out.write(Buffer.concat(frames));
+      }, 1000 / 15);
+    });
   });
 }
 

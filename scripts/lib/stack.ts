@@ -66,6 +66,15 @@ export interface StackOptions {
   readonly progress?: (line: string) => void;
   /** Seconds of sealing window per batch in the agents (default 1000 ms). */
   readonly batchWindowMs?: number;
+  /** Device ids the broker also lets publish under `vitals/<id>/`: MQTTS devices the caller runs itself (see `enrolToken`). */
+  readonly extraMqttDevices?: readonly string[];
+  /** Store in PostgreSQL (this connection string, kept in a 0600 file the config names) instead of SQLite. */
+  readonly postgres?: string;
+  /**
+   * Runs this program as the ingest service instead of `vitalseal ingest run`, with `--config FILE`
+   * appended (e.g. a program embedding `startIngest`); it must serve the config's HTTPS endpoint.
+   */
+  readonly ingestCommand?: { readonly command: string; readonly args: readonly string[] };
 }
 
 export interface RunningDevice {
@@ -85,6 +94,19 @@ export interface Stack {
   readonly readerToken: string;
   readonly broker: MosquittoBroker;
   readonly ingest: Managed;
+  /** The ingest's configuration file (for `vitalseal ingest ... --config FILE`). */
+  readonly ingestConfigFile: string;
+  /** The ingest's static X25519 public key (PEM): what a device pins as `sealing.ingestPublicKeyFile`. */
+  readonly ingestPublicKeyFile: string;
+  /** The ingest's CoAPS (CoAP over DTLS 1.3) port on 127.0.0.1. */
+  readonly coapsPort: number;
+  /** A one-time enrolment token for a device the caller runs itself (`vitalseal ingest enrol-token`). */
+  enrolToken(deviceId: string): Promise<string>;
+  /**
+   * Registers a CoAPS PSK device (`vitalseal ingest devices add-psk`); its key is written once to
+   * `keyFile` (0600). Resolves once the running ingest has had time to load it (one registry refresh).
+   */
+  addPskDevice(deviceId: string, keyFile: string): Promise<void>;
   readonly devices: readonly RunningDevice[];
   /** GET on the ingest's HTTPS API with the reader token; the parsed JSON. */
   api<T = unknown>(path: string): Promise<T>;
@@ -173,7 +195,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     const brokerId = await serviceIdentity(ca, svc, 'broker', { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
 
     // 3. The broker.
-    const mqttDevices = opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id);
+    const mqttDevices = [...opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id), ...(opts.extraMqttDevices ?? [])];
     say('starting mosquitto (TLS 1.3 only, client certificates, per-device topics)');
     broker = await startMosquitto({
       caChainPem: readFileSync(ca.paths.chain, 'utf8'), certChainPem: brokerId.chainPem, keyPem: brokerId.keyPem,
@@ -187,9 +209,15 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     const httpsPort = opts.httpsPort ?? (await freePort());
     const coapsPort = await freePort();
     const cfg = join(ingestDir, 'ingest.yaml');
+    let storage = `sqlite: { path: ${join(ingestDir, 'ingest.db')} }`;
+    if (opts.postgres !== undefined) {
+      const connFile = join(ingestDir, 'postgres.url');
+      writeFileSync(connFile, opts.postgres, { mode: 0o600 });
+      storage = `postgres: { connection: { file: ${connFile} } }`;
+    }
     writeFileSync(cfg, `# The stack's ingest service (docs/ingest.md has the reference).
 storage:
-  sqlite: { path: ${join(ingestDir, 'ingest.db')} }
+  ${storage}
 keystore: { kind: software, path: ${join(ingestDir, 'ingest-keys.vsks')}, passphrase: { file: ${storePass} } }
 keys: { kek: ingest-kek, auditSigningKey: ingest-audit, backupSigningKey: ingest-backup }
 audit: { path: ${join(ingestDir, 'audit.log')} }
@@ -220,7 +248,18 @@ log: { level: info }
     await vitalseal(['ingest', 'keygen', '--config', cfg, '--public-out', ingestPub]);
     const readerToken = (await vitalseal(['ingest', 'api-token', 'create', '--config', cfg, '--name', 'stack-reader', '--role', 'reader'])).trim();
     say(`starting the ingest service (https://127.0.0.1:${httpsPort}/)`);
-    const ingest = procs.spawn('ingest', process.execPath, [VITALSEAL_BIN, 'ingest', 'run', '--config', cfg], { log: join(ingestDir, 'ingest.log'), env, cwd: dir });
+    const ingestCmd = opts.ingestCommand ?? { command: process.execPath, args: [VITALSEAL_BIN, 'ingest', 'run'] };
+    const ingest = procs.spawn('ingest', ingestCmd.command, [...ingestCmd.args, '--config', cfg], { log: join(ingestDir, 'ingest.log'), env, cwd: dir });
+    const enrolToken = async (deviceId: string) => (await vitalseal(['ingest', 'enrol-token', '--config', cfg, '--device-id', deviceId])).trim();
+    const addPskDevice = async (deviceId: string, keyFile: string) => {
+      await vitalseal(['ingest', 'devices', 'add-psk', '--config', cfg, '--device-id', deviceId, '--key-out', keyFile]);
+    };
+    // The running ingest loads a new PSK device at its next registry refresh (ingest.registryRefreshMs,
+    // 1 s here): a device connecting before then is refused once and retries after its back-off.
+    const addPskDeviceLoaded = async (deviceId: string, keyFile: string) => {
+      await addPskDevice(deviceId, keyFile);
+      await new Promise((r) => setTimeout(r, 1500));
+    };
     const httpsUrl = `https://127.0.0.1:${httpsPort}/`;
     const rootPem = readFileSync(rootCaFile, 'utf8');
     await waitHttps(httpsUrl, rootPem, 60_000, () => ingest.alive);
@@ -235,7 +274,7 @@ log: { level: info }
       if (spec.auth === 'psk') {
         say(`${spec.id}: registering a PSK device (vitalseal ingest devices add-psk; the key is wrapped under the ingest KEK)`);
         const keyFile = join(ddir, 'psk.key');
-        await vitalseal(['ingest', 'devices', 'add-psk', '--config', cfg, '--device-id', spec.id, '--key-out', keyFile]);
+        await addPskDevice(spec.id, keyFile);
         identity = `psk: { keyFile: ${keyFile} }`;
       } else {
         let keystore: string;
@@ -254,7 +293,7 @@ log: { level: info }
         }
         say(`${spec.id}: enrolling through the ingest service (one-time token, CSR signed in its ${spec.keyStore === 'tpm' ? 'TPM' : 'key store'})`);
         const tokenFile = join(ddir, 'enrol.token');
-        writeFileSync(tokenFile, (await vitalseal(['ingest', 'enrol-token', '--config', cfg, '--device-id', spec.id])).trim(), { mode: 0o600 });
+        writeFileSync(tokenFile, await enrolToken(spec.id), { mode: 0o600 });
         const idDir = join(ddir, 'identity');
         await vitalseal(['provision', '--device-id', spec.id, '--enrol', httpsUrl.replace(/\/$/, ''), '--token-file', tokenFile, '--ca-file', rootCaFile, '--out', idDir, ...storeArgs], deviceEnv);
         rmSync(tokenFile, { force: true });
@@ -317,6 +356,7 @@ status: { socket: ${statusSocket} }
     let stopped: Promise<void> | undefined;
     return {
       dir, httpsUrl, rootCaFile, readerToken, broker, ingest, devices, api,
+      ingestConfigFile: cfg, ingestPublicKeyFile: ingestPub, coapsPort, enrolToken, addPskDevice: addPskDeviceLoaded,
       vitalseal: (args) => vitalseal(args),
       stop() {
         stopped ??= cleanup();

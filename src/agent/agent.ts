@@ -366,6 +366,9 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
   const log = (opts.log ?? createLogger({ level: c.log.level, base: { device: c.device.id } })).child({});
   const alg = contentAlgByName(c.sealing.alg);
   if (alg === undefined) throw new ConfigError([`sealing.alg: unknown algorithm ${c.sealing.alg}`]);
+  if (c.sources.length === 0 && (opts.sources ?? []).length === 0) {
+    throw new ConfigError(['sources: no source of readings: list sources in the configuration (simulated, hl7-mllp) or pass createAgent({ sources })']);
+  }
   let provider = opts.crypto;
   if (provider === undefined) {
     const preferred = getProvider(c.sealing.provider);

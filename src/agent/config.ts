@@ -417,7 +417,7 @@ function source(c: Checker, v: unknown, path: string, index: number): SourceConf
  * Validates a parsed configuration document. Relative paths resolve against `baseDir` (the config
  * file's directory). Throws ConfigError listing every issue.
  */
-export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: NodeJS.ProcessEnv; where?: string }): AgentConfig {
+export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: NodeJS.ProcessEnv; where?: string; sourcesOptional?: boolean }): AgentConfig {
   const env = opts.env ?? {};
   const c = new Checker(opts.baseDir);
   const root = c.object(doc, '(top level)', ['device', 'sealing', 'sources', 'batch', 'queue', 'transport', 'uplink', 'certificate', 'metrics', 'status', 'log']);
@@ -446,8 +446,12 @@ export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: No
 
   const sources: SourceConfig[] = [];
   const rawSources = root['sources'];
-  if (rawSources === undefined || !Array.isArray(rawSources) || rawSources.length === 0) c.fail('sources', 'must be a non-empty list of sources (simulated, hl7-mllp)');
-  else rawSources.forEach((s, i) => { const r = source(c, s, `sources[${i}]`, i); if (r !== undefined) sources.push(r); });
+  // With `sourcesOptional` (a program embedding the agent that passes its own to
+  // createAgent({ sources })) the list may be absent or empty; createAgent still refuses an agent
+  // with no source at all.
+  if (rawSources !== undefined && !Array.isArray(rawSources)) c.fail('sources', 'must be a list of sources (simulated, hl7-mllp)');
+  else if (opts.sourcesOptional !== true && (rawSources === undefined || rawSources.length === 0)) c.fail('sources', 'must be a non-empty list of sources (simulated, hl7-mllp)');
+  else rawSources?.forEach((s, i) => { const r = source(c, s, `sources[${i}]`, i); if (r !== undefined) sources.push(r); });
   const ids = sources.map((s) => s.id);
   if (new Set(ids).size !== ids.length) c.fail('sources', 'source ids must be unique');
 
@@ -532,8 +536,11 @@ export function parseAgentConfig(doc: unknown, opts: { baseDir: string; env?: No
   };
 }
 
-/** Reads and validates a YAML (.yaml/.yml) or JSON (.json) configuration file. */
-export function loadAgentConfig(file: string, env: NodeJS.ProcessEnv = {}): AgentConfig {
+/**
+ * Reads and validates a YAML (.yaml/.yml) or JSON (.json) configuration file. `sourcesOptional`:
+ * the calling program passes its own sources to `createAgent`, so the file need not list any.
+ */
+export function loadAgentConfig(file: string, env: NodeJS.ProcessEnv = {}, opts: { sourcesOptional?: boolean } = {}): AgentConfig {
   const path = isAbsolute(file) ? file : resolve(file);
   let text: string;
   try {
@@ -548,5 +555,5 @@ export function loadAgentConfig(file: string, env: NodeJS.ProcessEnv = {}): Agen
     // YAML and JSON parser messages name the line and column, never secret material (there is none in the file).
     throw new ConfigError([`not valid ${/\.json$/i.test(path) ? 'JSON' : 'YAML'}: ${e instanceof Error ? e.message.split('\n')[0] : 'parse error'}`], path);
   }
-  return parseAgentConfig(doc, { baseDir: dirname(path), env, where: path });
+  return parseAgentConfig(doc, { baseDir: dirname(path), env, where: path, ...(opts.sourcesOptional === undefined ? {} : { sourcesOptional: opts.sourcesOptional }) });
 }

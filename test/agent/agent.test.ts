@@ -20,6 +20,7 @@ import { openSegmentQueue } from '../../src/agent/queue/index.ts';
 import { getProvider } from '../../src/crypto/registry.ts';
 import type { CryptoProvider } from '../../src/crypto/provider.ts';
 import { SelfTestFailure } from '../../src/crypto/selftest.ts';
+import { SimulatedPatient } from '../../src/agent/sensors/simulated-patient.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { main } from '../../src/cli/main.ts';
 import { FixtureReceiver, FixtureUplink } from '../support/fixture-uplink.ts';
@@ -216,6 +217,15 @@ describe('agent: start-up refusals', () => {
   it('a configured transport missing its certificate settings is a configuration error naming the field', async () => {
     const config = parseAgentConfig(env.config({ transport: { primary: { kind: 'mqtts', host: '127.0.0.1' } } }), { baseDir: env.dir });
     await assert.rejects(createAgent({ config, log: capture().log }), (e) => e instanceof ConfigError && /transport\.primary\.identity: is required/.test(e.message));
+  });
+
+  it('no source at all (none configured, none passed) is a configuration error; sources passed by the program suffice', async () => {
+    const config = parseAgentConfig({ ...env.config(), sources: [] }, { baseDir: env.dir, sourcesOptional: true });
+    await assert.rejects(createAgent({ config, log: capture().log, uplinks: { primary: new FixtureUplink(() => 1) } }),
+      (e) => e instanceof ConfigError && /sources: no source of readings/.test(e.message));
+    const agent = await createAgent({ config, log: capture().log, uplinks: { primary: new FixtureUplink(() => 1) }, sources: [new SimulatedPatient({ id: 'own', seed: 3 })] });
+    assert.equal(agent.status().sources.length, 1);
+    await agent.stop();
   });
 
   it('a wrong pinned key file is a configuration error naming the field', async () => {

@@ -62,6 +62,15 @@ describe('agent configuration', () => {
     for (const re of expect) assert.ok(got.some((i) => re.test(i)), `missing ${re}\n got:\n  ${got.join('\n  ')}`);
   });
 
+  it('sources are required, unless the program says it passes its own to createAgent (sourcesOptional); a list either way', () => {
+    const base = { device: { id: 'bed-7' }, sealing: { ingestPublicKeyFile: 'k.pub' }, queue: { dir: 'q' }, transport: { primary: { kind: 'coaps', host: 'x' } } };
+    assert.ok(issues(base).some((i) => /^sources: must be a non-empty list/.test(i)));
+    assert.ok(issues({ ...base, sources: [] }).some((i) => /^sources: must be a non-empty list/.test(i)));
+    assert.deepEqual(parseAgentConfig(base, { baseDir: '/etc', sourcesOptional: true }).sources, []);
+    assert.deepEqual(parseAgentConfig({ ...base, sources: [] }, { baseDir: '/etc', sourcesOptional: true }).sources, []);
+    assert.throws(() => parseAgentConfig({ ...base, sources: { type: 'simulated' } }, { baseDir: '/etc', sourcesOptional: true }), /sources: must be a list/);
+  });
+
   it('names missing required sections and misspelt fields', () => {
     const got = issues({ device: { id: 'a', name: 'x' }, sources: [{ type: 'simulated', sed: 3 }] });
     for (const re of [/^device\.name: unknown field/, /^sources\[0\]\.sed: unknown field/, /^sealing: is required/, /^queue: is required/, /^transport: is required/]) {
