@@ -20,10 +20,15 @@ import { ApiMisuse } from '../util/errors.ts';
 import type { CryptoProvider } from './provider.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
-/** RFC 8446 §5.3: nonce = iv XOR (counter as big-endian, left-padded to iv.length). */
-export function xorCounterIntoIv(iv: Uint8Array, counter: number): Uint8Array {
+/**
+ * RFC 8446 §5.3: nonce = iv XOR (counter as big-endian, left-padded to iv.length). Writes into
+ * `out` (iv.length bytes) when given, a new array otherwise.
+ */
+export function xorCounterIntoIv(iv: Uint8Array, counter: number, out?: Uint8Array): Uint8Array {
   aint(counter, 'nonce counter');
-  const nonce = Uint8Array.from(iv);
+  const nonce = out ?? new Uint8Array(iv.length);
+  if (nonce.length !== iv.length) throw new RangeError(`nonce output: expected ${iv.length} bytes, got ${nonce.length}`);
+  nonce.set(iv);
   let c = counter;
   for (let i = nonce.length - 1; i >= 0 && c > 0; i--) {
     nonce[i] = (nonce[i] as number) ^ (c % 256);
@@ -64,6 +69,8 @@ export interface CounterSealResult {
 
 export class CounterSealer extends KeyedContext {
   readonly #iv: Uint8Array;
+  /** Scratch for `sealInto`'s nonce (the providers copy it; it is never handed out). */
+  readonly #nonce: Uint8Array;
   readonly #limit: number;
   #next = 0;
 
@@ -71,6 +78,7 @@ export class CounterSealer extends KeyedContext {
   constructor(provider: CryptoProvider, id: AeadId, key: Uint8Array, baseIv: Uint8Array, limit?: number) {
     super(provider, id, key);
     this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.suite.nonceLengths));
+    this.#nonce = new Uint8Array(this.#iv.length);
     this.#limit = Math.min(limit ?? Infinity, this.suite.confidentialityLimit);
   }
 
@@ -86,16 +94,32 @@ export class CounterSealer extends KeyedContext {
 
   seal(plaintext: Uint8Array, aad: Uint8Array): CounterSealResult {
     const key = this.liveKey();
-    if (this.exhausted) {
-      throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
-    }
-    const counter = this.#next++;
+    const counter = this.#take();
     const nonce = xorCounterIntoIv(this.#iv, counter);
     return { counter, nonce, sealed: this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad) };
   }
 
+  /**
+   * Seals the next message into `out` from `offset` (ciphertext || tag, plaintext.length + the tag
+   * length) and returns its counter; the nonce is not kept.
+   */
+  sealInto(plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): number {
+    const key = this.liveKey();
+    const counter = this.#take();
+    this.provider.aeadSealInto(this.suite.id, key, xorCounterIntoIv(this.#iv, counter, this.#nonce), plaintext, aad, out, offset);
+    return counter;
+  }
+
+  /** The next counter: refused past the limit, and never handed out twice. */
+  #take(): number {
+    if (this.exhausted) {
+      throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
+    }
+    return this.#next++;
+  }
+
   override destroy(): void {
-    zeroize(this.#iv);
+    zeroize(this.#iv, this.#nonce);
     super.destroy();
   }
 }
