@@ -37,6 +37,21 @@ export function xorCounterIntoIv(iv: Uint8Array, counter: number, out?: Uint8Arr
   return nonce;
 }
 
+/**
+ * One nonce buffer per length, shared by every sealer: the providers copy the nonce before they
+ * return, so a sealer borrows it for one call and wipes it (a per-context buffer would cost every
+ * idle DTLS session memory for nothing).
+ */
+const NONCE_SCRATCH = new Map<number, Uint8Array>();
+export function nonceScratch(length: number): Uint8Array {
+  let b = NONCE_SCRATCH.get(length);
+  if (b === undefined) {
+    b = new Uint8Array(length);
+    NONCE_SCRATCH.set(length, b);
+  }
+  return b;
+}
+
 abstract class KeyedContext {
   protected readonly suite: AeadSuite;
   protected key: Uint8Array | undefined;
@@ -69,8 +84,6 @@ export interface CounterSealResult {
 
 export class CounterSealer extends KeyedContext {
   readonly #iv: Uint8Array;
-  /** Scratch for `sealInto`'s nonce (the providers copy it; it is never handed out). */
-  readonly #nonce: Uint8Array;
   readonly #limit: number;
   #next = 0;
 
@@ -78,7 +91,6 @@ export class CounterSealer extends KeyedContext {
   constructor(provider: CryptoProvider, id: AeadId, key: Uint8Array, baseIv: Uint8Array, limit?: number) {
     super(provider, id, key);
     this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.suite.nonceLengths));
-    this.#nonce = new Uint8Array(this.#iv.length);
     this.#limit = Math.min(limit ?? Infinity, this.suite.confidentialityLimit);
   }
 
@@ -106,7 +118,12 @@ export class CounterSealer extends KeyedContext {
   sealInto(plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): number {
     const key = this.liveKey();
     const counter = this.#take();
-    this.provider.aeadSealInto(this.suite.id, key, xorCounterIntoIv(this.#iv, counter, this.#nonce), plaintext, aad, out, offset);
+    const nonce = xorCounterIntoIv(this.#iv, counter, nonceScratch(this.#iv.length));
+    try {
+      this.provider.aeadSealInto(this.suite.id, key, nonce, plaintext, aad, out, offset);
+    } finally {
+      nonce.fill(0);
+    }
     return counter;
   }
 
@@ -119,7 +136,7 @@ export class CounterSealer extends KeyedContext {
   }
 
   override destroy(): void {
-    zeroize(this.#iv, this.#nonce);
+    zeroize(this.#iv);
     super.destroy();
   }
 }

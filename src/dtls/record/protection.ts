@@ -11,7 +11,7 @@
  *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
  */
 import { createCipheriv, type Cipher } from 'node:crypto';
-import { CounterSealer, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
+import { CounterSealer, nonceScratch, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { aeadSuite } from '../../crypto/suites.ts';
 import { allocUninit, asBuffer, zeroize } from '../../util/bytes.ts';
@@ -188,8 +188,6 @@ export function reconstructSequence(expected: number, low: number, bits: 8 | 16)
 export class ReadEpoch {
   readonly #opener: Opener;
   readonly #iv: Uint8Array;
-  /** Scratch for the per-record nonce (node:crypto copies it). */
-  readonly #nonce: Uint8Array;
   readonly #mask: RecordNumberMask;
   readonly window = new ReplayWindow();
   readonly #integrityLimit: number;
@@ -204,7 +202,6 @@ export class ReadEpoch {
   ) {
     this.#opener = new Opener(provider, suite.aead, keys.key);
     this.#iv = Uint8Array.from(keys.iv);
-    this.#nonce = new Uint8Array(this.#iv.length);
     this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
     this.#integrityLimit = limits.integrity;
   }
@@ -239,11 +236,14 @@ export class ReadEpoch {
     const seq = reconstructSequence(this.window.highest + 1, low, rec.seqLength === 2 ? 16 : 8);
     if (seq < 0 || seq > MAX_SEQUENCE) return { ok: false, reason: 'bad-sequence' };
     let inner: Uint8Array;
+    const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
     try {
-      inner = this.#opener.open(xorCounterIntoIv(this.#iv, seq, this.#nonce), rec.encrypted, header);
+      inner = this.#opener.open(nonce, rec.encrypted, header);
     } catch {
       this.#failures++;
       return { ok: false, reason: 'auth-failed' };
+    } finally {
+      nonce.fill(0);
     }
     // RFC 9147 §4.5.1: the replay check follows deprotection (no timing channel on the record
     // number), and the window moves only for a record that deprotected.
@@ -260,6 +260,6 @@ export class ReadEpoch {
   destroy(): void {
     this.#opener.destroy();
     this.#mask.destroy();
-    zeroize(this.#iv, this.#nonce);
+    zeroize(this.#iv);
   }
 }
