@@ -205,8 +205,9 @@ class Decoder {
         for (let i = 0; i < arg; i++) {
           const key = this.#item(depth + 1);
           if (typeof key !== 'number' && typeof key !== 'string') fail('cbor-map-key', 'map keys must be integers or text');
-          if (out.has(key)) fail('cbor-duplicate-key', 'map has a duplicate key');
+          // A repeated key does not grow the map (one hash lookup per key instead of two).
           out.set(key, this.#item(depth + 1));
+          if (out.size !== i + 1) fail('cbor-duplicate-key', 'map has a duplicate key');
         }
         return out;
       }
@@ -280,7 +281,7 @@ class Decoder {
   }
 }
 
-function withDefaults(o: CborDecodeOptions): CborLimits {
+function withDefaults(o: Partial<CborLimits>): CborLimits {
   return {
     maxBytes: o.maxBytes ?? DEFAULT_CBOR_LIMITS.maxBytes,
     maxDepth: o.maxDepth ?? DEFAULT_CBOR_LIMITS.maxDepth,
@@ -299,8 +300,16 @@ export function scanCbor(bytes: Uint8Array, limits: CborLimits, allowTags: reado
 
 /** Decodes exactly one CBOR item under `limits`; every failure is a `DecodeError` with a `cbor-*` code. */
 export function decodeCbor(bytes: Uint8Array, options: CborDecodeOptions = {}): unknown {
+  return decodeCborWith(bytes, options, options.allowTags ?? NO_TAGS, options.views === true);
+}
+
+/**
+ * `decodeCbor` with the options apart, for decoders built on it (SenML) that set `views` per call
+ * without copying their caller's limits into a new options object.
+ */
+export function decodeCborWith(bytes: Uint8Array, limits: Partial<CborLimits>, allowTags: readonly number[], views: boolean): unknown {
   if (!(bytes instanceof Uint8Array)) throw new TypeError('decodeCbor: expected Uint8Array');
-  return new Decoder(bytes, withDefaults(options), options.allowTags ?? NO_TAGS, options.views === true).top();
+  return new Decoder(bytes, withDefaults(limits), allowTags, views).top();
 }
 
 /** Bytes of an item head with argument `arg` (RFC 8949 §3, shortest form). */

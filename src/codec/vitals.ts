@@ -11,7 +11,7 @@
  */
 import { isDeviceId } from '../util/device-id.ts';
 import { DecodeError } from '../util/errors.ts';
-import { decodeSenmlCbor, encodeSenmlCbor, resolveSenml, type SenmlLimits, type SenmlRecord } from './senml.ts';
+import { decodeSenmlCbor, encodeSenmlCbor, resolveSenml, type ResolvedRecord, type SenmlLimits, type SenmlRecord } from './senml.ts';
 
 export type VitalKind =
   | 'heart-rate' | 'spo2' | 'respiration-rate' | 'body-temperature' | 'nibp-systolic' | 'nibp-diastolic' | 'nibp-mean';
@@ -124,21 +124,23 @@ function fail(code: string, message: string): never {
 }
 
 export function decodeVitalsPack(bytes: Uint8Array, limits: SenmlLimits = {}): VitalsBatch {
-  const pack = decodeSenmlCbor(bytes, limits);
+  // The ECG bytes are read into new samples below before this returns: views, not copies.
+  const pack = decodeSenmlCbor(bytes, limits, true);
   const bn = pack[0]?.bn;
   if (bn === undefined || !bn.endsWith('/') || !isValidDeviceId(bn.slice(0, -1))) fail('vitals-base-name', 'first record must carry bn "<device id>/"');
-  if (pack.slice(1).some((r) => r.bn !== undefined)) fail('vitals-base-name', 'one device per pack: bn appears twice');
+  for (let i = 1; i < pack.length; i++) if ((pack[i] as SenmlRecord).bn !== undefined) fail('vitals-base-name', 'one device per pack: bn appears twice');
   const deviceId = bn.slice(0, -1);
   const records = resolveSenml(pack);
   const readings: VitalReading[] = [];
   const ecg: EcgStrip[] = [];
   let interval: { t: number; v: number } | undefined;
   let lsb: { t: number; v: number } | undefined;
-  for (const [i, r] of records.entries()) {
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i] as ResolvedRecord;
     const name = r.n.slice(bn.length);
     const timeMs = Math.round(r.t * 1000);
-    if (KINDS.has(name)) {
-      const spec = VITALS[name as VitalKind];
+    const spec = KINDS.has(name) ? VITALS[name as VitalKind] : undefined;
+    if (spec !== undefined) {
       if (r.u !== spec.unit || r.v === undefined) fail('vitals-record', `record ${i} (${name}) must have unit ${spec.unit} and a numeric value`);
       const value = spec.fromWire(r.v);
       if (!(value >= spec.min && value <= spec.max)) fail('vitals-range', `record ${i} (${name}) value outside ${spec.min}..${spec.max}`);
@@ -153,7 +155,8 @@ export function decodeVitalsPack(bytes: Uint8Array, limits: SenmlLimits = {}): V
       if (r.vd.length === 0 || r.vd.length % 2 !== 0 || r.vd.length / 2 > ECG_MAX_SAMPLES) fail('vitals-ecg', `record ${i}: ECG data length ${r.vd.length}`);
       const view = new DataView(r.vd.buffer, r.vd.byteOffset, r.vd.byteLength);
       const samplesMv = new Float32Array(r.vd.length / 2);
-      for (let k = 0; k < samplesMv.length; k++) samplesMv[k] = view.getInt16(k * 2, true) * lsb.v * 1000;
+      const step = lsb.v;
+      for (let k = 0; k < samplesMv.length; k++) samplesMv[k] = view.getInt16(k * 2, true) * step * 1000;
       ecg.push({ start: timeMs, intervalMs: Math.round(interval.v * 1e6) / 1000, samplesMv });
       interval = undefined;
       lsb = undefined;

@@ -1,13 +1,28 @@
 import { abytes, aint } from '../util/assert.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
-/** Shared argument checks so both providers reject exactly the same misuse. */
+/**
+ * Shared argument checks so both providers reject exactly the same misuse. Labels are built only
+ * when a check fails: this runs once per record on the DTLS data path.
+ */
 export function checkAeadArgs(id: AeadId, key: unknown, nonce: unknown, data: unknown, aad: unknown): AeadSuite {
   const suite = aeadSuite(id);
-  abytes(key, `${id} key`, suite.keyLength);
-  abytes(nonce, `${id} nonce`, ...suite.nonceLengths);
-  abytes(data, `${id} data`);
-  abytes(aad, `${id} aad`);
+  if (!(key instanceof Uint8Array) || key.length !== suite.keyLength) abytes(key, `${id} key`, suite.keyLength);
+  if (!(nonce instanceof Uint8Array) || !suite.nonceLengths.includes(nonce.length)) abytes(nonce, `${id} nonce`, ...suite.nonceLengths);
+  if (!(data instanceof Uint8Array)) abytes(data, `${id} data`);
+  if (!(aad instanceof Uint8Array)) abytes(aad, `${id} aad`);
+  return suite;
+}
+
+/** `checkAeadArgs` plus the output range of a seal-into call. */
+export function checkSealInto(id: AeadId, key: unknown, nonce: unknown, data: unknown, aad: unknown, out: unknown, offset: unknown): AeadSuite {
+  const suite = checkAeadArgs(id, key, nonce, data, aad);
+  const o = out instanceof Uint8Array ? out : abytes(out, `${id} output`);
+  const length = (data as Uint8Array).length + suite.tagLength;
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 || o.length - offset < length) {
+    const at = aint(offset, `${id} output offset`);
+    throw new RangeError(`${id} output: needs ${length} bytes from offset ${at}, has ${o.length - at}`);
+  }
   return suite;
 }
 

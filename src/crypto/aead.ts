@@ -20,16 +20,36 @@ import { ApiMisuse } from '../util/errors.ts';
 import type { CryptoProvider } from './provider.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
-/** RFC 8446 §5.3: nonce = iv XOR (counter as big-endian, left-padded to iv.length). */
-export function xorCounterIntoIv(iv: Uint8Array, counter: number): Uint8Array {
+/**
+ * RFC 8446 §5.3: nonce = iv XOR (counter as big-endian, left-padded to iv.length). Writes into
+ * `out` (iv.length bytes) when given, a new array otherwise.
+ */
+export function xorCounterIntoIv(iv: Uint8Array, counter: number, out?: Uint8Array): Uint8Array {
   aint(counter, 'nonce counter');
-  const nonce = Uint8Array.from(iv);
+  const nonce = out ?? new Uint8Array(iv.length);
+  if (nonce.length !== iv.length) throw new RangeError(`nonce output: expected ${iv.length} bytes, got ${nonce.length}`);
+  nonce.set(iv);
   let c = counter;
   for (let i = nonce.length - 1; i >= 0 && c > 0; i--) {
     nonce[i] = (nonce[i] as number) ^ (c % 256);
     c = Math.floor(c / 256);
   }
   return nonce;
+}
+
+/**
+ * One nonce buffer per length, shared by every sealer: the providers copy the nonce before they
+ * return, so a sealer borrows it for one call and wipes it (a per-context buffer would cost every
+ * idle DTLS session memory for nothing).
+ */
+const NONCE_SCRATCH = new Map<number, Uint8Array>();
+export function nonceScratch(length: number): Uint8Array {
+  let b = NONCE_SCRATCH.get(length);
+  if (b === undefined) {
+    b = new Uint8Array(length);
+    NONCE_SCRATCH.set(length, b);
+  }
+  return b;
 }
 
 abstract class KeyedContext {
@@ -86,12 +106,33 @@ export class CounterSealer extends KeyedContext {
 
   seal(plaintext: Uint8Array, aad: Uint8Array): CounterSealResult {
     const key = this.liveKey();
+    const counter = this.#take();
+    const nonce = xorCounterIntoIv(this.#iv, counter);
+    return { counter, nonce, sealed: this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad) };
+  }
+
+  /**
+   * Seals the next message into `out` from `offset` (ciphertext || tag, plaintext.length + the tag
+   * length) and returns its counter; the nonce is not kept.
+   */
+  sealInto(plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): number {
+    const key = this.liveKey();
+    const counter = this.#take();
+    const nonce = xorCounterIntoIv(this.#iv, counter, nonceScratch(this.#iv.length));
+    try {
+      this.provider.aeadSealInto(this.suite.id, key, nonce, plaintext, aad, out, offset);
+    } finally {
+      nonce.fill(0);
+    }
+    return counter;
+  }
+
+  /** The next counter: refused past the limit, and never handed out twice. */
+  #take(): number {
     if (this.exhausted) {
       throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
     }
-    const counter = this.#next++;
-    const nonce = xorCounterIntoIv(this.#iv, counter);
-    return { counter, nonce, sealed: this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad) };
+    return this.#next++;
   }
 
   override destroy(): void {

@@ -11,7 +11,7 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { randomBytes as nobleRandomBytes } from '@noble/hashes/utils.js';
 import { abytes, aint } from '../util/assert.ts';
 import { CryptoError, Unsupported } from '../util/errors.ts';
-import { checkAeadArgs, checkChacha, checkX25519, isAllZero } from './_validate.ts';
+import { checkAeadArgs, checkChacha, checkSealInto, checkX25519, isAllZero } from './_validate.ts';
 import type { CryptoProvider, X25519KeyPair } from './provider.ts';
 import type { AeadId } from './suites.ts';
 
@@ -47,6 +47,11 @@ export const nobleProvider: CryptoProvider = Object.freeze({
   aeadSeal(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
     checkAeadArgs(id, key, nonce, plaintext, aad);
     return nobleAead(id)(key, nonce, aad).encrypt(plaintext);
+  },
+
+  aeadSealInto(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): void {
+    checkSealInto(id, key, nonce, plaintext, aad, out, offset);
+    out.set(nobleAead(id)(key, nonce, aad).encrypt(plaintext), offset);
   },
 
   aeadOpen(id: AeadId, key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array {

@@ -7,9 +7,9 @@ import {
   type CipherCCMTypes, type CipherGCMTypes, type CipherChaCha20Poly1305Types, type KeyObject,
 } from 'node:crypto';
 import { abytes, aint } from '../util/assert.ts';
-import { concatBytes } from '../util/bytes.ts';
+import { allocUninit } from '../util/bytes.ts';
 import { CryptoError } from '../util/errors.ts';
-import { checkAeadArgs, checkChacha, checkX25519, isAllZero } from './_validate.ts';
+import { checkAeadArgs, checkChacha, checkSealInto, checkX25519, isAllZero } from './_validate.ts';
 import type { CryptoProvider, X25519KeyPair } from './provider.ts';
 import type { AeadId } from './suites.ts';
 
@@ -63,6 +63,15 @@ function rawX25519Private(key: KeyObject): Uint8Array {
   return raw;
 }
 
+function sealInto(id: AeadId, tagLength: number, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): void {
+  const cipher = createCipheriv(NODE_AEAD[id] as CipherGCMTypes, key, nonce, { authTagLength: tagLength });
+  // CCM needs the plaintext length up front (it is in the first CBC-MAC block, RFC 3610 §2.2).
+  cipher.setAAD(input(aad), { plaintextLength: plaintext.length });
+  out.set(cipher.update(input(plaintext)), offset);
+  cipher.final();
+  out.set(cipher.getAuthTag(), offset + plaintext.length);
+}
+
 export const nodeProvider: CryptoProvider = Object.freeze({
   name: 'node' as const,
 
@@ -72,14 +81,14 @@ export const nodeProvider: CryptoProvider = Object.freeze({
 
   aeadSeal(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
     const suite = checkAeadArgs(id, key, nonce, plaintext, aad);
-    const cipher = createCipheriv(NODE_AEAD[id] as CipherGCMTypes, key, nonce, {
-      authTagLength: suite.tagLength,
-    });
-    // CCM needs the plaintext length up front (it is in the first CBC-MAC block, RFC 3610 §2.2).
-    cipher.setAAD(input(aad), { plaintextLength: plaintext.length });
-    const body = cipher.update(input(plaintext));
-    cipher.final();
-    return concatBytes(body, cipher.getAuthTag());
+    const out = allocUninit(plaintext.length + suite.tagLength);
+    sealInto(id, suite.tagLength, key, nonce, plaintext, aad, out, 0);
+    return out;
+  },
+
+  aeadSealInto(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): void {
+    const suite = checkSealInto(id, key, nonce, plaintext, aad, out, offset);
+    sealInto(id, suite.tagLength, key, nonce, plaintext, aad, out, offset);
   },
 
   aeadOpen(id: AeadId, key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array {

@@ -25,6 +25,11 @@ export interface CryptoProvider {
   supportsAead(id: AeadId): boolean;
   /** Returns ciphertext || tag. */
   aeadSeal(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array;
+  /**
+   * Writes ciphertext || tag into `out` from `offset` (exactly plaintext.length + the tag length
+   * must fit): a record layer builds header and sealed body in one buffer, without a copy.
+   */
+  aeadSealInto(id: AeadId, key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): void;
   /** Takes ciphertext || tag; throws `CryptoError('aead-auth-failed')` on any mismatch. */
   aeadOpen(id: AeadId, key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array;
 

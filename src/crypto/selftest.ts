@@ -233,6 +233,12 @@ function aeadKat(p: CryptoProvider, id: AeadId): void {
   const sealed = fromHex(v.sealed);
   try {
     expect(primitive, p.name, `seal does not match ${v.source}`, () => equalBytes(p.aeadSeal(id, key, nonce, fromHex(v.plaintext), aad), sealed));
+    expect(primitive, p.name, `seal into a buffer does not match ${v.source}`, () => {
+      // At an offset, with bytes on both sides that must stay untouched (the DTLS record layer's use).
+      const out = new Uint8Array(sealed.length + 7).fill(0xa5);
+      p.aeadSealInto(id, key, nonce, fromHex(v.plaintext), aad, out, 5);
+      return equalBytes(out.subarray(5, 5 + sealed.length), sealed) && out.subarray(0, 5).every((b) => b === 0xa5) && out.subarray(5 + sealed.length).every((b) => b === 0xa5);
+    });
     expect(primitive, p.name, `open does not match ${v.source}`, () => equalBytes(p.aeadOpen(id, key, nonce, sealed, aad), fromHex(v.plaintext)));
     expect(primitive, p.name, 'a flipped tag bit was not refused', () => refuses(() => p.aeadOpen(id, key, nonce, flip(sealed, sealed.length - 1), aad)));
   } finally {

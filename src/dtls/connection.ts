@@ -511,7 +511,8 @@ export class Connection {
       case ContentType.applicationData:
         // RFC 9147 §5.8.1: application data only in epoch 3 and later, once the handshake is done.
         if (this.#phase.kind !== 'connected' || record.epoch < 3) return this.#drop('unexpected-content'), none;
-        this.#events.push({ type: 'data', data: Uint8Array.from(record.content) });
+        // The opened content is a fresh buffer (the provider decrypts into new memory): no copy.
+        this.#events.push({ type: 'data', data: record.content });
         return none;
       default:
         // RFC 8446 §5: an unknown content type from an authenticated peer is fatal.

@@ -94,13 +94,25 @@ interface SessionEntry extends ServerSession {
 }
 
 const addrKey = (p: PeerAddress) => `${p.address}|${p.port}`;
+const sameAddress = (a: PeerAddress, b: PeerAddress) => a.port === b.port && a.address === b.address;
+
+/**
+ * The routing key of a CID, looked up for every datagram: a number for CIDs of up to 6 bytes (the
+ * default), with the length folded in so CIDs of different lengths never collide; hex otherwise.
+ */
+function cidKey(cid: Uint8Array): number | string {
+  if (cid.length > 6) return toHex(cid);
+  let v = cid.length;
+  for (let i = 0; i < cid.length; i++) v = v * 256 + (cid[i] as number);
+  return v;
+}
 
 export class DtlsServerEndpoint {
   readonly config: ResolvedServerConfig;
   readonly limits: EndpointLimits;
   readonly #cookies: CookieKeys;
   readonly #tickets: TicketKeys;
-  readonly #byCid = new Map<string, SessionEntry>();
+  readonly #byCid = new Map<number | string, SessionEntry>();
   readonly #established = new Map<string, SessionEntry>();
   readonly #pending = new Map<string, SessionEntry>();
   readonly #pendingPerIp = new Map<string, number>();
@@ -145,7 +157,7 @@ export class DtlsServerEndpoint {
     if (isCiphertextHeaderByte(first) && (first & 0x10) !== 0) {
       // RFC 9146: a CID names the session wherever the datagram came from.
       if (cidLength === 0 || datagram.length < 1 + cidLength) return this.#drop(out, 'malformed');
-      const s = this.#byCid.get(toHex(datagram.subarray(1, 1 + cidLength)));
+      const s = this.#byCid.get(cidKey(datagram.subarray(1, 1 + cidLength)));
       if (s === undefined) return this.#drop(out, 'unknown-cid');
       await this.#deliver(s, datagram, from, now, out);
       return out;
@@ -282,7 +294,7 @@ export class DtlsServerEndpoint {
     const r = await connection.accept(hello, messageSeq, recordSeq, now);
     // The client uses our CID from its first protected record on: route by it from now.
     const agreed = connection.receiveCid;
-    if (agreed.length > 0) this.#byCid.set(toHex(agreed), s);
+    if (agreed.length > 0) this.#byCid.set(cidKey(agreed), s);
     this.#collect(s, r, out);
   }
 
@@ -306,7 +318,7 @@ export class DtlsServerEndpoint {
     if (n === 0) return new Uint8Array(0);
     for (;;) {
       const cid = this.config.provider.randomBytes(n);
-      if (!this.#byCid.has(toHex(cid))) return cid;
+      if (!this.#byCid.has(cidKey(cid))) return cid;
     }
   }
 
@@ -314,7 +326,7 @@ export class DtlsServerEndpoint {
     if (this.#sessions.get(s.id) !== s) return undefined;
     const r = await s.connection.handleDatagram(datagram, now);
     // RFC 9146 §6: follow an address change only for an authenticated record newer than any before.
-    if (r.advanced && addrKey(from) !== addrKey(s.peer) && !s.pending) {
+    if (r.advanced && !s.pending && !sameAddress(from, s.peer)) {
       const old = addrKey(s.peer);
       if (this.#established.get(old) === s) this.#established.delete(old);
       s.peer = from;
@@ -361,7 +373,7 @@ export class DtlsServerEndpoint {
       this.#decPending(s.peer.address);
     }
     if (this.#established.get(key) === s) this.#established.delete(key);
-    const cid = toHex(s.connection.receiveCid);
+    const cid = cidKey(s.connection.receiveCid);
     if (this.#byCid.get(cid) === s) this.#byCid.delete(cid);
   }
 

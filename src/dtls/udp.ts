@@ -60,21 +60,44 @@ class Deadline {
  * Datagrams on their way to a socket. Those produced in the same turn of the event loop for the
  * same peer are joined into one datagram while they fit the MTU (RFC 9147 §4.4: a datagram may
  * carry several records; every record we send has a length field), which saves a system call per
- * small record. A close waits until everything queued has been handed to the kernel and sent.
+ * small record. A datagram that can take no more goes to the kernel at once, so the peer can start
+ * on it while later records are still being protected; the last one waits for the end of the turn
+ * in case more join it. Only the last datagram of a burst asks for a completion callback (a
+ * socket's sends complete in order), and a close waits until everything queued has been sent.
  */
 class Outbox {
-  #queue: { data: Uint8Array; port: number; host: string }[] = [];
+  #parts: Uint8Array[] = [];
+  #size = 0;
+  #port = 0;
+  #host = '';
   #scheduled = false;
   #pending = 0;
   #waiters: (() => void)[] = [];
+  readonly #sent = () => {
+    this.#pending--;
+    if (this.#pending === 0 && this.#parts.length === 0) for (const w of this.#waiters.splice(0)) w();
+  };
 
+  /** `connected`: the socket is connected to its one peer (a client), so sends carry no address. */
   constructor(
     private readonly socket: () => Socket,
     private readonly mtu: number,
+    private readonly connected: boolean,
   ) {}
 
   send(data: Uint8Array, port: number, host: string): void {
-    this.#queue.push({ data, port, host });
+    if (this.#parts.length > 0) {
+      if (port === this.#port && host === this.#host && this.#size + data.length <= this.mtu) {
+        this.#parts.push(data);
+        this.#size += data.length;
+        return;
+      }
+      this.#transmit(false);
+    }
+    this.#parts.push(data);
+    this.#size = data.length;
+    this.#port = port;
+    this.#host = host;
     if (!this.#scheduled) {
       this.#scheduled = true;
       setImmediate(() => this.flush());
@@ -83,37 +106,54 @@ class Outbox {
 
   flush(): void {
     this.#scheduled = false;
-    const queue = this.#queue;
-    this.#queue = [];
-    let i = 0;
-    while (i < queue.length) {
-      const first = queue[i] as { data: Uint8Array; port: number; host: string };
-      const parts = [first.data];
-      let size = first.data.length;
-      let j = i + 1;
-      for (; j < queue.length; j++) {
-        const next = queue[j] as { data: Uint8Array; port: number; host: string };
-        if (next.port !== first.port || next.host !== first.host || size + next.data.length > this.mtu) break;
-        parts.push(next.data);
-        size += next.data.length;
-      }
+    if (this.#parts.length > 0) this.#transmit(true);
+  }
+
+  #transmit(last: boolean): void {
+    const parts = this.#parts;
+    this.#parts = [];
+    this.#size = 0;
+    const data = parts.length === 1 ? (parts[0] as Uint8Array) : parts;
+    const socket = this.socket();
+    if (last) {
       this.#pending++;
-      this.socket().send(parts.length === 1 ? first.data : parts, first.port, first.host, () => {
-        this.#pending--;
-        if (this.#pending === 0 && this.#queue.length === 0) for (const w of this.#waiters.splice(0)) w();
-      });
-      i = j;
-    }
+      if (this.connected) socket.send(data, this.#sent);
+      else socket.send(data, this.#port, this.#host, this.#sent);
+    } else if (this.connected) socket.send(data);
+    else socket.send(data, this.#port, this.#host);
   }
 
   drained(): Promise<void> {
-    if (this.#queue.length > 0) this.flush();
+    if (this.#parts.length > 0) this.flush();
     return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
   }
 }
 
 function udpType(host: string): 'udp4' | 'udp6' {
   return isIP(host) === 6 ? 'udp6' : 'udp4';
+}
+
+/**
+ * A client's UDP socket, bound to an ephemeral port and connected to the server: the kernel then
+ * passes up only the server's datagrams, and a send names no address (no per-datagram lookup).
+ */
+async function connectedSocket(host: string, port: number): Promise<Socket> {
+  const socket = createSocket(udpType(host));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(0, () => {
+        socket.connect(port, host, () => {
+          socket.off('error', reject);
+          resolve();
+        });
+      });
+    });
+  } catch (e) {
+    socket.close();
+    throw e;
+  }
+  return socket;
 }
 
 export interface ClientSocketOptions extends ClientConfig {
@@ -145,7 +185,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
   private constructor(options: ClientSocketOptions, socket: Socket) {
     super();
     this.#connection = Connection.client(options);
-    this.#sends = new Outbox(() => this.#socket, this.#connection.mtu);
+    this.#sends = new Outbox(() => this.#socket, this.#connection.mtu, true);
     this.#socket = socket;
     this.#host = options.host;
     this.#port = options.port;
@@ -156,14 +196,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
 
   /** Connects and completes the handshake; rejects with the failure (and its alert) otherwise. */
   static async connect(options: ClientSocketOptions): Promise<DtlsClientSocket> {
-    const socket = createSocket(udpType(options.host));
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(0, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
+    const socket = await connectedSocket(options.host, options.port);
     const client = new DtlsClientSocket(options, socket);
     const established = new Promise<void>((resolve, reject) => {
       const onError = (e: VitalsealError) => reject(e);
@@ -218,8 +251,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
    * the session (RFC 9146).
    */
   async rebind(): Promise<void> {
-    const next = createSocket(udpType(this.#host));
-    await new Promise<void>((resolve) => next.bind(0, resolve));
+    const next = await connectedSocket(this.#host, this.#port);
     const old = this.#socket;
     this.#socket = next;
     this.#listen(next);
@@ -366,7 +398,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
     super();
     this.endpoint = endpoint;
     this.#socket = socket;
-    this.#sends = new Outbox(() => this.#socket, endpoint.config.mtu);
+    this.#sends = new Outbox(() => this.#socket, endpoint.config.mtu, false);
     this.#clock = clock;
     this.#deadline = new Deadline(clock, () => void this._act((ep, now) => ep.handleTimeout(now)));
     socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {

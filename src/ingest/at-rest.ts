@@ -28,7 +28,7 @@ export const AT_REST_AEAD = 'aes-256-gcm' as const;
 /** SP 800-38D §8.2.1: fixed field (4 zero bytes) || invocation field (seq, 8 bytes big-endian). */
 export function atRestNonce(seq: number): Uint8Array {
   const n = new Uint8Array(12);
-  new DataView(n.buffer).setBigUint64(4, BigInt(seq), false);
+  writeU64(n, 4, seq);
   return n;
 }
 
@@ -38,10 +38,17 @@ export function atRestAad(deviceId: string, seq: number, keyVersion: number): Ui
   const out = new Uint8Array(LABEL.length + 1 + id.length + 1 + 8 + 4);
   out.set(LABEL, 0);
   out.set(id, LABEL.length + 1);
-  const v = new DataView(out.buffer);
-  v.setBigUint64(LABEL.length + 2 + id.length, BigInt(seq), false);
-  v.setUint32(LABEL.length + 10 + id.length, keyVersion, false);
+  writeU64(out, LABEL.length + 2 + id.length, seq);
+  new DataView(out.buffer).setUint32(LABEL.length + 10 + id.length, keyVersion, false);
   return out;
+}
+
+/** A non-negative safe integer as 8 bytes big-endian (two 32-bit halves: no BigInt per row). */
+function writeU64(out: Uint8Array, at: number, v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`at-rest: ${v} is not a non-negative safe integer`);
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  view.setUint32(at, Math.floor(v / 0x1_0000_0000), false);
+  view.setUint32(at + 4, v >>> 0, false);
 }
 
 export function sealAtRest(provider: CryptoProvider, dek: DataKey, deviceId: string, seq: number, plaintext: Uint8Array): { nonce: Uint8Array; ciphertext: Uint8Array } {

@@ -40,7 +40,7 @@ import type { IngestMetrics } from './metrics.ts';
 import type { AcceptInput, AcceptOutcome, PeerIdentity, RejectReason, TransportName } from './outcome.ts';
 import type { DeviceRegistry } from './registry.ts';
 import type { StaticKeys } from './static-key.ts';
-import type { DeviceRecord, IngestStorage } from './storage/types.ts';
+import type { DeviceActivity, DeviceRecord, IngestStorage } from './storage/types.ts';
 
 /** pino-compatible logging (objects first); never given key material or readings. */
 export interface IngestLogger {
@@ -98,6 +98,10 @@ class Refused extends Error {
 }
 
 const MAX_PENDING_TALLIES = 10_000;
+/** A device's activity row is rewritten at most this often while only its last-seen time moves. */
+export const ACTIVITY_RESOLUTION_MS = 1000;
+/** Devices whose last written activity is remembered (least recently written forgotten first). */
+const MAX_REMEMBERED_ACTIVITY = 100_000;
 
 export class IngestService {
   readonly metrics: IngestMetrics;
@@ -113,6 +117,8 @@ export class IngestService {
   readonly #log: IngestLogger;
   readonly #listeners = new Set<(e: AcceptedEvent) => void>();
   readonly #tallies = new Map<string, { count: number; at: number; reason: RejectReason }>();
+  /** The activity last handed to storage per device (`#activityDue`). */
+  readonly #activity = new Map<string, DeviceActivity>();
   readonly #commits: GroupCommit;
   #inflight = 0;
   #idle: (() => void) | undefined;
@@ -236,10 +242,9 @@ export class IngestService {
       plaintext = undefined;
 
       const epochStartedAt = this.#epochs.startOf(epoch) ?? (device.sealingEpoch === epoch ? device.epochStartedAt : undefined) ?? now;
-      const result = await this.#commits.store({
-        message: { deviceId, seq, receivedAt: now, firstTime: span.first, lastTime: span.last, keyVersion, nonce: sealed.nonce, ciphertext: sealed.ciphertext },
-        activity: { seenAt: now, transport: peer.transport, suite: `${peer.suite} / ${opened.alg.name}`, sealingEpoch: epoch, epochStartedAt },
-      });
+      const message = { deviceId, seq, receivedAt: now, firstTime: span.first, lastTime: span.last, keyVersion, nonce: sealed.nonce, ciphertext: sealed.ciphertext };
+      const activity = { seenAt: now, transport: peer.transport, suite: `${peer.suite} / ${opened.alg.name}`, sealingEpoch: epoch, epochStartedAt };
+      const result = await this.#commits.store(this.#activityDue(deviceId, activity) ? { message, activity } : { message });
       this.#epochs.record(epoch, deviceId, now, epochStartedAt);
       if (result === 'duplicate') {
         this.metrics.duplicates.inc();
@@ -255,6 +260,24 @@ export class IngestService {
     } finally {
       zeroize(plaintext);
     }
+  }
+
+  /**
+   * Whether this message's activity (last seen, transport, suite, sealing epoch) goes to the
+   * database with it. A device's row is written at most once per `ACTIVITY_RESOLUTION_MS` while
+   * nothing but the time changes: last-seen is kept to the second (docs/ingest.md), and a device
+   * streaming faster than once a second does not cost a row update per message. A new transport,
+   * suite or sealing epoch is written at once.
+   */
+  #activityDue(deviceId: string, a: DeviceActivity): boolean {
+    const last = this.#activity.get(deviceId);
+    if (last !== undefined && a.seenAt >= last.seenAt && a.seenAt - last.seenAt < ACTIVITY_RESOLUTION_MS
+      && a.transport === last.transport && a.suite === last.suite && a.sealingEpoch === last.sealingEpoch) return false;
+    // Re-inserted so the map's order is least recently written first (the first to go when full).
+    this.#activity.delete(deviceId);
+    this.#activity.set(deviceId, a);
+    if (this.#activity.size > MAX_REMEMBERED_ACTIVITY) this.#activity.delete(this.#activity.keys().next().value as string);
+    return true;
   }
 
   /** Resolves the authenticated peer to an active registered device, or refuses. */

@@ -69,6 +69,19 @@ describe('SenML strictness', () => {
     ];
     for (const [pack, code] of cases) assert.throws(() => resolveSenml(pack), (e) => e instanceof DecodeError && e.code === code, code);
   });
+  it('checks the whole name (base name + name) by the §4.5.1 rule, however the base name changes', () => {
+    const bad: SenmlPack[] = [
+      [{ bn: 'dev:', n: 'sp ace', v: 1 }],
+      [{ bn: '-dev:', n: 'temp', v: 1 }],
+      [{ bn: 'dev ice:', n: 'temp', v: 1 }],
+      [{ bn: 'dev:', n: 'a', v: 1 }, { bn: '_x:', n: 'b', v: 1 }],
+      [{ bn: 'dev:', n: 'a', v: 1 }, { bn: '', n: '/b', v: 1 }],
+      [{ bn: '', n: '', v: 1 }],
+    ];
+    for (const pack of bad) assert.throws(() => resolveSenml(pack), (e) => e instanceof DecodeError && e.code === 'senml-name', JSON.stringify(pack));
+    // A valid base name makes any name of the allowed characters valid, even one starting with '-'.
+    assert.deepEqual(resolveSenml([{ bn: 'dev:', n: '-x', v: 1 }, { n: '', v: 2 }, { bn: 'b/', n: 'y', v: 3 }]).map((r) => r.n), ['dev:-x', 'dev:', 'b/y']);
+  });
   it('bounds the number of records', () => {
     const pack = Array.from({ length: 10 }, () => ({ n: 'x', v: 1 }));
     assert.throws(() => decodeSenmlCbor(encodeSenmlCbor(pack), { maxRecords: 5 }), (e) => e instanceof DecodeError && e.code === 'senml-too-many-records');

@@ -15,6 +15,29 @@ describe('nonce discipline', () => {
     assert.equal(toHex(xorCounterIntoIv(iv, 1)), '000102030405060708090a0a');
     assert.equal(toHex(xorCounterIntoIv(iv, 0x0102)), '000102030405060708090b09');
     assert.equal(toHex(xorCounterIntoIv(iv, 2 ** 40)), '000102030405070708090a0b');
+    // Into a caller's buffer: the same bytes, whatever the buffer held before.
+    const out = new Uint8Array(12).fill(0xff);
+    assert.equal(xorCounterIntoIv(iv, 0x0102, out), out);
+    assert.equal(toHex(out), '000102030405060708090b09');
+    assert.throws(() => xorCounterIntoIv(iv, 1, new Uint8Array(13)), RangeError);
+  });
+
+  it('CounterSealer.sealInto shares the counter with seal, writes only its range, and stops at the limit', () => {
+    const key = node.randomBytes(16), iv = node.randomBytes(12);
+    const sealer = new CounterSealer(node, 'aes-128-gcm', key, iv, 4);
+    const opener = new Opener(node, 'aes-128-gcm', key);
+    const aad = Uint8Array.of(1, 2, 3);
+    assert.equal(sealer.seal(Uint8Array.of(0), aad).counter, 0);
+    const out = new Uint8Array(3 + 5 + 16 + 2).fill(0xee);
+    assert.equal(sealer.sealInto(Uint8Array.of(1, 2, 3, 4, 5), aad, out, 3), 1);
+    assert.deepEqual([...out.subarray(0, 3), ...out.subarray(24)], [0xee, 0xee, 0xee, 0xee, 0xee]);
+    assert.deepEqual(opener.open(xorCounterIntoIv(iv, 1), out.subarray(3, 24), aad), Uint8Array.of(1, 2, 3, 4, 5));
+    // The next counter is 2: a record sealed into a buffer never reuses a nonce seal() took.
+    assert.equal(sealer.seal(Uint8Array.of(2), aad).counter, 2);
+    // Too little room is refused; the counter it took is not handed out again.
+    assert.throws(() => sealer.sealInto(Uint8Array.of(1), aad, new Uint8Array(16), 0), RangeError);
+    assert.equal(sealer.exhausted, true);
+    assert.throws(() => sealer.sealInto(Uint8Array.of(1), aad, new Uint8Array(17), 0), (e) => e instanceof ApiMisuse && e.code === 'aead-limit-reached');
   });
 
   it('CounterSealer never repeats a nonce and opens with an Opener', () => {
@@ -80,7 +103,25 @@ describe('node and noble providers agree on random inputs (fast-check)', () => {
         const a = node.aeadSeal(id, key, nonce, pt, aad);
         assert.deepEqual(a, noble.aeadSeal(id, key, nonce, pt, aad));
         assert.deepEqual(noble.aeadOpen(id, key, nonce, a, aad), pt);
+        for (const p of [node, noble]) {
+          const out = new Uint8Array(a.length + 9).fill(0x5a);
+          p.aeadSealInto(id, key, nonce, pt, aad, out, 4);
+          assert.deepEqual(out.subarray(4, 4 + a.length), a);
+          assert.ok(out.subarray(0, 4).every((b) => b === 0x5a) && out.subarray(4 + a.length).every((b) => b === 0x5a));
+        }
       }), { numRuns: 300, seed: 20261124 });
+  });
+
+  it('aeadSealInto refuses an output range that does not fit, in both providers', () => {
+    const key = node.randomBytes(16), nonce = node.randomBytes(12), pt = new Uint8Array(10), aad = new Uint8Array(0);
+    for (const p of [node, noble]) {
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key, nonce, pt, aad, new Uint8Array(25), 0), RangeError, p.name);
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key, nonce, pt, aad, new Uint8Array(40), 15), RangeError, p.name);
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key, nonce, pt, aad, new Uint8Array(40), -1), RangeError, p.name);
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key, nonce, pt, aad, new Uint8Array(40), 1.5), TypeError, p.name);
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key, nonce, pt, aad, [] as unknown as Uint8Array, 0), TypeError, p.name);
+      assert.throws(() => p.aeadSealInto('aes-128-gcm', key.subarray(1), nonce, pt, aad, new Uint8Array(40), 0), RangeError, p.name);
+    }
   });
   it('X25519, HKDF, HMAC, SHA-256, ChaCha20 and AES-ECB', () => {
     fc.assert(fc.property(

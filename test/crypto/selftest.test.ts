@@ -25,6 +25,7 @@ function bind(p: CryptoProvider): CryptoProvider {
     name: p.name,
     supportsAead: (id) => p.supportsAead(id),
     aeadSeal: (...a) => p.aeadSeal(...a),
+    aeadSealInto: (...a) => p.aeadSealInto(...a),
     aeadOpen: (...a) => p.aeadOpen(...a),
     x25519Generate: () => p.x25519Generate(),
     x25519PublicKey: (k) => p.x25519PublicKey(k),
@@ -80,7 +81,7 @@ describe('power-on self-test', () => {
   });
 
   for (const id of AEAD_IDS) {
-    it(`refuses to pass when ${id} seals wrongly, or opens a forgery`, () => {
+    it(`refuses to pass when ${id} seals wrongly (either way), or opens a forgery`, () => {
       failsOn(`aead:${id}`, () => runSelfTest({
         aeads: [id], ecdsa: false,
         provider: broken({ aeadSeal: (a, k, n, p, d) => { const s = node.aeadSeal(a, k, n, p, d); if (a === id) s[0] = (s[0] as number) ^ 1; return s; } }),
@@ -88,6 +89,10 @@ describe('power-on self-test', () => {
       failsOn(`aead:${id}`, () => runSelfTest({
         aeads: [id], ecdsa: false,
         provider: broken({ aeadOpen: (a, k, n, s, d) => (a === id ? s.subarray(0, s.length - (a === 'aes-128-ccm-8' ? 8 : 16)) : node.aeadOpen(a, k, n, s, d)) }),
+      }));
+      failsOn(`aead:${id}`, () => runSelfTest({
+        aeads: [id], ecdsa: false,
+        provider: broken({ aeadSealInto: (a, k, n, p, d, out, at) => { node.aeadSealInto(a, k, n, p, d, out, at); if (a === id) out[at + 1] = (out[at + 1] as number) ^ 1; } }),
       }));
     });
   }

@@ -4,11 +4,12 @@
  * the client's port (NAT rebinding).
  */
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
 import { after, before, describe, it } from 'node:test';
 import type { ClientConfig, ResumptionTicket, ServerConfig } from '../../src/dtls/config.ts';
 import type { CipherSuiteName, NamedGroupName } from '../../src/dtls/messages/constants.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
-import { DtlsClientSocket, DtlsServer, type DtlsServerSession } from '../../src/dtls/udp.ts';
+import { DtlsClientSocket, DtlsServer, type ClientSocketOptions, type DtlsServerSession } from '../../src/dtls/udp.ts';
 import { toHex, utf8 } from '../../src/util/bytes.ts';
 import { issueLeaf, makeCa, type TestCa, type TestLeaf } from './support/pki.ts';
 
@@ -46,7 +47,7 @@ async function startServer(extra: Partial<ServerConfig> = {}): Promise<DtlsServe
   return server;
 }
 
-async function client(server: DtlsServer, extra: Partial<ClientConfig> = {}): Promise<DtlsClientSocket> {
+async function client(server: DtlsServer, extra: Partial<ClientSocketOptions> = {}): Promise<DtlsClientSocket> {
   const c = await DtlsClientSocket.connect({
     host: '127.0.0.1',
     port: server.address().port,
@@ -178,6 +179,35 @@ describe('DTLS 1.3 over UDP loopback', () => {
       await new Promise((r) => setTimeout(r, 100));
       assert.ok((server.endpoint.stats.dropped['unknown-peer'] ?? 0) >= 1);
       assert.deepEqual(received, ['before'], 'nothing from the new port reached the session');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('the client hears only its server: a datagram from another address never reaches the connection', async () => {
+    const server = await startServer();
+    const c = await client(server);
+    try {
+      await echo(c, 'before');
+      const before = c.connection.stats.datagramsIn;
+      // A stranger on loopback sends a copy of a plausible record to the client's port.
+      const stranger = createSocket('udp4');
+      await new Promise<void>((resolve) => stranger.bind(0, '127.0.0.1', resolve));
+      await new Promise<void>((resolve) => stranger.send(new Uint8Array([0x2c, 0, 1, 0, 20, ...new Uint8Array(20)]), c.localPort, '127.0.0.1', () => resolve()));
+      await new Promise((r) => setTimeout(r, 100));
+      stranger.close();
+      assert.equal(c.connection.stats.datagramsIn, before, 'the connected socket filtered it out');
+      await echo(c, 'after');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a client given the server as a host name resolves it once and works', async () => {
+    const server = await startServer();
+    const c = await client(server, { host: 'localhost' });
+    try {
+      for (let i = 0; i < 5; i++) await echo(c, `hello ${i}`);
     } finally {
       await c.close();
     }

@@ -22,6 +22,11 @@ describe('at-rest row encryption (AES-256-GCM)', () => {
     assert.equal(toHex(atRestNonce(0x0102030405)), '000000000000000102030405');
     const aad = atRestAad('bed-7', 258, 3);
     assert.equal(toHex(aad), `${toHex(new TextEncoder().encode('vitalseal at-rest v1'))}00${toHex(new TextEncoder().encode('bed-7'))}00000000000000010200000003`);
+    assert.equal(toHex(atRestNonce(2 ** 53 - 1)), '00000000001fffffffffffff');
+    for (const bad of [1.5, -1, 2 ** 53, Number.NaN]) {
+      assert.throws(() => atRestNonce(bad), RangeError, String(bad));
+      assert.throws(() => atRestAad('bed-7', bad, 3), RangeError, String(bad));
+    }
   });
 
   for (const provider of ['node', 'noble'] as const) {

@@ -74,6 +74,30 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       assert.equal(svc().metrics.duplicates.get(), 1);
     });
 
+    it('writes a device\'s activity at most once a second while only the time moves, at once when the sealing epoch changes', async () => {
+      const d = await h.enrol('bed-activity', { maxMessages: 3 });
+      const dev = () => h.core.storage.getDevice('bed-activity');
+      const send = async (seq: number) => assert.equal((await svc().accept({ payload: d.seal(seq), contentFormat: 96, peer: d.peer })).status, 'accepted');
+      const t0 = h.clock.now();
+      await send(1);
+      assert.equal((await dev())?.lastSeenAt, t0);
+      const firstEpoch = (await dev())?.sealingEpoch;
+      h.clock.advance(400);
+      await send(2);
+      assert.equal((await dev())?.lastSeenAt, t0, 'within the second: the row is not rewritten');
+      h.clock.advance(700);
+      await send(3);
+      assert.equal((await dev())?.lastSeenAt, t0 + 1100);
+      // The fourth message opens a new sealing epoch (maxMessages 3): written at once.
+      h.clock.advance(10);
+      await send(4);
+      const after4 = await dev();
+      assert.notEqual(after4?.sealingEpoch, firstEpoch);
+      assert.equal(after4?.sealingEpoch, d.session.epoch()?.id);
+      assert.equal(after4?.lastSeenAt, t0 + 1110);
+      assert.equal(await h.core.storage.countMessages('bed-activity'), 4, 'every message is stored whatever its activity');
+    });
+
     it('detects gaps (metric, and the database query the API serves)', async () => {
       const d = await h.enrol('bed-gaps');
       for (const seq of [1, 2, 5, 6, 9]) assert.equal((await svc().accept({ payload: d.seal(seq), contentFormat: 96, peer: d.peer })).status, 'accepted');

@@ -127,12 +127,30 @@ export function writePlaintextHeader(w: Writer, contentType: number, version: nu
  * (docs/dtls.md: so records can share a datagram), the CID when the peer asked for one.
  */
 export function encodeUnifiedHeader(epoch: number, sequenceNumber: number, cid: Uint8Array | undefined, length: number): Uint8Array {
+  const out = new Uint8Array(unifiedHeaderLength(cid));
+  writeUnifiedHeader(out, epoch, sequenceNumber, cid, length);
+  return out;
+}
+
+/** `encodeUnifiedHeader` into the start of `out` (a record being built in place); returns its length. */
+export function writeUnifiedHeader(out: Uint8Array, epoch: number, sequenceNumber: number, cid: Uint8Array | undefined, length: number): number {
   const hasCid = cid !== undefined && cid.length > 0;
-  const w = new Writer(5 + (hasCid ? cid.length : 0));
-  w.u8(FIXED_BITS | (hasCid ? C_BIT : 0) | S_BIT | L_BIT | (epoch & 0x03));
-  if (hasCid) w.bytes(cid);
-  w.u16(sequenceNumber & 0xffff).u16(length);
-  return w.finish();
+  out[0] = FIXED_BITS | (hasCid ? C_BIT : 0) | S_BIT | L_BIT | (epoch & 0x03);
+  let at = 1;
+  if (hasCid) {
+    out.set(cid, 1);
+    at += cid.length;
+  }
+  out[at] = (sequenceNumber >>> 8) & 0xff;
+  out[at + 1] = sequenceNumber & 0xff;
+  out[at + 2] = (length >>> 8) & 0xff;
+  out[at + 3] = length & 0xff;
+  return at + 4;
+}
+
+/** Bytes of a header made by `encodeUnifiedHeader`. */
+export function unifiedHeaderLength(cid: Uint8Array | undefined): number {
+  return unifiedHeaderSeqOffset(cid) + 4;
 }
 
 /** Offset of the 16-bit sequence number in a header made by `encodeUnifiedHeader`. */

@@ -11,14 +11,14 @@
  *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
  */
 import { createCipheriv, type Cipher } from 'node:crypto';
-import { CounterSealer, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
+import { CounterSealer, nonceScratch, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { aeadSuite } from '../../crypto/suites.ts';
-import { asBuffer, zeroize } from '../../util/bytes.ts';
+import { allocUninit, asBuffer, zeroize } from '../../util/bytes.ts';
 import { ApiMisuse } from '../../util/errors.ts';
 import type { TrafficKeys } from '../handshake/key-schedule.ts';
 import { MAX_PLAINTEXT } from '../messages/constants.ts';
-import { encodeUnifiedHeader, unifiedHeaderSeqOffset, type CiphertextRecord } from '../messages/record.ts';
+import { unifiedHeaderLength, unifiedHeaderSeqOffset, writeUnifiedHeader, type CiphertextRecord } from '../messages/record.ts';
 import type { DtlsCipherSuite } from '../suites.ts';
 import { ReplayWindow } from './replay-window.ts';
 
@@ -125,23 +125,28 @@ export class WriteEpoch {
     return Math.max(contentLength + 1, 16 - this.suite.tagLength);
   }
 
-  /** A whole DTLSCiphertext record: unified header (sequence number masked) and encrypted record. */
+  /**
+   * A whole DTLSCiphertext record: unified header (sequence number masked) and encrypted record,
+   * built in one buffer.
+   */
   protect(contentType: number, content: Uint8Array, cid: Uint8Array | undefined): Uint8Array {
     if (content.length > MAX_PLAINTEXT) throw new ApiMisuse('record-too-large', `record content of ${content.length} bytes exceeds 2^14`);
-    const seq = this.#sealer.count;
-    const inner = new Uint8Array(this.#innerLength(content.length));
+    const innerLength = this.#innerLength(content.length);
+    const headerLength = unifiedHeaderLength(cid);
+    const out = allocUninit(headerLength + innerLength + this.suite.tagLength);
+    writeUnifiedHeader(out, this.epoch, this.#sealer.count, cid, innerLength + this.suite.tagLength);
+    // DTLSInnerPlaintext: content || type || zeros (RFC 9147 §4). The buffer comes from Node's pool
+    // uninitialised, so the padding is zeroed explicitly.
+    const inner = allocUninit(innerLength);
     inner.set(content);
-    inner[content.length] = contentType; // DTLSInnerPlaintext: content || type || zeros
-    const header = encodeUnifiedHeader(this.epoch, seq, cid, inner.length + this.suite.tagLength);
+    inner[content.length] = contentType;
+    inner.fill(0, content.length + 1);
     // RFC 9147 §4: the additional data is the header before record-number encryption.
-    const { sealed } = this.#sealer.seal(inner, header);
-    const mask = this.#mask.mask(sealed);
+    this.#sealer.sealInto(inner, out.subarray(0, headerLength), out, headerLength);
+    const mask = this.#mask.mask(out.subarray(headerLength));
     const at = unifiedHeaderSeqOffset(cid);
-    header[at] = (header[at] as number) ^ (mask[0] as number);
-    header[at + 1] = (header[at + 1] as number) ^ (mask[1] as number);
-    const out = new Uint8Array(header.length + sealed.length);
-    out.set(header);
-    out.set(sealed, header.length);
+    out[at] = (out[at] as number) ^ (mask[0] as number);
+    out[at + 1] = (out[at + 1] as number) ^ (mask[1] as number);
     return out;
   }
 
@@ -221,7 +226,7 @@ export class ReadEpoch {
     // RFC 9147 §4.2.3: shorter ciphertexts are rejected as if deprotection failed.
     if (rec.encrypted.length < 16) return { ok: false, reason: 'too-short' };
     const mask = this.#mask.mask(rec.encrypted);
-    const header = Uint8Array.from(rec.header);
+    const header = rec.header.slice();
     let low = 0;
     for (let i = 0; i < rec.seqLength; i++) {
       const b = (header[rec.seqOffset + i] as number) ^ (mask[i] as number);
@@ -231,11 +236,14 @@ export class ReadEpoch {
     const seq = reconstructSequence(this.window.highest + 1, low, rec.seqLength === 2 ? 16 : 8);
     if (seq < 0 || seq > MAX_SEQUENCE) return { ok: false, reason: 'bad-sequence' };
     let inner: Uint8Array;
+    const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
     try {
-      inner = this.#opener.open(xorCounterIntoIv(this.#iv, seq), rec.encrypted, header);
+      inner = this.#opener.open(nonce, rec.encrypted, header);
     } catch {
       this.#failures++;
       return { ok: false, reason: 'auth-failed' };
+    } finally {
+      nonce.fill(0);
     }
     // RFC 9147 §4.5.1: the replay check follows deprotection (no timing channel on the record
     // number), and the window moves only for a record that deprotected.
