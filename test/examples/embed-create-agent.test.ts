@@ -50,7 +50,9 @@ describe('examples/embed-create-agent.ts', () => {
     assert.ok(stored, r.stdout);
     // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
     assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
-    assert.ok(Math.abs(Number(stored[3]) - 36.9) <= 0.2, 'the simulated probe');
+    // The simulated probe swings 36.75..37.05 °C; printed to one decimal that is 36.7..37.1.
+    const last = Number(stored[3]);
+    assert.ok(last >= 36.7 && last <= 37.1, `the simulated probe's range, not ${stored[3]} °C`);
     assert.match(r.stderr, /"msg":"agent stopped; queue state saved"/);
   });
 });
