@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Runs every test/**/*.test.ts file with node's built-in test runner (TypeScript loaded by tsx).
 // Usage: node scripts/run-tests.mjs [substring ...]   (only files whose path contains a substring)
+//        node scripts/run-tests.mjs --e2e [substring ...]   the end-to-end suite (test/e2e/*.e2e.ts),
+//        one file at a time: each starts a whole installation and some change the host's network.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -8,18 +10,19 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
-function collect(dir) {
+function collect(dir, suffix) {
   const out = [];
   for (const name of readdirSync(dir).sort()) {
     const path = join(dir, name);
-    if (statSync(path).isDirectory()) out.push(...collect(path));
-    else if (name.endsWith('.test.ts')) out.push(path);
+    if (statSync(path).isDirectory()) out.push(...collect(path, suffix));
+    else if (name.endsWith(suffix)) out.push(path);
   }
   return out;
 }
 
-const filters = process.argv.slice(2);
-const files = collect(join(root, 'test'))
+const e2e = process.argv[2] === '--e2e';
+const filters = process.argv.slice(e2e ? 3 : 2);
+const files = collect(join(root, 'test'), e2e ? '.e2e.ts' : '.test.ts')
   .map((f) => relative(root, f))
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
 if (files.length === 0) {
@@ -28,7 +31,7 @@ if (files.length === 0) {
 }
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=4', '--test-timeout=600000', ...files],
+  ['--import', 'tsx', '--test', `--test-concurrency=${e2e ? 1 : 4}`, `--test-timeout=${e2e ? 900000 : 600000}`, ...files],
   { cwd: root, stdio: 'inherit' },
 );
 process.exit(result.status ?? 1);

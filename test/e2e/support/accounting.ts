@@ -1,0 +1,204 @@
+/**
+ * The end-to-end suite's bookkeeping: what each device's agent put into its queue and had
+ * acknowledged (its status socket), what the ingest service stored and deduplicated (its HTTPS API
+ * and metrics), and the figures line each scenario prints and records in
+ * bench-results/e2e/latest.json.
+ *
+ * Counting, per device, at a moment when the agent's queue is drained (depth 0, so every number
+ * below `nextSeq` is acknowledged, dropped by the capacity policy, or moved aside):
+ *
+ *   sent          N = nextSeq − 1: messages that entered the durable queue (each one sealed batch)
+ *   acknowledged  A − dropped − movedAside, A = ackedThrough (= N when drained): acknowledged by
+ *                 the receiver (the broker for MQTTS, the ingest for CoAPS)
+ *   stored        sequence numbers 1..N the ingest holds (the API's gaps answer); each (device, seq)
+ *                 is one row (the primary key), so "stored" is "stored exactly once"
+ *   lost          numbers in 1..A the ingest does not hold, less those the capacity policy dropped
+ *                 or the receiver refused: acknowledged but not stored; must be 0
+ *   duplicates removed   messages the ingest received again and acknowledged without storing
+ *                 (`vitalseal_ingest_messages_duplicate_total`, summed over every ingest process
+ *                 the scenario ran; sampled just before a kill, so a kill's last instant may be
+ *                 missing from the sum)
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import type { Stack } from '../../../scripts/lib/stack.ts';
+
+const root = fileURLToPath(new URL('../../..', import.meta.url));
+export const LATEST = join(root, 'bench-results', 'e2e', 'latest.json');
+
+export const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` every `everyMs` until it returns a value other than undefined, or throws after `ms`. */
+export async function waitFor<T>(what: string, ms: number, check: () => Promise<T | undefined> | T | undefined, everyMs = 500): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${(last as Error).message})`}`);
+    await delay(everyMs);
+  }
+}
+
+export interface Gaps {
+  readonly deviceId: string;
+  readonly highestSeq: number;
+  readonly missing: number;
+  readonly gaps: readonly { readonly from: number; readonly to: number }[];
+}
+
+/** Sequence numbers in 1..n the ingest does not hold. */
+export function missingUpTo(g: Gaps, n: number): number {
+  let missing = Math.max(0, n - g.highestSeq);
+  for (const x of g.gaps) missing += Math.max(0, Math.min(x.to, n) - x.from + 1);
+  return missing;
+}
+
+export interface DeviceFigures {
+  readonly device: string;
+  readonly transport: string;
+  readonly sent: number;
+  readonly acknowledged: number;
+  readonly stored: number;
+  readonly dropped: number;
+  readonly movedAside: number;
+  readonly lost: number;
+  /** The ingest's gap list at the time (ranges of sequence numbers it does not hold). */
+  readonly gaps: readonly { readonly from: number; readonly to: number }[];
+}
+
+/** One device's figures now (the agent must be running and answering its status socket). */
+export async function deviceFigures(stack: Stack, id: string): Promise<DeviceFigures & { depth: number }> {
+  const st = await stack.device(id).status();
+  const g = await stack.api<Gaps>(`/api/v1/devices/${id}/gaps`);
+  const n = st.queue.nextSeq - 1;
+  const { ackedThrough, dropped, movedAside } = st.queue;
+  return {
+    device: id, transport: stack.device(id).spec.transport,
+    sent: n,
+    acknowledged: ackedThrough - dropped - movedAside,
+    stored: n - missingUpTo(g, n),
+    dropped, movedAside,
+    // Missing below the acknowledged position and not explained by the capacity policy or a refusal.
+    lost: missingUpTo(g, ackedThrough) - dropped - movedAside,
+    gaps: g.gaps, depth: st.queue.depth,
+  };
+}
+
+/**
+ * Waits until the device's queue is drained and the ingest holds every acknowledged message, then
+ * returns its figures. On timeout it returns what it saw last (the caller's assertions then fail
+ * with the figures printed) instead of throwing.
+ */
+export async function drained(stack: Stack, id: string, ms = 90_000): Promise<DeviceFigures> {
+  const end = Date.now() + ms;
+  let last: (DeviceFigures & { depth: number }) | undefined;
+  for (;;) {
+    try {
+      last = await deviceFigures(stack, id);
+      if (last.depth === 0 && last.lost === 0 && last.sent > 0) break;
+    } catch {
+      // the agent between runs, the ingest restarting
+    }
+    if (Date.now() > end) break;
+    await delay(500);
+  }
+  if (last === undefined) throw new Error(`${id}: no figures (agent status or ingest API never answered)`);
+  const { depth: _depth, ...figures } = last;
+  return figures;
+}
+
+/** The ingest's duplicate counter summed over every ingest process of the scenario. */
+export class DuplicateTally {
+  readonly #byPid = new Map<number, number>();
+  constructor(private readonly stack: Stack) {}
+
+  /** Reads the running ingest's counter (call just before killing it, and at the end). */
+  async sample(): Promise<void> {
+    const pid = this.stack.ingest.child.pid;
+    if (pid === undefined || !this.stack.ingest.alive) return;
+    const r = await this.stack.apiText('/metrics');
+    const m = /^vitalseal_ingest_messages_duplicate_total (\d+)/m.exec(r.body);
+    if (m !== null) this.#byPid.set(pid, Number(m[1]));
+  }
+
+  get total(): number {
+    let n = 0;
+    for (const v of this.#byPid.values()) n += v;
+    return n;
+  }
+}
+
+/** Stored rows of a device in the order the ingest inserted them (rowid), read-only. */
+export function storedInOrder(dbPath: string, deviceId: string): { seq: number; receivedAt: number; firstTime: number; lastTime: number }[] {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare('SELECT seq, received_at AS receivedAt, first_time AS firstTime, last_time AS lastTime FROM messages WHERE device_id = ? ORDER BY rowid')
+      .all(deviceId) as { seq: number; receivedAt: number; firstTime: number; lastTime: number }[];
+  } finally {
+    db.close();
+  }
+}
+
+export interface ScenarioFigures {
+  /** Key in latest.json, e.g. `agent-kill`. */
+  readonly scenario: string;
+  readonly title: string;
+  readonly devices: readonly DeviceFigures[];
+  readonly duplicatesRemoved: number;
+  /** Scenario specifics (kills, outage seconds, packets dropped, errors counted, ...). */
+  readonly details: Readonly<Record<string, number | string | boolean>>;
+  readonly seconds: number;
+}
+
+/** Totals over the scenario's devices. */
+export function totals(f: ScenarioFigures): { sent: number; acknowledged: number; stored: number; dropped: number; lost: number } {
+  const t = { sent: 0, acknowledged: 0, stored: 0, dropped: 0, lost: 0 };
+  for (const d of f.devices) {
+    t.sent += d.sent;
+    t.acknowledged += d.acknowledged;
+    t.stored += d.stored;
+    t.dropped += d.dropped;
+    t.lost += d.lost;
+  }
+  return t;
+}
+
+/** The figures line, printed by every scenario. */
+export function figuresLine(f: ScenarioFigures): string {
+  const t = totals(f);
+  const details = Object.entries(f.details).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+  const per = f.devices.map((d) => `${d.device} (${d.transport}) ${d.sent}/${d.acknowledged}/${d.stored}${d.dropped > 0 ? ` dropped ${d.dropped}` : ''}${d.lost > 0 ? ` LOST ${d.lost}` : ''}`).join('; ');
+  return `e2e ${f.scenario}: messages sent ${t.sent}, acknowledged ${t.acknowledged}, stored ${t.stored}, duplicates removed ${f.duplicatesRemoved}, ${t.dropped > 0 ? `dropped by capacity policy ${t.dropped}, ` : ''}lost ${t.lost}` +
+    `${details === '' ? '' : ` | ${details}`} | per device sent/acknowledged/stored: ${per} | ${f.seconds.toFixed(0)} s`;
+}
+
+/** Prints the figures line and records the scenario in bench-results/e2e/latest.json. */
+export function report(f: ScenarioFigures): void {
+  console.log(figuresLine(f));
+  mkdirSync(join(root, 'bench-results', 'e2e'), { recursive: true });
+  let doc: { scenarios?: Record<string, unknown> } = {};
+  try {
+    doc = JSON.parse(readFileSync(LATEST, 'utf8')) as typeof doc;
+  } catch {
+    // first run, or a torn file: start again
+  }
+  const kernel = (() => {
+    try {
+      return execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
+    } catch {
+      return 'unknown';
+    }
+  })();
+  const scenarios = { ...doc.scenarios, [f.scenario]: { ...f, totals: totals(f), at: new Date().toISOString() } };
+  const tmp = `${LATEST}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify({ updatedAt: new Date().toISOString(), kernel, node: process.version, scenarios }, null, 2)}\n`);
+  execFileSync('mv', [tmp, LATEST]);
+}
