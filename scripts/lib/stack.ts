@@ -101,8 +101,11 @@ export interface RunningDevice {
   readonly logFile: string;
   /** The device's TPM (keyStore `tpm`). */
   readonly tpm: Swtpm | undefined;
-  /** Starts the agent again (as a service manager restarts it) unless one is running. */
-  startAgent(): Managed;
+  /**
+   * Starts the agent again (as a service manager restarts it) unless one is running; `env`
+   * replaces the device's extra environment (`StackDevice.env`) from this start on.
+   */
+  startAgent(o?: { readonly env?: Readonly<Record<string, string>> }): Managed;
   /** The running agent's status document (`vitalseal agent status --json`). */
   status(): Promise<AgentStatus>;
 }
@@ -176,10 +179,11 @@ function deviceHandle(o: {
   tpm: Swtpm | undefined; procs: ProcessGroup; env: NodeJS.ProcessEnv; cwd: string;
 }): RunningDevice {
   const wrapper = o.spec.wrapper ?? [];
+  let extraEnv: Readonly<Record<string, string>> = o.spec.env ?? {};
   const spawnAgent = (): Managed => {
     const argv = [process.execPath, VITALSEAL_BIN, 'agent', 'run', '--config', o.configFile];
     const [command, ...args] = [...wrapper, ...argv] as [string, ...string[]];
-    return o.procs.spawn(`agent ${o.spec.id}`, command, args, { log: o.logFile, env: o.env, cwd: o.cwd });
+    return o.procs.spawn(`agent ${o.spec.id}`, command, args, { log: o.logFile, env: { ...o.env, ...extraEnv }, cwd: o.cwd });
   };
   let agent = spawnAgent();
   return {
@@ -187,7 +191,8 @@ function deviceHandle(o: {
     get agent() {
       return agent;
     },
-    startAgent() {
+    startAgent(opts) {
+      if (opts?.env !== undefined) extraEnv = opts.env;
       if (!agent.alive) agent = spawnAgent();
       return agent;
     },
@@ -368,7 +373,7 @@ status: { socket: ${statusSocket} }
       say(`${spec.id}: starting its agent (${spec.transport}, ${spec.source === 'hl7' ? 'HL7 v2 gateway' : 'simulated patient'})`);
       devices.push(deviceHandle({
         spec, dir: ddir, statusSocket, configFile: agentCfg, queueDir, logFile: join(ddir, 'agent.log'), tpm, procs,
-        env: { ...deviceEnv, ...spec.env }, cwd: dir,
+        env: deviceEnv, cwd: dir,
       }));
       if (spec.source === 'hl7') {
         const port = /listen: "127\.0\.0\.1:(\d+)"/.exec(sources)?.[1] as string;
