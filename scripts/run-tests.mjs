@@ -4,7 +4,7 @@
 //        node scripts/run-tests.mjs --e2e [substring ...]   the end-to-end suite (test/e2e/*.e2e.ts),
 //        one file at a time: each starts a whole installation and some change the host's network.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -29,9 +29,32 @@ if (files.length === 0) {
   console.error('run-tests: no test files matched');
   process.exit(1);
 }
+const started = new Date();
+// The e2e scenarios record their figures in bench-results/e2e/<run>.json as well as latest.json.
+const run = started.toISOString().replace(/[:.]/g, '-');
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${e2e ? 1 : 4}`, `--test-timeout=${e2e ? 900000 : 600000}`, ...files],
-  { cwd: root, stdio: 'inherit' },
+  { cwd: root, stdio: 'inherit', env: e2e ? { ...process.env, VITALSEAL_E2E_RUN: run } : process.env },
 );
+if (e2e) recordE2eRun();
 process.exit(result.status ?? 1);
+
+/** Adds the run's wall time and outcome to bench-results/e2e/<run>.json (and to latest.json when it ran every scenario). */
+function recordE2eRun() {
+  const seconds = Math.round((Date.now() - started.getTime()) / 1000);
+  const suite = { startedAt: started.toISOString(), seconds, files, passed: result.status === 0 };
+  const dir = join(root, 'bench-results', 'e2e');
+  mkdirSync(dir, { recursive: true });
+  for (const name of [`${run}.json`, ...(filters.length === 0 ? ['latest.json'] : [])]) {
+    const path = join(dir, name);
+    let doc = {};
+    try {
+      doc = JSON.parse(readFileSync(path, 'utf8'));
+    } catch {
+      // no scenario reported (all skipped or failed before their figures)
+    }
+    writeFileSync(path, `${JSON.stringify({ ...doc, suite }, null, 2)}\n`);
+  }
+  console.error(`run-tests: e2e suite ${suite.passed ? 'passed' : 'FAILED'} in ${Math.floor(seconds / 60)} min ${seconds % 60} s; figures in bench-results/e2e/${run}.json`);
+}

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drained, DuplicateTally, report } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
 import { answering, delivering, killAndRestart, seeded } from './support/scenario.ts';
 
 const KILLS_PER_DEVICE = Number(process.env['VITALSEAL_E2E_AGENT_KILLS'] ?? 6);
@@ -40,6 +40,7 @@ describe('e2e: kill -9 of agents mid-stream', () => {
     // between 0.2 and 5 s after it answers again (sometimes less: a kill during start-up).
     let kills = 0;
     let killedStarting = 0;
+    let lastRestart = 0;
     await Promise.all(DEVICES.map(async (id) => {
       const device = s.device(id);
       for (let k = 0; k < KILLS_PER_DEVICE; k++) {
@@ -52,14 +53,14 @@ describe('e2e: kill -9 of agents mid-stream', () => {
           await delay(between(200, 5000));
         }
         await killAndRestart(device, 500);
+        lastRestart = Date.now();
         kills += 1;
       }
       await answering(device);
     }));
 
     const duplicates = new DuplicateTally(s);
-    const figures = [];
-    for (const id of DEVICES) figures.push(await drained(s, id));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: lastRestart, after: 'the last agent restart' });
     await duplicates.sample();
     const recovered = DEVICES.reduce((n, id) => n + (readFileSync(s.device(id).logFile, 'utf8').match(/queue recovered/gi)?.length ?? 0), 0);
 
@@ -67,6 +68,7 @@ describe('e2e: kill -9 of agents mid-stream', () => {
       scenario: 'agent-kill', title: 'kill -9 of agents at random moments, restarted as systemd would',
       devices: figures, duplicatesRemoved: duplicates.total,
       details: { kills, 'kills during start-up': killedStarting, 'torn queue tails recovered': recovered, seed },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {

@@ -16,7 +16,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drained, DuplicateTally, report, type DeviceFigures, type Gaps } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report, type Gaps } from './support/accounting.ts';
 import { delivering, seeded } from './support/scenario.ts';
 
 const CRASHES = Number(process.env['VITALSEAL_E2E_BROKER_CRASHES'] ?? 4);
@@ -47,10 +47,12 @@ describe('e2e: kill -9 of the broker mid-stream', () => {
     const { seed, between } = seeded('broker-kill');
     await delivering(s, DEVICES);
     const windows = new Map<string, [number, number][]>(MQTTS.map((id) => [id, []]));
+    let lastCrash = 0;
     for (let k = 0; k < CRASHES; k++) {
       await delay(between(2000, 8000));
       const storedBefore = new Map<string, number>();
       for (const id of MQTTS) storedBefore.set(id, (await s.api<Gaps>(`/api/v1/devices/${id}/gaps`)).highestSeq);
+      lastCrash = Date.now();
       await s.broker.crashAndRestart();
       for (const id of MQTTS) {
         const acked = (await s.device(id).status()).queue.ackedThrough;
@@ -58,9 +60,8 @@ describe('e2e: kill -9 of the broker mid-stream', () => {
       }
     }
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
     // MQTTS may have lost messages inside a crash window: wait for the drain, not for lost = 0.
-    for (const id of DEVICES) figures.push(await drained(s, id, MQTTS.includes(id) ? { ms: 90_000, lossGraceMs: 10_000 } : {}));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: lastCrash, after: 'the last SIGKILL of the broker (restarted at once)' }, (id) => (MQTTS.includes(id) ? { ms: 90_000, lossGraceMs: 10_000 } : {}));
     await duplicates.sample();
 
     const lostInCrash = figures.reduce((n, f) => n + f.lost, 0);
@@ -68,6 +69,7 @@ describe('e2e: kill -9 of the broker mid-stream', () => {
       scenario: 'broker-kill', title: 'kill -9 of mosquitto mid-stream, restarted at once',
       devices: figures, duplicatesRemoved: duplicates.total,
       details: { crashes: CRASHES, 'lost inside a crash window (acknowledged by mosquitto, gone with it)': lostInCrash, seed },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {

@@ -24,7 +24,7 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { faketimeEnv } from '../../scripts/lib/faketime.ts';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { drained, DuplicateTally, report, storedInOrder, waitFor, type DeviceFigures } from './support/accounting.ts';
+import { drainedAll, DuplicateTally, report, storedInOrder, waitFor } from './support/accounting.ts';
 import { delivering, unavailable } from './support/scenario.ts';
 
 const DAY = 86_400_000;
@@ -91,17 +91,18 @@ describe('e2e: device clocks far off', { skip: unavailable(['faketime']) }, () =
 
     // The clocks are put right: the backlog goes out, with the timestamps it was sealed with.
     const queuedWhileSkewed: Record<string, number> = {};
+    let fixedAt = 0;
     for (const id of Object.keys(REFUSED)) {
       const d = s.device(id);
       assert.equal(await d.agent.stop(), 0);
       queuedWhileSkewed[id] = (JSON.parse(readFileSync(`${d.queueDir}/state.json`, 'utf8')) as { nextSeq: number }).nextSeq - 1;
       d.startAgent({ env: {} });
+      fixedAt = Date.now();
     }
     await delivering(s, Object.keys(REFUSED), 120_000, Math.min(...Object.values(queuedWhileSkewed)));
 
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
-    for (const id of Object.keys(SKEW)) figures.push(await drained(s, id));
+    const { figures, recovery } = await drainedAll(s, Object.keys(SKEW), { at: fixedAt, after: 'the refused agents restarted on true time' });
     await duplicates.sample();
     for (const id of Object.keys(REFUSED)) {
       const rows = storedInOrder(s.ingestDb, id);
@@ -126,6 +127,7 @@ describe('e2e: device clocks far off', { skip: unavailable(['faketime']) }, () =
         'ingest rejections': rejections.reduce((a, b) => a + b, 0),
         'ingest alerts': alerts.trim() === '' ? 'none' : alerts.trim(),
       },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {

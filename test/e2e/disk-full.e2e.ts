@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { mountSmallDisk, type SmallDisk } from '../../scripts/lib/small-disk.ts';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drained, DuplicateTally, report, waitFor, type DeviceFigures } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report, waitFor } from './support/accounting.ts';
 import { answering, delivering, unavailable } from './support/scenario.ts';
 
 const DEVICES = ['bed-1'];
@@ -74,10 +74,10 @@ describe('e2e: disk full on the device', { skip: unavailable(['tmpfs']) }, () =>
     assert.doesNotMatch(log, /uncaught|unhandled/i);
 
     // Delivery again.
+    const brokerUp = Date.now();
     await s.broker.up();
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
-    for (const id of DEVICES) figures.push(await drained(s, id, { ms: 180_000 }));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: brokerUp, after: 'the broker came back (the disk had space again)' }, () => ({ ms: 180_000 }));
     await duplicates.sample();
 
     // Nothing corrupt: the ingest opened everything it stored, and bed-1's queue opens clean.
@@ -101,6 +101,7 @@ describe('e2e: disk full on the device', { skip: unavailable(['tmpfs']) }, () =>
         'readings in them (counted as lost_readings)': lostReadings,
         'queue after restart': reopened.queue.recovery.state,
       },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {

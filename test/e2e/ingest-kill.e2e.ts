@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drained, DuplicateTally, report } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
 import { delivering, seeded } from './support/scenario.ts';
 
 const KILLS = Number(process.env['VITALSEAL_E2E_INGEST_KILLS'] ?? 4);
@@ -36,6 +36,7 @@ describe('e2e: kill -9 of the ingest service mid-stream', () => {
     await delivering(s, DEVICES);
     const duplicates = new DuplicateTally(s);
     let downMs = 0;
+    let lastRestart = 0;
     for (let k = 0; k < KILLS; k++) {
       await delay(between(1000, 6000));
       await duplicates.sample();
@@ -44,17 +45,18 @@ describe('e2e: kill -9 of the ingest service mid-stream', () => {
       const pause = between(500, 4000);
       const t0 = Date.now();
       await delay(pause);
+      lastRestart = Date.now();
       await s.startIngest();
       downMs += Date.now() - t0;
     }
-    const figures = [];
-    for (const id of DEVICES) figures.push(await drained(s, id));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: lastRestart, after: 'the last ingest restart began' });
     await duplicates.sample();
 
     report({
       scenario: 'ingest-kill', title: 'kill -9 of the ingest service mid-stream, restarted after a random pause',
       devices: figures, duplicatesRemoved: duplicates.total,
       details: { kills: KILLS, 'ingest away (s, incl. start-up)': Math.round(downMs / 100) / 10, seed },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {

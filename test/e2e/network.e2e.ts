@@ -21,7 +21,7 @@ import { createWardNetwork, type WardNetwork } from '../../scripts/lib/netns.ts'
 import { freePort } from '../../scripts/lib/ports.ts';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
 import { CLEAN, startUdpRelay, type UdpRelay } from '../../scripts/lib/udp-relay.ts';
-import { delay, drained, DuplicateTally, report, storedInOrder, type DeviceFigures } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report, storedInOrder } from './support/accounting.ts';
 import { delivering, seeded, unavailable } from './support/scenario.ts';
 
 const LOSS = Number(process.env['VITALSEAL_E2E_LOSS'] ?? 0.25);
@@ -94,11 +94,11 @@ describe('e2e: loss, bandwidth limit and an outage between the ward and the clou
     const queuedAtUp = new Map<string, number>();
     for (const id of DEVICES) queuedAtUp.set(id, (await s.device(id).status()).queue.nextSeq - 1);
     await w.linkUp();
+    const linkUp = Date.now();
 
     // Phase 3: the drain.
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
-    for (const id of DEVICES) figures.push(await drained(s, id, { ms: 180_000 }));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: linkUp, after: 'the link came back up' }, () => ({ ms: 180_000 }));
     await duplicates.sample();
 
     const backlog = new Map<string, { size: number; inversions: number }>();
@@ -122,6 +122,7 @@ describe('e2e: loss, bandwidth limit and an outage between the ward and the clou
         'netem': 'absent from this kernel; nftables numgen + tbf + link down + user-space UDP relay stand in',
         seed,
       },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     assert.ok(lossCounters.droppedOut > 0 && lossCounters.droppedIn > 0, 'the loss rules dropped packets both ways');

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drained, DuplicateTally, report, waitFor, type DeviceFigures } from './support/accounting.ts';
+import { delay, drainedAll, DuplicateTally, report, waitFor } from './support/accounting.ts';
 import { delivering, unavailable } from './support/scenario.ts';
 
 const DEVICES = ['bed-1', 'bed-2'];
@@ -60,19 +60,20 @@ describe('e2e: TPM unavailable when the agent starts', { skip: unavailable(['swt
       await delay(1000);
     }
     for (const id of DEVICES) await s.device(id).tpm?.up();
-    const awaySeconds = (Date.now() - awayAt) / 1000;
+    const tpmBack = Date.now();
+    const awaySeconds = (tpmBack - awayAt) / 1000;
     for (const id of DEVICES) s.device(id).startAgent();
     // What the run before the outage had queued goes out first.
     for (const id of DEVICES) await delivering(s, [id], 120_000, queued.get(id) ?? 1);
 
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
-    for (const id of DEVICES) figures.push(await drained(s, id));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: tpmBack, after: 'the TPM came back (agents started again)' });
     await duplicates.sample();
     report({
       scenario: 'tpm-unavailable', title: 'TPM (swtpm + tpm2-abrmd) down when the agent starts, back later',
       devices: figures, duplicatesRemoved: duplicates.total,
       details: { 'failed starts (exit 1, no-tpm)': errors.length, 'TPM away (s)': Math.round(awaySeconds), error: errors[0] ?? '' },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     for (const f of figures) {
@@ -105,15 +106,16 @@ describe('e2e: TPM unavailable when the agent starts', { skip: unavailable(['swt
       queued.set(id, st.queue.nextSeq - 1);
     }
     for (const id of DEVICES) await s.device(id).tpm?.up();
+    const tpmBack = Date.now();
     for (const id of DEVICES) await delivering(s, [id], 120_000, queued.get(id) ?? 1);
     const duplicates = new DuplicateTally(s);
-    const figures: DeviceFigures[] = [];
-    for (const id of DEVICES) figures.push(await drained(s, id));
+    const { figures, recovery } = await drainedAll(s, DEVICES, { at: tpmBack, after: 'the TPM came back (same agent processes)' });
     await duplicates.sample();
     report({
       scenario: 'tpm-lost-while-running', title: 'TPM away while the agents must reconnect, back later; no agent restart',
       devices: figures, duplicatesRemoved: duplicates.total,
       details: { 'agents restarted': DEVICES.filter((id, i) => s.device(id).agent.child.pid !== pids[i]).length },
+      recovery,
       seconds: (Date.now() - started) / 1000,
     });
     assert.deepEqual(DEVICES.map((id) => s.device(id).agent.child.pid), pids, 'the same agent processes');

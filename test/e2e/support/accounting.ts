@@ -20,7 +20,7 @@
  *                 missing from the sum)
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -92,32 +92,62 @@ export async function deviceFigures(stack: Stack, id: string): Promise<DeviceFig
   };
 }
 
+/** A device's figures and when its queue was (last) seen drained with the ingest holding everything. */
+export interface Drained {
+  readonly figures: DeviceFigures;
+  /** `Date.now()` at the first poll (every 0.5 s) that found it drained and whole (or, losses counted, drained). */
+  readonly drainedAt: number;
+}
+
 /**
  * Waits until the device's queue is drained and the ingest holds every acknowledged message, then
  * returns its figures. With `lossGraceMs`, a drained queue whose missing numbers have not been filled
  * within that time is accepted as it is (a scenario where losses are possible and counted). On
  * timeout it returns what it saw last (the caller's assertions then fail with the figures printed).
  */
-export async function drained(stack: Stack, id: string, o: { ms?: number; lossGraceMs?: number } = {}): Promise<DeviceFigures> {
+export async function drained(stack: Stack, id: string, o: DrainOptions = {}): Promise<Drained> {
   const end = Date.now() + (o.ms ?? 90_000);
   let drainedSince: number | undefined;
   let last: (DeviceFigures & { depth: number }) | undefined;
   for (;;) {
+    const now = Date.now();
     try {
       last = await deviceFigures(stack, id);
       if (last.depth === 0 && last.sent > 0) {
-        drainedSince ??= Date.now();
-        if (last.lost === 0 || (o.lossGraceMs !== undefined && Date.now() - drainedSince >= o.lossGraceMs)) break;
+        drainedSince ??= now;
+        if (last.lost === 0) return done(last, now);
+        // Missing numbers not filled within the grace: losses, counted; drained since the streak began.
+        if (o.lossGraceMs !== undefined && now - drainedSince >= o.lossGraceMs) return done(last, drainedSince);
       } else drainedSince = undefined;
     } catch {
       // the agent between runs, the ingest restarting
     }
-    if (Date.now() > end) break;
+    if (now > end) break;
     await delay(500);
   }
   if (last === undefined) throw new Error(`${id}: no figures (agent status or ingest API never answered)`);
+  return done(last, Date.now());
+}
+
+function done(last: DeviceFigures & { depth: number }, drainedAt: number): Drained {
   const { depth: _depth, ...figures } = last;
-  return figures;
+  return { figures, drainedAt };
+}
+
+export interface DrainOptions {
+  readonly ms?: number;
+  readonly lossGraceMs?: number;
+}
+
+/**
+ * Every device drained (watched at the same time), and the recovery time: from `since` (the end of
+ * the scenario's last disturbance, described by `after`) until the last device was drained with
+ * the ingest holding everything.
+ */
+export async function drainedAll(stack: Stack, ids: readonly string[], since: { at: number; after: string }, o: (id: string) => DrainOptions = () => ({})): Promise<{ figures: DeviceFigures[]; recovery: Recovery }> {
+  const all = await Promise.all(ids.map((id) => drained(stack, id, o(id))));
+  const last = Math.max(...all.map((d) => d.drainedAt));
+  return { figures: all.map((d) => d.figures), recovery: { after: since.after, seconds: Math.max(0, last - since.at) / 1000 } };
 }
 
 /** The ingest's duplicate counter summed over every ingest process of the scenario. */
@@ -152,6 +182,14 @@ export function storedInOrder(dbPath: string, deviceId: string): { seq: number; 
   }
 }
 
+/** How long the installation took to be whole again after a disturbance. */
+export interface Recovery {
+  /** The moment measured from (the end of the last disturbance). */
+  readonly after: string;
+  /** Until every device's queue was drained and the ingest held every message (polled every 0.5 s). */
+  readonly seconds: number;
+}
+
 export interface ScenarioFigures {
   /** Key in latest.json, e.g. `agent-kill`. */
   readonly scenario: string;
@@ -160,6 +198,7 @@ export interface ScenarioFigures {
   readonly duplicatesRemoved: number;
   /** Scenario specifics (kills, outage seconds, packets dropped, errors counted, ...). */
   readonly details: Readonly<Record<string, number | string | boolean>>;
+  readonly recovery: Recovery;
   readonly seconds: number;
 }
 
@@ -182,19 +221,17 @@ export function figuresLine(f: ScenarioFigures): string {
   const details = Object.entries(f.details).map(([k, v]) => `${k} ${String(v)}`).join(', ');
   const per = f.devices.map((d) => `${d.device} (${d.transport}) ${d.sent}/${d.acknowledged}/${d.stored}${d.dropped > 0 ? ` dropped ${d.dropped}` : ''}${d.lost > 0 ? ` LOST ${d.lost}` : ''}`).join('; ');
   return `e2e ${f.scenario}: messages sent ${t.sent}, acknowledged ${t.acknowledged}, stored ${t.stored}, duplicates removed ${f.duplicatesRemoved}, ${t.dropped > 0 ? `dropped by capacity policy ${t.dropped}, ` : ''}lost ${t.lost}` +
-    `${details === '' ? '' : ` | ${details}`} | per device sent/acknowledged/stored: ${per} | ${f.seconds.toFixed(0)} s`;
+    ` | recovered ${f.recovery.seconds.toFixed(1)} s after ${f.recovery.after}${details === '' ? '' : ` | ${details}`} | per device sent/acknowledged/stored: ${per} | ${f.seconds.toFixed(0)} s`;
 }
 
-/** Prints the figures line and records the scenario in bench-results/e2e/latest.json. */
+/**
+ * Prints the figures line and records the scenario in bench-results/e2e/latest.json (the latest
+ * figures of every scenario) and, when run by `npm run test:e2e` (which sets VITALSEAL_E2E_RUN to
+ * the run's timestamp), in bench-results/e2e/<timestamp>.json (this run's scenarios only).
+ */
 export function report(f: ScenarioFigures): void {
   console.log(figuresLine(f));
   mkdirSync(join(root, 'bench-results', 'e2e'), { recursive: true });
-  let doc: { scenarios?: Record<string, unknown> } = {};
-  try {
-    doc = JSON.parse(readFileSync(LATEST, 'utf8')) as typeof doc;
-  } catch {
-    // first run, or a torn file: start again
-  }
   const kernel = (() => {
     try {
       return execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
@@ -202,8 +239,17 @@ export function report(f: ScenarioFigures): void {
       return 'unknown';
     }
   })();
-  const scenarios = { ...doc.scenarios, [f.scenario]: { ...f, totals: totals(f), at: new Date().toISOString() } };
-  const tmp = `${LATEST}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify({ updatedAt: new Date().toISOString(), kernel, node: process.version, scenarios }, null, 2)}\n`);
-  execFileSync('mv', [tmp, LATEST]);
+  const entry = { ...f, totals: totals(f), at: new Date().toISOString() };
+  const run = process.env['VITALSEAL_E2E_RUN'];
+  for (const file of [LATEST, ...(run === undefined || !/^[0-9TZ-]+$/.test(run) ? [] : [join(root, 'bench-results', 'e2e', `${run}.json`)])]) {
+    let doc: { scenarios?: Record<string, unknown> } = {};
+    try {
+      doc = JSON.parse(readFileSync(file, 'utf8')) as typeof doc;
+    } catch {
+      // first scenario of the run, or a torn file: start again
+    }
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify({ ...doc, updatedAt: new Date().toISOString(), kernel, node: process.version, scenarios: { ...doc.scenarios, [f.scenario]: entry } }, null, 2)}\n`);
+    renameSync(tmp, file);
+  }
 }
