@@ -35,6 +35,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
+import { pidAlive } from './processes.ts';
 
 const run = promisify(execFile);
 
@@ -92,15 +93,6 @@ async function sh(cmd: string, args: readonly string[], input?: string): Promise
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Deletes ward namespaces whose creating process is gone; returns their names. */
 export async function removeStaleWards(): Promise<string[]> {
   const listed = await sh('ip', ['netns', 'list']).catch(() => '');
@@ -108,7 +100,7 @@ export async function removeStaleWards(): Promise<string[]> {
   for (const line of listed.split('\n')) {
     const name = line.split(' ')[0] ?? '';
     const m = NS_RE.exec(name);
-    if (m === null || alive(Number(m[1]))) continue;
+    if (m === null || pidAlive(Number(m[1]))) continue;
     await sh('ip', ['netns', 'del', name]).catch(() => undefined);
     removed.push(name);
   }

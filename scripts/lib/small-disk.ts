@@ -19,6 +19,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statfsSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { pidAlive } from './processes.ts';
 
 const run = promisify(execFile);
 const PREFIX = 'vitalseal-disk-';
@@ -42,15 +43,6 @@ export function smallDiskUnavailable(): string | undefined {
   return undefined;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Unmounts and removes disks left by processes that are gone; returns their paths. */
 export async function removeStaleDisks(): Promise<string[]> {
   const removed: string[] = [];
@@ -58,7 +50,7 @@ export async function removeStaleDisks(): Promise<string[]> {
   for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
     const mountPoint = line.split(' ')[1] ?? '';
     const m = re.exec(mountPoint);
-    if (m === null || alive(Number(m[1]))) continue;
+    if (m === null || pidAlive(Number(m[1]))) continue;
     await run('umount', ['-l', mountPoint]).catch(() => undefined);
     rmSync(mountPoint, { recursive: true, force: true });
     removed.push(mountPoint);

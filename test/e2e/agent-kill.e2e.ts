@@ -6,32 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
-import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
-import { answering, delivering, killAndRestart, seeded } from './support/scenario.ts';
+import { describe, it } from 'node:test';
+import { assertWhole, delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
+import { answering, delivering, killAndRestart, seeded, stackForSuite, THREE_DEVICES } from './support/scenario.ts';
 
 const KILLS_PER_DEVICE = Number(process.env['VITALSEAL_E2E_AGENT_KILLS'] ?? 6);
-const DEVICES = ['bed-1', 'bed-2', 'oxi-3'];
+const DEVICES = THREE_DEVICES.map((d) => d.id);
 
 describe('e2e: kill -9 of agents mid-stream', () => {
-  let stack: Stack | undefined;
-  before(async () => {
-    stack = await startStack({
-      batchWindowMs: 250,
-      devices: [
-        { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
-        { id: 'bed-2', transport: 'coaps', keyStore: 'software', source: 'simulated', seed: 2 },
-        { id: 'oxi-3', transport: 'coaps', keyStore: 'software', auth: 'psk', source: 'simulated', seed: 3 },
-      ],
-    });
-  });
-  after(async () => {
-    await stack?.stop();
-  });
+  const stack = stackForSuite({ batchWindowMs: 250, devices: THREE_DEVICES });
 
   it(`${KILLS_PER_DEVICE} SIGKILLs per agent at random moments: every queued message stored exactly once`, { timeout: 600_000 }, async () => {
-    const s = stack as Stack;
+    const s = stack();
     const started = Date.now();
     const { seed, between } = seeded('agent-kill');
     await delivering(s, DEVICES);
@@ -71,13 +57,7 @@ describe('e2e: kill -9 of agents mid-stream', () => {
       recovery,
       seconds: (Date.now() - started) / 1000,
     });
-    for (const f of figures) {
-      assert.equal(f.lost, 0, `${f.device}: acknowledged messages missing at the ingest: ${JSON.stringify(f.gaps)}`);
-      assert.equal(f.stored, f.sent, `${f.device}: every message that entered the queue is stored (gaps ${JSON.stringify(f.gaps)})`);
-      assert.equal(f.dropped, 0, `${f.device}: nothing dropped by the capacity policy`);
-      assert.deepEqual(f.gaps, [], `${f.device}: no gaps`);
-      assert.ok(f.sent > 0);
-    }
+    assertWhole(figures);
     assert.equal(kills, KILLS_PER_DEVICE * DEVICES.length);
   });
 });

@@ -14,10 +14,9 @@
  * most a send window (16) past what the agent counted as acknowledged just after it.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { startStack, type Stack } from '../../scripts/lib/stack.ts';
+import { describe, it } from 'node:test';
 import { delay, drainedAll, DuplicateTally, report, type Gaps } from './support/accounting.ts';
-import { delivering, seeded } from './support/scenario.ts';
+import { delivering, seeded, stackForSuite } from './support/scenario.ts';
 
 const CRASHES = Number(process.env['VITALSEAL_E2E_BROKER_CRASHES'] ?? 4);
 const MQTTS = ['bed-1', 'bed-2'];
@@ -26,23 +25,17 @@ const DEVICES = [...MQTTS, 'bed-3'];
 const WINDOW = 16;
 
 describe('e2e: kill -9 of the broker mid-stream', () => {
-  let stack: Stack | undefined;
-  before(async () => {
-    stack = await startStack({
-      batchWindowMs: 250,
-      devices: [
-        { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
-        { id: 'bed-2', transport: 'mqtts', keyStore: 'tpm', source: 'simulated', seed: 2 },
-        { id: 'bed-3', transport: 'coaps', keyStore: 'software', source: 'simulated', seed: 3 },
-      ],
-    });
-  });
-  after(async () => {
-    await stack?.stop();
+  const stack = stackForSuite({
+    batchWindowMs: 250,
+    devices: [
+      { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
+      { id: 'bed-2', transport: 'mqtts', keyStore: 'tpm', source: 'simulated', seed: 2 },
+      { id: 'bed-3', transport: 'coaps', keyStore: 'software', source: 'simulated', seed: 3 },
+    ],
   });
 
   it(`${CRASHES} broker crashes: the ingest stores what it received, agents resend what was not acknowledged; losses only inside a crash window, counted`, { timeout: 600_000 }, async () => {
-    const s = stack as Stack;
+    const s = stack();
     const started = Date.now();
     const { seed, between } = seeded('broker-kill');
     await delivering(s, DEVICES);

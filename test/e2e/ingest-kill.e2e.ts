@@ -5,32 +5,18 @@
  * while it is away, keep their messages and send them again.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
-import { delivering, seeded } from './support/scenario.ts';
+import { describe, it } from 'node:test';
+import { assertWhole, delay, drainedAll, DuplicateTally, report } from './support/accounting.ts';
+import { delivering, seeded, stackForSuite, THREE_DEVICES } from './support/scenario.ts';
 
 const KILLS = Number(process.env['VITALSEAL_E2E_INGEST_KILLS'] ?? 4);
-const DEVICES = ['bed-1', 'bed-2', 'oxi-3'];
+const DEVICES = THREE_DEVICES.map((d) => d.id);
 
 describe('e2e: kill -9 of the ingest service mid-stream', () => {
-  let stack: Stack | undefined;
-  before(async () => {
-    stack = await startStack({
-      batchWindowMs: 250,
-      devices: [
-        { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
-        { id: 'bed-2', transport: 'coaps', keyStore: 'software', source: 'simulated', seed: 2 },
-        { id: 'oxi-3', transport: 'coaps', keyStore: 'software', auth: 'psk', source: 'simulated', seed: 3 },
-      ],
-    });
-  });
-  after(async () => {
-    await stack?.stop();
-  });
+  const stack = stackForSuite({ batchWindowMs: 250, devices: THREE_DEVICES });
 
   it(`${KILLS} SIGKILLs of the ingest: every acknowledged message stored once`, { timeout: 600_000 }, async () => {
-    const s = stack as Stack;
+    const s = stack();
     const started = Date.now();
     const { seed, between } = seeded('ingest-kill');
     await delivering(s, DEVICES);
@@ -59,10 +45,6 @@ describe('e2e: kill -9 of the ingest service mid-stream', () => {
       recovery,
       seconds: (Date.now() - started) / 1000,
     });
-    for (const f of figures) {
-      assert.equal(f.lost, 0, `${f.device}: acknowledged messages missing at the ingest: ${JSON.stringify(f.gaps)}`);
-      assert.equal(f.stored, f.sent, `${f.device}: every message that entered the queue is stored`);
-      assert.deepEqual(f.gaps, []);
-    }
+    assertWhole(figures);
   });
 });

@@ -9,31 +9,24 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
-import { startStack, type Stack } from '../../scripts/lib/stack.ts';
-import { delay, drainedAll, DuplicateTally, report, waitFor } from './support/accounting.ts';
-import { delivering, unavailable } from './support/scenario.ts';
+import { describe, it } from 'node:test';
+import { assertWhole, delay, drainedAll, DuplicateTally, report, waitFor } from './support/accounting.ts';
+import { delivering, stackForSuite, unavailable } from './support/scenario.ts';
 
 const DEVICES = ['bed-1', 'bed-2'];
 /** Starts attempted while the TPM is away (a service manager's restarts). */
 const FAILED_STARTS = 2;
 
 describe('e2e: TPM unavailable when the agent starts', { skip: unavailable(['swtpm']) }, () => {
-  let stack: Stack | undefined;
-  before(async () => {
-    stack = await startStack({
-      devices: [
-        { id: 'bed-1', transport: 'mqtts', keyStore: 'tpm', source: 'simulated', seed: 1 },
-        { id: 'bed-2', transport: 'coaps', keyStore: 'tpm', source: 'simulated', seed: 2 },
-      ],
-    });
-  });
-  after(async () => {
-    await stack?.stop();
+  const stack = stackForSuite({
+    devices: [
+      { id: 'bed-1', transport: 'mqtts', keyStore: 'tpm', source: 'simulated', seed: 1 },
+      { id: 'bed-2', transport: 'coaps', keyStore: 'tpm', source: 'simulated', seed: 2 },
+    ],
   });
 
   it('exits 1 with a clear error while the TPM is away; delivers everything once it is back', { timeout: 600_000 }, async () => {
-    const s = stack as Stack;
+    const s = stack();
     const started = Date.now();
     await delivering(s, DEVICES, 90_000, 2);
     const before = new Map<string, number>();
@@ -76,15 +69,11 @@ describe('e2e: TPM unavailable when the agent starts', { skip: unavailable(['swt
       recovery,
       seconds: (Date.now() - started) / 1000,
     });
-    for (const f of figures) {
-      assert.equal(f.lost, 0, `${f.device}: ${JSON.stringify(f.gaps)}`);
-      assert.equal(f.stored, f.sent);
-      assert.deepEqual(f.gaps, []);
-    }
+    assertWhole(figures);
   });
 
   it('the TPM goes away while the agents run and must reconnect (broker and ingest restarted), then returns: they deliver again without a restart', { timeout: 600_000 }, async () => {
-    const s = stack as Stack;
+    const s = stack();
     const started = Date.now();
     await delivering(s, DEVICES);
     const pids = DEVICES.map((id) => s.device(id).agent.child.pid);
@@ -119,9 +108,6 @@ describe('e2e: TPM unavailable when the agent starts', { skip: unavailable(['swt
       seconds: (Date.now() - started) / 1000,
     });
     assert.deepEqual(DEVICES.map((id) => s.device(id).agent.child.pid), pids, 'the same agent processes');
-    for (const f of figures) {
-      assert.equal(f.lost, 0, `${f.device}: ${JSON.stringify(f.gaps)}`);
-      assert.equal(f.stored, f.sent);
-    }
+    assertWhole(figures);
   });
 });

@@ -19,6 +19,7 @@
  *                 the scenario ran; sampled just before a kill, so a kill's last instant may be
  *                 missing from the sum)
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -148,6 +149,20 @@ export async function drainedAll(stack: Stack, ids: readonly string[], since: { 
   const all = await Promise.all(ids.map((id) => drained(stack, id, o(id))));
   const last = Math.max(...all.map((d) => d.drainedAt));
   return { figures: all.map((d) => d.figures), recovery: { after: since.after, seconds: Math.max(0, last - since.at) / 1000 } };
+}
+
+/**
+ * Asserts every device whole: nothing acknowledged is missing, every message that entered a queue
+ * is stored (once: one row per sequence number), no gaps, nothing dropped by the capacity policy.
+ */
+export function assertWhole(figures: readonly DeviceFigures[]): void {
+  for (const f of figures) {
+    assert.equal(f.lost, 0, `${f.device}: acknowledged messages missing at the ingest: ${JSON.stringify(f.gaps)}`);
+    assert.equal(f.stored, f.sent, `${f.device}: every message that entered the queue is stored (gaps ${JSON.stringify(f.gaps)})`);
+    assert.equal(f.dropped, 0, `${f.device}: nothing dropped by the capacity policy`);
+    assert.deepEqual(f.gaps, [], `${f.device}: no gaps`);
+    assert.ok(f.sent > 0, `${f.device}: sent something`);
+  }
 }
 
 /** The ingest's duplicate counter summed over every ingest process of the scenario. */

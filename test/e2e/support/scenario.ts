@@ -4,12 +4,38 @@
  * run on this machine (printed as the skip reason, never silently passed).
  */
 import { spawnSync } from 'node:child_process';
+import { after, before } from 'node:test';
 import { Prng } from '../../../src/agent/sensors/prng.ts';
 import { libfaketimePath } from '../../../scripts/lib/faketime.ts';
 import { wardNetworkUnavailable } from '../../../scripts/lib/netns.ts';
 import { smallDiskUnavailable } from '../../../scripts/lib/small-disk.ts';
-import type { RunningDevice, Stack } from '../../../scripts/lib/stack.ts';
+import { startStack, type RunningDevice, type Stack, type StackDevice, type StackOptions } from '../../../scripts/lib/stack.ts';
 import { delay, waitFor } from './accounting.ts';
+
+/** The devices most scenarios run: MQTTS with a software key, CoAPS with a certificate, CoAPS with a PSK. */
+export const THREE_DEVICES: readonly StackDevice[] = [
+  { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
+  { id: 'bed-2', transport: 'coaps', keyStore: 'software', source: 'simulated', seed: 2 },
+  { id: 'oxi-3', transport: 'coaps', keyStore: 'software', auth: 'psk', source: 'simulated', seed: 3 },
+];
+
+/**
+ * Starts an installation before the enclosing describe block's tests and stops it after them,
+ * whatever happened; returns the accessor its tests use.
+ */
+export function stackForSuite(opts: StackOptions): () => Stack {
+  let stack: Stack | undefined;
+  before(async () => {
+    stack = await startStack(opts);
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+  return () => {
+    if (stack === undefined) throw new Error('the installation did not start');
+    return stack;
+  };
+}
 
 /** `VITALSEAL_E2E_SEED` or a fresh one; printed, so a run can be repeated. */
 export function seeded(scenario: string): { seed: number; rng: Prng; between(lo: number, hi: number): number } {
