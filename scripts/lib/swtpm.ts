@@ -169,6 +169,18 @@ class SwtpmProcess {
   }
 }
 
+/** Whether a Unix socket accepts a connection now. */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
 class ResourceManager {
   dbus: ChildProcess | undefined;
   abrmd: ChildProcess | undefined;
@@ -204,8 +216,13 @@ class ResourceManager {
     const child = spawn('dbus-daemon', [`--config-file=${conf}`, '--nofork', '--nopidfile'], { stdio: 'ignore' });
     track(child);
     this.dbus = child;
-    for (let i = 0; i < 200 && !existsSync(join(this.dir, 'bus.sock')); i++) {
+    // The socket file appears at bind(), before listen(): a client connecting in between (a loaded
+    // machine widens the gap) is refused, and tpm2-abrmd gives up at once. Ready means accepting.
+    const sock = join(this.dir, 'bus.sock');
+    const end = Date.now() + 10_000;
+    while (!(existsSync(sock) && await accepts(sock))) {
       if (child.exitCode !== null) throw new Error('dbus-daemon exited at start');
+      if (Date.now() > end) throw new Error('dbus-daemon: its socket did not accept connections within 10 s');
       await delay(25);
     }
   }
