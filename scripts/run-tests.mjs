@@ -2,7 +2,8 @@
 // Runs every test/**/*.test.ts file with node's built-in test runner (TypeScript loaded by tsx).
 // Usage: node scripts/run-tests.mjs [substring ...]   (only files whose path contains a substring)
 //        node scripts/run-tests.mjs --e2e [substring ...]   the end-to-end suite (test/e2e/*.e2e.ts),
-//        one file at a time: each starts a whole installation and some change the host's network.
+//        one file at a time: each starts a whole installation and some change the host's network;
+//        the scenarios' figures go to bench-results/e2e/ (docs/e2e.md).
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
