@@ -76,7 +76,7 @@ export interface DeviceFigures {
 }
 
 /** One device's figures now (the agent must be running and answering its status socket). */
-export async function deviceFigures(stack: Stack, id: string): Promise<DeviceFigures & { depth: number }> {
+export async function deviceFigures(stack: Stack, id: string): Promise<DeviceFigures & { depth: number; ackedThrough: number }> {
   const st = await stack.device(id).status();
   const g = await stack.api<Gaps>(`/api/v1/devices/${id}/gaps`);
   const n = st.queue.nextSeq - 1;
@@ -89,7 +89,7 @@ export async function deviceFigures(stack: Stack, id: string): Promise<DeviceFig
     dropped, movedAside,
     // Missing below the acknowledged position and not explained by the capacity policy or a refusal.
     lost: missingUpTo(g, ackedThrough) - dropped - movedAside,
-    gaps: g.gaps, depth: st.queue.depth,
+    gaps: g.gaps, depth: st.queue.depth, ackedThrough,
   };
 }
 
@@ -109,12 +109,12 @@ export interface Drained {
 export async function drained(stack: Stack, id: string, o: DrainOptions = {}): Promise<Drained> {
   const end = Date.now() + (o.ms ?? 90_000);
   let drainedSince: number | undefined;
-  let last: (DeviceFigures & { depth: number }) | undefined;
+  let last: (DeviceFigures & { depth: number; ackedThrough: number }) | undefined;
   for (;;) {
     const now = Date.now();
     try {
       last = await deviceFigures(stack, id);
-      if (last.depth === 0 && last.sent > 0) {
+      if (last.depth === 0 && last.sent > 0 && last.ackedThrough >= (o.ackedAtLeast ?? 0)) {
         drainedSince ??= now;
         if (last.lost === 0) return done(last, now);
         // Missing numbers not filled within the grace: losses, counted; drained since the streak began.
@@ -130,23 +130,29 @@ export async function drained(stack: Stack, id: string, o: DrainOptions = {}): P
   return done(last, Date.now());
 }
 
-function done(last: DeviceFigures & { depth: number }, drainedAt: number): Drained {
-  const { depth: _depth, ...figures } = last;
+function done(last: DeviceFigures & { depth: number; ackedThrough: number }, drainedAt: number): Drained {
+  const { depth: _depth, ackedThrough: _acked, ...figures } = last;
   return { figures, drainedAt };
 }
 
 export interface DrainOptions {
   readonly ms?: number;
   readonly lossGraceMs?: number;
+  /** Drained only once the agent's acknowledged position has reached this sequence number. */
+  readonly ackedAtLeast?: number;
 }
 
 /**
  * Every device drained (watched at the same time), and the recovery time: from `since` (the end of
- * the scenario's last disturbance, described by `after`) until the last device was drained with
- * the ingest holding everything.
+ * the scenario's last disturbance, described by `after`) until the last device had a message
+ * sealed after this call acknowledged (delivery works again: an empty queue alone may only mean
+ * the agent has not noticed yet) and was drained, with the ingest holding everything.
  */
 export async function drainedAll(stack: Stack, ids: readonly string[], since: { at: number; after: string }, o: (id: string) => DrainOptions = () => ({})): Promise<{ figures: DeviceFigures[]; recovery: Recovery }> {
-  const all = await Promise.all(ids.map((id) => drained(stack, id, o(id))));
+  const all = await Promise.all(ids.map(async (id) => {
+    const next = await stack.device(id).status().then((st) => st.queue.nextSeq, () => undefined);
+    return drained(stack, id, { ...(next === undefined ? {} : { ackedAtLeast: next }), ...o(id) });
+  }));
   const last = Math.max(...all.map((d) => d.drainedAt));
   return { figures: all.map((d) => d.figures), recovery: { after: since.after, seconds: Math.max(0, last - since.at) / 1000 } };
 }
@@ -201,7 +207,7 @@ export function storedInOrder(dbPath: string, deviceId: string): { seq: number; 
 export interface Recovery {
   /** The moment measured from (the end of the last disturbance). */
   readonly after: string;
-  /** Until every device's queue was drained and the ingest held every message (polled every 0.5 s). */
+  /** Until every device had a message sealed after it acknowledged, its queue drained and the ingest held every message (polled every 0.5 s). */
   readonly seconds: number;
 }
 
