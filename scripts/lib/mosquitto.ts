@@ -63,6 +63,11 @@ export interface MosquittoOptions {
   readonly autosaveSeconds?: number;
   /** Keep the broker's log lines (default true); benchmarks may turn it off. */
   readonly captureLog?: boolean;
+  /**
+   * The address the TLS listener binds (default 127.0.0.1). The end-to-end suite binds the host
+   * end of a private veth pair so devices in a network namespace reach the broker.
+   */
+  readonly bind?: string;
 }
 
 export interface MosquittoBroker {
@@ -209,7 +214,7 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 class BrokerProcess implements MosquittoBroker {
-  readonly host = '127.0.0.1';
+  readonly host: string;
   readonly dir: string;
   readonly #owner: { uid: number; gid: number } | undefined;
   readonly #capture: boolean;
@@ -220,8 +225,9 @@ class BrokerProcess implements MosquittoBroker {
   #values: Record<string, string> = {};
   #stopped = false;
 
-  constructor(dir: string, owner: { uid: number; gid: number } | undefined, capture: boolean) {
+  constructor(dir: string, owner: { uid: number; gid: number } | undefined, capture: boolean, host: string) {
     this.dir = dir;
+    this.host = host;
     this.#owner = owner;
     this.#capture = capture;
   }
@@ -371,7 +377,7 @@ export async function startMosquitto(opts: MosquittoOptions): Promise<MosquittoB
   need('mosquitto', 'mosquitto');
   const owner = mosquittoUser();
   const dir = mkdtempSync(join(tmpdir(), 'vitalseal-mosquitto-'));
-  const broker = new BrokerProcess(dir, owner, opts.captureLog !== false);
+  const broker = new BrokerProcess(dir, owner, opts.captureLog !== false, opts.bind ?? '127.0.0.1');
   try {
     chmodSync(dir, 0o700);
     mkdirSync(join(dir, 'data'), { mode: 0o700 });

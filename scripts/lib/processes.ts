@@ -29,6 +29,16 @@ export interface Managed {
   kill(): Promise<number | string>;
 }
 
+/** Whether a process with this id exists (EPERM: it does, and belongs to someone else). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 const everyone = new Set<ChildProcess>();
 let hooked = false;
 

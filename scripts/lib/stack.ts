@@ -27,6 +27,8 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { AgentStatus } from '../../src/agent/agent.ts';
+import { readStatus } from '../../src/agent/status-socket.ts';
 import type { CoseAlgName } from '../../src/cose/algorithms.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { createCsr } from '../../src/pki/csr.ts';
@@ -53,6 +55,16 @@ export interface StackDevice {
   readonly source: 'simulated' | 'hl7';
   readonly seed?: number;
   readonly alg?: CoseAlgName;
+  /** The agent's queue directory (e.g. on a size-limited file system); default `<device dir>/queue`. */
+  readonly queueDir?: string;
+  /** `queue.capacityBytes` / `queue.fullPolicy` of the agent (docs/agent.md); default the agent's. */
+  readonly queue?: { readonly capacityBytes?: number; readonly fullPolicy?: 'drop-oldest' | 'reject-new' };
+  /** Where the agent connects instead of the broker or the ingest's CoAPS port (a relay in between). */
+  readonly target?: { readonly host: string; readonly port: number };
+  /** A command the agent runs under, e.g. `['ip', 'netns', 'exec', NAME]` (a network namespace). */
+  readonly wrapper?: readonly string[];
+  /** More environment for the agent process only (e.g. libfaketime's LD_PRELOAD and FAKETIME). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 export interface StackOptions {
@@ -61,6 +73,8 @@ export interface StackOptions {
   readonly dir?: string;
   /** HTTPS port of the ingest (API, dashboard, enrolment); default a free one. */
   readonly httpsPort?: number;
+  /** UDP port of the ingest's CoAPS listener; default a free one (a relay in front needs it first). */
+  readonly coapsPort?: number;
   readonly keep?: boolean;
   /** Progress lines ("starting mosquitto ..."). */
   readonly progress?: (line: string) => void;
@@ -75,31 +89,51 @@ export interface StackOptions {
    * appended (e.g. a program embedding `startIngest`); it must serve the config's HTTPS endpoint.
    */
   readonly ingestCommand?: { readonly command: string; readonly args: readonly string[] };
+  /**
+   * The address the broker, the ingest's HTTPS API and its CoAPS listener bind (default 127.0.0.1),
+   * also named in their certificates. The end-to-end suite uses the host end of a veth pair so that
+   * agents in a network namespace reach them.
+   */
+  readonly bindHost?: string;
 }
 
 export interface RunningDevice {
   readonly spec: StackDevice;
   readonly dir: string;
+  /** The current agent process (a new one after `startAgent`). */
   readonly agent: Managed;
   /** The agent's status socket (`vitalseal agent status --socket`). */
   readonly statusSocket: string;
+  readonly configFile: string;
+  readonly queueDir: string;
+  /** The agent's log (every run of it appends). */
+  readonly logFile: string;
+  /** The device's TPM (keyStore `tpm`). */
+  readonly tpm: Swtpm | undefined;
+  /**
+   * Starts the agent again (as a service manager restarts it) unless one is running; `env`
+   * replaces the device's extra environment (`StackDevice.env`) from this start on.
+   */
+  startAgent(o?: { readonly env?: Readonly<Record<string, string>> }): Managed;
+  /** The running agent's status document (`vitalseal agent status --json`). */
+  status(): Promise<AgentStatus>;
 }
 
 export interface Stack {
   readonly dir: string;
   readonly httpsUrl: string;
+  readonly coapsPort: number;
   /** The fleet root certificate (PEM file): what a browser or curl must trust for the HTTPS API. */
   readonly rootCaFile: string;
   /** A reader API token for this stack's own use (summary, tests); printed only where asked. */
   readonly readerToken: string;
   readonly broker: MosquittoBroker;
+  /** The current ingest process (a new one after `startIngest`). */
   readonly ingest: Managed;
   /** The ingest's configuration file (for `vitalseal ingest ... --config FILE`). */
   readonly ingestConfigFile: string;
   /** The ingest's static X25519 public key (PEM): what a device pins as `sealing.ingestPublicKeyFile`. */
   readonly ingestPublicKeyFile: string;
-  /** The ingest's CoAPS (CoAP over DTLS 1.3) port on 127.0.0.1. */
-  readonly coapsPort: number;
   /** A one-time enrolment token for a device the caller runs itself (`vitalseal ingest enrol-token`). */
   enrolToken(deviceId: string): Promise<string>;
   /**
@@ -107,7 +141,14 @@ export interface Stack {
    * `keyFile` (0600). Resolves once the running ingest has had time to load it (one registry refresh).
    */
   addPskDevice(deviceId: string, keyFile: string): Promise<void>;
+  /** The ingest's SQLite database (for checks that read it directly, read-only). */
+  readonly ingestDb: string;
   readonly devices: readonly RunningDevice[];
+  device(id: string): RunningDevice;
+  /** Starts the ingest service again (after it was stopped or killed); resolves once it answers. */
+  startIngest(): Promise<void>;
+  /** GET on the HTTPS API with the reader token: status and body text (e.g. `/metrics`). */
+  apiText(path: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }>;
   /** GET on the ingest's HTTPS API with the reader token; the parsed JSON. */
   api<T = unknown>(path: string): Promise<T>;
   /** Runs a `vitalseal` command with the stack's environment; resolves with stdout. */
@@ -152,9 +193,39 @@ async function waitHttps(url: string, ca: string, ms: number, alive: () => boole
   }
 }
 
+/** A device's agent, started now and again whenever `startAgent` is called. */
+function deviceHandle(o: {
+  spec: StackDevice; dir: string; statusSocket: string; configFile: string; queueDir: string; logFile: string;
+  tpm: Swtpm | undefined; procs: ProcessGroup; env: NodeJS.ProcessEnv; cwd: string;
+}): RunningDevice {
+  const wrapper = o.spec.wrapper ?? [];
+  let extraEnv: Readonly<Record<string, string>> = o.spec.env ?? {};
+  const spawnAgent = (): Managed => {
+    const argv = [process.execPath, VITALSEAL_BIN, 'agent', 'run', '--config', o.configFile];
+    const [command, ...args] = [...wrapper, ...argv] as [string, ...string[]];
+    return o.procs.spawn(`agent ${o.spec.id}`, command, args, { log: o.logFile, env: { ...o.env, ...extraEnv }, cwd: o.cwd });
+  };
+  let agent = spawnAgent();
+  return {
+    spec: o.spec, dir: o.dir, statusSocket: o.statusSocket, configFile: o.configFile, queueDir: o.queueDir, logFile: o.logFile, tpm: o.tpm,
+    get agent() {
+      return agent;
+    },
+    startAgent(opts) {
+      if (opts?.env !== undefined) extraEnv = opts.env;
+      if (!agent.alive) agent = spawnAgent();
+      return agent;
+    },
+    async status() {
+      return (await readStatus(o.statusSocket)) as AgentStatus;
+    },
+  };
+}
+
 /** Starts everything; on any failure stops what was started and rethrows. */
 export async function startStack(opts: StackOptions): Promise<Stack> {
   const say = opts.progress ?? (() => undefined);
+  const host = opts.bindHost ?? '127.0.0.1';
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'vitalseal-stack-'));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const procs = new ProcessGroup();
@@ -190,16 +261,17 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     const rootCaFile = ca.paths.root;
     const svc = join(dir, 'services');
     mkdirSync(svc, { mode: 0o700 });
-    const https = await serviceIdentity(ca, svc, 'ingest-https', { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+    const serviceIps = [...new Set(['127.0.0.1', host])];
+    const https = await serviceIdentity(ca, svc, 'ingest-https', { dnsNames: ['localhost'], ipAddresses: serviceIps });
     const mqttClient = await serviceIdentity(ca, svc, 'ingest-mqtt', { dnsNames: [STACK_INGEST_NAME], clientAuth: true });
-    const brokerId = await serviceIdentity(ca, svc, 'broker', { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+    const brokerId = await serviceIdentity(ca, svc, 'broker', { dnsNames: ['localhost'], ipAddresses: serviceIps });
 
     // 3. The broker.
     const mqttDevices = [...opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id), ...(opts.extraMqttDevices ?? [])];
     say('starting mosquitto (TLS 1.3 only, client certificates, per-device topics)');
     broker = await startMosquitto({
       caChainPem: readFileSync(ca.paths.chain, 'utf8'), certChainPem: brokerId.chainPem, keyPem: brokerId.keyPem,
-      crlPem: readFileSync(ca.paths.crl, 'utf8'), devices: mqttDevices, ingest: [STACK_INGEST_NAME],
+      crlPem: readFileSync(ca.paths.crl, 'utf8'), devices: mqttDevices, ingest: [STACK_INGEST_NAME], bind: host,
     });
 
     // 4. The ingest service.
@@ -207,7 +279,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     mkdirSync(ingestDir, { mode: 0o700 });
     const storePass = secretFile(join(ingestDir, 'keystore.pass'));
     const httpsPort = opts.httpsPort ?? (await freePort());
-    const coapsPort = await freePort();
+    const coapsPort = opts.coapsPort ?? (await freePort());
     const cfg = join(ingestDir, 'ingest.yaml');
     let storage = `sqlite: { path: ${join(ingestDir, 'ingest.db')} }`;
     if (opts.postgres !== undefined) {
@@ -223,19 +295,19 @@ keys: { kek: ingest-kek, auditSigningKey: ingest-audit, backupSigningKey: ingest
 audit: { path: ${join(ingestDir, 'audit.log')} }
 pki: { dir: ${join(dir, 'ca')}, passphrase: { file: ${caPass} } }
 https:
-  host: 127.0.0.1
+  host: ${host}
   port: ${httpsPort}
   certificate: ${https.chain}
   key: ${https.key}
 mqtt:
-  url: mqtts://127.0.0.1:${broker.port}
+  url: mqtts://${host}:${broker.port}
   caFile: ${rootCaFile}
   certFile: ${mqttClient.chain}
   keyFile: ${mqttClient.key}
   sharedGroup: vitalseal
   topic: vitals/+/v1
 coaps:
-  host: 127.0.0.1
+  host: ${host}
   port: ${coapsPort}
   certificate: ${https.chain}
   key: ${https.key}
@@ -247,9 +319,9 @@ log: { level: info }
     const ingestPub = join(ingestDir, 'ingest-static.pub.pem');
     await vitalseal(['ingest', 'keygen', '--config', cfg, '--public-out', ingestPub]);
     const readerToken = (await vitalseal(['ingest', 'api-token', 'create', '--config', cfg, '--name', 'stack-reader', '--role', 'reader'])).trim();
-    say(`starting the ingest service (https://127.0.0.1:${httpsPort}/)`);
+    const httpsUrl = `https://${host}:${httpsPort}/`;
+    say(`starting the ingest service (${httpsUrl})`);
     const ingestCmd = opts.ingestCommand ?? { command: process.execPath, args: [VITALSEAL_BIN, 'ingest', 'run'] };
-    const ingest = procs.spawn('ingest', ingestCmd.command, [...ingestCmd.args, '--config', cfg], { log: join(ingestDir, 'ingest.log'), env, cwd: dir });
     const enrolToken = async (deviceId: string) => (await vitalseal(['ingest', 'enrol-token', '--config', cfg, '--device-id', deviceId])).trim();
     const addPskDevice = async (deviceId: string, keyFile: string) => {
       await vitalseal(['ingest', 'devices', 'add-psk', '--config', cfg, '--device-id', deviceId, '--key-out', keyFile]);
@@ -260,9 +332,15 @@ log: { level: info }
       await addPskDevice(deviceId, keyFile);
       await new Promise((r) => setTimeout(r, 1500));
     };
-    const httpsUrl = `https://127.0.0.1:${httpsPort}/`;
     const rootPem = readFileSync(rootCaFile, 'utf8');
-    await waitHttps(httpsUrl, rootPem, 60_000, () => ingest.alive);
+    let ingest: Managed | undefined;
+    const startIngest = async (): Promise<void> => {
+      if (ingest?.alive === true) return;
+      const current = procs.spawn('ingest', ingestCmd.command, [...ingestCmd.args, '--config', cfg], { log: join(ingestDir, 'ingest.log'), env, cwd: dir });
+      ingest = current;
+      await waitHttps(httpsUrl, rootPem, 60_000, () => current.alive);
+    };
+    await startIngest();
 
     // 5. Devices: enrol, configure, start.
     const devices: RunningDevice[] = [];
@@ -271,6 +349,7 @@ log: { level: info }
       mkdirSync(ddir, { recursive: true, mode: 0o700 });
       let deviceEnv = env;
       let identity: string;
+      let tpm: Swtpm | undefined;
       if (spec.auth === 'psk') {
         say(`${spec.id}: registering a PSK device (vitalseal ingest devices add-psk; the key is wrapped under the ingest KEK)`);
         const keyFile = join(ddir, 'psk.key');
@@ -281,7 +360,7 @@ log: { level: info }
         let storeArgs: string[];
         if (spec.keyStore === 'tpm') {
           say(`${spec.id}: starting its TPM (swtpm behind tpm2-abrmd)`);
-          const tpm = await startSwtpm({ resourceManager: true });
+          tpm = await startSwtpm({ resourceManager: true });
           tpms.push(tpm);
           deviceEnv = { ...env, ...tpm.env };
           keystore = `{ kind: tpm, tcti: "${tpm.tcti}", dir: ${join(ddir, 'tpm')} }`;
@@ -307,16 +386,21 @@ log: { level: info }
         : `[{ type: simulated, id: patient, seed: ${spec.seed ?? 1} }]`;
       const statusSocket = join(ddir, 'agent.sock');
       const agentCfg = join(ddir, 'agent.yaml');
+      const queueDir = spec.queueDir ?? join(ddir, 'queue');
+      const queueLimits = [
+        spec.queue?.capacityBytes === undefined ? '' : `, capacityBytes: ${spec.queue.capacityBytes}`,
+        spec.queue?.fullPolicy === undefined ? '' : `, fullPolicy: ${spec.queue.fullPolicy}`,
+      ].join('');
       writeFileSync(agentCfg, `device: { id: ${spec.id} }
 sealing: { alg: ${spec.alg ?? 'chacha20-poly1305'}, ingestPublicKeyFile: ${ingestPub} }
 sources: ${sources}
 batch: { windowMs: ${opts.batchWindowMs ?? 1000} }
-queue: { dir: ${join(ddir, 'queue')} }
+queue: { dir: ${queueDir}${queueLimits} }
 transport:
   primary:
     kind: ${spec.transport}
-    host: 127.0.0.1
-    port: ${spec.transport === 'mqtts' ? broker.port : coapsPort}
+    host: ${spec.target?.host ?? host}
+    port: ${spec.target?.port ?? (spec.transport === 'mqtts' ? broker.port : coapsPort)}
     serverName: localhost
     ${identity}
 uplink: { backoffInitialMs: 200, backoffMaxMs: 5000 }
@@ -324,39 +408,49 @@ ${spec.auth === 'psk' ? '' : `certificate: { file: ${join(ddir, 'identity', 'dev
 status: { socket: ${statusSocket} }
 `);
       say(`${spec.id}: starting its agent (${spec.transport}, ${spec.source === 'hl7' ? 'HL7 v2 gateway' : 'simulated patient'})`);
-      const agent = procs.spawn(`agent ${spec.id}`, process.execPath, [VITALSEAL_BIN, 'agent', 'run', '--config', agentCfg], { log: join(ddir, 'agent.log'), env: deviceEnv, cwd: dir });
-      devices.push({ spec, dir: ddir, agent, statusSocket });
+      devices.push(deviceHandle({
+        spec, dir: ddir, statusSocket, configFile: agentCfg, queueDir, logFile: join(ddir, 'agent.log'), tpm, procs,
+        env: deviceEnv, cwd: dir,
+      }));
       if (spec.source === 'hl7') {
         const port = /listen: "127\.0\.0\.1:(\d+)"/.exec(sources)?.[1] as string;
         procs.spawn(`monitor ${spec.id}`, process.execPath, [`--import=${import.meta.resolve('tsx')}`, join(import.meta.dirname, 'hl7-monitor.ts'), '--port', port], { log: join(ddir, 'monitor.log'), env, cwd: dir });
       }
     }
 
-    const api = <T>(path: string): Promise<T> => new Promise((resolve, reject) => {
+    const apiText = (path: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> => new Promise((resolve, reject) => {
       const req = request(new URL(path, httpsUrl), { ca: rootPem, headers: { authorization: `Bearer ${readerToken}` }, timeout: 10_000 }, (res) => {
         const parts: Buffer[] = [];
         res.on('data', (c: Buffer) => parts.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(parts).toString('utf8');
-          if (res.statusCode !== 200) reject(new Error(`GET ${path}: ${String(res.statusCode)} ${text.slice(0, 200)}`));
-          else {
-            try {
-              resolve(JSON.parse(text) as T);
-            } catch {
-              reject(new Error(`GET ${path}: not JSON`));
-            }
-          }
-        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts).toString('utf8') }));
       });
       req.on('error', reject);
       req.on('timeout', () => req.destroy(new Error(`GET ${path}: timed out`)));
       req.end();
     });
+    const api = async <T>(path: string): Promise<T> => {
+      const r = await apiText(path);
+      if (r.status !== 200) throw new Error(`GET ${path}: ${String(r.status)} ${r.body.slice(0, 200)}`);
+      try {
+        return JSON.parse(r.body) as T;
+      } catch {
+        throw new Error(`GET ${path}: not JSON`);
+      }
+    };
 
     let stopped: Promise<void> | undefined;
     return {
-      dir, httpsUrl, rootCaFile, readerToken, broker, ingest, devices, api,
-      ingestConfigFile: cfg, ingestPublicKeyFile: ingestPub, coapsPort, enrolToken, addPskDevice: addPskDeviceLoaded,
+      dir, httpsUrl, coapsPort, rootCaFile, readerToken, broker, devices, api, apiText, startIngest,
+      ingestDb: join(ingestDir, 'ingest.db'),
+      ingestConfigFile: cfg, ingestPublicKeyFile: ingestPub, enrolToken, addPskDevice: addPskDeviceLoaded,
+      get ingest() {
+        return ingest as Managed;
+      },
+      device(id) {
+        const d = devices.find((x) => x.spec.id === id);
+        if (d === undefined) throw new Error(`the stack has no device ${id}`);
+        return d;
+      },
       vitalseal: (args) => vitalseal(args),
       stop() {
         stopped ??= cleanup();

@@ -2,7 +2,8 @@
  * Starts a TPM 2.0 simulator (swtpm, from Debian's `swtpm` package) for tests, benchmarks and the
  * demo: socket mode on free loopback ports, state in a temp directory, stopped on `stop()` (and
  * killed if the process exits first). `restart()` stops it cleanly and starts it again over the same
- * state, as a reboot does; `resetState()` starts it over an empty state, as a new chip.
+ * state, as a reboot does; `resetState()` starts it over an empty state, as a new chip; `down()` and
+ * `up()` take it away and bring it back (a TPM unavailable when a client starts).
  *
  * swtpm serves one client connection at a time and has three transient object slots. With
  * `resourceManager: true` the harness also starts tpm2-abrmd (the access broker and resource
@@ -45,6 +46,13 @@ export interface Swtpm {
   restart(): Promise<void>;
   /** Stops, empties the state directory, starts again: a TPM that has never been used. */
   resetState(): Promise<void>;
+  /**
+   * Takes the TPM away (the resource manager and swtpm stop cleanly; the private bus stays), as a
+   * TPM that has not come up or a driver that is not loaded: clients fail until `up()`.
+   */
+  down(): Promise<void>;
+  /** Brings it back after `down()`, over the same state. */
+  up(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -161,6 +169,18 @@ class SwtpmProcess {
   }
 }
 
+/** Whether a Unix socket accepts a connection now. */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
 class ResourceManager {
   dbus: ChildProcess | undefined;
   abrmd: ChildProcess | undefined;
@@ -196,8 +216,13 @@ class ResourceManager {
     const child = spawn('dbus-daemon', [`--config-file=${conf}`, '--nofork', '--nopidfile'], { stdio: 'ignore' });
     track(child);
     this.dbus = child;
-    for (let i = 0; i < 200 && !existsSync(join(this.dir, 'bus.sock')); i++) {
+    // The socket file appears at bind(), before listen(): a client connecting in between (a loaded
+    // machine widens the gap) is refused, and tpm2-abrmd gives up at once. Ready means accepting.
+    const sock = join(this.dir, 'bus.sock');
+    const end = Date.now() + 10_000;
+    while (!(existsSync(sock) && await accepts(sock))) {
       if (child.exitCode !== null) throw new Error('dbus-daemon exited at start');
+      if (Date.now() > end) throw new Error('dbus-daemon: its socket did not accept connections within 10 s');
       await delay(25);
     }
   }
@@ -282,6 +307,15 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     async restart() {
       await rm?.stopBroker();
       await tpm.stop();
+      await tpm.start();
+      await rm?.startBroker(directTcti());
+    },
+    async down() {
+      await rm?.stopBroker();
+      await tpm.stop();
+    },
+    async up() {
+      if (tpm.child !== undefined) return;
       await tpm.start();
       await rm?.startBroker(directTcti());
     },

@@ -42,10 +42,25 @@ export interface UdpRelay {
   stop(): Promise<void>;
 }
 
-export async function startUdpRelay(o: { target: { host: string; port: number }; seed?: number; profile?: RelayProfile }): Promise<UdpRelay> {
+export interface UdpRelayOptions {
+  readonly target: { readonly host: string; readonly port: number };
+  /** Where clients send to (default 127.0.0.1, a port the OS picks). */
+  readonly listen?: { readonly host: string; readonly port?: number };
+  readonly seed?: number;
+  readonly profile?: RelayProfile;
+}
+
+export async function startUdpRelay(o: UdpRelayOptions): Promise<UdpRelay> {
   const rng = new Prng(o.seed ?? 1);
   const front = createSocket('udp4');
-  await new Promise<void>((resolve) => front.bind(0, '127.0.0.1', resolve));
+  const host = o.listen?.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    front.once('error', reject);
+    front.bind(o.listen?.port ?? 0, host, () => {
+      front.off('error', reject);
+      resolve();
+    });
+  });
   const upstream = new Map<string, Socket>();
   const timers = new Set<NodeJS.Timeout>();
   const counters: RelayCounters = { forwarded: 0, dropped: 0, duplicated: 0, frozen: 0 };
@@ -53,7 +68,7 @@ export async function startUdpRelay(o: { target: { host: string; port: number };
   let stopped = false;
 
   const relay: UdpRelay = {
-    host: '127.0.0.1',
+    host,
     port: front.address().port,
     counters,
     profile: o.profile ?? CLEAN,
@@ -106,7 +121,9 @@ export async function startUdpRelay(o: { target: { host: string; port: number };
     let up = upstream.get(key);
     if (up === undefined) {
       const s = createSocket('udp4');
-      s.bind(0, '127.0.0.1');
+      // The target is on this machine (loopback or a local veth address): the upstream socket
+      // binds that same address, so nothing listens anywhere else.
+      s.bind(0, o.target.host);
       s.on('message', (reply: Buffer) => deliver(() => front.send(reply, from.port, from.address)));
       s.on('error', () => undefined);
       upstream.set(key, s);

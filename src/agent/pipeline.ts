@@ -218,7 +218,9 @@ export class Pipeline {
       else this.#counters.storeErrors++;
       this.#counters.lostReadings += batch.readings.length;
       const code = e instanceof VitalsealError ? e.code : e instanceof Error ? e.name : 'error';
-      this.#o.log.error({ code, readingCount: batch.readings.length, ecgSampleCount: samples }, 'batch could not be sealed and queued; its readings are lost');
+      // The system's reason for a failed write (ENOSPC, EIO, EROFS, ...) is what the operator needs.
+      const errno = e instanceof Error ? (e.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
+      this.#o.log.error({ code, ...(typeof errno === 'string' ? { cause: errno } : {}), readingCount: batch.readings.length, ecgSampleCount: samples }, 'batch could not be sealed and queued; its readings are lost');
       for (const w of batch.waiters) w.reject(e);
     }
   }

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { freePort } from '../../scripts/lib/ports.ts';
 import { VITALSEAL_BIN } from '../../scripts/lib/processes.ts';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { createAgent } from '../../src/agent/agent.ts';
@@ -19,7 +20,7 @@ import { ConfigError, type AgentConfig } from '../../src/agent/config.ts';
 import { silentLogger } from '../../src/agent/log.ts';
 import type { KeyStoreConfig } from '../../src/keystore/config.ts';
 import { openKeyStore } from '../../src/keystore/open.ts';
-import { Unsupported } from '../../src/util/errors.ts';
+import { KeyStoreError, Unsupported } from '../../src/util/errors.ts';
 import { rigAgentFiles, until, type RigAgentFiles } from './support.ts';
 
 describe('agent over MQTTS, built from its configuration', () => {
@@ -118,7 +119,7 @@ describe('agent over MQTTS, built from its configuration', () => {
     }
   });
 
-  it('refusals at start-up name the field: missing settings, a certificate for another key, a token key', async () => {
+  it('refusals at start-up name the field: missing settings, a certificate for another key, a token key, a TPM that is not there', async () => {
     const keystore: KeyStoreConfig = { kind: 'software', path: join(dir, 'other.vsks'), passphrase: { file: files.pass } };
     const certFile = await provision('bed-other', keystore);
     const identity = { keystore, keyLabel: 'device-identity' };
@@ -135,6 +136,12 @@ describe('agent over MQTTS, built from its configuration', () => {
     await refusal({ identity, certFile, topic: 'vitals/bed-7/v1' }, (e) => e instanceof ConfigError && /transport\.primary\.topic/.test(e.message));
     await refusal({ certFile, identity: { keystore: { kind: 'pkcs11', module: '/usr/lib/softhsm/libsofthsm2.so', token: 'pkcs11:token=x', pin: { file: files.pass } }, keyLabel: 'k' } },
       (e) => e instanceof Unsupported && e.code === 'mqtts-pkcs11-key' && /coaps/.test(e.message));
+    // A TPM that is not there (nothing listens where its TCTI points) is not a configuration
+    // mistake: a KeyStoreError naming the field, `no-tpm`, so the process exits 1 and is restarted.
+    const nowhere = await freePort();
+    await refusal({ certFile, identity: { keystore: { kind: 'tpm', tcti: `swtpm:host=127.0.0.1,port=${nowhere}`, dir: join(dir, 'absent-tpm') }, keyLabel: 'device-identity' } },
+      (e) => !(e instanceof ConfigError) && e instanceof KeyStoreError && e.code === 'no-tpm'
+        && /^transport\.primary\.identity\.keystore: the key store is unavailable: .*no TPM reachable/.test(e.message));
     // None of those left a key store open or a message queued: the queue directory holds no segment.
     assert.equal(ingest.received.filter((r) => r.deviceId === 'bed-other').length, 0);
   });

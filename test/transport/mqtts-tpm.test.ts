@@ -88,6 +88,8 @@ describe('MQTTS with a TPM key: what the broker authenticated, and what does not
   let rig: MqttRig;
   let a: TpmRig;
   let b: TpmRig;
+  /** The one ingest instance of these cases: a second would take part of the shared stream. */
+  let ingest: IngestInstance;
 
   before(async () => {
     rig = await startMqttRig({ devices: ['tpm-a', 'tpm-b'] });
@@ -103,7 +105,7 @@ describe('MQTTS with a TPM key: what the broker authenticated, and what does not
   it('the certificate the broker accepted carries the TPM key: its SPKI is the store\'s identity key', async () => {
     const spki = Buffer.from((await a.store.publicKeyPem('device-identity')).replace(/-----[^-]+-----|\s/g, ''), 'base64');
     assert.deepEqual(Buffer.from(spkiSha256(a.identity.cert.spki.der)), Buffer.from(spkiSha256(new Uint8Array(spki))));
-    const ingest = await rig.startIngest('ingest-tpm-a');
+    ingest = await rig.startIngest('ingest-tpm-a');
     const u = createMqttsUplink({
       deviceId: 'tpm-a', host: rig.broker.host, port: rig.broker.port,
       tls: tpmTls({ certChainPem: a.identity.certChainPem, key: await a.store.loadableKey('device-identity'), trust: rig.trust, env: a.tpm.env }),
@@ -135,6 +137,28 @@ describe('MQTTS with a TPM key: what the broker authenticated, and what does not
       tls: tpmTls({ certChainPem: b.identity.certChainPem, key: await a.store.loadableKey('device-identity'), trust: rig.trust, env: a.tpm.env }),
     });
     await assert.rejects(u.connect(), (e: unknown) => e instanceof KeyStoreError && e.code === 'tpm-tls-unavailable' && /key values mismatch/i.test(e.message));
+    await u.close();
+  });
+
+  it('the TPM (and its resource manager) goes away and comes back: the TLS process is replaced and the device connects again', async () => {
+    const u = createMqttsUplink({
+      deviceId: 'tpm-a', host: rig.broker.host, port: rig.broker.port,
+      tls: tpmTls({ certChainPem: a.identity.certChainPem, key: await a.store.loadableKey('device-identity'), trust: rig.trust, env: a.tpm.env }),
+    });
+    await u.connect();
+    await u.send(rig.seal('tpm-a', 21));
+    await u.disconnect?.();
+    await a.tpm.down();
+    await a.tpm.up();
+    // The child's TPM context died with the resource manager: the first handshake may fail on it,
+    // typed, and retires that child; the next connection runs in a new one.
+    await u.connect().catch((e: unknown) => {
+      assert.ok(e instanceof KeyStoreError && e.code === 'tpm-tls-unavailable' && /the TPM could not sign the TLS handshake/.test(e.message), String(e));
+    });
+    if (u.session === undefined) await u.connect();
+    await u.send(rig.seal('tpm-a', 22));
+    await until(() => ingest.received.some((r) => r.deviceId === 'tpm-a' && r.seq === 22));
+    assert.deepEqual(ingest.received.filter((r) => r.deviceId === 'tpm-a' && r.seq > 20).map((r) => r.seq).sort((x, y) => x - y), [21, 22]);
     await u.close();
   });
 });

@@ -317,7 +317,16 @@ export class SegmentQueue implements QueueStore {
         this.#head = await open(seg.path, 'a', 0o600);
         if (seg.size === 0 && this.#fsync === 'every-append') await fsyncDir(this.#dir);
       }
-      await this.#head.write(Buffer.concat(frames, bytes));
+      const data = Buffer.concat(frames, bytes);
+      // write(2) may write less than asked (a file system filling up writes what fits, and only the
+      // next call fails with ENOSPC): carry on until every byte is down or a call fails. Left alone,
+      // a short write would leave a torn record behind a whole index entry, read back as garbage
+      // and sent, and cut at the next start together with everything after it.
+      for (let done = 0; done < data.length;) {
+        const { bytesWritten } = await this.#head.write(data, done, data.length - done);
+        if (bytesWritten <= 0) throw new Error(`write made no progress at byte ${done} of ${data.length}`);
+        done += bytesWritten;
+      }
       if (this.#fsync === 'every-append') await this.#head.datasync();
     } catch (cause) {
       seg.offsets.length = recordsBefore;

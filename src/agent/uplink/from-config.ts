@@ -36,7 +36,7 @@ import { X509PeerVerifier } from '../../dtls/peer-verifier.ts';
 import { readSecret } from '../../keystore/secret-source.ts';
 import { equalBytes, fromHex, toHex } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
-import { Unsupported, VitalsealError } from '../../util/errors.ts';
+import { KeyStoreError, Unsupported, VitalsealError } from '../../util/errors.ts';
 import { ConfigError, type TransportConfig, type TransportIdentity } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { ChainFile, deviceTlsFactory, reloadingTls } from './device-tls.ts';
@@ -95,6 +95,13 @@ async function openIdentityStore(identity: TransportIdentity, path: string, deps
   try {
     return await openKeyStore(identity.keystore, { env: deps.env, create: false, logger: { warn: (m) => deps.log.warn({ keyStore: 'identity' }, m) } });
   } catch (e) {
+    // A TPM that is not there (yet): not a mistake in the configuration, and it may come back.
+    // The agent cannot authenticate without it and exits with status 1, so a service manager
+    // (Restart=on-failure) starts it again; calling it "configuration is invalid" would send the
+    // operator to the wrong place.
+    if (e instanceof KeyStoreError && e.code === 'no-tpm') {
+      throw new KeyStoreError('no-tpm', `${path}.identity.keystore: the key store is unavailable: ${e.message}`, { cause: e });
+    }
     if (e instanceof VitalsealError) throw new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
     throw e;
   }

@@ -180,7 +180,9 @@ export class SchedulerCore {
     const l = this.#link;
     if (l.state !== 'connecting' || l.epoch !== epoch) return;
     this.#counters.connects++;
-    this.#failures = 0;
+    // The back-off is reset by the first acknowledgement (`sent`), not here: a link that connects
+    // and then fails every send (a broker whose ingest has not subscribed again: PUBACK 0x10) must
+    // back off like one that does not connect, not reconnect every `initialMs` for as long as it lasts.
     this.#failuresOnTarget = 0;
     this.#lastError = undefined;
     this.#link = {
@@ -238,6 +240,7 @@ export class SchedulerCore {
       if (seq > this.#ackedThrough) this.#counters.dropped++;
     } else {
       this.#counters.acknowledged++;
+      this.#failures = 0;
     }
     if (seq > this.#ackedThrough) this.#done.add(seq);
     this.#lastAckAt = now;

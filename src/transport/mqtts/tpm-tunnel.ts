@@ -122,6 +122,16 @@ function errorFrom(w: WireError): Error {
   return e;
 }
 
+/**
+ * The handshake failed on our side, in the TPM: the tpm2 provider could not load or use the key
+ * (`ERR_SSL_CANNOT_LOAD_KEY`, "tpm2::..."). Seen after the TPM or its resource manager went away and
+ * came back: the provider's TPM context in the child is dead for good ("esapi: Function called in
+ * the wrong order"), so that child must be replaced.
+ */
+export function isTpmKeyFailure(w: WireError): boolean {
+  return w.code === 'ERR_SSL_CANNOT_LOAD_KEY' || /:tpm2::/.test(w.message);
+}
+
 /** One tunnelled TLS connection: a Duplex over the child's socket with the same id. */
 class TunnelSocket extends Duplex {
   readonly id: number;
@@ -237,7 +247,9 @@ class TunnelSocket extends Duplex {
     if (this.#phase === 'closed') return;
     this.#phase = 'closed';
     this.#child.forget(this.id);
-    if (error !== undefined) {
+    if (error !== undefined && isTpmKeyFailure(error)) {
+      this.destroy(new KeyStoreError('tpm-tls-unavailable', `${this.#where}: the TPM could not sign the TLS handshake with the device key (${error.message.trim()}); the next connection starts a new TLS process`, { cause: errorFrom(error) }));
+    } else if (error !== undefined) {
       this.destroy(errorFrom(error));
     } else {
       this.#reject(new TransportError('connection-closed', `${this.#where}: closed before the handshake completed`));
@@ -253,6 +265,8 @@ class ChildLink {
   readonly #sockets = new Map<number, TunnelSocket>();
   #stderr = '';
   #exited = false;
+  /** Set once the child's TPM context is known to be dead: no new connections go to it. */
+  #retired = false;
   readonly configured: Promise<void>;
   readonly exited: Promise<void>;
 
@@ -312,7 +326,7 @@ class ChildLink {
   }
 
   get alive(): boolean {
-    return !this.#exited;
+    return !this.#exited && !this.#retired;
   }
 
   #tail(): string {
@@ -335,6 +349,11 @@ class ChildLink {
         return;
       case 'closed':
         socket.onClosed(msg.error);
+        if (msg.error !== undefined && isTpmKeyFailure(msg.error)) {
+          // Its other connections (normally none) end with it; the next open() starts a new child.
+          this.#retired = true;
+          this.kill();
+        }
         return;
       default: {
         const never: never = msg;
@@ -394,8 +413,9 @@ class ChildLink {
 
 /**
  * A `TlsConnector` whose TLS runs in a child process signing with the TPM. The child starts on the
- * first `open()` and serves every reconnect with the same SecureContext; if it dies, the next
- * `open()` starts a new one.
+ * first `open()` and serves every reconnect with the same SecureContext; if it dies, or a handshake
+ * fails because the TPM could not use the key (its TPM context is dead after the TPM went away),
+ * the next `open()` starts a new one.
  */
 export function tpmTls(opts: TpmTlsOptions): TlsConnector {
   const clock = opts.clock ?? systemClock;

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { crc32c, MemoryQueue, openSegmentQueue } from '../../../src/agent/queue/index.ts';
-import { ApiMisuse } from '../../../src/util/errors.ts';
+import { mountSmallDisk, smallDiskUnavailable } from '../../../scripts/lib/small-disk.ts';
+import { ApiMisuse, StorageError } from '../../../src/util/errors.ts';
 import { runQueueContract, sealedLike } from './contract.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'vitalseal-queue-'));
@@ -131,5 +132,32 @@ describe('segment queue durability', () => {
     const next = await r.append([sealedLike(4)]);
     assert.ok((next[0] as number) > Math.max(0, ...seqs));
     await r.close();
+  });
+
+  it('a file system that fills up mid-record (a short write, then ENOSPC): the append fails typed and is rolled back; nothing torn is read, sent or left for recovery', { skip: smallDiskUnavailable() }, async () => {
+    // A real size-limited tmpfs: the kernel writes what fits, then refuses the rest.
+    const disk = await mountSmallDisk({ sizeBytes: 64 * 1024 });
+    try {
+      const dir = join(disk.dir, 'queue');
+      const q = await openSegmentQueue({ dir });
+      await q.append([sealedLike(1, 3000)]);
+      // Room for the first record and part of the next two.
+      disk.fill(4096 + 1024);
+      await q.append([sealedLike(2, 3000)]);
+      await assert.rejects(q.append([sealedLike(3, 3000)]), (e) => e instanceof StorageError && e.code === 'queue-write-failed' && /ENOSPC/.test(e.message));
+      await assert.rejects(q.append([sealedLike(3, 3000)]), (e) => e instanceof StorageError && e.code === 'queue-write-failed');
+      // What was accepted reads back intact; the refused record left no trace and no number.
+      assert.deepEqual((await q.peek(10)).map((m) => [m.seq, m.payload.length, m.payload[1]]), [[1, 3000, sealedLike(1, 3000)[1]], [2, 3000, sealedLike(2, 3000)[1]]]);
+      assert.equal(q.stats().nextSeq, 3);
+      disk.release();
+      assert.deepEqual(await q.append([sealedLike(3, 3000)]), [3]);
+      await q.close();
+      const r = await openSegmentQueue({ dir });
+      assert.equal(r.recovery.state, 'clean', JSON.stringify(r.recovery));
+      assert.deepEqual((await r.peek(10)).map((m) => Buffer.from(m.payload).equals(sealedLike(m.seq, 3000))), [true, true, true]);
+      await r.close();
+    } finally {
+      await disk.unmount();
+    }
   });
 });

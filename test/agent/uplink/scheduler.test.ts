@@ -91,6 +91,31 @@ describe('uplink scheduler core', () => {
     assert.deepEqual(sends(core.takeActions()), [1, 3, 4, 5], 'everything not acknowledged, 2 skipped');
   });
 
+  it('a link that connects but fails every send backs off like one that does not connect; the first acknowledgement resets the back-off', () => {
+    const { core, epoch } = connectedCore({ nextSeq: 4, window: 8 });
+    core.takeActions();
+    let now = 20;
+    let current = epoch;
+    const waits: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      // PUBACK 0x10 (no subscribers) on every message: TransportError, the link is given up.
+      core.sendFailed(now, 1, current, 'no-subscribers');
+      const retryAt = core.status().retryAt as number;
+      waits.push(retryAt - now);
+      now = retryAt;
+      core.tick(now);
+      const [c] = of(core.takeActions(), 'connect');
+      assert.ok(c);
+      core.connected(now, c.epoch);
+      core.takeActions();
+      current = c.epoch;
+    }
+    assert.deepEqual(waits, [75, 150, 300], 'growing, not initialMs every time');
+    core.sent(now + 1, 1, 'accepted');
+    core.sendFailed(now + 2, 2, current, 'connection-lost');
+    assert.equal((core.status().retryAt as number) - (now + 2), 75, 'an acknowledgement resets it');
+  });
+
   it('connect failures back off exponentially and switch to the failover after three; the primary is probed and resumed', () => {
     const core = new SchedulerCore({ hasFailover: true, window: 4, backoff: { initialMs: 100, maxMs: 10_000 }, failoverAfter: 3, primaryProbeMs: 5000 }, () => 0);
     core.start(0, { ackedThrough: 0, nextSeq: 3 });
