@@ -13,7 +13,9 @@
  *      an HL7 gateway device gets a simulated bedside monitor sending ORU^R01 over MLLP.
  *
  * Every secret is generated here and lives in the stack's directory (mode 0700), which `stop`
- * removes. Nothing listens beyond 127.0.0.1.
+ * removes. Nothing listens beyond 127.0.0.1. Devices the stack does not run itself (a virtual
+ * machine reaching this loopback through QEMU's user-mode network) are named in `externalDevices`
+ * and reach the services under the extra names of `serviceNames`.
  *
  * @example
  *   const stack = await startStack({ devices: [{ id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated' }] });
@@ -66,6 +68,13 @@ export interface StackOptions {
   readonly progress?: (line: string) => void;
   /** Seconds of sealing window per batch in the agents (default 1000 ms). */
   readonly batchWindowMs?: number;
+  /**
+   * Names besides localhost/127.0.0.1 that the broker's and the ingest's HTTPS/CoAPS certificates
+   * carry: how devices elsewhere address this loopback (10.0.2.2 from a QEMU guest).
+   */
+  readonly serviceNames?: { readonly dnsNames?: readonly string[]; readonly ipAddresses?: readonly string[] };
+  /** Devices the stack does not run but the broker must let publish (they enrol themselves). */
+  readonly externalDevices?: readonly string[];
 }
 
 export interface RunningDevice {
@@ -79,6 +88,12 @@ export interface RunningDevice {
 export interface Stack {
   readonly dir: string;
   readonly httpsUrl: string;
+  /** The ingest's CoAPS (UDP) port on 127.0.0.1. */
+  readonly coapsPort: number;
+  /** The ingest's configuration file (for `vitalseal ingest ... --config`). */
+  readonly ingestConfig: string;
+  /** The ingest's static X25519 public key (PEM): what devices pin in `sealing.ingestPublicKeyFile`. */
+  readonly ingestPublicKeyFile: string;
   /** The fleet root certificate (PEM file): what a browser or curl must trust for the HTTPS API. */
   readonly rootCaFile: string;
   /** A reader API token for this stack's own use (summary, tests); printed only where asked. */
@@ -168,12 +183,13 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     const rootCaFile = ca.paths.root;
     const svc = join(dir, 'services');
     mkdirSync(svc, { mode: 0o700 });
-    const https = await serviceIdentity(ca, svc, 'ingest-https', { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+    const served = { dnsNames: ['localhost', ...(opts.serviceNames?.dnsNames ?? [])], ipAddresses: ['127.0.0.1', ...(opts.serviceNames?.ipAddresses ?? [])] };
+    const https = await serviceIdentity(ca, svc, 'ingest-https', served);
     const mqttClient = await serviceIdentity(ca, svc, 'ingest-mqtt', { dnsNames: [STACK_INGEST_NAME], clientAuth: true });
-    const brokerId = await serviceIdentity(ca, svc, 'broker', { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+    const brokerId = await serviceIdentity(ca, svc, 'broker', served);
 
     // 3. The broker.
-    const mqttDevices = opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id);
+    const mqttDevices = [...opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id), ...(opts.externalDevices ?? [])];
     say('starting mosquitto (TLS 1.3 only, client certificates, per-device topics)');
     broker = await startMosquitto({
       caChainPem: readFileSync(ca.paths.chain, 'utf8'), certChainPem: brokerId.chainPem, keyPem: brokerId.keyPem,
@@ -316,7 +332,7 @@ status: { socket: ${statusSocket} }
 
     let stopped: Promise<void> | undefined;
     return {
-      dir, httpsUrl, rootCaFile, readerToken, broker, ingest, devices, api,
+      dir, httpsUrl, coapsPort, ingestConfig: cfg, ingestPublicKeyFile: ingestPub, rootCaFile, readerToken, broker, ingest, devices, api,
       vitalseal: (args) => vitalseal(args),
       stop() {
         stopped ??= cleanup();
