@@ -182,16 +182,21 @@ function outcome(o: Record<string, Json>, k: string, at: string): CommandOutcome
   return { exitCode, output: str(c, 'output', `${at}.${k}`, 65_536) };
 }
 
-/** The guest's report, checked field by field; throws ProtocolError naming the first bad field. */
-export function parseResult(text: string): RigResult {
-  if (text.length > MAX_BODY_BYTES) throw new ProtocolError(`result: larger than ${MAX_BODY_BYTES} bytes`);
+/** A JSON object of at most `max` characters, or a ProtocolError naming `what`. */
+function boundedObject(text: string, what: string, max: number): Record<string, Json> {
+  if (text.length > max) throw new ProtocolError(`${what}: larger than ${max} characters`);
   let root: Json;
   try {
     root = JSON.parse(text);
   } catch (e) {
-    throw new ProtocolError(`result: not JSON (${(e as Error).message})`);
+    throw new ProtocolError(`${what}: not JSON (${(e as Error).message})`);
   }
-  const r = obj(root, 'result');
+  return obj(root, what);
+}
+
+/** The guest's report, checked field by field; throws ProtocolError naming the first bad field. */
+export function parseResult(text: string): RigResult {
+  const r = boundedObject(text, 'result', MAX_BODY_BYTES);
   const system = obj(r['system'], 'system');
   const tpm = obj(r['tpm'], 'tpm');
   const keys = obj(r['keys'], 'keys');
@@ -263,28 +268,14 @@ function parseDevice(d: Record<string, Json>): DeviceResult {
 
 /** The host's answer to GET /phase/N. */
 export function parsePhaseAnswer(text: string): { done: boolean } {
-  if (text.length > 256) throw new ProtocolError('phase: too large');
-  let root: Json;
-  try {
-    root = JSON.parse(text);
-  } catch (e) {
-    throw new ProtocolError(`phase: not JSON (${(e as Error).message})`);
-  }
-  const done = obj(root, 'phase')['done'];
+  const done = boundedObject(text, 'phase', 256)['done'];
   if (typeof done !== 'boolean') throw new ProtocolError('phase.done: expected a boolean');
   return { done };
 }
 
 /** The guest's progress report: a step name and how long it took. */
 export function parseProgress(text: string): { step: string; ms: number } {
-  if (text.length > 4096) throw new ProtocolError('progress: too large');
-  let root: Json;
-  try {
-    root = JSON.parse(text);
-  } catch (e) {
-    throw new ProtocolError(`progress: not JSON (${(e as Error).message})`);
-  }
-  const o = obj(root, 'progress');
+  const o = boundedObject(text, 'progress', 4096);
   return { step: str(o, 'step', 'progress', 200), ms: num(o, 'ms', 'progress') };
 }
 
