@@ -78,7 +78,7 @@ function summary(r: RigReport): string {
     ...Object.entries(r.timings.build).map(([k, v]) => `  build: ${k.padEnd(38)} ${v.toFixed(1)} s`),
     `  build total (incl. cached steps)              ${r.timings.buildTotal.toFixed(1)} s`,
     `  VM start -> guest job running                 ${r.timings.bootToJob.toFixed(1)} s (guest uptime ${t.jobStartUptime.toFixed(1)} s)`,
-    `  VM start -> first TPM signature reported      ${r.timings.bootToResult.toFixed(1)} s (signed at guest uptime ${t.signatureUptime.toFixed(1)} s)`,
+    `  VM start -> guest's report (every step)      ${r.timings.bootToResult.toFixed(1)} s (first TPM signature at guest uptime ${t.signatureUptime.toFixed(1)} s)`,
     `  VM start -> powered off                       ${r.timings.bootToPoweroff.toFixed(1)} s`,
     `  node -e 0 in the VM                           ${t.nodeStartMs.join(' / ')} ms`,
     `  vitalseal --help in the VM (cold / warm tsx)  ${t.cliStartMs.join(' / ')} ms`,
