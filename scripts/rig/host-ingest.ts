@@ -15,7 +15,7 @@
  * registry entry (its enrolled SPKI), its posture, and decrypted readings as SenML JSON.
  *
  * @example
- *   const ingest = await startRigIngest({ deviceId: 'rig-arm64', transports: ['coaps', 'mqtts'], log });
+ *   const ingest = await startRigIngest({ deviceId: 'rig-arm64', transports: ['coaps'], log });
  *   // job.device = ingest.deviceJob; job server: enrolToken: ingest.enrolToken, phaseDone: ingest.phaseDone
  *   const evidence = await ingest.evidence();
  *   await ingest.stop();
