@@ -4,7 +4,8 @@
 #
 #   sudo /opt/vitalseal/hardware/raspberry-pi/install.sh [--no-apt] [--no-start]
 #
-#   - Debian packages for the TPM: libtss2-fapi1, libtss2-tcti-device0, tpm2-tools (--no-apt: only check)
+#   - Debian packages for the TPM: libtss2-fapi1, libtss2-tcti-device0, tpm2-tools, tpm2-openssl
+#     (--no-apt: only check)
 #   - the system user vitalseal in group tss      /usr/lib/sysusers.d/vitalseal.conf
 #   - udev rules for /dev/tpmrm0                 /etc/udev/rules.d/60-vitalseal-tpm.rules
 #   - the hardened unit, enabled                  /etc/systemd/system/vitalseal-agent.service
@@ -41,9 +42,10 @@ major=$("$node" -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge 20 ] || die "$node is Node $major; vitalseal needs 20 or newer"
 [ -e "$checkout/node_modules/tsx/package.json" ] || die "$checkout has no node_modules: run 'npm ci --ignore-scripts' there first"
 
-# The TPM libraries: FAPI (loaded by the key store), the device TCTI, and tpm2-tools for checks.
+# The TPM libraries: FAPI (loaded by the key store), the device TCTI, tpm2-tools for checks, and
+# tpm2-openssl: MQTTS and certificate renewal sign their TLS handshakes in the TPM through it.
 missing=""
-for pkg in libtss2-fapi1 libtss2-tcti-device0 tpm2-tools; do
+for pkg in libtss2-fapi1 libtss2-tcti-device0 tpm2-tools tpm2-openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

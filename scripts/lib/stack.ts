@@ -13,7 +13,9 @@
  *      an HL7 gateway device gets a simulated bedside monitor sending ORU^R01 over MLLP.
  *
  * Every secret is generated here and lives in the stack's directory (mode 0700), which `stop`
- * removes. Nothing listens beyond 127.0.0.1.
+ * removes. Nothing listens beyond 127.0.0.1. Devices the stack does not run itself (a virtual
+ * machine reaching this loopback through QEMU's user-mode network) are named in `extraMqttDevices`
+ * and reach the services under the extra names of `serviceNames`.
  *
  * @example
  *   const stack = await startStack({ devices: [{ id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated' }] });
@@ -95,6 +97,11 @@ export interface StackOptions {
    * agents in a network namespace reach them.
    */
   readonly bindHost?: string;
+  /**
+   * Names besides localhost and the bind address that the broker's and the ingest's HTTPS/CoAPS
+   * certificates carry: how devices elsewhere address this host (10.0.2.2 from a QEMU guest).
+   */
+  readonly serviceNames?: { readonly dnsNames?: readonly string[]; readonly ipAddresses?: readonly string[] };
 }
 
 export interface RunningDevice {
@@ -261,10 +268,13 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     const rootCaFile = ca.paths.root;
     const svc = join(dir, 'services');
     mkdirSync(svc, { mode: 0o700 });
-    const serviceIps = [...new Set(['127.0.0.1', host])];
-    const https = await serviceIdentity(ca, svc, 'ingest-https', { dnsNames: ['localhost'], ipAddresses: serviceIps });
+    const served = {
+      dnsNames: ['localhost', ...(opts.serviceNames?.dnsNames ?? [])],
+      ipAddresses: [...new Set(['127.0.0.1', host, ...(opts.serviceNames?.ipAddresses ?? [])])],
+    };
+    const https = await serviceIdentity(ca, svc, 'ingest-https', served);
     const mqttClient = await serviceIdentity(ca, svc, 'ingest-mqtt', { dnsNames: [STACK_INGEST_NAME], clientAuth: true });
-    const brokerId = await serviceIdentity(ca, svc, 'broker', { dnsNames: ['localhost'], ipAddresses: serviceIps });
+    const brokerId = await serviceIdentity(ca, svc, 'broker', served);
 
     // 3. The broker.
     const mqttDevices = [...opts.devices.filter((d) => d.transport === 'mqtts').map((d) => d.id), ...(opts.extraMqttDevices ?? [])];

@@ -29,6 +29,11 @@ export interface SwtpmOptions {
   readonly stateDir?: string;
   /** Also run tpm2-abrmd on a private D-Bus and hand out its TCTI. */
   readonly resourceManager?: boolean;
+  /**
+   * With `resourceManager`: transient objects one client may hold (tpm2-abrmd's --max-transients,
+   * default 27). 3 is what the kernel's resource manager (/dev/tpmrm0) gives each open file.
+   */
+  readonly maxTransients?: number;
 }
 
 export interface Swtpm {
@@ -227,9 +232,10 @@ class ResourceManager {
     }
   }
 
-  async startBroker(swtpmTcti: string): Promise<void> {
+  async startBroker(swtpmTcti: string, maxTransients: number | undefined): Promise<void> {
     need('tpm2-abrmd', 'tpm2-abrmd');
     const args = ['--session', `--dbus-name=${this.busName}`, `--tcti=${swtpmTcti}`, '--flush-all'];
+    if (maxTransients !== undefined) args.push(`--max-transients=${maxTransients}`);
     if (process.getuid?.() === 0) args.push('--allow-root');
     let log = '';
     const child = spawn('tpm2-abrmd', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: this.address } });
@@ -279,7 +285,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     await tpm.start();
     if (rm !== undefined) {
       await rm.startBus();
-      await rm.startBroker(directTcti());
+      await rm.startBroker(directTcti(), opts.maxTransients);
     }
   } catch (e) {
     await rm?.stopBroker();
@@ -308,7 +314,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       await rm?.stopBroker();
       await tpm.stop();
       await tpm.start();
-      await rm?.startBroker(directTcti());
+      await rm?.startBroker(directTcti(), opts.maxTransients);
     },
     async down() {
       await rm?.stopBroker();
@@ -317,14 +323,14 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     async up() {
       if (tpm.child !== undefined) return;
       await tpm.start();
-      await rm?.startBroker(directTcti());
+      await rm?.startBroker(directTcti(), opts.maxTransients);
     },
     async resetState() {
       await rm?.stopBroker();
       await tpm.stop();
       for (const f of readdirSync(stateDir)) rmSync(join(stateDir, f), { recursive: true, force: true });
       await tpm.start();
-      await rm?.startBroker(directTcti());
+      await rm?.startBroker(directTcti(), opts.maxTransients);
     },
     async stop() {
       if (stopped) return;

@@ -17,12 +17,13 @@ export const DEBIAN = {
 /**
  * The guest's packages beyond debootstrap's minbase: systemd as init (the agent's unit), udev (the
  * TPM device node and its group), the TPM 2.0 libraries the key store loads through koffi (FAPI,
- * the device TCTI, libtss2-rc for error texts), tpm2-tools for check-tpm.sh. No swtpm: the guest's
- * TPM is the virtual machine's TPM device, as on a board.
+ * the device TCTI, libtss2-rc for error texts), tpm2-tools for check-tpm.sh, tpm2-openssl for TLS
+ * signed in the TPM (MQTTS, certificate renewal). No swtpm: the guest's TPM is the virtual
+ * machine's TPM device, as on a board.
  */
 export const GUEST_PACKAGES = [
   'systemd', 'systemd-sysv', 'udev', 'dbus', 'kmod', 'iproute2', 'procps', 'ca-certificates', 'openssl',
-  'libtss2-fapi1', 'libtss2-tcti-device0', 'libtss2-rc0', 'tpm2-tools',
+  'libtss2-fapi1', 'libtss2-tcti-device0', 'libtss2-rc0', 'tpm2-tools', 'tpm2-openssl',
 ] as const;
 
 /**

@@ -2,16 +2,17 @@
  * Runs inside the rig's ARM virtual machine (vitalseal-rig-job.service, as root, from the checkout
  * disk at /opt/vitalseal): fetches the host's job, checks the TPM device, measures Node's start-up,
  * creates a TPM signing key and signs the host's challenge with `vitalseal keys` in the agent
- * unit's own sandbox, optionally starts the agent unit with the host's configuration, and posts
- * everything back (protocol.ts).
+ * unit's own sandbox, then (when the job has a device) enrols the device through the host's ingest
+ * and runs the agent unit (guest-device.ts), and posts everything back (protocol.ts).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { basename } from 'node:path';
 import {
   MAX_BODY_BYTES, parseRigParam, TOKEN_HEADER, type CommandOutcome, type RigJob, type RigResult,
 } from './protocol.ts';
+import { idName, runGuestDevice } from './guest-device.ts';
 import { sandboxedOneShot } from './sandbox-unit.ts';
 
 const AGENT_UNIT = '/etc/systemd/system/vitalseal-agent.service';
@@ -75,22 +76,6 @@ function sh(cmd: string, args: string[]): string {
   }
 }
 
-function groupName(gid: number): string {
-  for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
-    const f = line.split(':');
-    if (f[2] === String(gid)) return f[0] as string;
-  }
-  return String(gid);
-}
-
-function userName(uid: number): string {
-  for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
-    const f = line.split(':');
-    if (f[2] === String(uid)) return f[0] as string;
-  }
-  return String(uid);
-}
-
 /** Runs `execStart` as a one-shot unit derived from the agent's unit (its sandbox, its user). */
 function inAgentSandbox(name: string, execStart: string, io: { stdin?: string; stdout: string }, extra: string[] = []): CommandOutcome & { ms: number } {
   const unit = `vitalseal-rig-${name}.service`;
@@ -129,7 +114,7 @@ async function main(): Promise<void> {
   let versionMajor = '';
   if (existsSync(TPM_DEVICE)) {
     const st = statSync(TPM_DEVICE);
-    access = `${st.isCharacterDevice() ? 'c' : '?'}${(st.mode & 0o777).toString(8).padStart(4, '0')} ${userName(st.uid)}:${groupName(st.gid)}`;
+    access = `${st.isCharacterDevice() ? 'c' : '?'}${(st.mode & 0o777).toString(8).padStart(4, '0')} ${idName('/etc/passwd', st.uid)}:${idName('/etc/group', st.gid)}`;
     try {
       driver = basename(readlinkSync('/sys/class/tpm/tpm0/device/driver'));
     } catch {
@@ -174,22 +159,10 @@ async function main(): Promise<void> {
 
   const exposure = sh('systemd-analyze', ['security', '--no-pager', 'vitalseal-agent.service']).split('\n').find((l) => l.includes('Overall exposure')) ?? '';
 
-  // The agent itself, configured by the host, started by systemd.
-  let agent: RigResult['agent'];
-  if (job.agentConfig !== undefined) {
-    writeFileSync('/etc/vitalseal/agent.yaml', job.agentConfig, { mode: 0o640 });
-    chownSync('/etc/vitalseal/agent.yaml', 0, Number.parseInt(sh('getent', ['group', 'vitalseal']).split(':')[2] ?? '0', 10));
-    const configRead = inAgentSandbox('keys-list', `${VITALSEAL} keys list --config /etc/vitalseal/agent.yaml`, { stdout: `${RUN_DIR}/list.txt` });
-    const listed = read(`${RUN_DIR}/list.txt`).toString('utf8');
-    outcome('systemctl', ['start', 'vitalseal-agent.service']);
-    await delay(job.agentWatchSeconds * 1000);
-    agent = {
-      configRead: { exitCode: configRead.exitCode, output: `${listed}${configRead.output}`.slice(-16_000) },
-      state: sh('systemctl', ['show', 'vitalseal-agent.service', '-p', 'ActiveState,SubState,Result,ExecMainStatus,NRestarts']),
-      journal: sh('journalctl', ['-u', 'vitalseal-agent.service', '-o', 'cat', '--no-pager', '-n', '60']).slice(-16_000),
-    };
-    await progress(`agent unit: ${agent.state.replace(/\n/g, ' ')}`, 0);
-  }
+  // The device: enrolled through the host's ingest, then the agent as systemd runs it.
+  const device = job.device === undefined ? undefined : await runGuestDevice(job.device, {
+    call: (path) => call(path), progress, inAgentSandbox, sh, runDir: RUN_DIR, challengeFile: `${RUN_DIR}/challenge.bin`, vitalseal: VITALSEAL,
+  });
 
   // Boot timing, once systemd says the boot is over.
   spawnSync('systemctl', ['is-system-running', '--wait'], { timeout: 120_000 });
@@ -211,7 +184,7 @@ async function main(): Promise<void> {
       signature: read(`${RUN_DIR}/signature.der`).toString('base64').slice(0, 512),
     },
     exposure: exposure.trim().slice(0, 256),
-    ...(agent === undefined ? {} : { agent }),
+    ...(device === undefined ? {} : { device }),
     timings: {
       jobStartUptime,
       signatureUptime,

@@ -1,6 +1,8 @@
 /**
  * The host's end of the rig protocol (protocol.ts): a small HTTP server on 127.0.0.1 that hands the
  * guest its job and receives its progress and result. The guest reaches it as 10.0.2.2:<port>.
+ * The device's enrolment token is handed out once, and only when the guest asks for it; it is never
+ * logged, never part of the job and never in an error.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -19,6 +21,10 @@ export interface JobServerOptions {
   readonly onProgress?: (step: string, ms: number) => void;
   /** A guest step that reports failure ("guest-job failed: ...") ends the wait early. */
   readonly failOnGuestError?: boolean;
+  /** Issues the device's one-time enrolment token; GET /enrol-token serves it once. */
+  readonly enrolToken?: () => Promise<string>;
+  /** Answers GET /phase/N: has agent phase N delivered (or run out of time)? */
+  readonly phaseDone?: (index: number) => Promise<boolean>;
 }
 
 function readBody(req: IncomingMessage): Promise<string> {
@@ -51,6 +57,7 @@ export function startJobServer(job: RigJob, opts: JobServerOptions = {}): Promis
   const reply = (res: ServerResponse, status: number, body: string) => {
     res.writeHead(status, { 'content-type': 'application/json' }).end(body);
   };
+  let tokenServed = false;
   const server = createServer((req, res) => {
     if (req.headers[TOKEN_HEADER] !== token) {
       reply(res, 403, '{"error":"wrong token"}');
@@ -65,6 +72,18 @@ export function startJobServer(job: RigJob, opts: JobServerOptions = {}): Promis
           opts.onProgress?.(p.step, p.ms);
           if (opts.failOnGuestError === true && p.step.startsWith('guest-job failed')) settle?.reject(new ProtocolError(p.step));
           reply(res, 200, '{}');
+        } else if (req.method === 'GET' && req.url === '/enrol-token' && opts.enrolToken !== undefined) {
+          // Once: a second request (a replay, a confused guest) gets nothing.
+          if (tokenServed) {
+            reply(res, 410, '{"error":"the enrolment token was already handed out"}');
+            return;
+          }
+          tokenServed = true;
+          const token = await opts.enrolToken();
+          res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-store' }).end(token);
+        } else if (req.method === 'GET' && /^\/phase\/\d{1,2}$/.test(req.url ?? '') && opts.phaseDone !== undefined) {
+          const done = await opts.phaseDone(Number((req.url as string).slice('/phase/'.length)));
+          reply(res, 200, JSON.stringify({ done }));
         } else if (req.method === 'POST' && req.url === '/result') {
           const r = parseResult(await readBody(req));
           settle?.resolve(r);
@@ -74,7 +93,9 @@ export function startJobServer(job: RigJob, opts: JobServerOptions = {}): Promis
         }
       } catch (e) {
         if (req.url === '/result') settle?.reject(e instanceof Error ? e : new Error(String(e)));
-        reply(res, 400, JSON.stringify({ error: e instanceof Error ? e.message : String(e) }));
+        // An error from issuing the token is not repeated to the guest: its text is the host's business.
+        if (req.url === '/enrol-token') reply(res, 500, '{"error":"the host could not issue an enrolment token (see the rig\'s log)"}');
+        else reply(res, 400, JSON.stringify({ error: e instanceof Error ? e.message : String(e) }));
       }
     })();
   });

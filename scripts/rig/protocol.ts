@@ -2,9 +2,13 @@
  * What the host and the guest of the rig say to each other, over plain HTTP on the host's loopback
  * (the guest reaches it as 10.0.2.2 through QEMU's user-mode network):
  *
- *   GET  /job       host → guest: what to do (RigJob)
- *   POST /progress  guest → host: one step done ({ step, ms }), for the operator's display
- *   POST /result    guest → host: everything measured and made (RigResult)
+ *   GET  /job          host → guest: what to do (RigJob)
+ *   POST /progress     guest → host: one step done ({ step, ms }), for the operator's display
+ *   GET  /enrol-token  host → guest: the device's one-time enrolment token, text; served once
+ *                      (410 afterwards), never part of the job, so it is in no report
+ *   GET  /phase/N      guest → host: "agent phase N is running; has the ingest got its readings?"
+ *                      ({ done }); polled until done
+ *   POST /result       guest → host: everything measured and made (RigResult)
  *
  * Every request carries the run's token (from the kernel command line) in `x-rig-token`, so two rigs
  * on one host never mix. The host checks the guest's report with `parseResult` (bounded, typed)
@@ -20,12 +24,34 @@ export interface RigJob {
   readonly challenge: string;
   /** Name of the TPM signing key the guest creates. */
   readonly keyName: string;
-  /** When set: written to /etc/vitalseal/agent.yaml, then vitalseal-agent.service is started. */
-  readonly agentConfig?: string;
-  /** How long the guest watches the agent unit before reporting its state. */
-  readonly agentWatchSeconds: number;
+  /** When set: the device's part, the agent sending to the ingest service on the host. */
+  readonly device?: DeviceJob;
   /** Power the VM off after reporting. */
   readonly poweroff: boolean;
+}
+
+export type RigTransport = 'coaps' | 'mqtts';
+
+/** One run of vitalseal-agent.service with one transport. */
+export interface AgentPhase {
+  readonly transport: RigTransport;
+  /** Written to /etc/vitalseal/agent.yaml (root:vitalseal 0640) before the unit is (re)started. */
+  readonly agentConfig: string;
+}
+
+/**
+ * The device's part: enrol through the host's ingest (`vitalseal provision --enrol`, the key made
+ * in the TPM, the token from GET /enrol-token), then run the agent unit once per phase.
+ */
+export interface DeviceJob {
+  readonly deviceId: string;
+  /** The ingest's enrolment endpoint as the guest reaches it (https://10.0.2.2:PORT). */
+  readonly enrolUrl: string;
+  /** The fleet root (PEM) the device pins: TLS servers and the issued chain must chain to it. */
+  readonly rootCaPem: string;
+  /** The ingest's static X25519 public key (PEM) the agent seals to. */
+  readonly ingestPublicKeyPem: string;
+  readonly phases: readonly AgentPhase[];
 }
 
 export interface CommandOutcome {
@@ -66,12 +92,7 @@ export interface RigResult {
   };
   /** `systemd-analyze security vitalseal-agent.service` in the guest: the exposure line. */
   readonly exposure: string;
-  readonly agent?: {
-    /** `vitalseal keys list --config /etc/vitalseal/agent.yaml` in the agent's sandbox: the agent user reads its configuration and keystore. */
-    readonly configRead: CommandOutcome;
-    readonly state: string;
-    readonly journal: string;
-  };
+  readonly device?: DeviceResult;
   /** Measured in the guest. */
   readonly timings: {
     /** Seconds since the guest kernel started, when the job began. */
@@ -90,6 +111,36 @@ export interface RigResult {
      */
     readonly keysSignCachedMs: readonly number[];
   };
+}
+
+export interface DeviceResult {
+  /** `vitalseal provision --enrol ... --store tpm` in the agent's sandbox. */
+  readonly provision: CommandOutcome;
+  /** The token file existed before provisioning (0600, owner vitalseal) and is gone after it. */
+  readonly tokenFile: { readonly mode: string; readonly owner: string; readonly removed: boolean };
+  /** `ls -ln`-like lines of the identity directory: owner and mode of each file (the agent renews them). */
+  readonly identityFiles: string;
+  /** The issued chain (PEM: device certificate, issuing CA) the agent presents. */
+  readonly chainPem: string;
+  /** `vitalseal keys list --store tpm ...` in the agent's sandbox. */
+  readonly keysList: CommandOutcome;
+  /** `vitalseal keys sign device-identity` of the job's challenge, in the sandbox; DER, base64. */
+  readonly identitySignature: CommandOutcome & { readonly signature: string };
+  readonly phases: readonly PhaseResult[];
+}
+
+export interface PhaseResult {
+  readonly transport: string;
+  /** `systemctl show` of the unit when the host said the phase was done. */
+  readonly state: string;
+  /** The unit's main process, from /proc/PID/status: user, groups, NoNewPrivs, Seccomp, CapEff. */
+  readonly process: string;
+  /** The agent's own status document (`agent status --json`): transport and sealing. */
+  readonly status: string;
+  /** The journal of this run of the unit. */
+  readonly journal: string;
+  /** Seconds from `systemctl restart` to the host's "done". */
+  readonly seconds: number;
 }
 
 export class ProtocolError extends Error {
@@ -131,16 +182,21 @@ function outcome(o: Record<string, Json>, k: string, at: string): CommandOutcome
   return { exitCode, output: str(c, 'output', `${at}.${k}`, 65_536) };
 }
 
-/** The guest's report, checked field by field; throws ProtocolError naming the first bad field. */
-export function parseResult(text: string): RigResult {
-  if (text.length > MAX_BODY_BYTES) throw new ProtocolError(`result: larger than ${MAX_BODY_BYTES} bytes`);
+/** A JSON object of at most `max` characters, or a ProtocolError naming `what`. */
+function boundedObject(text: string, what: string, max: number): Record<string, Json> {
+  if (text.length > max) throw new ProtocolError(`${what}: larger than ${max} characters`);
   let root: Json;
   try {
     root = JSON.parse(text);
   } catch (e) {
-    throw new ProtocolError(`result: not JSON (${(e as Error).message})`);
+    throw new ProtocolError(`${what}: not JSON (${(e as Error).message})`);
   }
-  const r = obj(root, 'result');
+  return obj(root, what);
+}
+
+/** The guest's report, checked field by field; throws ProtocolError naming the first bad field. */
+export function parseResult(text: string): RigResult {
+  const r = boundedObject(text, 'result', MAX_BODY_BYTES);
   const system = obj(r['system'], 'system');
   const tpm = obj(r['tpm'], 'tpm');
   const keys = obj(r['keys'], 'keys');
@@ -177,23 +233,49 @@ export function parseResult(text: string): RigResult {
       keysSignCachedMs: nums(timings, 'keysSignCachedMs', 'timings'),
     },
   };
-  if (r['agent'] !== undefined) {
-    const a = obj(r['agent'], 'agent');
-    return { ...result, agent: { configRead: outcome(a, 'configRead', 'agent'), state: str(a, 'state', 'agent', 1024), journal: str(a, 'journal', 'agent', 65_536) } };
-  }
+  if (r['device'] !== undefined) return { ...result, device: parseDevice(obj(r['device'], 'device')) };
   return result;
+}
+
+function parseDevice(d: Record<string, Json>): DeviceResult {
+  const tf = obj(d['tokenFile'], 'device.tokenFile');
+  const removed = tf['removed'];
+  if (typeof removed !== 'boolean') throw new ProtocolError('device.tokenFile.removed: expected a boolean');
+  const sig = outcome(d, 'identitySignature', 'device');
+  const phasesRaw = d['phases'];
+  if (!Array.isArray(phasesRaw) || phasesRaw.length > 4) throw new ProtocolError('device.phases: expected at most 4 phases');
+  return {
+    provision: outcome(d, 'provision', 'device'),
+    tokenFile: { mode: str(tf, 'mode', 'device.tokenFile', 16), owner: str(tf, 'owner', 'device.tokenFile', 64), removed },
+    identityFiles: str(d, 'identityFiles', 'device', 4096),
+    chainPem: str(d, 'chainPem', 'device', 16_384),
+    keysList: outcome(d, 'keysList', 'device'),
+    identitySignature: { ...sig, signature: str(obj(d['identitySignature'], 'device.identitySignature'), 'signature', 'device.identitySignature', 512) },
+    phases: phasesRaw.map((p: Json, i) => {
+      const o = obj(p, `device.phases.${i}`);
+      const at = `device.phases.${i}`;
+      return {
+        transport: str(o, 'transport', at, 16),
+        state: str(o, 'state', at, 1024),
+        process: str(o, 'process', at, 1024),
+        status: str(o, 'status', at, 16_384),
+        journal: str(o, 'journal', at, 65_536),
+        seconds: num(o, 'seconds', at),
+      };
+    }),
+  };
+}
+
+/** The host's answer to GET /phase/N. */
+export function parsePhaseAnswer(text: string): { done: boolean } {
+  const done = boundedObject(text, 'phase', 256)['done'];
+  if (typeof done !== 'boolean') throw new ProtocolError('phase.done: expected a boolean');
+  return { done };
 }
 
 /** The guest's progress report: a step name and how long it took. */
 export function parseProgress(text: string): { step: string; ms: number } {
-  if (text.length > 4096) throw new ProtocolError('progress: too large');
-  let root: Json;
-  try {
-    root = JSON.parse(text);
-  } catch (e) {
-    throw new ProtocolError(`progress: not JSON (${(e as Error).message})`);
-  }
-  const o = obj(root, 'progress');
+  const o = boundedObject(text, 'progress', 4096);
   return { step: str(o, 'step', 'progress', 200), ms: num(o, 'ms', 'progress') };
 }
 

@@ -7,23 +7,27 @@
  *   - check-tpm.sh in the guest calls this TPM a simulator (it is swtpm);
  *   - `vitalseal keys create/sign --store tpm --tcti device:/dev/tpmrm0` worked as user vitalseal in
  *     vitalseal-agent.service's sandbox, and the signature of the host's fresh challenge verifies
- *     with OpenSSL on the host against the public key the TPM returned.
- *
- * The agent step (a reading from the VM arriving at an ingest service on the host) rides on the
- * same path: `agentConfig` is written to /etc/vitalseal/agent.yaml in the guest and
- * vitalseal-agent.service started; the report carries the unit's state and journal.
+ *     with OpenSSL on the host against the public key the TPM returned;
+ *   - with transports (the default: CoAPS): the device enrolled through the host's
+ *     ingest (its key made in the TPM; the enrolled SPKI in the ingest's registry is the key that
+ *     signed the challenge), and vitalseal-agent.service, hardened, as user vitalseal, sent
+ *     readings over each transport that the ingest stored and serves decrypted as SenML JSON.
  */
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes, verify } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSwtpmForVm } from '../lib/swtpm.ts';
+import { parseCertificate, spkiSha256 } from '../../src/pki/certificate.ts';
+import { pemDecode, pemEncode } from '../../src/pki/pem.ts';
+import { toHex } from '../../src/util/bytes.ts';
 import { cacheDir, HOST_FROM_GUEST } from './config.ts';
 import { RigError } from './errors.ts';
-import { buildRigImages } from './image.ts';
+import { buildRigImages, type RigImages } from './image.ts';
+import { startRigIngest, type IngestEvidence, type RigIngest } from './host-ingest.ts';
 import { startJobServer } from './job-server.ts';
-import type { RigJob, RigResult } from './protocol.ts';
+import type { RigJob, RigResult, RigTransport } from './protocol.ts';
 import { runVm } from './qemu.ts';
 
 export interface RigOptions {
@@ -33,13 +37,20 @@ export interface RigOptions {
   readonly onConsoleLine?: (line: string) => void;
   /** Re-resolve the kernel and refresh the package lists. */
   readonly refresh?: boolean;
-  /** Minutes for the boot and the guest's checks (the image build has its own limits). */
+  /** Minutes for the boot, the guest's checks and the agent phases (default 45; the image build has its own limits). */
   readonly timeoutMinutes?: number;
-  /** Written to /etc/vitalseal/agent.yaml in the guest; vitalseal-agent.service is then started. */
-  readonly agentConfig?: string;
-  readonly agentWatchSeconds?: number;
+  /**
+   * The agent's transports, one phase each, in this order (default CoAPS only: MQTTS with the key
+   * in the TPM does not connect over /dev/tpmrm0 yet, docs/hardware.md "Limits"). Empty: no
+   * ingest on the host and no agent in the guest, only the TPM and sandbox checks.
+   */
+  readonly transports?: readonly RigTransport[];
+  /** Device id of the VM (default rig-arm64). */
+  readonly deviceId?: string;
   /** The serial console on this terminal; the VM keeps running until `poweroff` in it. */
   readonly interactive?: boolean;
+  /** Aborting ends the VM; the run then fails and stops everything it started. */
+  readonly signal?: AbortSignal;
 }
 
 export interface RigReport {
@@ -48,6 +59,12 @@ export interface RigReport {
   readonly result: RigResult;
   /** `openssl dgst -verify` said "Verified OK" for the challenge, the signature and the TPM's public key. */
   readonly signatureVerified: boolean;
+  /** What the host's ingest holds for the VM's device (with transports). */
+  readonly ingest?: IngestEvidence;
+  /** The issued certificate's key, checked against the registry and the TPM's signature (with transports). */
+  readonly identity?: { readonly serial: string; readonly spkiSha256: string; readonly subject: string; readonly signatureVerified: boolean };
+  /** Where the enrolment token was looked for after the run, and not found (with transports). */
+  readonly tokenNotIn?: readonly string[];
   /** Seconds on the host. */
   readonly timings: {
     readonly build: Readonly<Record<string, number>>;
@@ -94,6 +111,49 @@ function verifyResult(result: RigResult, challenge: Buffer): boolean {
   return true;
 }
 
+/**
+ * The device part, checked on the host: enrolled with the token (file 0600 for vitalseal, removed),
+ * the certificate files the agent's to renew, the issued certificate's key is the registry's and
+ * the TPM's (it signed the challenge), and every phase delivered readings, sent by the hardened
+ * unit as vitalseal, that the ingest serves decrypted.
+ */
+export function verifyDevice(result: RigResult, ingest: IngestEvidence, challenge: Buffer): NonNullable<RigReport['identity']> {
+  const fail = (what: string): never => {
+    throw new RigError('verify', what);
+  };
+  const d = result.device ?? fail('the guest reported no device part');
+  if (d.provision.exitCode !== 0) fail(`vitalseal provision --enrol failed in the guest (exit ${d.provision.exitCode}):\n${d.provision.output}`);
+  if (d.tokenFile.mode !== '0600' || !d.tokenFile.owner.startsWith('vitalseal:') || !d.tokenFile.removed) {
+    fail(`the enrolment token file was ${d.tokenFile.mode} ${d.tokenFile.owner}${d.tokenFile.removed ? '' : ' and is still there'}; expected 0600, owner vitalseal, removed`);
+  }
+  for (const line of d.identityFiles.split('\n')) {
+    if (!/ vitalseal:vitalseal /.test(line)) fail(`the agent cannot renew its certificate files: ${line}`);
+  }
+  if (!/^signing\s+device-identity$/m.test(d.keysList.output)) fail(`keys list in the guest's TPM store does not show device-identity:\n${d.keysList.output}`);
+  const [leafPem] = pemDecode(d.chainPem, 'CERTIFICATE');
+  const leaf = parseCertificate(leafPem?.der ?? fail('the guest reported no certificate chain'));
+  const spki = toHex(spkiSha256(leaf.spki.der));
+  const reg = ingest.registry ?? fail(`the ingest's registry has no device ${ingest.deviceId}`);
+  if (reg.credential !== 'certificate' || reg.credentialSha256 !== spki) fail(`the registry's credential (${reg.credential} ${reg.credentialSha256}) is not the issued certificate's key (${spki})`);
+  if (reg.certSerial !== leaf.serialHex) fail(`the registry's certificate serial ${reg.certSerial ?? '-'} is not the guest's ${leaf.serialHex}`);
+  if (d.identitySignature.exitCode !== 0) fail(`keys sign device-identity failed in the guest:\n${d.identitySignature.output}`);
+  const signature = Buffer.from(d.identitySignature.signature, 'base64');
+  const pub = pemEncode('PUBLIC KEY', leaf.spki.der);
+  const signatureVerified = verify('sha256', challenge, createPublicKey(pub), signature) && opensslVerify(pub, challenge, signature).ok;
+  if (!signatureVerified) fail('the TPM\'s signature of the challenge does not verify with the enrolled certificate\'s key');
+  for (const [i, p] of ingest.phases.entries()) {
+    const g = d.phases[i];
+    const journal = g === undefined ? '' : `\nagent unit: ${g.state.replace(/\n/g, ' ')}\n${g.journal.split('\n').slice(-30).join('\n')}`;
+    if (!p.arrived) fail(`no readings from ${ingest.deviceId} over ${p.transport} reached the ingest within ${p.seconds.toFixed(0)} s${journal}`);
+    if (g === undefined || !/^user=vitalseal /.test(g.process)) fail(`the agent unit's process over ${p.transport} was not user vitalseal: ${g?.process ?? '(no report)'}`);
+  }
+  if (ingest.phases.length !== d.phases.length || ingest.phases.length === 0) fail(`${ingest.phases.length} phases finished on the host, ${d.phases.length} reported by the guest`);
+  if (ingest.readings.length === 0) fail('the ingest serves no readings for the device');
+  const foreign = ingest.readings.find((r) => !String(r.n).startsWith(`${ingest.deviceId}/`));
+  if (foreign !== undefined) fail(`a reading named ${String(foreign.n)} is not the device's`);
+  return { serial: leaf.serialHex, spkiSha256: spki, subject: leaf.subject.text, signatureVerified };
+}
+
 /** Builds what is missing, boots the rig, and returns its checked report. */
 export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
   const cache = opts.cache ?? cacheDir();
@@ -102,22 +162,57 @@ export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
   const images = await buildRigImages({ cache, log, ...(opts.refresh === undefined ? {} : { refresh: opts.refresh }) });
   const buildTotal = (performance.now() - t0) / 1000;
 
+  const interrupted = () => {
+    if (opts.signal?.aborted === true) throw new RigError('usage', 'interrupted');
+  };
+  interrupted();
+  const transports = opts.transports ?? ['coaps'];
+  let ingest: RigIngest | undefined;
+  if (transports.length > 0) {
+    log(`starting the host's ingest service and broker for the VM (${transports.join(', ')})`);
+    ingest = await startRigIngest({ deviceId: opts.deviceId ?? 'rig-arm64', transports, log });
+  }
+  try {
+    interrupted();
+    return await bootAndCheck(opts, images, { build: images.timings, buildTotal }, ingest, log, cache);
+  } finally {
+    await ingest?.stop();
+  }
+}
+
+async function bootAndCheck(
+  opts: RigOptions, images: RigImages, build: { build: Readonly<Record<string, number>>; buildTotal: number },
+  ingest: RigIngest | undefined, log: (line: string) => void, cache: string,
+): Promise<RigReport> {
   const challenge = randomBytes(32);
   const job: RigJob = {
     challenge: challenge.toString('base64'),
     keyName: KEY_NAME,
-    ...(opts.agentConfig === undefined ? {} : { agentConfig: opts.agentConfig }),
-    agentWatchSeconds: opts.agentWatchSeconds ?? 20,
+    ...(ingest === undefined ? {} : { device: ingest.deviceJob }),
     poweroff: opts.interactive !== true,
   };
   let firstRequest: number | undefined;
   let vmStart = 0;
+  // Kept only to search the run's outputs for it afterwards.
+  let issuedToken: string | undefined;
   const server = await startJobServer(job, {
     failOnGuestError: true,
     onProgress: (step, ms) => {
       firstRequest ??= performance.now();
       log(`guest: ${step}${ms > 0 ? ` [${(ms / 1000).toFixed(1)} s]` : ''} (+${((performance.now() - vmStart) / 1000).toFixed(0)} s)`);
     },
+    ...(ingest === undefined ? {} : {
+      enrolToken: async () => {
+        try {
+          issuedToken = await ingest.enrolToken();
+          return issuedToken;
+        } catch (e) {
+          log(`host: no enrolment token: ${(e as Error).message}`);
+          throw e;
+        }
+      },
+      phaseDone: (i: number) => ingest.phaseDone(i),
+    }),
   });
   const tpm = await startSwtpmForVm();
   const logs = join(cache, 'logs');
@@ -137,10 +232,14 @@ export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
       console: opts.interactive === true ? 'interactive' : 'pipe',
     }, {
       consoleLog,
-      timeoutMs: (opts.timeoutMinutes ?? 20) * 60_000,
+      timeoutMs: (opts.timeoutMinutes ?? 45) * 60_000,
       ...(opts.onConsoleLine === undefined ? {} : { onLine: opts.onConsoleLine }),
     });
+    const abort = () => void vm.stop();
+    opts.signal?.addEventListener('abort', abort, { once: true });
+    vm.done.finally(() => opts.signal?.removeEventListener('abort', abort)).catch(() => undefined);
     const exitedEarly = vm.done.then((exit) => {
+      if (opts.signal?.aborted === true) throw new RigError('usage', 'interrupted: the VM was stopped');
       throw new RigError(exit.timedOut ? 'timeout' : 'guest', `the VM ${exit.timedOut ? 'timed out' : `exited (code ${exit.code})`} before the guest reported; console: ${consoleLog}\n${exit.consoleTail.split('\n').slice(-30).join('\n')}\nswtpm: ${tpm.log()}`);
     });
     // After the result, the guest's poweroff ends the VM: that is not a failure.
@@ -156,8 +255,14 @@ export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
     const bootToJob = ((firstRequest ?? performance.now()) - vmStart) / 1000;
     log(`guest reported after ${bootToResult.toFixed(0)} s`);
     let signatureVerified = false;
+    let evidence: IngestEvidence | undefined;
+    let identity: RigReport['identity'];
     try {
       signatureVerified = verifyResult(result, challenge);
+      if (ingest !== undefined) {
+        evidence = await ingest.evidence();
+        identity = verifyDevice(result, evidence, challenge);
+      }
     } finally {
       if (opts.interactive !== true) {
         // The guest powers off after reporting; give it a minute, then end QEMU.
@@ -168,11 +273,24 @@ export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
     }
     if (opts.interactive === true) await vm.done;
     const bootToPoweroff = (performance.now() - vmStart) / 1000;
+    let tokenNotIn: string[] | undefined;
+    if (ingest !== undefined && issuedToken !== undefined) {
+      const places: Record<string, string> = {
+        'the VM console': readFileSync(consoleLog, 'utf8'), 'the guest report': JSON.stringify(result), "the ingest's log": ingest.serviceLog(),
+      };
+      const found = Object.keys(places).filter((k) => places[k]?.includes(issuedToken as string) === true);
+      issuedToken = undefined;
+      if (found.length > 0) throw new RigError('verify', `the enrolment token appears in ${found.join(', ')}`);
+      tokenNotIn = Object.keys(places);
+    }
     return {
       job,
       result,
       signatureVerified,
-      timings: { build: images.timings, buildTotal, bootToJob, bootToResult, bootToPoweroff },
+      ...(evidence === undefined ? {} : { ingest: evidence }),
+      ...(identity === undefined ? {} : { identity }),
+      ...(tokenNotIn === undefined ? {} : { tokenNotIn }),
+      timings: { ...build, bootToJob, bootToResult, bootToPoweroff },
       consoleLog,
     };
   } finally {

@@ -16,8 +16,10 @@ import fc from 'fast-check';
 import { startSwtpmForVm } from '../../scripts/lib/swtpm.ts';
 import { RigError } from '../../scripts/rig/errors.ts';
 import { moduleLoadOrder } from '../../scripts/rig/image.ts';
+import { loadAgentConfig } from '../../src/agent/config.ts';
+import { guestAgentConfig, PhaseTracker } from '../../scripts/rig/host-ingest.ts';
 import { startJobServer } from '../../scripts/rig/job-server.ts';
-import { parseProgress, parseResult, parseRigParam, ProtocolError, TOKEN_HEADER, type RigJob, type RigResult } from '../../scripts/rig/protocol.ts';
+import { parsePhaseAnswer, parseProgress, parseResult, parseRigParam, ProtocolError, TOKEN_HEADER, type RigJob, type RigResult } from '../../scripts/rig/protocol.ts';
 import { qemuArgs, type VmSpec } from '../../scripts/rig/qemu.ts';
 import { opensslVerify } from '../../scripts/rig/run.ts';
 import { sandboxedOneShot } from '../../scripts/rig/sandbox-unit.ts';
@@ -107,7 +109,15 @@ function sampleResult(): RigResult {
       signature: 'MEUCIQ==',
     },
     exposure: '→ Overall exposure level for vitalseal-agent.service: 1.6 OK',
-    agent: { configRead: { exitCode: 0, output: 'signing  rig-identity' }, state: 'ActiveState=failed', journal: '' },
+    device: {
+      provision: { exitCode: 0, output: 'device rig-arm64 provisioned' },
+      tokenFile: { mode: '0600', owner: 'vitalseal:vitalseal', removed: true },
+      identityFiles: '0700 vitalseal:vitalseal /var/lib/vitalseal/identity',
+      chainPem: '-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n',
+      keysList: { exitCode: 0, output: 'signing  device-identity\nsigning  rig-identity\n' },
+      identitySignature: { exitCode: 0, output: '', signature: 'MEUCIQ==' },
+      phases: [{ transport: 'coaps', state: 'ActiveState=active', process: 'user=vitalseal', status: '{}', journal: 'agent running', seconds: 61.5 }],
+    },
     timings: { jobStartUptime: 40.5, signatureUptime: 80.25, nodeStartMs: [900, 850, 860], cliStartMs: [9000, 4000], keysCreateMs: 12000, keysSignMs: 8000, keysSignCachedMs: [8000, 3000] },
   };
 }
@@ -116,8 +126,8 @@ describe('parseResult', () => {
   it('accepts a well-formed report and keeps every field', () => {
     const r = sampleResult();
     assert.deepEqual(parseResult(JSON.stringify(r)), r);
-    const { agent: _agent, ...noAgent } = r;
-    assert.deepEqual(parseResult(JSON.stringify(noAgent)), noAgent);
+    const { device: _device, ...noDevice } = r;
+    assert.deepEqual(parseResult(JSON.stringify(noDevice)), noDevice);
   });
 
   it('rejects every truncation of a report', () => {
@@ -137,7 +147,11 @@ describe('parseResult', () => {
     bad((r) => { r['timings'].nodeStartMs = [1, -2]; }, /timings\.nodeStartMs/);
     bad((r) => { r['timings'].cliStartMs = Array(17).fill(1); }, /timings\.cliStartMs/);
     bad((r) => { delete r['tpm']; }, /^tpm: expected an object/);
-    bad((r) => { r['agent'] = 'failed'; }, /^agent/);
+    bad((r) => { r['device'] = 'failed'; }, /^device/);
+    bad((r) => { r['device'].tokenFile.removed = 'yes'; }, /device\.tokenFile\.removed/);
+    bad((r) => { r['device'].phases = Array(5).fill(r['device'].phases[0]); }, /device\.phases/);
+    bad((r) => { r['device'].phases[0].seconds = -1; }, /device\.phases\.0\.seconds/);
+    bad((r) => { r['device'].identitySignature.signature = 7; }, /device\.identitySignature\.signature/);
     assert.throws(() => parseResult('[]'), /result: expected an object/);
     assert.throws(() => parseResult('x'.repeat(300_000)), /larger than/);
   });
@@ -167,7 +181,7 @@ describe('parseResult', () => {
 });
 
 describe('job server', () => {
-  const job: RigJob = { challenge: randomBytes(32).toString('base64'), keyName: 'rig-identity', agentWatchSeconds: 5, poweroff: true };
+  const job: RigJob = { challenge: randomBytes(32).toString('base64'), keyName: 'rig-identity', poweroff: true };
 
   it('serves the job to the token holder only, and resolves with the checked result', async () => {
     const steps: string[] = [];
@@ -204,6 +218,117 @@ describe('job server', () => {
       await assert.rejects(b.result, /guest-job failed: no TPM/);
     } finally {
       await b.close();
+    }
+  });
+});
+
+describe('job server: enrolment token and agent phases', () => {
+  const job: RigJob = { challenge: randomBytes(32).toString('base64'), keyName: 'rig-identity', poweroff: true };
+
+  it('hands the enrolment token out once, to the token holder only, and never in the job', async () => {
+    let issued = 0;
+    const secret = `vse_${randomBytes(32).toString('base64url')}`;
+    const server = await startJobServer(job, { enrolToken: async () => { issued++; return secret; } });
+    try {
+      const url = `http://127.0.0.1:${server.port}`;
+      assert.equal((await fetch(`${url}/enrol-token`)).status, 403);
+      assert.equal(issued, 0, 'no token issued for a request without the run token');
+      const first = await fetch(`${url}/enrol-token`, { headers: { [TOKEN_HEADER]: server.token } });
+      assert.equal(first.status, 200);
+      assert.equal(first.headers.get('cache-control'), 'no-store');
+      assert.equal(await first.text(), secret);
+      const second = await fetch(`${url}/enrol-token`, { headers: { [TOKEN_HEADER]: server.token } });
+      assert.equal(second.status, 410);
+      assert.ok(!(await second.text()).includes(secret));
+      assert.equal(issued, 1);
+      const jobText = await (await fetch(`${url}/job`, { headers: { [TOKEN_HEADER]: server.token } })).text();
+      assert.ok(!jobText.includes(secret));
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('does not repeat the host\'s error when the token cannot be issued; without a device there is no token endpoint', async () => {
+    const failing = await startJobServer(job, { enrolToken: () => Promise.reject(new Error('vitalseal ingest enrol-token failed: secret detail')) });
+    try {
+      const res = await fetch(`http://127.0.0.1:${failing.port}/enrol-token`, { headers: { [TOKEN_HEADER]: failing.token } });
+      assert.equal(res.status, 500);
+      assert.doesNotMatch(await res.text(), /secret detail/);
+    } finally {
+      await failing.close();
+    }
+    const plain = await startJobServer(job);
+    try {
+      assert.equal((await fetch(`http://127.0.0.1:${plain.port}/enrol-token`, { headers: { [TOKEN_HEADER]: plain.token } })).status, 404);
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('answers phase polls from the host\'s tracker', async () => {
+    const asked: number[] = [];
+    const server = await startJobServer(job, { phaseDone: async (i) => { asked.push(i); return i === 0; } });
+    try {
+      const get = (path: string) => fetch(`http://127.0.0.1:${server.port}${path}`, { headers: { [TOKEN_HEADER]: server.token } });
+      assert.deepEqual(parsePhaseAnswer(await (await get('/phase/0')).text()), { done: true });
+      assert.deepEqual(parsePhaseAnswer(await (await get('/phase/1')).text()), { done: false });
+      assert.equal((await get('/phase/x')).status, 404);
+      assert.equal((await get('/phase/123')).status, 404);
+      assert.deepEqual(asked, [0, 1]);
+    } finally {
+      await server.close();
+    }
+    assert.throws(() => parsePhaseAnswer('{"done":"yes"}'), ProtocolError);
+    assert.throws(() => parsePhaseAnswer('{"done":tru'), ProtocolError);
+  });
+});
+
+describe('PhaseTracker', () => {
+  it('ends a phase once the ingest shows its transport and enough new messages; keeps the baseline of its first look', () => {
+    const t = new PhaseTracker(['coaps', 'mqtts'], 3, 60_000);
+    assert.equal(t.observe(0, { transport: null, suite: null, messages: 0 }, 0), false);
+    assert.equal(t.observe(0, { transport: 'coaps', suite: 'DTLSv1.3 TLS_AES_128_GCM_SHA256', messages: 2 }, 1000), false);
+    assert.equal(t.observe(0, { transport: 'coaps', suite: 'DTLSv1.3 TLS_AES_128_GCM_SHA256', messages: 3 }, 2000), true);
+    assert.equal(t.observe(0, { transport: 'mqtts', suite: 'x', messages: 99 }, 3000), true, 'a finished phase stays finished');
+    // The next phase counts from its own first look; messages over the old transport do not count.
+    assert.equal(t.observe(1, { transport: 'coaps', suite: 'x', messages: 10 }, 5000), false);
+    assert.equal(t.observe(1, { transport: 'coaps', suite: 'x', messages: 20 }, 6000), false);
+    assert.equal(t.observe(1, { transport: 'mqtts', suite: 'TLSv1.3 via broker', messages: 12 }, 7000), false);
+    assert.equal(t.observe(1, { transport: 'mqtts', suite: 'TLSv1.3 via broker', messages: 13 }, 9000), true);
+    assert.deepEqual(t.phases, [
+      { transport: 'coaps', messagesBefore: 0, messagesAfter: 3, seenTransport: 'coaps', seenSuite: 'DTLSv1.3 TLS_AES_128_GCM_SHA256', seconds: 2, arrived: true },
+      { transport: 'mqtts', messagesBefore: 10, messagesAfter: 13, seenTransport: 'mqtts', seenSuite: 'TLSv1.3 via broker', seconds: 4, arrived: true },
+    ]);
+  });
+
+  it('ends a phase unarrived when its time is up, and refuses a phase that does not exist', () => {
+    const t = new PhaseTracker(['mqtts'], 3, 10_000);
+    assert.equal(t.observe(0, { transport: null, suite: null, messages: 0 }, 0), false);
+    assert.equal(t.observe(0, { transport: 'mqtts', suite: 's', messages: 2 }, 10_000), true);
+    assert.equal(t.phase(0)?.arrived, false);
+    assert.throws(() => t.observe(1, { transport: null, suite: null, messages: 0 }, 0), RangeError);
+  });
+});
+
+describe('guestAgentConfig', () => {
+  it('is a configuration the agent accepts: TPM identity, certificate files under the state directory, renewal at the host\'s ingest', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vitalseal-rig-config-'));
+    try {
+      for (const transport of ['coaps', 'mqtts'] as const) {
+        const file = join(dir, `${transport}.yaml`);
+        writeFileSync(file, guestAgentConfig({ deviceId: 'rig-arm64', transport, port: 40000, enrolUrl: 'https://10.0.2.2:8443' }));
+        const c = loadAgentConfig(file);
+        assert.equal(c.device.id, 'rig-arm64');
+        assert.equal(c.transport.primary.kind, transport);
+        assert.equal(c.transport.primary.host, '10.0.2.2');
+        assert.equal(c.transport.primary.port, 40000);
+        assert.match(JSON.stringify(c.transport.primary), /"kind":"tpm".*"tcti":"device:\/dev\/tpmrm0"/);
+        assert.equal(c.certificate?.renew?.url, 'https://10.0.2.2:8443');
+        assert.ok(c.certificate?.file.startsWith('/var/lib/vitalseal/'), 'renewal rewrites the files: they live in the StateDirectory');
+        assert.equal(c.queue.dir, '/var/lib/vitalseal/queue');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

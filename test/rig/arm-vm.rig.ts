@@ -10,7 +10,13 @@
  *   - `vitalseal keys create/sign --store tpm --tcti device:/dev/tpmrm0` works as user vitalseal in
  *     vitalseal-agent.service's sandbox, and the signature of a fresh host challenge verifies on
  *     the host with OpenSSL (runRig) and with node:crypto (here);
- *   - vitalseal-agent.service starts the agent command from a configuration the host wrote.
+ *   - the device enrols through the host's ingest (`vitalseal provision --enrol`, key made in the
+ *     VM's TPM, one-time token in a 0600 file removed after use): the ingest's registry holds the
+ *     SPKI of the key that `keys list` shows in the TPM and that signs the host's challenge;
+ *   - vitalseal-agent.service, hardened, as user vitalseal, sends readings over CoAPS (DTLS 1.3,
+ *     CertificateVerify signed in the TPM); the host's ingest stores them under the VM's device id
+ *     and serves them decrypted as SenML JSON. (MQTTS with the key in the TPM does not connect over
+ *     /dev/tpmrm0 yet: docs/hardware.md, "Limits".)
  */
 import assert from 'node:assert/strict';
 import { verify } from 'node:crypto';
@@ -18,23 +24,17 @@ import { describe, it } from 'node:test';
 import { NODE_ARM64 } from '../../scripts/rig/config.ts';
 import { runRig } from '../../scripts/rig/run.ts';
 
-const AGENT_CONFIG = `# written by test/rig/arm-vm.rig.ts
-keystore:
-  kind: tpm
-  tcti: device:/dev/tpmrm0
-  dir: /var/lib/vitalseal/tpm
-`;
-
 describe('aarch64 rig (qemu-system-aarch64 virt + swtpm)', () => {
-  it('boots, signs the host\'s challenge with the ARM VM\'s TPM in the agent\'s sandbox, and starts the agent unit', async () => {
+  it('boots, signs with the ARM VM\'s TPM in the agent\'s sandbox, enrols, and the agent\'s readings arrive decrypted at the host\'s ingest', async () => {
+    const t0 = performance.now();
     const report = await runRig({
       log: (l) => process.stderr.write(`rig: ${l}\n`),
-      agentConfig: AGENT_CONFIG,
-      agentWatchSeconds: 20,
-      timeoutMinutes: 30,
+      transports: ['coaps'],
+      deviceId: 'rig-arm64',
+      timeoutMinutes: 60,
     });
     const r = report.result;
-    process.stderr.write(`rig timings: ${JSON.stringify({ host: report.timings, guest: r.timings })}\n`);
+    process.stderr.write(`rig timings: ${JSON.stringify({ host: report.timings, guest: r.timings, phases: report.ingest?.phases, runRigSeconds: (performance.now() - t0) / 1000 })}\n`);
 
     assert.equal(r.system.arch, 'arm64');
     assert.equal(r.system.node, `v${NODE_ARM64.version}`);
@@ -60,15 +60,54 @@ describe('aarch64 rig (qemu-system-aarch64 virt + swtpm)', () => {
     assert.ok(exposure !== null, r.exposure);
     assert.ok(Number(exposure[1]) <= 2.0, r.exposure);
 
-    // The unit ran the agent command as configured. `vitalseal agent` is being built (issue 8's
-    // other parts); until it lands the CLI answers "not built yet" with exit 3, which the unit
-    // does not restart on. Then this becomes: a reading from the VM arrives at the host's ingest.
-    assert.ok(r.agent !== undefined);
-    // The agent's user reads /etc/vitalseal/agent.yaml and its keystore from inside the sandbox.
-    assert.equal(r.agent.configRead.exitCode, 0, r.agent.configRead.output);
-    assert.match(r.agent.configRead.output, /^signing\s+rig-identity$/m);
-    assert.match(r.agent.state, /ExecMainStatus=3/);
-    assert.match(r.agent.journal, /'agent' is not built yet/);
-    assert.match(r.agent.state, /NRestarts=0/);
+    // Enrolment: the key in the VM's TPM, the certificate from the host's ingest, the token spent and gone.
+    const d = r.device;
+    assert.ok(d !== undefined);
+    assert.equal(d.provision.exitCode, 0, d.provision.output);
+    assert.match(d.provision.output, /rig-arm64/);
+    assert.deepEqual(d.tokenFile, { mode: '0600', owner: 'vitalseal:vitalseal', removed: true });
+    assert.deepEqual(report.tokenNotIn, ['the VM console', 'the guest report', "the ingest's log"]);
+    // The certificate files belong to the agent's user, where ProtectSystem=strict lets it renew them.
+    assert.match(d.identityFiles, /^0700 vitalseal:vitalseal \/var\/lib\/vitalseal\/identity$/m);
+    assert.match(d.identityFiles, /^0[0-7]{3} vitalseal:vitalseal \/var\/lib\/vitalseal\/identity\/chain\.pem$/m);
+    assert.match(d.keysList.output, /^signing\s+device-identity$/m);
+    // The ingest's registry holds the issued certificate's key, and that key is in the TPM: it signed the challenge.
+    const ing = report.ingest;
+    const id = report.identity;
+    assert.ok(ing !== undefined && id !== undefined);
+    assert.equal(ing.registry?.credential, 'certificate');
+    assert.equal(ing.registry?.credentialSha256, id.spkiSha256);
+    assert.equal(ing.registry?.certSerial, id.serial);
+    assert.equal(ing.registry?.status, 'active');
+    assert.equal(id.signatureVerified, true);
+    assert.match(id.subject, /rig-arm64/);
+
+    // The transport delivered: the ingest stored messages from the VM's device over it.
+    assert.deepEqual(ing.phases.map((p) => [p.transport, p.arrived]), [['coaps', true]]);
+    const [coaps] = ing.phases;
+    assert.ok(coaps !== undefined);
+    assert.equal(coaps.seenTransport, 'coaps');
+    assert.match(coaps.seenSuite ?? '', /^DTLSv1\.3 TLS_/);
+    assert.ok(coaps.messagesAfter - coaps.messagesBefore >= 3);
+    assert.ok(Number(ing.posture?.['messages']) >= coaps.messagesAfter);
+    // The device's side of the link: its own status document names the protocol it negotiated.
+    const deviceTransport = (JSON.parse(d.phases[0]?.status ?? '{}') as { transport?: { kind?: string; protocol?: string } }).transport;
+    assert.equal(deviceTransport?.kind, 'coaps', d.phases[0]?.status);
+    assert.match(deviceTransport?.protocol ?? '', /DTLS/, d.phases[0]?.status);
+
+    // Decrypted at the ingest: SenML JSON records named after the VM's device, with values.
+    const numeric = ing.readings.filter((x) => typeof x.v === 'number');
+    assert.ok(numeric.length > 0, JSON.stringify(ing.readings).slice(0, 500));
+    for (const rec of ing.readings) assert.match(String(rec.n), /^rig-arm64\//);
+    assert.ok(numeric.some((x) => /^rig-arm64\/(heart-rate|spo2|respiration-rate)$/.test(String(x.n))), JSON.stringify(numeric.slice(0, 5)));
+
+    // The unit ran hardened, as vitalseal (in group tss for the TPM), with no capabilities and a system-call filter.
+    for (const p of d.phases) {
+      assert.match(p.process, /^user=vitalseal group=vitalseal groups=\S*tss/, p.process);
+      assert.match(p.process, /NoNewPrivs=1 Seccomp=2 CapEff=0000000000000000 CapBnd=0000000000000000/, p.process);
+      assert.match(p.state, /^ActiveState=active$/m, p.state);
+      assert.match(p.state, /^User=vitalseal$/m, p.state);
+      assert.match(p.journal, /agent running/);
+    }
   });
 });

@@ -14,8 +14,9 @@ printf '127.0.0.1 localhost\n127.0.1.1 vitalseal-rig\n' > /etc/hosts
 cat > /etc/fstab <<'FSTAB'
 # The rig boots this image with QEMU's snapshot=on: writes vanish when the VM stops.
 LABEL=vs-root  /               ext4  rw,noatime,errors=remount-ro                  0 1
-# The checkout (scripts/rig builds it from the host's working tree), read-only.
-LABEL=vs-app   /opt/vitalseal  ext4  ro,noatime,nofail,x-systemd.device-timeout=30s  0 2
+# The checkout (scripts/rig builds it from the host's working tree), read-only. Its by-label link
+# comes from udev's coldplug, which took over 30 s under emulation on a loaded host: wait longer.
+LABEL=vs-app   /opt/vitalseal  ext4  ro,noatime,nofail,x-systemd.device-timeout=5min  0 2
 FSTAB
 install -D -m 0644 /opt/vitalseal/hardware/qemu/guest/20-rig.network /etc/systemd/network/20-rig.network
 install -D -m 0644 /opt/vitalseal/hardware/qemu/guest/vitalseal-rig-job.service /etc/systemd/system/vitalseal-rig-job.service

@@ -178,7 +178,9 @@ export class UplinkRunner {
       const code = codeOf(e);
       // A transient failure is routine during an outage; anything else (bad credentials, a peer
       // we cannot talk to) needs an operator, so it is logged louder. Both are retried.
-      if (e instanceof TransportError) this.#o.log.warn({ target, code }, 'uplink connect failed');
+      // The reason goes with it: "connection-failed" alone leaves an operator nothing to act on.
+      // Transport errors describe the network and the peer, never key material (util/errors.ts).
+      if (e instanceof TransportError) this.#o.log.warn({ target, code, reason: e.message }, 'uplink connect failed');
       else this.#o.log.error({ target, code, err: e }, 'uplink connect failed');
       if (probe) this.core.probeFailed(this.#o.clock.now(), epoch);
       else this.core.connectFailed(this.#o.clock.now(), epoch, code);

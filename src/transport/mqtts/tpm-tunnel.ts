@@ -50,7 +50,11 @@ export interface TpmTlsOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** tpm2-openssl's module (default: found under /usr/lib/<multiarch>/ossl-modules/). */
   readonly providerPath?: string;
-  /** Child start-up and key loading must finish within this (default 20 s). */
+  /**
+   * Child start-up and key loading must finish within this (default 120 s). A hung child is still
+   * caught; a slow one is not mistaken for it: loading Node and the provider took over 20 s on an
+   * emulated Cortex-A72 (docs/hardware.md), and every retry would start it afresh.
+   */
   readonly startTimeoutMs?: number;
 }
 
@@ -440,7 +444,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
     };
     delete env['NODE_OPTIONS'];
     delete env['OPENSSL_CONF'];
-    return new ChildLink([...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 20_000 });
+    return new ChildLink([...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 120_000 });
   };
 
   return {
