@@ -336,7 +336,9 @@ describe('vitalseal ingest run with the MQTT listener (a real process, mosquitto
         await new Promise((r) => setTimeout(r, 25));
       }
     };
+    // The listeners and the HTTPS server start side by side: their lines come in either order.
     await logged(/"msg":"MQTT listener subscribed"/);
+    await logged(/"url":"https:/);
     const url = (/"url":"(https:\/\/[^"]+)"/.exec(log) as RegExpExecArray)[1] as string;
     assert.match(log, /"clientId":"ingest-run".*"username":"ingest\.vitalseal\.test"/);
 
