@@ -115,13 +115,23 @@ class Outbox {
     this.#size = 0;
     const data = parts.length === 1 ? (parts[0] as Uint8Array) : parts;
     const socket = this.socket();
-    if (last) {
-      this.#pending++;
-      if (this.connected) socket.send(data, this.#sent);
-      else socket.send(data, this.#port, this.#host, this.#sent);
-    } else if (this.connected) socket.send(data);
-    else socket.send(data, this.#port, this.#host);
+    // A send that throws (a socket closed or disconnected under us) is a lost datagram, which DTLS
+    // recovers from by retransmission (RFC 9147 §5.8); it must not escape into the event loop.
+    try {
+      if (last) {
+        this.#pending++;
+        if (this.connected) socket.send(data, this.#sent);
+        else socket.send(data, this.#port, this.#host, this.#sent);
+      } else if (this.connected) socket.send(data);
+      else socket.send(data, this.#port, this.#host);
+    } catch {
+      this.sendFailures++;
+      if (last) this.#sent();
+    }
   }
+
+  /** Datagrams the socket refused synchronously (counted, then left to retransmission). */
+  sendFailures = 0;
 
   drained(): Promise<void> {
     if (this.#parts.length > 0) this.flush();
@@ -143,9 +153,13 @@ async function connectedSocket(host: string, port: number): Promise<Socket> {
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
       socket.bind(0, () => {
-        socket.connect(port, host, () => {
+        // Node hands a failed connect (ENETUNREACH with the link down, say) to this callback, not to
+        // 'error', and leaves the socket unconnected: sends without an address would then throw.
+        socket.connect(port, host, (...args: unknown[]) => {
           socket.off('error', reject);
-          resolve();
+          const failure = args[0];
+          if (failure instanceof Error) reject(failure);
+          else resolve();
         });
       });
     });

@@ -224,6 +224,24 @@ describe('DTLS 1.3 over UDP loopback', () => {
     assert.equal(c.connection.status, 'failed');
   });
 
+  it('a socket the kernel will not connect (EACCES, as ENETUNREACH with a link down): connect() rejects, nothing throws later', async () => {
+    // Node reports a failed UDP connect only to the connect callback and leaves the socket
+    // unconnected; an address-less send on it would throw from a timer and end the process.
+    const uncaught: unknown[] = [];
+    const onUncaught = (e: unknown) => uncaught.push(e);
+    process.on('uncaughtException', onUncaught);
+    try {
+      await assert.rejects(
+        DtlsClientSocket.connect({ host: '255.255.255.255', port: 5684, verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server' }), handshakeTimeoutMs: 2000 }),
+        (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'EACCES',
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(uncaught, []);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+  });
+
   it('a server the client does not trust: connect() rejects with the alert it sent', async () => {
     const server = await startServer();
     const other = await makeCa('some other CA');
