@@ -118,10 +118,10 @@ async function timed<T>(timings: Record<string, number>, name: string, fn: () =>
   return v;
 }
 
-/** Removes files in `dir` named like `prefix*suffix` except `keep`. */
+/** Removes files and directories in `dir` named like `prefix*suffix` except `keep` (older cached builds). */
 function pruneSiblings(dir: string, prefix: string, suffix: string, keep: string): void {
   for (const f of readdirSync(dir)) {
-    if (f.startsWith(prefix) && f.endsWith(suffix) && f !== basename(keep)) rmSync(join(dir, f), { force: true });
+    if (f.startsWith(prefix) && f.endsWith(suffix) && f !== basename(keep)) rmSync(join(dir, f), { recursive: true, force: true });
   }
 }
 
