@@ -125,13 +125,9 @@ class Outbox {
       } else if (this.connected) socket.send(data);
       else socket.send(data, this.#port, this.#host);
     } catch {
-      this.sendFailures++;
       if (last) this.#sent();
     }
   }
-
-  /** Datagrams the socket refused synchronously (counted, then left to retransmission). */
-  sendFailures = 0;
 
   drained(): Promise<void> {
     if (this.#parts.length > 0) this.flush();
