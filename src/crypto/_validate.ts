@@ -1,4 +1,5 @@
 import { abytes, aint } from '../util/assert.ts';
+import { ApiMisuse, CryptoError } from '../util/errors.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
 /**
@@ -42,4 +43,34 @@ export function isAllZero(bytes: Uint8Array): boolean {
   let acc = 0;
   for (const b of bytes) acc |= b;
   return acc === 0;
+}
+
+/** Keyed contexts (keyed.ts, libcrypto/contexts.ts): the checks both implementations share. */
+export function destroyedError(what: string): ApiMisuse {
+  return new ApiMisuse('aead-destroyed', `${what}: context used after destroy()`);
+}
+
+/** Labels are built only when a check fails: this runs once per record. */
+export function checkSeal(suite: AeadSuite, nonceLength: number, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): void {
+  if (!(nonce instanceof Uint8Array) || nonce.length !== nonceLength) abytes(nonce, `${suite.id} nonce`, nonceLength);
+  if (!(plaintext instanceof Uint8Array)) abytes(plaintext, `${suite.id} plaintext`);
+  if (!(aad instanceof Uint8Array)) abytes(aad, `${suite.id} aad`);
+  checkOut(suite, out, offset, plaintext.length + suite.tagLength);
+}
+
+export function checkOpen(suite: AeadSuite, nonceLength: number, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): number {
+  if (!(nonce instanceof Uint8Array) || nonce.length !== nonceLength) abytes(nonce, `${suite.id} nonce`, nonceLength);
+  if (!(sealed instanceof Uint8Array)) abytes(sealed, `${suite.id} sealed`);
+  if (!(aad instanceof Uint8Array)) abytes(aad, `${suite.id} aad`);
+  if (sealed.length < suite.tagLength) throw new CryptoError('aead-auth-failed', `${suite.id}: sealed data shorter than its ${suite.tagLength}-byte tag`);
+  const length = sealed.length - suite.tagLength;
+  checkOut(suite, out, offset, length);
+  return length;
+}
+
+function checkOut(suite: AeadSuite, out: Uint8Array, offset: number, length: number): void {
+  if (!(out instanceof Uint8Array)) abytes(out, `${suite.id} output`);
+  if (!Number.isSafeInteger(offset) || offset < 0 || out.length - offset < length) {
+    throw new RangeError(`${suite.id} output: needs ${length} bytes from offset ${String(offset)}, has ${out.length - (Number.isSafeInteger(offset) ? offset : 0)}`);
+  }
 }

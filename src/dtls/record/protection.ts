@@ -10,12 +10,12 @@
  *   const rx = new ReadEpoch(provider, suite, 3, keys);
  *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
  */
-import { createCipheriv, type Cipher } from 'node:crypto';
-import { CounterSealer, nonceScratch, Opener, xorCounterIntoIv } from '../../crypto/aead.ts';
+import { nonceScratch, xorCounterIntoIv } from '../../crypto/aead.ts';
+import { aeadOpenContext, aeadSealContext, recordMaskContext, type AeadOpenContext, type AeadSealContext, type KeyedBackend, type RecordMaskContext } from '../../crypto/keyed.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { aeadSuite } from '../../crypto/suites.ts';
-import { allocUninit, asBuffer, zeroize } from '../../util/bytes.ts';
-import { ApiMisuse } from '../../util/errors.ts';
+import { allocUninit, zeroize } from '../../util/bytes.ts';
+import { ApiMisuse, CryptoError } from '../../util/errors.ts';
 import type { TrafficKeys } from '../handshake/key-schedule.ts';
 import { MAX_PLAINTEXT } from '../messages/constants.ts';
 import { unifiedHeaderLength, unifiedHeaderSeqOffset, writeUnifiedHeader, type CiphertextRecord } from '../messages/record.ts';
@@ -26,39 +26,24 @@ import { ReplayWindow } from './replay-window.ts';
 export const MAX_SEQUENCE = 2 ** 48 - 1;
 
 /**
- * RFC 9147 §4.2.3: the record-number mask from the first 16 bytes of the ciphertext. For AES the
- * mask is one ECB block under sn_key; with node:crypto one ECB context per key is reused (ECB keeps
- * no state between blocks), which saves a cipher set-up on every record.
+ * RFC 9147 §4.2.3: the record-number mask from the first 16 bytes of the ciphertext, AES-ECB under
+ * sn_key for the AES suites, ChaCha20 for ChaCha20-Poly1305. One keyed context per epoch and
+ * direction (src/crypto/keyed.ts); the key is copied into it, the caller wipes its own copy.
  */
 export class RecordNumberMask {
-  #ecb: Cipher | undefined;
+  readonly #ctx: RecordMaskContext;
 
-  constructor(
-    private readonly provider: CryptoProvider,
-    private readonly suite: DtlsCipherSuite,
-    private snKey: Uint8Array,
-  ) {
-    if (suite.mask === 'aes-ecb' && provider.name === 'node') {
-      this.#ecb = createCipheriv(snKey.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', asBuffer(snKey), null);
-      this.#ecb.setAutoPadding(false);
-    }
+  constructor(provider: CryptoProvider, suite: DtlsCipherSuite, snKey: Uint8Array) {
+    this.#ctx = recordMaskContext(provider, suite.mask, snKey);
   }
 
+  /** 16 mask bytes, valid until the next call. */
   mask(ciphertext: Uint8Array): Uint8Array {
-    const sample = ciphertext.subarray(0, 16);
-    if (this.suite.mask === 'aes-ecb') {
-      return this.#ecb !== undefined ? this.#ecb.update(sample) : this.provider.aesEcbBlock(this.snKey, sample);
-    }
-    // ChaCha20: the first 4 bytes are the block counter (read little-endian, as RFC 9001 §5.4.4
-    // does for the same construction), the next 12 the nonce.
-    const counter = ((sample[0] as number) | ((sample[1] as number) << 8) | ((sample[2] as number) << 16) | ((sample[3] as number) << 24)) >>> 0;
-    return this.provider.chacha20(this.snKey, sample.subarray(4, 16), counter, new Uint8Array(16));
+    return this.#ctx.mask(ciphertext.subarray(0, 16));
   }
 
   destroy(): void {
-    this.#ecb = undefined;
-    zeroize(this.snKey);
-    this.snKey = new Uint8Array(0);
+    this.#ctx.destroy();
   }
 }
 
@@ -79,40 +64,49 @@ export function limitsFor(suite: DtlsCipherSuite, override?: Partial<EpochLimits
 }
 
 export class WriteEpoch {
-  readonly #sealer: CounterSealer;
+  readonly #seal: AeadSealContext;
+  readonly #iv: Uint8Array;
   readonly #mask: RecordNumberMask;
   readonly #limit: number;
+  /** The next record's sequence number; also the AEAD nonce counter (nonce = iv XOR seq). */
+  #next = 0;
 
+  /** The keys are copied into the epoch's contexts; the caller wipes `keys`. */
   constructor(
-    private readonly provider: CryptoProvider,
+    provider: CryptoProvider,
     readonly suite: DtlsCipherSuite,
     readonly epoch: number,
     keys: TrafficKeys,
     limits: EpochLimits = limitsFor(suite),
   ) {
     this.#limit = limits.confidentiality;
-    // The CounterSealer's counter is this epoch's record sequence number: nonce = iv XOR seq.
-    this.#sealer = new CounterSealer(provider, suite.aead, keys.key, keys.iv, this.#limit);
-    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
+    this.#seal = aeadSealContext(provider, suite.aead, keys.key);
+    this.#iv = Uint8Array.from(keys.iv);
+    this.#mask = new RecordNumberMask(provider, suite, keys.snKey);
+  }
+
+  /** Which implementation protects this epoch's records. */
+  get backend(): KeyedBackend {
+    return this.#seal.backend;
   }
 
   /** Sequence number the next record gets. */
   get nextSequence(): number {
-    return this.#sealer.count;
+    return this.#next;
   }
 
   /** RFC 9147 §4.5.3: start a key update once three quarters of the limit are used. */
   get keyUpdateDue(): boolean {
-    return this.#sealer.count >= Math.floor(this.#limit * 0.75);
+    return this.#next >= Math.floor(this.#limit * 0.75);
   }
 
   get exhausted(): boolean {
-    return this.#sealer.exhausted;
+    return this.#next >= this.#limit;
   }
 
   /** Records still allowed under this key. */
   get remaining(): number {
-    return this.#limit - this.#sealer.count;
+    return this.#limit - this.#next;
   }
 
   /** Wire size of a record carrying `contentLength` bytes. */
@@ -127,22 +121,30 @@ export class WriteEpoch {
 
   /**
    * A whole DTLSCiphertext record: unified header (sequence number masked) and encrypted record,
-   * built in one buffer.
+   * built and sealed in place in one buffer.
    */
   protect(contentType: number, content: Uint8Array, cid: Uint8Array | undefined): Uint8Array {
     if (content.length > MAX_PLAINTEXT) throw new ApiMisuse('record-too-large', `record content of ${content.length} bytes exceeds 2^14`);
+    if (this.exhausted) throw new ApiMisuse('aead-limit-reached', `${this.suite.aead}: ${this.#limit} records sealed under this key; update keys`);
+    // The sequence number is spent before sealing: it is never handed out twice, even if sealing fails.
+    const seq = this.#next++;
     const innerLength = this.#innerLength(content.length);
     const headerLength = unifiedHeaderLength(cid);
     const out = allocUninit(headerLength + innerLength + this.suite.tagLength);
-    writeUnifiedHeader(out, this.epoch, this.#sealer.count, cid, innerLength + this.suite.tagLength);
-    // DTLSInnerPlaintext: content || type || zeros (RFC 9147 §4). The buffer comes from Node's pool
-    // uninitialised, so the padding is zeroed explicitly.
-    const inner = allocUninit(innerLength);
+    writeUnifiedHeader(out, this.epoch, seq, cid, innerLength + this.suite.tagLength);
+    // DTLSInnerPlaintext: content || type || zeros (RFC 9147 §4), written where its ciphertext goes
+    // and sealed in place. The buffer comes from Node's pool uninitialised: the padding is zeroed.
+    const inner = out.subarray(headerLength, headerLength + innerLength);
     inner.set(content);
     inner[content.length] = contentType;
     inner.fill(0, content.length + 1);
-    // RFC 9147 §4: the additional data is the header before record-number encryption.
-    this.#sealer.sealInto(inner, out.subarray(0, headerLength), out, headerLength);
+    const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
+    try {
+      // RFC 9147 §4: the additional data is the header before record-number encryption.
+      this.#seal.sealInto(nonce, inner, out.subarray(0, headerLength), out, headerLength);
+    } finally {
+      nonce.fill(0);
+    }
     const mask = this.#mask.mask(out.subarray(headerLength));
     const at = unifiedHeaderSeqOffset(cid);
     out[at] = (out[at] as number) ^ (mask[0] as number);
@@ -151,8 +153,9 @@ export class WriteEpoch {
   }
 
   destroy(): void {
-    this.#sealer.destroy();
+    this.#seal.destroy();
     this.#mask.destroy();
+    zeroize(this.#iv);
   }
 }
 
@@ -186,24 +189,30 @@ export function reconstructSequence(expected: number, low: number, bits: 8 | 16)
 }
 
 export class ReadEpoch {
-  readonly #opener: Opener;
+  readonly #open: AeadOpenContext;
   readonly #iv: Uint8Array;
   readonly #mask: RecordNumberMask;
   readonly window = new ReplayWindow();
   readonly #integrityLimit: number;
   #failures = 0;
 
+  /** The keys are copied into the epoch's contexts; the caller wipes `keys`. */
   constructor(
-    private readonly provider: CryptoProvider,
+    provider: CryptoProvider,
     readonly suite: DtlsCipherSuite,
     readonly epoch: number,
     keys: TrafficKeys,
     limits: EpochLimits = limitsFor(suite),
   ) {
-    this.#opener = new Opener(provider, suite.aead, keys.key);
+    this.#open = aeadOpenContext(provider, suite.aead, keys.key);
     this.#iv = Uint8Array.from(keys.iv);
-    this.#mask = new RecordNumberMask(provider, suite, Uint8Array.from(keys.snKey));
+    this.#mask = new RecordNumberMask(provider, suite, keys.snKey);
     this.#integrityLimit = limits.integrity;
+  }
+
+  /** Which implementation deprotects this epoch's records. */
+  get backend(): KeyedBackend {
+    return this.#open.backend;
   }
 
   /** Records that failed authentication under this key (RFC 9147 §4.5.3). */
@@ -235,11 +244,13 @@ export class ReadEpoch {
     }
     const seq = reconstructSequence(this.window.highest + 1, low, rec.seqLength === 2 ? 16 : 8);
     if (seq < 0 || seq > MAX_SEQUENCE) return { ok: false, reason: 'bad-sequence' };
-    let inner: Uint8Array;
+    // A fresh buffer per record: the content is handed to the application as it is.
+    const inner = allocUninit(rec.encrypted.length - this.suite.tagLength);
     const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
     try {
-      inner = this.#opener.open(nonce, rec.encrypted, header);
-    } catch {
+      this.#open.openInto(nonce, rec.encrypted, header, inner, 0);
+    } catch (e) {
+      if (!(e instanceof CryptoError)) throw e;
       this.#failures++;
       return { ok: false, reason: 'auth-failed' };
     } finally {
@@ -258,7 +269,7 @@ export class ReadEpoch {
   }
 
   destroy(): void {
-    this.#opener.destroy();
+    this.#open.destroy();
     this.#mask.destroy();
     zeroize(this.#iv);
   }

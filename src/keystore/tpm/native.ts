@@ -8,7 +8,7 @@
  * FAPI allocates are copied into memory we own and released with `Fapi_Free`; secret outputs are
  * overwritten in place first.
  *
- * FFI lives only here (STYLE.md rule 9): nothing else in the project imports koffi.
+ * FFI lives only in backend folders (STYLE.md rule 9): here and src/crypto/libcrypto/.
  */
 import { TpmKeyStoreError } from './errors.ts';
 

@@ -1,0 +1,143 @@
+/**
+ * OpenSSL's libcrypto (`libcrypto.so.3`, Debian package libssl3) through koffi: the handful of EVP
+ * cipher calls the keyed AEAD and record-mask contexts need, bound synchronously on first use.
+ *
+ * The library is opened with RTLD_DEEPBIND. Node's own binary exports the symbols of the OpenSSL it
+ * is built with; without deep binding, libcrypto.so.3's internal calls would resolve to Node's copy
+ * (LD_DEBUG=bindings showed 3,239 such bindings on Node 20), mixing two libraries' global state in
+ * one context. With it, every call libcrypto makes stays inside libcrypto.
+ *
+ * Byte arguments are passed as typed arrays: koffi hands C a pointer into the array's own memory
+ * (no copy, byte offset honoured), so key bytes never pass through a koffi scratch buffer.
+ * A zero-length array arrives as NULL.
+ *
+ * FFI lives only here (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
+ */
+import { createRequire } from 'node:module';
+
+type Koffi = typeof import('koffi').default;
+type LibraryHandle = ReturnType<Koffi['load']>;
+type NativeFunction = ReturnType<LibraryHandle['func']>;
+
+/** An opaque C pointer as koffi hands it out (EVP_CIPHER_CTX *, const EVP_CIPHER *). */
+export type CPointer = object;
+
+export const DEFAULT_LIBCRYPTO = 'libcrypto.so.3';
+/** `off` disables the libcrypto contexts (node:crypto is used); any other value names the library. */
+export const LIBCRYPTO_ENV = 'VITALSEAL_LIBCRYPTO';
+
+/** EVP_CIPHER_CTX_ctrl codes (openssl/evp.h). */
+export const EVP_CTRL_AEAD_SET_IVLEN = 0x9;
+export const EVP_CTRL_AEAD_GET_TAG = 0x10;
+export const EVP_CTRL_AEAD_SET_TAG = 0x11;
+
+export type LibcryptoCipher = 'aes-128-gcm' | 'aes-256-gcm' | 'aes-128-ccm' | 'chacha20-poly1305' | 'aes-128-ecb' | 'aes-256-ecb' | 'chacha20';
+
+export interface LibcryptoBindings {
+  readonly library: string;
+  /** OpenSSL_version(OPENSSL_VERSION), e.g. "OpenSSL 3.0.19 27 Jan 2026". */
+  readonly version: string;
+  cipher(name: LibcryptoCipher): CPointer;
+  ctxNew(): CPointer | null;
+  /** EVP_CIPHER_CTX_free: resets the context, which cleanses the key schedule, then frees it. */
+  ctxFree(ctx: CPointer): void;
+  init(ctx: CPointer, cipher: CPointer | null, key: Uint8Array | null, iv: Uint8Array | null, enc: 0 | 1): number;
+  /** EVP_CipherUpdate; `outLength[0]` receives the bytes written. */
+  update(ctx: CPointer, out: Uint8Array | null, outLength: Int32Array, input: Uint8Array | null, inputLength: number): number;
+  final(ctx: CPointer, out: Uint8Array, outLength: Int32Array): number;
+  ctrl(ctx: CPointer, type: number, arg: number, ptr: Uint8Array | null): number;
+  setPadding(ctx: CPointer, pad: 0 | 1): number;
+}
+
+let loaded: { readonly name: string; readonly bindings?: LibcryptoBindings; readonly reason?: string } | undefined;
+
+/**
+ * Binds libcrypto once per process. Returns the bindings, or a one-line reason why they are not
+ * available (koffi missing, library missing, OpenSSL older than 3.0, disabled by
+ * VITALSEAL_LIBCRYPTO=off). Never throws.
+ */
+export function loadLibcrypto(): { readonly bindings?: LibcryptoBindings; readonly reason?: string } {
+  const name = process.env[LIBCRYPTO_ENV] ?? DEFAULT_LIBCRYPTO;
+  if (loaded !== undefined && loaded.name === name) return loaded;
+  loaded = { name, ...bind(name) };
+  return loaded;
+}
+
+function bind(name: string): { bindings?: LibcryptoBindings; reason?: string } {
+  if (name === 'off') return { reason: `disabled by ${LIBCRYPTO_ENV}=off` };
+  let k: Koffi;
+  try {
+    k = createRequire(import.meta.url)('koffi') as Koffi;
+  } catch (e) {
+    return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
+  }
+  let lib: LibraryHandle;
+  try {
+    lib = k.load(name, { deep: true });
+  } catch (e) {
+    return { reason: `cannot load ${name} (${oneLine(e)}); install the Debian package libssl3` };
+  }
+  try {
+    return { bindings: makeBindings(k, lib, name) };
+  } catch (e) {
+    return { reason: `${name} lacks a needed EVP function or is older than OpenSSL 3.0 (${oneLine(e)})` };
+  }
+}
+
+function oneLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+}
+
+let typesDefined = false;
+
+function makeBindings(k: Koffi, lib: LibraryHandle, library: string): LibcryptoBindings {
+  if (!typesDefined) {
+    k.opaque('EVP_CIPHER_CTX');
+    k.opaque('EVP_CIPHER');
+    typesDefined = true;
+  }
+  const f = (decl: string): NativeFunction => lib.func(decl);
+  const OpenSSL_version_num = f('unsigned long OpenSSL_version_num()');
+  const OpenSSL_version = f('const char *OpenSSL_version(int type)');
+  const num = Number(OpenSSL_version_num());
+  // OPENSSL_VERSION_NUMBER is 0xMNN00PP0L from 3.0 on.
+  if (!(num >= 0x30000000)) throw new Error(`OpenSSL_version_num() = 0x${num.toString(16)}`);
+  const ciphers: Record<LibcryptoCipher, NativeFunction> = {
+    'aes-128-gcm': f('const EVP_CIPHER *EVP_aes_128_gcm()'),
+    'aes-256-gcm': f('const EVP_CIPHER *EVP_aes_256_gcm()'),
+    'aes-128-ccm': f('const EVP_CIPHER *EVP_aes_128_ccm()'),
+    'chacha20-poly1305': f('const EVP_CIPHER *EVP_chacha20_poly1305()'),
+    'aes-128-ecb': f('const EVP_CIPHER *EVP_aes_128_ecb()'),
+    'aes-256-ecb': f('const EVP_CIPHER *EVP_aes_256_ecb()'),
+    chacha20: f('const EVP_CIPHER *EVP_chacha20()'),
+  };
+  const ctxNew = f('EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()');
+  const ctxFree = f('void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)');
+  const init = f('int EVP_CipherInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *type, void *impl, const void *key, const void *iv, int enc)');
+  const update = f('int EVP_CipherUpdate(EVP_CIPHER_CTX *ctx, void *out, void *outl, const void *in, int inl)');
+  const final = f('int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, void *out, void *outl)');
+  const ctrl = f('int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)');
+  const setPadding = f('int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX *ctx, int pad)');
+  const version = String(OpenSSL_version(0));
+  const cipherCache = new Map<LibcryptoCipher, CPointer>();
+  return Object.freeze({
+    library,
+    version,
+    cipher(name: LibcryptoCipher): CPointer {
+      let c = cipherCache.get(name);
+      if (c === undefined) {
+        c = ciphers[name]() as CPointer | null ?? undefined;
+        if (c === undefined) throw new Error(`${library} has no ${name}`);
+        cipherCache.set(name, c);
+      }
+      return c;
+    },
+    ctxNew: () => ctxNew() as CPointer | null,
+    ctxFree: (ctx: CPointer) => void ctxFree(ctx),
+    init: (ctx, cipher, key, iv, enc) => init(ctx, cipher, null, key, iv, enc) as number,
+    update: (ctx, out, outLength, input, inputLength) => update(ctx, out, outLength, input, inputLength) as number,
+    final: (ctx, out, outLength) => final(ctx, out, outLength) as number,
+    ctrl: (ctx, type, arg, ptr) => ctrl(ctx, type, arg, ptr) as number,
+    setPadding: (ctx, pad) => setPadding(ctx, pad) as number,
+  } satisfies LibcryptoBindings);
+}
