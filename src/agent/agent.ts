@@ -70,7 +70,8 @@ export interface AgentStatus {
   readonly device: string;
   readonly state: 'created' | 'running' | 'stopping' | 'stopped';
   readonly startedAt: string | null;
-  readonly selfTest: { readonly passed: readonly string[]; readonly durationMs: number };
+  /** `keyedContexts`: what the DTLS record layer's AEAD contexts run on ("libcrypto ..." or "node: <why>"). */
+  readonly selfTest: { readonly passed: readonly string[]; readonly durationMs: number; readonly keyedContexts: string };
   readonly queue: {
     readonly depth: number; readonly bytes: number; readonly capacityBytes: number; readonly nearlyFull: boolean;
     readonly dropped: number; readonly ackedThrough: number; readonly nextSeq: number; readonly movedAside: number;
@@ -265,7 +266,13 @@ export class Agent extends EventEmitter<AgentEvents> {
       device: this.config.device.id,
       state: this.#state,
       startedAt: iso(this.#startedAt),
-      selfTest: { passed: this.selfTest.results.map((r) => `${r.primitive} (${r.provider})`), durationMs: Math.round(this.selfTest.durationMs * 10) / 10 },
+      selfTest: {
+        passed: this.selfTest.results.map((r) => `${r.primitive} (${r.provider})`),
+        durationMs: Math.round(this.selfTest.durationMs * 10) / 10,
+        keyedContexts: this.selfTest.keyedContexts.backend === 'libcrypto'
+          ? `libcrypto ${this.selfTest.keyedContexts.library ?? ''}`
+          : `node: ${this.selfTest.keyedContexts.reason ?? ''}`,
+      },
       queue: {
         depth: q.depth, bytes: q.bytes, capacityBytes: q.capacityBytes, nearlyFull: q.nearlyFull, dropped: q.dropped,
         ackedThrough: q.ackedThrough, nextSeq: q.nextSeq, movedAside: this.#rejected.count,

@@ -11,7 +11,9 @@
  * #1 (AES-128-CCM, 8-byte tag), Wycheproof aes_ccm_test.json tcId 267 (AES-128-CCM, 16-byte tag),
  * the GCM specification (McGrew & Viega) test cases 4 and 16 (AES-128/256-GCM), RFC 7748 §6.1
  * (X25519), RFC 5869 A.1 (HKDF-SHA256), FIPS 180-2 Appendix B.1 (SHA-256) and RFC 6979 A.2.5
- * (ECDSA P-256 with SHA-256). The same values are in test/vectors/ with their sources, and a test
+ * (ECDSA P-256 with SHA-256), and RFC 9001 A.2/A.5 for the record-number masks. When the keyed
+ * contexts run on libcrypto (src/crypto/keyed.ts), the AEAD and mask KATs run through them as well.
+ * The same values are in test/vectors/ with their sources, and a test
  * checks that the two copies agree.
  *
  * @example
@@ -22,6 +24,8 @@ import { createPublicKey, generateKeyPairSync, sign as nodeSign, verify as nodeV
 import { equalBytes, fromHex, utf8, zeroize } from '../util/bytes.ts';
 import { CryptoError } from '../util/errors.ts';
 import { hkdf } from './hkdf.ts';
+import { aeadOpenContext, aeadSealContext, keyedContextStatus, recordMaskContext, type KeyedContextStatus, type MaskKind } from './keyed.ts';
+import { nodeProvider } from './node.ts';
 import type { CryptoProvider } from './provider.ts';
 import { providerForAead } from './registry.ts';
 import { AEAD_IDS, type AeadId } from './suites.ts';
@@ -75,7 +79,7 @@ export const nodeEcdsaP256: EcdsaP256 = Object.freeze({
 });
 
 /** Which primitive a result is about; also what `SelfTestFailure.primitive` names. */
-export type SelfTestPrimitive = `aead:${AeadId}` | 'x25519' | 'hkdf-sha256' | 'sha256' | 'ecdsa-p256-verify' | 'ecdsa-p256-sign-verify';
+export type SelfTestPrimitive = `aead:${AeadId}` | `record-mask:${MaskKind}` | 'x25519' | 'hkdf-sha256' | 'sha256' | 'ecdsa-p256-verify' | 'ecdsa-p256-sign-verify';
 
 export interface SelfTestResult {
   readonly primitive: SelfTestPrimitive;
@@ -84,6 +88,8 @@ export interface SelfTestResult {
 
 export interface SelfTestReport {
   readonly results: readonly SelfTestResult[];
+  /** Which implementation keyed AEAD contexts (the DTLS record layer) use, and why. */
+  readonly keyedContexts: KeyedContextStatus;
   readonly durationMs: number;
 }
 
@@ -194,8 +200,15 @@ const ECDSA_KAT = {
   signature: 'efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716' + 'f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8',
 };
 
+// RFC 9001 Appendix A.2 (AES-128-ECB, client Initial) and A.5 (ChaCha20): header-protection
+// masks, the construction RFC 9147 §4.2.3 uses for DTLS record numbers.
+const MASK_KATS: Readonly<Record<MaskKind, { source: string; key: string; sample: string; mask: string }>> = {
+  'aes-ecb': { source: 'RFC 9001 A.2', key: '9f50449e04a0e810283a1e9933adedd2', sample: 'd1b1c98dd7689fb8ec11d242b123dc9b', mask: '437b9aec36' },
+  chacha20: { source: 'RFC 9001 A.5', key: '25a282b9e82f06f21f488917a4fc8f1b73573685608597d0efcb076b0ab7a7a4', sample: '5e5cd55c41f69080575d7999c25a5bfb', mask: 'aefefe7d03' },
+};
+
 /** The embedded vectors, for the test that checks them against test/vectors/. */
-export const SELF_TEST_VECTORS = Object.freeze({ aead: AEAD_KATS, x25519: X25519_KAT, hkdf: HKDF_KAT, sha256: SHA256_KAT, ecdsa: ECDSA_KAT });
+export const SELF_TEST_VECTORS = Object.freeze({ aead: AEAD_KATS, mask: MASK_KATS, x25519: X25519_KAT, hkdf: HKDF_KAT, sha256: SHA256_KAT, ecdsa: ECDSA_KAT });
 
 function flip(b: Uint8Array, index = 0): Uint8Array {
   const c = Uint8Array.from(b);
@@ -243,6 +256,71 @@ function aeadKat(p: CryptoProvider, id: AeadId): void {
     expect(primitive, p.name, 'a flipped tag bit was not refused', () => refuses(() => p.aeadOpen(id, key, nonce, flip(sealed, sealed.length - 1), aad)));
   } finally {
     zeroize(key);
+  }
+}
+
+/**
+ * The keyed contexts on libcrypto (src/crypto/libcrypto/) are a second implementation of every
+ * AEAD, outside node:crypto: the same KATs run through them, twice on one context (a reused
+ * context must give the same answer with a fresh IV each time).
+ */
+function libcryptoAeadKat(id: AeadId): void {
+  const primitive: SelfTestPrimitive = `aead:${id}`;
+  const v = AEAD_KATS[id];
+  const key = fromHex(v.key);
+  const nonce = fromHex(v.nonce);
+  const aad = fromHex(v.aad);
+  const sealed = fromHex(v.sealed);
+  const plaintext = fromHex(v.plaintext);
+  const opts = { nonceLength: nonce.length, implementation: 'libcrypto' as const };
+  let tx, rx;
+  try {
+    tx = aeadSealContext(nodeProvider, id, key, opts);
+    rx = aeadOpenContext(nodeProvider, id, key, opts);
+  } catch (cause) {
+    throw new SelfTestFailure(primitive, 'libcrypto', 'context set-up failed', { cause });
+  } finally {
+    zeroize(key);
+  }
+  const seal = tx;
+  const open = rx;
+  try {
+    for (let round = 0; round < 2; round++) {
+      expect(primitive, 'libcrypto', `keyed seal does not match ${v.source}`, () => {
+        const out = new Uint8Array(sealed.length);
+        seal.sealInto(nonce, plaintext, aad, out, 0);
+        return equalBytes(out, sealed);
+      });
+      expect(primitive, 'libcrypto', `keyed open does not match ${v.source}`, () => {
+        const out = new Uint8Array(plaintext.length);
+        return open.openInto(nonce, sealed, aad, out, 0) === plaintext.length && equalBytes(out, plaintext);
+      });
+      expect(primitive, 'libcrypto', 'a flipped tag bit was not refused', () =>
+        refuses(() => open.openInto(nonce, flip(sealed, sealed.length - 1), aad, new Uint8Array(plaintext.length), 0)));
+    }
+  } finally {
+    seal.destroy();
+    open.destroy();
+  }
+}
+
+function libcryptoMaskKat(kind: MaskKind): void {
+  const v = MASK_KATS[kind];
+  const key = fromHex(v.key);
+  let ctx;
+  try {
+    ctx = recordMaskContext(nodeProvider, kind, key, { implementation: 'libcrypto' });
+  } catch (cause) {
+    throw new SelfTestFailure(`record-mask:${kind}`, 'libcrypto', 'context set-up failed', { cause });
+  } finally {
+    zeroize(key);
+  }
+  const mask = ctx;
+  try {
+    expect(`record-mask:${kind}`, 'libcrypto', `mask does not match ${v.source}`, () =>
+      equalBytes(mask.mask(fromHex(v.sample)).subarray(0, 5), fromHex(v.mask)) && equalBytes(mask.mask(fromHex(v.sample)).subarray(0, 5), fromHex(v.mask)));
+  } finally {
+    mask.destroy();
   }
 }
 
@@ -307,6 +385,20 @@ export function runSelfTest(opts: SelfTestOptions = {}): SelfTestReport {
     results.push({ primitive: `aead:${id}`, provider: p.name });
     seen.add(p);
   }
+  // The record layer's keyed contexts use libcrypto when it loaded (and node:crypto otherwise,
+  // which the KATs above cover): test that path too before any key is used with it.
+  const keyedContexts = keyedContextStatus();
+  const nodeInUse = [...seen].some((p) => p.name === 'node') || (opts.provider === undefined && aeads.length === 0);
+  if (keyedContexts.backend === 'libcrypto' && nodeInUse) {
+    for (const id of aeads) {
+      libcryptoAeadKat(id);
+      results.push({ primitive: `aead:${id}`, provider: 'libcrypto' });
+    }
+    for (const kind of ['aes-ecb', 'chacha20'] as const) {
+      libcryptoMaskKat(kind);
+      results.push({ primitive: `record-mask:${kind}`, provider: 'libcrypto' });
+    }
+  }
   if (seen.size === 0) seen.add(opts.provider ?? providerForAead('chacha20-poly1305'));
   for (const p of seen) {
     sha256Kat(p);
@@ -321,5 +413,5 @@ export function runSelfTest(opts: SelfTestOptions = {}): SelfTestReport {
     ecdsaKat(ecdsa);
     results.push({ primitive: 'ecdsa-p256-verify', provider: ecdsa.name }, { primitive: 'ecdsa-p256-sign-verify', provider: ecdsa.name });
   }
-  return { results, durationMs: performance.now() - started };
+  return { results, keyedContexts, durationMs: performance.now() - started };
 }

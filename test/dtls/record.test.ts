@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { getProvider } from '../../src/crypto/index.ts';
+import { LIBCRYPTO_ENV } from '../../src/crypto/libcrypto/native.ts';
 import { HandshakeReassembler } from '../../src/dtls/connection/reassembly.ts';
 import { KeySchedule } from '../../src/dtls/handshake/key-schedule.ts';
 import { ContentType } from '../../src/dtls/messages/constants.ts';
@@ -98,6 +99,40 @@ for (const name of CIPHER_SUITE_NAMES) {
         assert.equal(opened.record.contentType, ContentType.applicationData);
         assert.equal(toHex(opened.record.content), toHex(data));
       }
+    });
+
+    it('records sealed on libcrypto open on node:crypto per record and the other way round; every nonce differs', () => {
+      // The keyed contexts are chosen when an epoch is created: with VITALSEAL_LIBCRYPTO=off it gets node:crypto.
+      const perCall = <T>(fn: () => T): T => {
+        const before = process.env[LIBCRYPTO_ENV];
+        process.env[LIBCRYPTO_ENV] = 'off';
+        try {
+          return fn();
+        } finally {
+          if (before === undefined) delete process.env[LIBCRYPTO_ENV];
+          else process.env[LIBCRYPTO_ENV] = before;
+        }
+      };
+      const fast = { tx: new WriteEpoch(p, suite, 3, keys), rx: new ReadEpoch(p, suite, 3, keys) };
+      const ref = perCall(() => ({ tx: new WriteEpoch(p, suite, 3, keys), rx: new ReadEpoch(p, suite, 3, keys) }));
+      assert.equal(fast.tx.backend, 'libcrypto');
+      assert.equal(ref.tx.backend, 'node');
+      const bodies = new Set<string>();
+      for (let i = 0; i < 40; i++) {
+        const data = new Uint8Array(i === 0 ? 0 : 1024).fill(0x42);
+        const a = fast.tx.protect(ContentType.applicationData, data, undefined);
+        const b = ref.tx.protect(ContentType.applicationData, data, undefined);
+        assert.equal(toHex(a), toHex(b), `record ${i}: both implementations give the same bytes`);
+        const ra = ref.rx.unprotect(one(a));
+        const rb = fast.rx.unprotect(one(b));
+        assert.ok(ra.ok && rb.ok);
+        assert.equal(toHex(ra.record.content), toHex(data));
+        assert.equal(toHex(rb.record.content), toHex(data));
+        // The same plaintext under a fresh nonce never gives the same ciphertext (RFC 9147 §4.2.3).
+        if (i > 0) bodies.add(toHex(a.subarray(5)));
+      }
+      assert.equal(bodies.size, 39);
+      for (const e of [fast.tx, fast.rx, ref.tx, ref.rx]) e.destroy();
     });
 
     it('short records are padded to a 16-byte ciphertext (CCM_8) and the padding removed', () => {

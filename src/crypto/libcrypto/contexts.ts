@@ -69,7 +69,8 @@ abstract class LibcryptoAead {
   ) {
     this.ccm = CIPHER[suite.id] === 'aes-128-ccm';
     this.#ctx = keyedContext(lib, CIPHER[suite.id], key, enc, (ctx) =>
-      (nonceLength === 12 || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, nonceLength, null) === 1) &&
+      // CCM's default nonce is 7 bytes (L = 8): its length is always set (RFC 3610 §2: L = 15 - nonce length).
+      ((nonceLength === 12 && !this.ccm) || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, nonceLength, null) === 1) &&
       // RFC 3610 §2: CCM's tag length M is a parameter of the context.
       (!this.ccm || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, suite.tagLength, null) === 1));
     backstop.register(this, { lib, ctx: this.#ctx }, this);
