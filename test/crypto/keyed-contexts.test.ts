@@ -4,6 +4,7 @@
  * after destroy().
  */
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { getProvider, type AeadId } from '../../src/crypto/index.ts';
@@ -52,10 +53,13 @@ function open(impl: Impl, id: AeadId, key: Uint8Array, nonce: Uint8Array, sealed
   }
 }
 
-it('libcrypto.so.3 is loaded on this machine (Debian libssl3), through RTLD_DEEPBIND', () => {
+it('libcrypto.so.3 is loaded on this machine (Debian libssl3), and koffi keeps the async stack the TPM store needs', () => {
   const s = keyedContextStatus();
   assert.equal(s.backend, 'libcrypto', s.reason);
   assert.match(s.library ?? '', /^libcrypto\.so\.3 \(OpenSSL 3\./);
+  // Loading libcrypto first froze koffi's process-wide settings: FAPI's 1 MiB async stack must be in them.
+  const koffi = createRequire(import.meta.url)('koffi') as { config(): { async_stack_size: number } };
+  assert.equal(koffi.config().async_stack_size, 1 << 20);
 });
 
 for (const impl of IMPLEMENTATIONS) {

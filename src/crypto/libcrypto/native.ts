@@ -71,6 +71,14 @@ function bind(name: string): { bindings?: LibcryptoBindings; reason?: string } {
   } catch (e) {
     return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
   }
+  // koffi's settings are process-wide and frozen by the first library load, whoever loads it. The
+  // TPM store's FAPI calls run on koffi's async stack and need 1 MiB (src/keystore/tpm/native.ts):
+  // set the same values here in case libcrypto is loaded first (our calls are synchronous).
+  try {
+    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
+  } catch {
+    // a library is already loaded: the settings are fixed
+  }
   let lib: LibraryHandle;
   try {
     lib = k.load(name, { deep: true });
