@@ -12,6 +12,7 @@ import { certificateVerifyContent, verifyCertificateVerify } from '../../src/dtl
 import { SignatureSchemeId } from '../../src/dtls/messages/constants.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
 import { DtlsServerEndpoint } from '../../src/dtls/server-endpoint.ts';
+import { libcryptoContextsLive } from '../../src/crypto/libcrypto/contexts.ts';
 import { utf8 } from '../../src/util/bytes.ts';
 import { VitalsealError } from '../../src/util/errors.ts';
 import { Pair } from './support/pair.ts';
@@ -64,6 +65,30 @@ describe('AEAD limits at the connection (RFC 9147 §4.5.3)', () => {
     assert.ok(failed?.type === 'failed');
     assert.equal(failed.error.code, 'aead-integrity-limit');
     assert.equal(session.connection.stats.dropped['auth-failed'], 6);
+  });
+});
+
+describe('record keys live in keyed contexts for exactly as long as their epoch', () => {
+  it('libcrypto contexts are freed when an epoch retires after a KeyUpdate and when the connection ends', async () => {
+    const before = libcryptoContextsLive();
+    const pair = await connected(client({ aeadLimits: { confidentiality: 32 } }), server());
+    const afterHandshake = libcryptoContextsLive() - before;
+    let peak = 0;
+    for (let i = 0; i < 200; i++) {
+      pair.fromClient(await pair.client.send(utf8(`reading ${i}`), pair.now));
+      await pair.run(() => false, pair.now + 10);
+      peak = Math.max(peak, libcryptoContextsLive() - before);
+    }
+    const updates = pair.clientEvents.filter((e) => e.type === 'keys-updated').length;
+    assert.ok(updates >= 5, `${updates} key updates`);
+    // Two contexts per epoch and direction (AEAD and record-number mask); with an old epoch kept only
+    // until the new one is in use, KeyUpdates do not add up: at most one extra epoch per direction and side.
+    assert.ok(peak <= afterHandshake + 8, `peak ${peak} contexts, ${afterHandshake} after the handshake, ${updates} updates`);
+    pair.fromClient(await pair.client.close(pair.now));
+    await pair.run(() => pair.serverSession()?.connection.status === 'closed', pair.now + 1000);
+    const session = pair.serverSession();
+    if (session !== undefined && session.connection.status !== 'closed') await session.connection.close(pair.now);
+    assert.equal(libcryptoContextsLive(), before, 'every context freed after close');
   });
 });
 
