@@ -66,36 +66,26 @@ function keyedContext(lib: LibcryptoBindings, cipher: LibcryptoCipher, key: Uint
   return ctx;
 }
 
-abstract class LibcryptoAead {
+/**
+ * Owns one EVP_CIPHER_CTX: counted while alive, freed once by `destroy()` (or, as a backstop, when
+ * the owner is collected without it).
+ */
+abstract class OwnedContext {
   #ctx: CPointer | undefined;
-  protected readonly ccm: boolean;
   constructor(
     protected readonly lib: LibcryptoBindings,
-    protected readonly suite: AeadSuite,
-    key: Uint8Array,
-    readonly nonceLength: number,
-    enc: 0 | 1,
+    ctx: CPointer,
   ) {
-    this.ccm = CIPHER[suite.id] === 'aes-128-ccm';
-    this.#ctx = keyedContext(lib, CIPHER[suite.id], key, enc, (ctx) =>
-      // CCM's default nonce is 7 bytes (L = 8): its length is always set (RFC 3610 §2: L = 15 - nonce length).
-      ((nonceLength === 12 && !this.ccm) || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, nonceLength, null) === 1) &&
-      // RFC 3610 §2: CCM's tag length M is a parameter of the context.
-      (!this.ccm || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, suite.tagLength, null) === 1));
+    this.#ctx = ctx;
     live++;
-    backstop.register(this, { lib, ctx: this.#ctx }, this);
-  }
-  get aead(): AeadId {
-    return this.suite.id;
+    backstop.register(this, { lib, ctx }, this);
   }
   get backend(): KeyedBackend {
     return 'libcrypto';
   }
-  get tagLength(): number {
-    return this.suite.tagLength;
-  }
-  protected live(): CPointer {
-    if (this.#ctx === undefined) throw destroyedError(this.suite.id);
+  /** The context, or ApiMisuse('aead-destroyed') naming `what`. */
+  protected ctx(what: string): CPointer {
+    if (this.#ctx === undefined) throw destroyedError(what);
     return this.#ctx;
   }
   destroy(): void {
@@ -104,6 +94,34 @@ abstract class LibcryptoAead {
     live--;
     this.lib.ctxFree(this.#ctx);
     this.#ctx = undefined;
+  }
+}
+
+abstract class LibcryptoAead extends OwnedContext {
+  protected readonly ccm: boolean;
+  constructor(
+    lib: LibcryptoBindings,
+    protected readonly suite: AeadSuite,
+    key: Uint8Array,
+    readonly nonceLength: number,
+    enc: 0 | 1,
+  ) {
+    const ccm = CIPHER[suite.id] === 'aes-128-ccm';
+    super(lib, keyedContext(lib, CIPHER[suite.id], key, enc, (ctx) =>
+      // CCM's default nonce is 7 bytes (L = 8): its length is always set (RFC 3610 §2: L = 15 - nonce length).
+      ((nonceLength === 12 && !ccm) || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, nonceLength, null) === 1) &&
+      // RFC 3610 §2: CCM's tag length M is a parameter of the context.
+      (!ccm || lib.ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, suite.tagLength, null) === 1)));
+    this.ccm = ccm;
+  }
+  get aead(): AeadId {
+    return this.suite.id;
+  }
+  get tagLength(): number {
+    return this.suite.tagLength;
+  }
+  protected live(): CPointer {
+    return this.ctx(this.suite.id);
   }
 }
 
@@ -163,26 +181,19 @@ export class LibcryptoOpen extends LibcryptoAead implements AeadOpenContext {
 }
 
 /** RFC 9147 §4.2.3 record-number mask with one keyed context per epoch. */
-export class LibcryptoMask implements RecordMaskContext {
-  #ctx: CPointer | undefined;
+export class LibcryptoMask extends OwnedContext implements RecordMaskContext {
   readonly #out = new Uint8Array(16);
   readonly #zeros = new Uint8Array(16);
   constructor(
-    private readonly lib: LibcryptoBindings,
+    lib: LibcryptoBindings,
     readonly kind: MaskKind,
     key: Uint8Array,
   ) {
     const cipher: LibcryptoCipher = kind === 'chacha20' ? 'chacha20' : key.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb';
-    this.#ctx = keyedContext(lib, cipher, key, 1, (ctx) => kind === 'chacha20' || lib.setPadding(ctx, 0) === 1);
-    live++;
-    backstop.register(this, { lib, ctx: this.#ctx }, this);
-  }
-  get backend(): KeyedBackend {
-    return 'libcrypto';
+    super(lib, keyedContext(lib, cipher, key, 1, (ctx) => kind === 'chacha20' || lib.setPadding(ctx, 0) === 1));
   }
   mask(sample: Uint8Array): Uint8Array {
-    const ctx = this.#ctx;
-    if (ctx === undefined) throw destroyedError(`${this.kind} mask`);
+    const ctx = this.ctx(`${this.kind} mask`);
     if (!(sample instanceof Uint8Array) || sample.length !== 16) throw new RangeError('mask sample: expected 16 bytes');
     const lib = this.lib;
     const ok = this.kind === 'aes-ecb'
@@ -193,12 +204,8 @@ export class LibcryptoMask implements RecordMaskContext {
     if (!ok || OUT_LENGTH[0] !== 16) throw failed(`${this.kind} mask`);
     return this.#out;
   }
-  destroy(): void {
-    if (this.#ctx === undefined) return;
-    backstop.unregister(this);
-    live--;
-    this.lib.ctxFree(this.#ctx);
-    this.#ctx = undefined;
+  override destroy(): void {
+    super.destroy();
     this.#out.fill(0);
   }
 }
