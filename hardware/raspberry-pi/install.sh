@@ -4,8 +4,10 @@
 #
 #   sudo /opt/vitalseal/hardware/raspberry-pi/install.sh [--no-apt] [--no-start]
 #
-#   - Debian packages for the TPM: libtss2-fapi1, libtss2-tcti-device0, tpm2-tools, tpm2-openssl
-#     (--no-apt: only check)
+#   - Debian packages for the TPM: libtss2-fapi1, libtss2-tcti-device0, tpm2-tools, tpm2-openssl,
+#     tpm2-abrmd, libtss2-tcti-tabrmd0, dbus (--no-apt: only check)
+#   - tpm2-abrmd.service, enabled: the resource manager the agent reaches over the system bus
+#     (TCTI tabrmd:bus_type=system); MQTTS needs it, /dev/tpmrm0 gives a client too few TPM objects
 #   - the system user vitalseal in group tss      /usr/lib/sysusers.d/vitalseal.conf
 #   - udev rules for /dev/tpmrm0                 /etc/udev/rules.d/60-vitalseal-tpm.rules
 #   - the hardened unit, enabled                  /etc/systemd/system/vitalseal-agent.service
@@ -44,8 +46,11 @@ major=$("$node" -p 'process.versions.node.split(".")[0]')
 
 # The TPM libraries: FAPI (loaded by the key store), the device TCTI, tpm2-tools for checks, and
 # tpm2-openssl: MQTTS and certificate renewal sign their TLS handshakes in the TPM through it.
+# tpm2-abrmd is the resource manager in user space: during one TLS handshake tpm2-openssl holds
+# more TPM objects (the key, hash sequences, imported public keys) than the three the kernel's
+# /dev/tpmrm0 allows a client, which the TPM answers with TPM_RC_OBJECT_MEMORY.
 missing=""
-for pkg in libtss2-fapi1 libtss2-tcti-device0 tpm2-tools tpm2-openssl; do
+for pkg in libtss2-fapi1 libtss2-tcti-device0 tpm2-tools tpm2-openssl tpm2-abrmd libtss2-tcti-tabrmd0 dbus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -65,14 +70,17 @@ install -d -m 0750 -o root -g vitalseal /etc/vitalseal
 # The unit's StateDirectory= makes it at the first start; made now, `sudo -u vitalseal vitalseal
 # keys create ...` works before that (systemd adopts it as it is).
 install -d -m 0700 -o vitalseal -g vitalseal /var/lib/vitalseal
-systemctl enable vitalseal-agent.service
-say "installed: user vitalseal ($(id -Gn vitalseal | tr ' ' ',')), udev rules, vitalseal-agent.service (enabled)"
+systemctl enable tpm2-abrmd.service vitalseal-agent.service
+say "installed: user vitalseal ($(id -Gn vitalseal | tr ' ' ',')), udev rules, tpm2-abrmd.service and vitalseal-agent.service (enabled)"
 
 # In a running system (not a chroot) apply the rules and units now.
 if [ -d /run/systemd/system ] && [ "$(stat -c %d:%i /)" = "$(stat -c %d:%i /proc/1/root/. 2>/dev/null)" ]; then
   udevadm control --reload
   udevadm trigger --action=add --subsystem-match=tpm --subsystem-match=tpmrm
   systemctl daemon-reload
+  # D-Bus reads tpm2-abrmd's bus policy at start; a reload makes a freshly installed one count.
+  systemctl reload dbus.service 2>/dev/null || true
+  systemctl start tpm2-abrmd.service || say "tpm2-abrmd did not start (is there a TPM? journalctl -u tpm2-abrmd)"
   if [ "$start" = yes ] && [ -e /etc/vitalseal/agent.yaml ]; then
     systemctl restart vitalseal-agent.service
     say "vitalseal-agent restarted"
