@@ -123,6 +123,10 @@ describe('vitalseal-agent.service', () => {
     // PrivateDevices=yes would hide /dev/tpmrm0; DevicePolicy=closed does the job instead.
     assert.equal(service.get('PrivateDevices'), undefined);
     assert.deepEqual(unit.get('Requires'), ['dev-tpmrm0.device']);
+    // tpm2-abrmd (the TCTI the profile configures) is up first, but an agent on the device TCTI
+    // does not depend on it.
+    assert.ok(unit.get('Wants')?.includes('tpm2-abrmd.service'), String(unit.get('Wants')));
+    assert.ok(unit.get('After')?.includes('tpm2-abrmd.service'), String(unit.get('After')));
     assert.deepEqual(unit.get('ConditionPathExists'), ['/etc/vitalseal/agent.yaml']);
     assert.deepEqual(d.get('Install')?.get('WantedBy'), ['multi-user.target']);
   });

@@ -132,8 +132,30 @@ function errorFrom(w: WireError): Error {
  * came back: the provider's TPM context in the child is dead for good ("esapi: Function called in
  * the wrong order"), so that child must be replaced.
  */
+/**
+ * What to tell the operator when a handshake could not be signed in the TPM through `tcti`: the
+ * kernel's resource manager (/dev/tpmrm0) lets each client hold three TPM objects, and during one
+ * handshake tpm2-openssl holds more (the key, hash sequences, public keys it imports to verify),
+ * so the TPM answers TPM_RC_OBJECT_MEMORY. A user-space resource manager has no such limit.
+ *
+ * @example
+ *   tpmRmHint('device:/dev/tpmrm0') // '; TCTI device:/dev/tpmrm0: the kernel's resource manager ...'
+ *   tpmRmHint('tabrmd:bus_type=system') // ''
+ */
+export function tpmRmHint(tcti: string): string {
+  if (!tcti.startsWith('device:')) return '';
+  return `; TCTI ${tcti}: the kernel's resource manager gives a client three TPM objects, fewer than tpm2-openssl holds during a TLS handshake: run tpm2-abrmd and use TCTI tabrmd:bus_type=system (hardware/raspberry-pi/README.md)`;
+}
+
 export function isTpmKeyFailure(w: WireError): boolean {
   return w.code === 'ERR_SSL_CANNOT_LOAD_KEY' || /:tpm2::/.test(w.message);
+}
+
+/** What a tunnelled connection checks the broker against, and the TCTI for error hints. */
+interface TunnelChecks {
+  readonly trust: MqttsTrust;
+  readonly clock: Clock;
+  readonly tcti: string;
 }
 
 /** One tunnelled TLS connection: a Duplex over the child's socket with the same id. */
@@ -141,14 +163,14 @@ class TunnelSocket extends Duplex {
   readonly id: number;
   readonly #child: ChildLink;
   readonly #target: TlsTarget;
-  readonly #checks: { readonly trust: MqttsTrust; readonly clock: Clock };
+  readonly #checks: TunnelChecks;
   #phase: 'handshaking' | 'open' | 'closed' = 'handshaking';
   #held: { data: Buffer | null; cb: (e?: Error | null) => void }[] = [];
   readonly secured: Promise<TlsSessionInfo>;
   #resolve!: (info: TlsSessionInfo) => void;
   #reject!: (e: VitalsealError) => void;
 
-  constructor(id: number, child: ChildLink, target: TlsTarget, checks: { readonly trust: MqttsTrust; readonly clock: Clock }) {
+  constructor(id: number, child: ChildLink, target: TlsTarget, checks: TunnelChecks) {
     super({ allowHalfOpen: false });
     this.id = id;
     this.#child = child;
@@ -252,7 +274,7 @@ class TunnelSocket extends Duplex {
     this.#phase = 'closed';
     this.#child.forget(this.id);
     if (error !== undefined && isTpmKeyFailure(error)) {
-      this.destroy(new KeyStoreError('tpm-tls-unavailable', `${this.#where}: the TPM could not sign the TLS handshake with the device key (${error.message.trim()}); the next connection starts a new TLS process`, { cause: errorFrom(error) }));
+      this.destroy(new KeyStoreError('tpm-tls-unavailable', `${this.#where}: the TPM could not sign the TLS handshake with the device key (${error.message.trim()}); the next connection starts a new TLS process${tpmRmHint(this.#checks.tcti)}`, { cause: errorFrom(error) }));
     } else if (error !== undefined) {
       this.destroy(errorFrom(error));
     } else {
@@ -453,7 +475,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
       if (closed) throw new ApiMisuse('closed', 'the TLS connector is closed');
       if (link === undefined || !link.alive) link = start();
       const current = link;
-      const socket = new TunnelSocket(nextId++, current, target, { trust: opts.trust, clock });
+      const socket = new TunnelSocket(nextId++, current, target, { trust: opts.trust, clock, tcti });
       // mqtt.js gets the stream now; its writes are held until the child has started, connected
       // and the broker's chain has passed our checks.
       current.configured.then(
