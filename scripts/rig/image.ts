@@ -18,7 +18,7 @@
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
+  chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
   writeFileSync,
 } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
@@ -467,10 +467,20 @@ async function ensureRootfs(cache: string, base: { path: string; key: string }, 
 // ---------------------------------------------------------------------------------------------
 // The checkout disk
 
-/** The checkout's files as git sees them: tracked and untracked-but-not-ignored, that exist. */
+/**
+ * The checkout's files as git sees them: tracked and untracked-but-not-ignored regular files that
+ * exist (an untracked symlink, such as a node_modules linked in from elsewhere, is not a file to copy).
+ */
 function checkoutFiles(): string[] {
   const out = run('git', ['-C', REPO, 'ls-files', '-co', '--exclude-standard', '-z']);
-  return [...new Set(out.split('\0').filter((f) => f !== ''))].filter((f) => existsSync(join(REPO, f))).sort();
+  const isFile = (f: string) => {
+    try {
+      return lstatSync(join(REPO, f)).isFile();
+    } catch {
+      return false;
+    }
+  };
+  return [...new Set(out.split('\0').filter((f) => f !== ''))].filter(isFile).sort();
 }
 
 function ensureArmNodeModules(cache: string, log: (l: string) => void): { dir: string; key: string } {
