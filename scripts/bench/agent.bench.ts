@@ -5,12 +5,12 @@
  *    1 s batches, sealed, fsync per batch), delivering over each real transport on loopback: MQTTS
  *    to mosquitto (a shared-subscription consumer opens every message) and CoAPS to a CoAPS server
  *    (which opens every message), the device key in a software store. Resident memory (VmRSS) and
- *    CPU share of one core over a measured window, read from /proc. Two forms: the headline is the
- *    shipped bundle (`npm run build:agent`, scripts/lib/agent-bundle.ts) run by plain node exactly
- *    as the Raspberry Pi unit runs it (`node vitalseal-agent.mjs agent run --config FILE`, logging
- *    JSON lines at info); the other is `vitalseal agent run` from a checkout (TypeScript through
- *    tsx). Baseline in the same run: the same runtime idling (plain node; node with tsx
- *    registered). Budgets from issue 6: RSS ≤ 80 MB (76.3 MiB), CPU ≤ 5 %.
+ *    CPU share of one core over a measured window, read from /proc. Three forms: the headline is
+ *    the shipped bundle (`npm run build:agent`, scripts/lib/agent-bundle.ts) run exactly as the
+ *    Raspberry Pi unit runs it (`node <the unit's V8 flags> vitalseal-agent.mjs agent run --config
+ *    FILE`, logging JSON lines at info); then the same bundle on node without those flags, and
+ *    `vitalseal agent run` from a checkout (TypeScript through tsx). Baseline in the same run: the
+ *    same runtime idling (node with the same flags; node with tsx registered). Budgets from issue 6: RSS ≤ 80 MB (76.3 MiB), CPU ≤ 5 %.
  * 2. Queue append throughput with fsync per batch (the segment queue: framing, CRC-32C, index,
  *    datasync) against a plain append-only file write of the same bytes with a datasync after each,
  *    interleaved in the same run. Target: ≥ 0.5× the plain write.
@@ -50,6 +50,14 @@ function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
 
 /** A process that only keeps the runtime alive: the baseline. */
 const IDLE = "setInterval(() => undefined, 1000); process.on('SIGTERM', () => process.exit(0)); console.log('agent running');";
+
+/** The node options in hardware/raspberry-pi/vitalseal-agent.service's ExecStart (between node and the bundle). */
+function unitNodeFlags(): string[] {
+  const unit = readFileSync(join(root, 'hardware/raspberry-pi/vitalseal-agent.service'), 'utf8');
+  const exec = /^ExecStart=\/usr\/local\/bin\/node (.*?)\s*\/usr\/local\/lib\/vitalseal\/vitalseal-agent\.mjs /m.exec(unit);
+  if (exec === null) throw new Error('vitalseal-agent.service: ExecStart does not run /usr/local/lib/vitalseal/vitalseal-agent.mjs with /usr/local/bin/node');
+  return (exec[1] ?? '').split(/\s+/).filter((f) => f !== '');
+}
 
 /** The agent says this once its queue, uplink scheduler and endpoints are up. */
 const READY = '"msg":"agent running"';
@@ -193,10 +201,14 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
 
   const windowMs = ctx.quick ? 5000 : 30_000;
   const warmMs = ctx.quick ? 1000 : 5000;
-  // The headline: the artefact a device runs (same recipe as `npm run build:agent`), by plain node.
+  // The headline: the artefact a device runs (same recipe as `npm run build:agent`), by node with
+  // the V8 flags of the Raspberry Pi unit's ExecStart; then the same bundle without them, and the
+  // `vitalseal` command from a checkout (TypeScript through tsx).
   const bundle = await buildAgentBundle(join(root, 'node_modules/.cache/vitalseal-bench/agent-bundle'));
+  const flags = unitNodeFlags();
   const forms = [
-    { label: 'shipped bundle on node', agent: (config: string) => [bundle.entry, 'agent', 'run', '--config', config], idle: ['-e', IDLE] },
+    { label: `shipped bundle as the Pi unit runs it (node ${flags.join(' ')})`, agent: (config: string) => [...flags, bundle.entry, 'agent', 'run', '--config', config], idle: [...flags, '-e', IDLE] },
+    { label: 'shipped bundle, node without V8 flags', agent: (config: string) => [bundle.entry, 'agent', 'run', '--config', config], idle: ['-e', IDLE] },
     { label: 'vitalseal command from a checkout, node + tsx', agent: (config: string) => [VITALSEAL_BIN, 'agent', 'run', '--config', config],
       idle: ['--input-type=module', '-e', `import { register } from 'tsx/esm/api'; register(); ${IDLE}`] },
   ];

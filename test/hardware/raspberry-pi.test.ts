@@ -96,7 +96,7 @@ describe('vitalseal-agent.service', () => {
       assert.equal(v.length, 1, `${k}= given ${v.length} times`);
       return v[0] as string;
     };
-    assert.equal(one('ExecStart'), '/usr/local/bin/node /usr/local/lib/vitalseal/vitalseal-agent.mjs agent run --config /etc/vitalseal/agent.yaml');
+    assert.equal(one('ExecStart'), '/usr/local/bin/node --max-semi-space-size=1 --single-threaded /usr/local/lib/vitalseal/vitalseal-agent.mjs agent run --config /etc/vitalseal/agent.yaml');
     assert.equal(one('User'), 'vitalseal');
     assert.equal(one('Group'), 'vitalseal');
     assert.equal(one('SupplementaryGroups'), 'tss');
