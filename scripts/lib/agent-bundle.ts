@@ -10,9 +10,9 @@
  * entry files (the child is found relative to the chunk that starts it).
  *
  * npm packages stay external and load from the checkout's node_modules: the native ones must
- * (koffi, better-sqlite3, pkcs11js), and bundling the others saves no memory (measured: see
- * docs/agent.md, "Footprint"). The output therefore has to live inside the checkout (dist/agent/)
- * or beside a node_modules that has the dependencies.
+ * (koffi, better-sqlite3, pkcs11js), and the others (mqtt.js, pino: CommonJS) are used as they
+ * are published. The output therefore has to live inside the checkout (dist/agent/) or beside a
+ * node_modules that has the dependencies.
  *
  * @example
  *   const { entry } = await buildAgentBundle(join(REPO, 'dist', 'agent'));
