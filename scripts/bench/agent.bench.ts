@@ -48,8 +48,9 @@ function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
   return { rssKiB, cpuTicks: Number(fields[11]) + Number(fields[12]) };
 }
 
-/** A process that only keeps the runtime alive: the baseline. */
-const IDLE = "setInterval(() => undefined, 1000); process.on('SIGTERM', () => process.exit(0)); console.log('agent running');";
+/** A process that only keeps the runtime alive: the baseline. It prints IDLE_READY when up. */
+const IDLE_READY = 'idle runtime ready';
+const IDLE = `setInterval(() => undefined, 1000); process.on('SIGTERM', () => process.exit(0)); console.log('${IDLE_READY}');`;
 
 /** The node options in hardware/raspberry-pi/vitalseal-agent.service's ExecStart (between node and the bundle). */
 function unitNodeFlags(): string[] {
@@ -70,7 +71,7 @@ async function footprint(argv: string[], windowMs: number, warmMs: number): Prom
       let seen = '';
       child.stdout.on('data', (d: Buffer) => {
         if (seen.length < 65536) seen += d.toString();
-        if (seen.includes(READY) || seen.includes('agent running\n')) resolve();
+        if (seen.includes(READY) || seen.includes(IDLE_READY)) resolve();
       });
       child.once('exit', (c) => reject(new Error(`footprint child exited ${c}`)));
     });
