@@ -2,7 +2,7 @@
 # Installs the vitalseal agent's system integration on a Debian 12 / Raspberry Pi OS (Bookworm)
 # device, from a checkout whose dependencies are installed (npm ci --ignore-scripts):
 #
-#   sudo /opt/vitalseal/hardware/raspberry-pi/install.sh [--no-apt] [--no-start]
+#   sudo /opt/vitalseal/hardware/raspberry-pi/install.sh [--no-apt] [--no-start] [--no-build]
 #
 #   - Debian packages for the TPM: libtss2-fapi1, libtss2-tcti-device0, tpm2-tools, tpm2-openssl,
 #     tpm2-abrmd, libtss2-tcti-tabrmd0, dbus (--no-apt: only check)
@@ -12,6 +12,9 @@
 #   - udev rules for /dev/tpmrm0                 /etc/udev/rules.d/60-vitalseal-tpm.rules
 #   - the hardened unit, enabled                  /etc/systemd/system/vitalseal-agent.service
 #   - the command                                 /usr/local/bin/vitalseal -> <checkout>/scripts/bin/vitalseal.mjs
+#   - the agent, bundled for plain node           <checkout>/dist/agent/ (npm run build:agent; --no-build: the one
+#                                                 there, as the rig's read-only checkout has it), and
+#                                                 /usr/local/lib/vitalseal/vitalseal-agent.mjs -> <checkout>/dist/agent/vitalseal-agent.mjs
 #   - the configuration directory                /etc/vitalseal (root:vitalseal, 0750)
 #   - the state directory                        /var/lib/vitalseal (vitalseal, 0700)
 #
@@ -23,10 +26,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 checkout=$(cd "$here/../.." && pwd)
 apt=yes
 start=yes
+build=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-apt) apt=no ;;
     --no-start) start=no ;;
+    --no-build) build=no ;;
     -h|--help) sed -n '2,/^set -eu/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -eu/d'; exit 0 ;;
     *) echo "install: unknown argument $1" >&2; exit 1 ;;
   esac
@@ -66,6 +71,14 @@ install -D -m 0644 "$here/60-vitalseal-tpm.rules" /etc/udev/rules.d/60-vitalseal
 install -D -m 0644 "$here/vitalseal-agent.service" /etc/systemd/system/vitalseal-agent.service
 install -d -m 0755 /usr/local/bin
 ln -sfn "$checkout/scripts/bin/vitalseal.mjs" /usr/local/bin/vitalseal
+# The unit runs the agent as one bundled module with plain node (no TypeScript loader: about 35 MiB
+# less memory; docs/agent.md, "Footprint"). Built from this checkout, so run this again after an update.
+if [ "$build" = yes ]; then
+  (cd "$checkout" && "$node" --import tsx scripts/build-agent.ts) || die "building the agent bundle failed"
+fi
+[ -e "$checkout/dist/agent/vitalseal-agent.mjs" ] || die "$checkout/dist/agent/vitalseal-agent.mjs missing: run 'npm run build:agent' there (or this without --no-build)"
+install -d -m 0755 /usr/local/lib/vitalseal
+ln -sfn "$checkout/dist/agent/vitalseal-agent.mjs" /usr/local/lib/vitalseal/vitalseal-agent.mjs
 install -d -m 0750 -o root -g vitalseal /etc/vitalseal
 # The unit's StateDirectory= makes it at the first start; made now, `sudo -u vitalseal vitalseal
 # keys create ...` works before that (systemd adopts it as it is).

@@ -5,8 +5,12 @@
  *    1 s batches, sealed, fsync per batch), delivering over each real transport on loopback: MQTTS
  *    to mosquitto (a shared-subscription consumer opens every message) and CoAPS to a CoAPS server
  *    (which opens every message), the device key in a software store. Resident memory (VmRSS) and
- *    CPU share of one core over a measured window, read from /proc. Baseline in the same run: the
- *    same runtime idling. Budgets from issue 6: RSS ≤ 80 MB, CPU ≤ 5 %.
+ *    CPU share of one core over a measured window, read from /proc. Three forms: the headline is
+ *    the shipped bundle (`npm run build:agent`, scripts/lib/agent-bundle.ts) run exactly as the
+ *    Raspberry Pi unit runs it (`node <the unit's V8 flags> vitalseal-agent.mjs agent run --config
+ *    FILE`, logging JSON lines at info); then the same bundle on node without those flags, and
+ *    `vitalseal agent run` from a checkout (TypeScript through tsx). Baseline in the same run: the
+ *    same runtime idling (node with the same flags; node with tsx registered). Budgets from issue 6: RSS ≤ 80 MB (76.3 MiB), CPU ≤ 5 %.
  * 2. Queue append throughput with fsync per batch (the segment queue: framing, CRC-32C, index,
  *    datasync) against a plain append-only file write of the same bytes with a datasync after each,
  *    interleaved in the same run. Target: ≥ 0.5× the plain write.
@@ -27,11 +31,12 @@ import { Header, SealingSession } from '../../src/cose/index.ts';
 import { openKeyStore } from '../../src/keystore/open.ts';
 import { startCoapsRig, type CoapsRig } from '../lib/coaps-rig.ts';
 import { startMqttRig, type MqttRig } from '../lib/mqtt-rig.ts';
+import { buildAgentBundle } from '../lib/agent-bundle.ts';
+import { VITALSEAL_BIN } from '../lib/processes.ts';
 import { median } from './measure.ts';
 import type { BenchContext, BenchResult } from './types.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const CHILD = join(root, 'scripts/bench/agent-footprint-child.ts');
 const TICKS = 100; // USER_HZ on Linux
 
 function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
@@ -43,25 +48,31 @@ function procSample(pid: number): { rssKiB: number; cpuTicks: number } {
   return { rssKiB, cpuTicks: Number(fields[11]) + Number(fields[12]) };
 }
 
-/**
- * The child as a device build would ship it: one bundled ES module run by plain node (no tsx
- * loader in the process). npm dependencies stay external and load from node_modules.
- */
-async function bundleChild(): Promise<string> {
-  const { build } = await import('esbuild');
-  const outdir = join(root, 'node_modules/.cache/vitalseal-bench/agent-footprint');
-  rmSync(outdir, { recursive: true, force: true });
-  // Code splitting keeps the agent's on-demand imports (the one configured transport, the TPM or
-  // PKCS#11 key store) on demand in the bundle too.
-  await build({ entryPoints: [CHILD], bundle: true, splitting: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outdir, logLevel: 'silent' });
-  return join(outdir, 'agent-footprint-child.js');
+/** A process that only keeps the runtime alive: the baseline. It prints IDLE_READY when up. */
+const IDLE_READY = 'idle runtime ready';
+const IDLE = `setInterval(() => undefined, 1000); process.on('SIGTERM', () => process.exit(0)); console.log('${IDLE_READY}');`;
+
+/** The node options in hardware/raspberry-pi/vitalseal-agent.service's ExecStart (between node and the bundle). */
+function unitNodeFlags(): string[] {
+  const unit = readFileSync(join(root, 'hardware/raspberry-pi/vitalseal-agent.service'), 'utf8');
+  const exec = /^ExecStart=\/usr\/local\/bin\/node (.*?)\s*\/usr\/local\/lib\/vitalseal\/vitalseal-agent\.mjs /m.exec(unit);
+  if (exec === null) throw new Error('vitalseal-agent.service: ExecStart does not run /usr/local/lib/vitalseal/vitalseal-agent.mjs with /usr/local/bin/node');
+  return (exec[1] ?? '').split(/\s+/).filter((f) => f !== '');
 }
 
-async function footprint(runner: string[], args: string[], windowMs: number, warmMs: number): Promise<{ rssMiB: number; peakRssMiB: number; cpuPercent: number }> {
-  const child = spawn(process.execPath, [...runner, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+/** The agent says this once its queue, uplink scheduler and endpoints are up. */
+const READY = '"msg":"agent running"';
+
+async function footprint(argv: string[], windowMs: number, warmMs: number): Promise<{ rssMiB: number; peakRssMiB: number; cpuPercent: number }> {
+  const child = spawn(process.execPath, argv, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
   try {
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+      // The agent logs JSON lines to stdout all along: keep reading them so the pipe never fills.
+      let seen = '';
+      child.stdout.on('data', (d: Buffer) => {
+        if (seen.length < 65536) seen += d.toString();
+        if (seen.includes(READY) || seen.includes(IDLE_READY)) resolve();
+      });
       child.once('exit', (c) => reject(new Error(`footprint child exited ${c}`)));
     });
     await new Promise((r) => setTimeout(r, warmMs));
@@ -191,16 +202,24 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
 
   const windowMs = ctx.quick ? 5000 : 30_000;
   const warmMs = ctx.quick ? 1000 : 5000;
-  const bundle = await bundleChild();
-  // As a device ships it (bundled JS, plain node) and as a checkout runs it (TypeScript through tsx).
-  const forms = [{ label: 'bundled JS on node', runner: [bundle] }, { label: 'from a checkout, node + tsx', runner: ['--import', 'tsx', CHILD] }];
+  // The headline: the artefact a device runs (same recipe as `npm run build:agent`), by node with
+  // the V8 flags of the Raspberry Pi unit's ExecStart; then the same bundle without them, and the
+  // `vitalseal` command from a checkout (TypeScript through tsx).
+  const bundle = await buildAgentBundle(join(root, 'node_modules/.cache/vitalseal-bench/agent-bundle'));
+  const flags = unitNodeFlags();
+  const forms = [
+    { label: `shipped bundle as the Pi unit runs it (node ${flags.join(' ')})`, agent: (config: string) => [...flags, bundle.entry, 'agent', 'run', '--config', config], idle: [...flags, '-e', IDLE] },
+    { label: 'shipped bundle, node without V8 flags', agent: (config: string) => [bundle.entry, 'agent', 'run', '--config', config], idle: ['-e', IDLE] },
+    { label: 'vitalseal command from a checkout, node + tsx', agent: (config: string) => [VITALSEAL_BIN, 'agent', 'run', '--config', config],
+      idle: ['--input-type=module', '-e', `import { register } from 'tsx/esm/api'; register(); ${IDLE}`] },
+  ];
   for (const kind of ['mqtts', 'coaps'] as const) {
     const site = await transportSite(kind);
     try {
       for (const form of forms) {
-        const base = await footprint(form.runner, ['--idle'], windowMs, warmMs);
+        const base = await footprint(form.idle, windowMs, warmMs);
         const delivered0 = site.delivered();
-        const agent = await footprint(form.runner, [site.config], windowMs, warmMs);
+        const agent = await footprint(form.agent(site.config), windowMs, warmMs);
         const delivered = site.delivered() - delivered0;
         const label = `${kind}, ${form.label}`;
         ctx.log(`agent (${label}): RSS ${agent.rssMiB.toFixed(1)} MiB (peak ${agent.peakRssMiB.toFixed(1)}), CPU ${agent.cpuPercent.toFixed(2)} % of one core; `
