@@ -1,10 +1,12 @@
 /**
  * The server side of scripts/bench/dtls.bench.ts, run in its own process (forked with an IPC
- * channel): a vitalseal DTLS 1.3 server or, as the baseline, a Node TLS 1.3 server over TCP, both
- * with mutual authentication, session tickets, and an acknowledgement every `batchBytes` received
- * so the client can measure throughput without overrunning anything.
+ * channel): a vitalseal DTLS 1.3 server or, as the baselines, a Node TLS 1.3 server over TCP (mutual
+ * authentication and session tickets on both) or a bare node:dgram socket with no security at all
+ * (the ceiling UDP itself sets). Each acknowledges every `batchBytes` of payload received so the
+ * client can measure throughput without overrunning anything.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
@@ -12,7 +14,7 @@ import { DtlsServer, type DtlsServerSession } from '../../src/dtls/udp.ts';
 
 export interface PeerStart {
   readonly cmd: 'start';
-  readonly mode: 'dtls' | 'tls';
+  readonly mode: 'dtls' | 'tls' | 'udp';
   readonly caPem: string;
   readonly certPem: string;
   readonly keyPem: string;
@@ -108,12 +110,30 @@ async function startTls(s: PeerStart): Promise<{ port: number; sessions: () => n
   };
 }
 
+/** Bare UDP: counts payload bytes from its one client, as the DTLS server counts application data. */
+async function startUdp(): Promise<{ port: number; sessions: () => number; stop: () => Promise<void> }> {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  // The DTLS server's default kernel buffers (src/dtls/udp.ts socketBufferBytes).
+  socket.setRecvBufferSize(1 << 20);
+  socket.setSendBufferSize(1 << 20);
+  let n = 0;
+  socket.on('message', (msg, from) => {
+    n += msg.length;
+    while (batchBytes > 0 && n >= batchBytes) {
+      n -= batchBytes;
+      socket.send(ACK, from.port, from.address);
+    }
+  });
+  return { port: socket.address().port, sessions: () => 0, stop: async () => void socket.close() };
+}
+
 let running: Awaited<ReturnType<typeof startDtls>> | undefined;
 process.on('message', (m: PeerCommand) => {
   void (async () => {
     switch (m.cmd) {
       case 'start':
-        running = m.mode === 'dtls' ? await startDtls(m) : await startTls(m);
+        running = m.mode === 'dtls' ? await startDtls(m) : m.mode === 'tls' ? await startTls(m) : await startUdp();
         send({ port: running.port });
         return;
       case 'batch':

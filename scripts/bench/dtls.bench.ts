@@ -3,11 +3,16 @@
  * the client here and each server in its own process (scripts/bench/dtls-peer.ts):
  * - handshake latency and handshakes/s with mutual authentication (P-256 certificates, X25519), and
  *   with resumption (session tickets);
- * - application-data throughput in 200-byte and 1 KiB records (AES-128-GCM on both sides);
+ * - application-data throughput in 200-byte and 1 KiB records (AES-128-GCM on both sides), also
+ *   against bare node:dgram carrying the same payloads in the same datagrams with no security at
+ *   all (the ceiling a UDP transport in Node can reach), at two PMTUs: the product default (1200
+ *   bytes of UDP payload, what a device on an Ethernet/Wi-Fi path uses) and, as an explicitly
+ *   configured option, the loopback interface's (65,507 bytes);
  * - server memory per established idle session with 10,000 sessions.
  * Rounds interleave candidate and baseline so drift hits both alike; medians are reported.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
@@ -21,6 +26,10 @@ import type { BenchContext, BenchModule, BenchResult } from './types.ts';
 
 const PEER = fileURLToPath(new URL('./dtls-peer.ts', import.meta.url));
 const HOST = '127.0.0.1';
+/** The product's default `mtu` (src/dtls/config.ts): UDP payload that fits any IPv6 path. */
+const DEFAULT_MTU = 1200;
+/** The loopback interface's MTU (65,536) less IPv4 and UDP headers, capped at UDP's 65,507. */
+const LOOPBACK_MTU = 65_507;
 
 class Peer {
   readonly #child: ChildProcess;
@@ -232,6 +241,35 @@ function tlsSide(port: number, ctx: SecureContext): Side {
   return side;
 }
 
+/**
+ * Bare node:dgram, no security: payloads joined into datagrams up to `mtu` exactly as the DTLS
+ * adapter joins records written in one turn of the event loop (src/dtls/udp.ts Outbox).
+ */
+async function udpConn(port: number, mtu: number): Promise<Conn> {
+  const s = createSocket('udp4');
+  await new Promise<void>((resolve) => s.bind(0, HOST, () => s.connect(port, HOST, () => resolve())));
+  const acks = new Acks();
+  s.on('message', (m) => acks.add(m.length));
+  return {
+    async send(record, count) {
+      let parts: Uint8Array[] = [];
+      let size = 0;
+      for (let i = 0; i < count; i++) {
+        if (parts.length > 0 && size + record.length > mtu) {
+          s.send(parts);
+          parts = [];
+          size = 0;
+        }
+        parts.push(record);
+        size += record.length;
+      }
+      if (parts.length > 0) s.send(parts);
+    },
+    acked: () => acks.next(),
+    close: async () => void s.close(),
+  };
+}
+
 /** Opens `n` idle connections (16 at a time) and returns what the server's memory grew by, per connection. */
 async function memoryPerSession(peer: Peer, n: number, open: () => Promise<() => Promise<void>>): Promise<{ heap: number; rss: number }> {
   // Let connections closed by the earlier phases go before the baseline is taken.
@@ -274,7 +312,9 @@ export const bench: BenchModule = {
     const dtlsPeer = new Peer();
     const tlsPeer = new Peer();
     const noCookiePeer = new Peer();
+    const udpPeer = new Peer();
     try {
+      const { port: udpPort } = await udpPeer.request<{ port: number }>({ ...start, mode: 'udp' });
       const { port: dtlsPort } = await dtlsPeer.request<{ port: number }>({ ...start, mode: 'dtls' });
       const { port: tlsPort } = await tlsPeer.request<{ port: number }>({ ...start, mode: 'tls' });
       const { port: noCookiePort } = await noCookiePeer.request<{ port: number }>({ ...start, mode: 'dtls', requireCookie: false });
@@ -337,24 +377,53 @@ export const bench: BenchModule = {
       pair('dtls resumptions/s (session ticket, 8 concurrent)', 'handshakes/s', rhs[0], rhs[1], { ratio: 0.5, comparison: '>=' });
 
       const dconn = await dtls.open();
+      const dconnLo = await dtlsSide(dtlsPort, { ...dtlsClientConfig(ca.pem, device), mtu: LOOPBACK_MTU }).open();
       const tconn = await tls.open();
+      const uconn = await udpConn(udpPort, DEFAULT_MTU);
+      const uconnLo = await udpConn(udpPort, LOOPBACK_MTU);
+      const conns = [dconn, dconnLo, uconn, uconnLo, tconn];
+      const peers = [dtlsPeer, tlsPeer, udpPeer];
       for (const [label, size, target] of [['200B', 200, undefined], ['1KiB', 1024, { ratio: 0.5, comparison: '>=' as const }]] as const) {
-        await dtlsPeer.request({ cmd: 'batch', bytes: size * 32 });
-        await tlsPeer.request({ cmd: 'batch', bytes: size * 32 });
-        const a: number[] = [];
-        const b: number[] = [];
+        for (const p of peers) await p.request({ cmd: 'batch', bytes: size * 32 });
+        const rates: number[][] = conns.map(() => []);
         const lost = { batches: 0 };
-        await throughput(dconn, size, 100, lost);
-        await throughput(tconn, size, 100, lost);
+        for (const c of conns) await throughput(c, size, 100, lost);
         lost.batches = 0;
+        // Interleaved: drift on the shared machine hits every side alike.
         for (let r = 0; r < rounds; r++) {
-          a.push(await throughput(dconn, size, windowMs, lost));
-          b.push(await throughput(tconn, size, windowMs, lost));
+          for (const [i, c] of conns.entries()) (rates[i] as number[]).push(await throughput(c, size, windowMs, lost));
         }
-        pair(`dtls application data ${label} records (AES-128-GCM)`, 'records/s', a, b, target, { bytesPerSecond: median(a) * size, baselineBytesPerSecond: median(b) * size, batchesLost: lost.batches });
+        const [d, dLo, u, uLo, t] = rates.map((x) => median(x)) as [number, number, number, number, number];
+        const ranges = Object.fromEntries(['dtls', 'dtlsLoopbackMtu', 'rawUdp', 'rawUdpLoopbackMtu', 'tls'].map((k, i) => [k, [Math.min(...(rates[i] as number[])), Math.max(...(rates[i] as number[]))]]));
+        ctx.log(`${label}: DTLS ${d.toFixed(0)}/s (pmtu ${DEFAULT_MTU}) and ${dLo.toFixed(0)}/s (pmtu ${LOOPBACK_MTU}); raw UDP ${u.toFixed(0)} and ${uLo.toFixed(0)}; Node TLS ${t.toFixed(0)}`);
+        const meta = (pmtu: number, raw: number, value: number) => ({
+          pmtu,
+          pmtuSource: pmtu === DEFAULT_MTU ? 'product default (src/dtls/config.ts mtu)' : 'configured option: the loopback interface MTU, not a path a device has',
+          bytesPerSecond: value * size,
+          rawUdpRecordsPerSecond: raw,
+          ratioToRawUdp: value / raw,
+          batchesLost: lost.batches,
+          rangesPerSide: ranges,
+        });
+        results.push({
+          name: `dtls application data ${label} records (AES-128-GCM, default pmtu ${DEFAULT_MTU})`,
+          unit: 'records/s', value: d, baseline: { name: tls.name, value: t }, ratio: d / t,
+          ...(target === undefined ? {} : { target }), meta: meta(DEFAULT_MTU, u, d),
+        });
+        results.push({
+          name: `dtls application data ${label} records (AES-128-GCM, default pmtu ${DEFAULT_MTU}) vs raw UDP`,
+          unit: 'records/s', value: d, baseline: { name: `bare node:dgram, same payloads and datagrams, no security (pmtu ${DEFAULT_MTU})`, value: u }, ratio: d / u,
+        });
+        results.push({
+          name: `dtls application data ${label} records (AES-128-GCM, configured pmtu ${LOOPBACK_MTU}: loopback interface)`,
+          unit: 'records/s', value: dLo, baseline: { name: tls.name, value: t }, ratio: dLo / t, meta: meta(LOOPBACK_MTU, uLo, dLo),
+        });
+        results.push({
+          name: `dtls application data ${label} records (AES-128-GCM, configured pmtu ${LOOPBACK_MTU}: loopback interface) vs raw UDP`,
+          unit: 'records/s', value: dLo, baseline: { name: `bare node:dgram, same payloads and datagrams, no security (pmtu ${LOOPBACK_MTU})`, value: uLo }, ratio: dLo / uLo,
+        });
       }
-      await dconn.close();
-      await tconn.close();
+      for (const c of conns) await c.close();
 
       ctx.log(`opening ${sessions} idle DTLS sessions, then ${sessions} idle TLS connections`);
       const memConfig = dtlsClientConfig(ca.pem, device);
@@ -392,7 +461,7 @@ export const bench: BenchModule = {
       });
       return results;
     } finally {
-      for (const p of [dtlsPeer, tlsPeer, noCookiePeer]) {
+      for (const p of [dtlsPeer, tlsPeer, noCookiePeer, udpPeer]) {
         await p.request({ cmd: 'stop' }).catch(() => undefined);
         p.kill();
       }
