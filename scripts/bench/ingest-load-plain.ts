@@ -77,6 +77,8 @@ function batcher(store: PlainStore, maxInFlight: number): (r: Row) => void {
     while (pending.length > 0 && inFlight < maxInFlight) {
       const rows = pending.splice(0, 128);
       inFlight++;
+      sink.transactions = (sink.transactions ?? 0) + 1;
+      sink.rows = (sink.rows ?? 0) + rows.length;
       store.write(rows).then(() => rows.forEach((r) => r.done()), (e: unknown) => rows.forEach((r) => r.done(e))).finally(() => {
         inFlight--;
         pump();
