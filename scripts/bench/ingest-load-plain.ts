@@ -9,6 +9,7 @@
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { SQLITE_THROUGHPUT_PRAGMAS } from '../../src/ingest/storage/sqlite.ts';
 import { createMqttsSubscriber, type MqttsSubscriber } from '../../src/transport/mqtts/subscriber.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import { sampleRss, takeRecords, type RecordSink } from './ingest-load-records.ts';
@@ -31,6 +32,8 @@ function sqliteStore(path: string): PlainStore {
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
+  // The ingest's cache and checkpoint settings: the baseline writes under the same conditions.
+  for (const p of SQLITE_THROUGHPUT_PRAGMAS) db.pragma(p);
   db.pragma('busy_timeout = 5000');
   db.exec(TABLE.replace('%BLOB%', 'BLOB'));
   const stmt = db.prepare('INSERT INTO bench_plain (device_id, seq, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING');
