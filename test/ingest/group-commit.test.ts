@@ -4,24 +4,12 @@
  * to its neighbours.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { startPostgres, type PostgresServer } from '../../scripts/lib/postgres-server.ts';
+import { describe, it } from 'node:test';
 import { GroupCommit } from '../../src/ingest/group-commit.ts';
 import type { DeviceRegistration, StoredMessage } from '../../src/ingest/storage/index.ts';
-import { freshDatabase, type Backend } from './support/databases.ts';
+import { bothBackends, type Backend } from './support/databases.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'vitalseal-group-commit-'));
-let pgServer: PostgresServer | undefined;
-before(async () => {
-  pgServer = await startPostgres();
-});
-after(async () => {
-  await pgServer?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const databases = bothBackends('vitalseal-group-commit-');
 
 function msg(deviceId: string, seq: number, over: Partial<StoredMessage> = {}): StoredMessage {
   return {
@@ -39,7 +27,7 @@ const outcome = (p: Promise<'stored' | 'duplicate'>) => p.then((r) => r, (e: unk
 for (const backend of ['sqlite', 'postgres'] as Backend[]) {
   describe(`group commit over ${backend}`, () => {
     it('stores one turn in one transaction: duplicates (stored before, or twice in the batch) answered once stored, a gap inside the batch persisted', async () => {
-      const db = await freshDatabase(backend, dir, pgServer);
+      const db = await databases.freshDatabase(backend);
       const s = await db.open();
       await s.upsertDevice(reg('bed-1'));
       await s.upsertDevice(reg('bed-2'));
@@ -71,7 +59,7 @@ for (const backend of ['sqlite', 'postgres'] as Backend[]) {
     });
 
     it('answers a caller only once its batch is committed, so a crash before the acknowledgement loses nothing: the redelivery is a duplicate, stored once', async () => {
-      const db = await freshDatabase(backend, dir, pgServer);
+      const db = await databases.freshDatabase(backend);
       const writer = await db.open();
       const reader = await db.open(); // another connection: sees only what is committed
       await writer.upsertDevice(reg('bed-3'));
@@ -90,7 +78,7 @@ for (const backend of ['sqlite', 'postgres'] as Backend[]) {
     });
 
     it('a row the database refuses fails alone: every other caller of its batch gets its own outcome', async () => {
-      const db = await freshDatabase(backend, dir, pgServer);
+      const db = await databases.freshDatabase(backend);
       const s = await db.open();
       await s.upsertDevice(reg('bed-4'));
       assert.equal(await s.storeMessage(msg('bed-4', 2)), 'stored');
