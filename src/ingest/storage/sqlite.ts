@@ -15,6 +15,7 @@ import {
   apiTokenFromRow, asBuffer, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
+import { startWalCheckpointer, type WalCheckpointer } from './sqlite-checkpointer.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
 import { latestActivity } from './types.ts';
 import type {
@@ -25,6 +26,11 @@ import type {
 export interface SqliteStorageOptions {
   /** File path, or ':memory:' for tests that need no durability. */
   readonly path: string;
+  /**
+   * WAL checkpoints on a worker thread (sqlite-checkpointer.ts) instead of inside the message path's
+   * commits; the service turns it on. Ignored for ':memory:'.
+   */
+  readonly checkpointInBackground?: boolean;
 }
 
 /**
@@ -60,6 +66,7 @@ export class SqliteStorage implements IngestStorage {
   readonly kind = 'sqlite' as const;
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
+  readonly #checkpointer: WalCheckpointer | undefined;
   #closed = false;
 
   constructor(opts: SqliteStorageOptions) {
@@ -74,6 +81,12 @@ export class SqliteStorage implements IngestStorage {
     this.#db.pragma('foreign_keys = ON');
     // Another connection (the operator's CLI) may hold the write lock briefly.
     this.#db.pragma('busy_timeout = 5000');
+    this.#checkpointer = opts.checkpointInBackground === true && opts.path !== ':memory:' ? startWalCheckpointer(opts.path) : undefined;
+  }
+
+  /** Checkpoints the background worker has run (0 without one). */
+  get backgroundCheckpoints(): number {
+    return this.#checkpointer?.runs ?? 0;
   }
 
   #s(sql: string): Database.Statement {
@@ -288,6 +301,7 @@ export class SqliteStorage implements IngestStorage {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#checkpointer?.stop();
     this.#statements.clear();
     this.#db.close();
   }
