@@ -37,27 +37,30 @@ const STORE_SQL = `WITH ins AS (
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, seq) DO NOTHING RETURNING 1
   ), touch AS (${TOUCH_DEVICE_SQL((n) => TOUCH_PARAMS[n] as string, 'GREATEST')} AND $14::boolean RETURNING 1)
   SELECT (SELECT COUNT(*) FROM ins) AS stored`;
-/**
- * A batch of `rows` messages in one statement. The rows are a multi-row VALUES with one parameter
- * per column, so the ciphertexts travel as binary parameters (a bytea[] parameter would be sent as
- * hex text and parsed back); the statement is prepared once per batch size and connection. Each
- * device's latest activity comes as arrays (no bytes in it) and is applied once.
- */
-/** Rows per batch statement at most (8 parameters each); the group commit writes 128 at most. */
+/** Rows per batch statement at most (8 parameters each; a power of two); the group commit writes 128 at most. */
 const MAX_STATEMENT_ROWS = 256;
 const batchSql = new Map<number, string>();
 
-function storeBatchSql(rows: number): string {
-  const cached = batchSql.get(rows);
+/**
+ * A batch of up to `slots` messages in one statement. The rows are a multi-row VALUES with one
+ * parameter per column, so the ciphertexts travel as binary parameters (a bytea[] parameter would
+ * be sent as hex text and parsed back). The statement is prepared once per connection and slot
+ * count; slot counts are powers of two (`slotsFor`) and unused slots are NULL rows that the
+ * statement skips, so a connection plans at most nine such statements, not one per batch size.
+ * Each device's latest activity comes as arrays (no bytes in it) and is applied once.
+ */
+function storeBatchSql(slots: number): string {
+  const cached = batchSql.get(slots);
   if (cached !== undefined) return cached;
-  const a = 8 * rows;
-  const values = Array.from({ length: rows }, (_, i) => {
+  const a = 8 * slots;
+  const values = Array.from({ length: slots }, (_, i) => {
     const p = 8 * i;
     return `($${p + 1}::text, $${p + 2}::bigint, $${p + 3}::bigint, $${p + 4}::bigint, $${p + 5}::bigint, $${p + 6}::int, $${p + 7}::bytea, $${p + 8}::bytea)`;
   }).join(', ');
   const sql = `WITH ins AS (
     INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-    VALUES ${values}
+    SELECT * FROM (VALUES ${values}) AS v(device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+    WHERE v.device_id IS NOT NULL
     ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
   ), act AS (
     SELECT * FROM unnest($${a + 1}::text[], $${a + 2}::bigint[], $${a + 3}::text[], $${a + 4}::text[], $${a + 5}::text[], $${a + 6}::bigint[]) AS a(device_id, seen, transport, suite, epoch, epoch_start)
@@ -70,8 +73,15 @@ function storeBatchSql(rows: number): string {
       last_seen_at = GREATEST(COALESCE(d.last_seen_at, 0), a.seen)
     FROM act a WHERE d.device_id = a.device_id RETURNING 1
   ) SELECT device_id, seq FROM ins`;
-  batchSql.set(rows, sql);
+  batchSql.set(slots, sql);
   return sql;
+}
+
+/** The power of two at or above `rows` (rows ≤ MAX_STATEMENT_ROWS). */
+function slotsFor(rows: number): number {
+  let n = 1;
+  while (n < rows) n *= 2;
+  return n;
 }
 
 const BUMP = "bump AS (UPDATE meta SET value = value + 1 WHERE name = 'registry-version' AND EXISTS (SELECT 1 FROM up) RETURNING 1)";
@@ -230,11 +240,13 @@ export class PostgresStorage implements IngestStorage {
     const acts = [...latestActivity(batch)];
     const statement = (part: readonly StoredMessage[], withActivity: boolean): pg.QueryConfig => {
       const a = withActivity ? acts : [];
+      const slots = slotsFor(part.length);
       const values: unknown[] = [];
       for (const m of part) values.push(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, asBuffer(m.nonce), asBuffer(m.ciphertext));
+      for (let i = part.length; i < slots; i++) values.push(null, null, null, null, null, null, null, null);
       values.push(a.map(([d]) => d), a.map(([, x]) => x.seenAt), a.map(([, x]) => x.transport), a.map(([, x]) => x.suite),
         a.map(([, x]) => x.sealingEpoch ?? null), a.map(([, x]) => x.epochStartedAt ?? null));
-      return { name: `vitalseal-store-messages-${part.length}`, text: storeBatchSql(part.length), values };
+      return { name: `vitalseal-store-messages-${slots}`, text: storeBatchSql(slots), values };
     };
     type Inserted = { device_id: string; seq: string };
     let inserted: Inserted[];
