@@ -11,7 +11,7 @@
  *    FILE`, logging JSON lines at info); then the same bundle on node without those flags, and
  *    `vitalseal agent run` from a checkout (TypeScript through tsx). Baseline in the same run: the
  *    same runtime idling (node with the same flags; node with tsx registered). Budgets from issue 6: RSS ≤ 80 MB (76.3 MiB), CPU ≤ 5 %.
- *    Then the headline form with the device key in a TPM, as on a device (swtpm behind tpm2-abrmd,
+ *    Also (measured first) the headline form with the device key in a TPM, as on a device (swtpm behind tpm2-abrmd,
  *    scripts/lib/swtpm.ts), over each transport: CoAPS signs its DTLS handshake through the TPM key
  *    store in the agent process; MQTTS runs its TLS connection in a second node process, the TPM TLS
  *    child (`tpm-tunnel-child.mjs`, started by the agent). Every process the agent started counts:
@@ -311,11 +311,12 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   ];
   const budgetMiB = 80 / 1.048576;
   const headline = forms[0] as (typeof forms)[number];
+  // The device's own form with its key in the TPM first, then the software store in every form.
   const configurations = [
-    ...forms.map((form) => ({ kind: 'mqtts' as const, key: 'software' as const, form })),
     { kind: 'mqtts' as const, key: 'tpm' as const, form: headline },
-    ...forms.map((form) => ({ kind: 'coaps' as const, key: 'software' as const, form })),
     { kind: 'coaps' as const, key: 'tpm' as const, form: headline },
+    ...forms.map((form) => ({ kind: 'mqtts' as const, key: 'software' as const, form })),
+    ...forms.map((form) => ({ kind: 'coaps' as const, key: 'software' as const, form })),
   ];
   let site: Awaited<ReturnType<typeof transportSite>> | undefined;
   let siteOf = '';
