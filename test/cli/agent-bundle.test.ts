@@ -8,18 +8,18 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildAgentBundle, type AgentBundle } from '../../scripts/lib/agent-bundle.ts';
 import { startCoapsRig, type CoapsRig } from '../../scripts/lib/coaps-rig.ts';
+import { provisionDeviceKey } from '../../scripts/lib/device-key.ts';
 import { startMqttRig, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
+import { childProcesses } from '../../scripts/lib/processes.ts';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
-import type { TestFleet } from '../../scripts/lib/test-fleet.ts';
 import type { KeyStoreConfig } from '../../src/keystore/config.ts';
-import { openKeyStore } from '../../src/keystore/open.ts';
 import { until } from '../agent/support.ts';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
@@ -39,16 +39,6 @@ function runSync(args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** A key in `keystore` and a certificate for it from `fleet`, written to `certFile`. */
-async function provision(fleet: TestFleet, id: string, keystore: KeyStoreConfig, certFile: string): Promise<void> {
-  const store = await openKeyStore(keystore);
-  try {
-    writeFileSync(certFile, (await fleet.device(id, { signer: await store.createSigningKey('device-identity') })).certChainPem);
-  } finally {
-    await store.close();
-  }
-}
-
 /** `node vitalseal-agent.mjs agent run --config FILE`, its output collected. */
 function startAgent(config: string, env: NodeJS.ProcessEnv): { child: ChildProcess; log(): string } {
   let log = '';
@@ -64,16 +54,6 @@ async function stopAgent(child: ChildProcess | undefined): Promise<number | null
   const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
   child.kill('SIGTERM');
   return exited;
-}
-
-/** argv of the processes `pid` started (from /proc). */
-function childrenArgv(pid: number): string[][] {
-  const out: string[][] = [];
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    const kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-    for (const k of kids === '' ? [] : kids.split(' ')) out.push(readFileSync(`/proc/${k}/cmdline`, 'utf8').split('\0').filter((a) => a !== ''));
-  }
-  return out;
 }
 
 describe('the agent bundle, run by plain node', () => {
@@ -114,7 +94,7 @@ describe('the agent bundle, run by plain node', () => {
       writeFileSync(join(site, 'pass'), `pass-${process.pid}`, { mode: 0o600 });
       writeFileSync(join(site, 'ingest.pub'), rig.ingestPublicKeyPem);
       writeFileSync(join(site, 'root.pem'), rig.fleet.rootPem);
-      await provision(rig.fleet, 'bed-bundle-c', keystore, join(site, 'chain.pem'));
+      await provisionDeviceKey(rig.fleet, 'bed-bundle-c', keystore, join(site, 'chain.pem'));
       const config = join(site, 'agent.yaml');
       writeFileSync(config, [
         'device: { id: bed-bundle-c }',
@@ -159,13 +139,7 @@ describe('the agent bundle, run by plain node', () => {
       writeFileSync(join(site, 'ingest.pub'), rig.ingestPublicKeyPem);
       writeFileSync(join(site, 'root.pem'), rig.fleet.rootPem);
       const keystore: KeyStoreConfig = { kind: 'tpm', tcti: tpm.tcti, dir: join(site, 'tpm-store') };
-      const saved = { ...process.env };
-      Object.assign(process.env, tpm.env);
-      try {
-        await provision(rig.fleet, 'bed-bundle-m', keystore, join(site, 'chain.pem'));
-      } finally {
-        for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-      }
+      await provisionDeviceKey(rig.fleet, 'bed-bundle-m', keystore, join(site, 'chain.pem'), tpm.env);
       const config = join(site, 'agent.json');
       writeFileSync(config, JSON.stringify({
         device: { id: 'bed-bundle-m' },
@@ -184,7 +158,7 @@ describe('the agent bundle, run by plain node', () => {
         .catch((e: unknown) => { throw new Error(`${(e as Error).message}; agent log:\n${a.log().slice(-3000)}`); });
       assert.match(agent.log(), /"protocol":"TLSv1.3"/);
       // The TLS child is the bundle's own file, started by node with no loader.
-      const kids = childrenArgv(agent.child.pid as number);
+      const kids = childProcesses(agent.child.pid as number).map((k) => k.argv);
       const tunnel = kids.find((argv) => argv.includes(bundle.tunnelChild));
       assert.ok(tunnel !== undefined, `no tpm-tunnel-child.mjs among ${JSON.stringify(kids)}`);
       assert.ok(!tunnel.some((arg) => /tsx|--import|--loader/.test(arg)), `the TLS child runs with a loader: ${tunnel.join(' ')}`);

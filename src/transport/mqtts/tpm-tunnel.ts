@@ -102,7 +102,16 @@ export function tpm2OpensslConfig(providerPath: string): string {
   ].join('\n');
 }
 
-/** The loader flags this process runs with (tsx in development), so the child loads the same way. */
+/**
+ * V8 options for the child, whatever this process runs with: the ones the Raspberry Pi unit gives
+ * the agent (hardware/raspberry-pi/vitalseal-agent.service). The child only relays TLS records (the
+ * cryptography is OpenSSL's, in native code), so a young generation allowed to grow towards 16 MiB
+ * and helper threads for garbage collection and compilation buy it nothing. At one patient's rate
+ * they made no measurable difference to its RSS (docs/agent.md "Footprint": most of the child is
+ * Node itself); they bound what a burst, such as a backlog drained after an outage, can leave.
+ */
+export const TUNNEL_CHILD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded'];
+
 /**
  * How the child loads TypeScript: the loader flags this process was started with, or, when it was
  * not started with one (the `vitalseal` command registers tsx from inside), tsx by absolute URL, so
@@ -466,7 +475,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
     };
     delete env['NODE_OPTIONS'];
     delete env['OPENSSL_CONF'];
-    return new ChildLink([...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 120_000 });
+    return new ChildLink([...TUNNEL_CHILD_NODE_FLAGS, ...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 120_000 });
   };
 
   return {
