@@ -11,9 +11,10 @@
 import pg from 'pg';
 import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
 import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import { asBuffer } from '../../util/bytes.ts';
 import { KeyStoreError, StorageError } from '../../util/errors.ts';
 import {
-  apiTokenFromRow, asBuffer, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  apiTokenFromRow, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
@@ -120,12 +121,12 @@ export class PostgresStorage implements IngestStorage {
 
   /**
    * A statement of the message path as a named prepared statement: each pooled connection parses
-   * and plans it once, not once per batch (the array parameters keep its text fixed whatever the
-   * batch size).
+   * and plans it once per name, not once per message or batch (batches use a few fixed slot counts,
+   * storeBatchSql).
    */
-  #prepared<R extends pg.QueryResultRow>(name: string, sql: string, params: unknown[]): Promise<pg.QueryResult<R>> {
+  #prepared<R extends pg.QueryResultRow>(query: pg.QueryConfig): Promise<pg.QueryResult<R>> {
     if (this.#closed) return Promise.reject(new StorageError('storage-closed', 'the ingest database is closed'));
-    return this.#pool.query<R>({ name, text: sql, values: params });
+    return this.#pool.query<R>(query);
   }
 
   async #transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
@@ -217,10 +218,10 @@ export class PostgresStorage implements IngestStorage {
   }
 
   async storeMessage(m: StoredMessage, a?: DeviceActivity): Promise<'stored' | 'duplicate'> {
-    const r = await this.#prepared<{ stored: string }>('vitalseal-store-message', STORE_SQL, [
+    const r = await this.#prepared<{ stored: string }>({ name: 'vitalseal-store-message', text: STORE_SQL, values: [
       m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext),
       a?.seenAt ?? 0, a?.transport ?? null, a?.suite ?? null, a?.sealingEpoch ?? null, a?.epochStartedAt ?? null, a !== undefined,
-    ]);
+    ] });
     return num(r.rows[0]?.stored ?? 0) === 1 ? 'stored' : 'duplicate';
   }
 
@@ -251,8 +252,7 @@ export class PostgresStorage implements IngestStorage {
     type Inserted = { device_id: string; seq: string };
     let inserted: Inserted[];
     if (rows.length <= MAX_STATEMENT_ROWS) {
-      if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
-      inserted = (await this.#pool.query<Inserted>(statement(rows, true))).rows;
+      inserted = (await this.#prepared<Inserted>(statement(rows, true))).rows;
     } else {
       // Larger than the group commit makes them: several statements, still one transaction.
       inserted = await this.#transaction(async (c) => {

@@ -36,11 +36,6 @@ function optStr<K extends string>(key: K, v: string | null): { [P in K]?: string
   return (v === null ? {} : { [key]: v }) as { [P in K]?: string };
 }
 
-/** A Buffer over the same bytes, for binding as a BLOB / BYTEA parameter (both drivers take Buffers); no copy. */
-export function asBuffer(b: Uint8Array): Buffer {
-  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-}
-
 export function bytes(v: Uint8Array): Uint8Array {
   return Uint8Array.from(v);
 }

@@ -10,9 +10,10 @@
 import Database from 'better-sqlite3';
 import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
 import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import { asBuffer } from '../../util/bytes.ts';
 import { KeyStoreError, StorageError } from '../../util/errors.ts';
 import {
-  apiTokenFromRow, asBuffer, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
+  apiTokenFromRow, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { startWalCheckpointer, type WalCheckpointer } from './sqlite-checkpointer.ts';
