@@ -136,12 +136,6 @@ function errorFrom(w: WireError): Error {
 }
 
 /**
- * The handshake failed on our side, in the TPM: the tpm2 provider could not load or use the key
- * (`ERR_SSL_CANNOT_LOAD_KEY`, "tpm2::..."). Seen after the TPM or its resource manager went away and
- * came back: the provider's TPM context in the child is dead for good ("esapi: Function called in
- * the wrong order"), so that child must be replaced.
- */
-/**
  * What to tell the operator when a handshake could not be signed in the TPM through `tcti`: the
  * kernel's resource manager (/dev/tpmrm0) lets each client hold three TPM objects, and during one
  * handshake tpm2-openssl holds more (the key, hash sequences, public keys it imports to verify),
@@ -156,6 +150,12 @@ export function tpmRmHint(tcti: string): string {
   return `; TCTI ${tcti}: the kernel's resource manager gives a client three TPM objects, fewer than tpm2-openssl holds during a TLS handshake: run tpm2-abrmd and use TCTI tabrmd:bus_type=system (hardware/raspberry-pi/README.md)`;
 }
 
+/**
+ * The handshake failed on our side, in the TPM: the tpm2 provider could not load or use the key
+ * (`ERR_SSL_CANNOT_LOAD_KEY`, "tpm2::..."). Seen after the TPM or its resource manager went away and
+ * came back: the provider's TPM context in the child is dead for good ("esapi: Function called in
+ * the wrong order"), so that child must be replaced.
+ */
 export function isTpmKeyFailure(w: WireError): boolean {
   return w.code === 'ERR_SSL_CANNOT_LOAD_KEY' || /:tpm2::/.test(w.message);
 }
