@@ -14,44 +14,32 @@
  * tpm2-abrmd bus at a time.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
-import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
-import { KeyStoreError } from '../../src/util/errors.ts';
-import { openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
 import { tpmTls } from '../../src/transport/mqtts/tpm-tunnel.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
+import { KeyStoreError } from '../../src/util/errors.ts';
+import { stopTpmIdentity, tpmIdentity, type TpmIdentity } from './support/tpm-identity.ts';
 
 const DEVICE = 'tpm-rm-bed';
 
 describe('MQTTS with a TPM key behind a resource manager that allows three objects per client (as /dev/tpmrm0 does)', () => {
   let rig: MqttRig;
-  let tpm: Swtpm;
-  let store: TpmKeyStore;
-  let dir: string;
+  let t: TpmIdentity;
 
   before(async () => {
     rig = await startMqttRig({ devices: [DEVICE] });
-    tpm = await startSwtpm({ resourceManager: true, maxTransients: 3 });
-    Object.assign(process.env, tpm.env);
-    dir = mkdtempSync(join(tmpdir(), 'vitalseal-mqtts-tpm-rm-'));
-    store = await openTpmKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir });
+    t = await tpmIdentity(rig, DEVICE, { maxTransients: 3 });
   });
 
   after(async () => {
     await rig?.stop();
-    await store?.close().catch(() => undefined);
-    await tpm?.stop();
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    await stopTpmIdentity(t);
   });
 
   it('fails with a typed error, and the same uplink connects once the resource manager allows more', async () => {
-    const identity = await rig.fleet.device(DEVICE, { signer: await store.createSigningKey('device-identity') });
     const ingest = await rig.startIngest('ingest-tpm-rm');
-    const tls = tpmTls({ certChainPem: identity.certChainPem, key: await store.loadableKey('device-identity'), trust: rig.trust, env: tpm.env });
+    const tls = tpmTls({ certChainPem: t.identity.certChainPem, key: await t.store.loadableKey('device-identity'), trust: rig.trust, env: t.tpm.env });
     const u = createMqttsUplink({ deviceId: DEVICE, host: rig.broker.host, port: rig.broker.port, serverName: 'localhost', tls });
     try {
       await assert.rejects(u.connect(), (e: unknown) => {
@@ -65,7 +53,7 @@ describe('MQTTS with a TPM key behind a resource manager that allows three objec
       // tpm2-abrmd with its own default limit, as the Raspberry Pi profile runs it. Three sessions
       // through one child: each handshake verifies the broker's two-certificate chain and its
       // CertificateVerify, and signs ours.
-      await tpm.restart({ maxTransients: undefined });
+      await t.tpm.restart({ maxTransients: undefined });
       for (let seq = 1; seq <= 3; seq++) {
         await u.connect();
         assert.equal(u.session?.protocol, 'TLSv1.3');
