@@ -408,23 +408,22 @@ export const bench: BenchModule = {
           batchesLost: lost.batches,
           rangesPerSide: ranges,
         });
-        results.push({
-          name: `dtls application data ${label} records (AES-128-GCM, default pmtu ${DEFAULT_MTU})`,
-          unit: 'records/s', value: d, baseline: { name: tls.name, value: t }, ratio: d / t,
-          ...(target === undefined ? {} : { target }), meta: meta(DEFAULT_MTU, u, d),
-        });
-        results.push({
-          name: `dtls application data ${label} records (AES-128-GCM, default pmtu ${DEFAULT_MTU}) vs raw UDP`,
-          unit: 'records/s', value: d, baseline: { name: `bare node:dgram, same payloads and datagrams, no security (pmtu ${DEFAULT_MTU})`, value: u }, ratio: d / u,
-        });
-        results.push({
-          name: `dtls application data ${label} records (AES-128-GCM, configured pmtu ${LOOPBACK_MTU}: loopback interface)`,
-          unit: 'records/s', value: dLo, baseline: { name: tls.name, value: t }, ratio: dLo / t, meta: meta(LOOPBACK_MTU, uLo, dLo),
-        });
-        results.push({
-          name: `dtls application data ${label} records (AES-128-GCM, configured pmtu ${LOOPBACK_MTU}: loopback interface) vs raw UDP`,
-          unit: 'records/s', value: dLo, baseline: { name: `bare node:dgram, same payloads and datagrams, no security (pmtu ${LOOPBACK_MTU})`, value: uLo }, ratio: dLo / uLo,
-        });
+        // Against Node's TLS (the issue's target applies at the product's default PMTU only), then
+        // against bare UDP at the same PMTU.
+        for (const [pmtu, where, value, raw, rowTarget] of [
+          [DEFAULT_MTU, `default pmtu ${DEFAULT_MTU}`, d, u, target],
+          [LOOPBACK_MTU, `configured pmtu ${LOOPBACK_MTU}: loopback interface`, dLo, uLo, undefined],
+        ] as const) {
+          const name = `dtls application data ${label} records (AES-128-GCM, ${where})`;
+          results.push({
+            name, unit: 'records/s', value, baseline: { name: tls.name, value: t }, ratio: value / t,
+            ...(rowTarget === undefined ? {} : { target: rowTarget }), meta: meta(pmtu, raw, value),
+          });
+          results.push({
+            name: `${name} vs raw UDP`, unit: 'records/s', value,
+            baseline: { name: `bare node:dgram, same payloads and datagrams, no security (pmtu ${pmtu})`, value: raw }, ratio: value / raw,
+          });
+        }
       }
       for (const c of conns) await c.close();
 

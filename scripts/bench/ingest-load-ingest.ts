@@ -20,6 +20,7 @@ const log = {
 let running: RunningIngest | undefined;
 const sink: RecordSink = { records: [], readings: 0, rssMax: 0 };
 sampleRss(sink);
+let counted = { transactions: 0, rows: 0 };
 
 process.on('message', async (raw: unknown) => {
   const m = raw as { type: string; config?: string };
@@ -32,6 +33,12 @@ process.on('message', async (raw: unknown) => {
       });
       process.send?.({ type: 'ready' });
     } else if (m.type === 'take') {
+      const batches = running?.core.metrics.storeBatch;
+      if (batches !== undefined) {
+        sink.transactions = batches.count() - counted.transactions;
+        sink.rows = batches.sum() - counted.rows;
+        counted = { transactions: batches.count(), rows: batches.sum() };
+      }
       process.send?.({ type: 'taken', ...takeRecords(sink) });
     } else if (m.type === 'stop') {
       await running?.stop();

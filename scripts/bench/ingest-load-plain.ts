@@ -3,12 +3,15 @@
  * plaintext listener (the same shared-subscription client code as the ingest, over plain TCP) into
  * plaintext rows in the same database the ingest writes, as a competent plain subscriber would:
  * rows of one event-loop turn in one transaction (up to 128, four transactions in flight on
- * PostgreSQL), each message acknowledged once its row is committed; (device, seq) unique.
+ * PostgreSQL), each message acknowledged once its row is committed; (device, seq) unique. On SQLite
+ * it uses the ingest's cache and checkpoint settings and its background WAL checkpoints.
  *
  * IPC as ingest-load-ingest.ts: start / take / stop.
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { SQLITE_THROUGHPUT_PRAGMAS } from '../../src/ingest/storage/sqlite.ts';
+import { startWalCheckpointer } from '../../src/ingest/storage/sqlite-checkpointer.ts';
 import { createMqttsSubscriber, type MqttsSubscriber } from '../../src/transport/mqtts/subscriber.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import { sampleRss, takeRecords, type RecordSink } from './ingest-load-records.ts';
@@ -31,8 +34,12 @@ function sqliteStore(path: string): PlainStore {
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
+  // The ingest's cache and checkpoint settings: the baseline writes under the same conditions.
+  for (const p of SQLITE_THROUGHPUT_PRAGMAS) db.pragma(p);
   db.pragma('busy_timeout = 5000');
   db.exec(TABLE.replace('%BLOB%', 'BLOB'));
+  // And its WAL checkpoints off the event loop, as the ingest's.
+  const checkpointer = startWalCheckpointer(path);
   const stmt = db.prepare('INSERT INTO bench_plain (device_id, seq, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING');
   const tx = db.transaction((rows: readonly Row[]) => {
     const now = Date.now();
@@ -43,6 +50,7 @@ function sqliteStore(path: string): PlainStore {
       tx.immediate(rows);
     },
     async close() {
+      await checkpointer.stop();
       db.close();
     },
   };
@@ -77,6 +85,8 @@ function batcher(store: PlainStore, maxInFlight: number): (r: Row) => void {
     while (pending.length > 0 && inFlight < maxInFlight) {
       const rows = pending.splice(0, 128);
       inFlight++;
+      sink.transactions = (sink.transactions ?? 0) + 1;
+      sink.rows = (sink.rows ?? 0) + rows.length;
       store.write(rows).then(() => rows.forEach((r) => r.done()), (e: unknown) => rows.forEach((r) => r.done(e))).finally(() => {
         inFlight--;
         pump();

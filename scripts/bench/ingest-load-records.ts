@@ -7,6 +7,9 @@ export interface RecordSink {
   records: number[];
   readings: number;
   rssMax: number;
+  /** Storage transactions and the messages they held (the group commit's batching). */
+  transactions?: number;
+  rows?: number;
 }
 
 export interface Taken {
@@ -14,6 +17,8 @@ export interface Taken {
   readonly readings: number;
   readonly rssMax: number;
   readonly cpuMs: number;
+  readonly transactions: number;
+  readonly rows: number;
 }
 
 let lastCpu = process.cpuUsage();
@@ -28,9 +33,14 @@ export function sampleRss(sink: RecordSink): void {
 export function takeRecords(sink: RecordSink): Taken {
   const cpu = process.cpuUsage(lastCpu);
   lastCpu = process.cpuUsage();
-  const out = { records: sink.records, readings: sink.readings, rssMax: Math.max(sink.rssMax, process.memoryUsage().rss), cpuMs: (cpu.user + cpu.system) / 1000 };
+  const out = {
+    records: sink.records, readings: sink.readings, rssMax: Math.max(sink.rssMax, process.memoryUsage().rss), cpuMs: (cpu.user + cpu.system) / 1000,
+    transactions: sink.transactions ?? 0, rows: sink.rows ?? 0,
+  };
   sink.records = [];
   sink.readings = 0;
   sink.rssMax = 0;
+  sink.transactions = 0;
+  sink.rows = 0;
   return out;
 }

@@ -92,6 +92,17 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.floor(q * s.length))] as number;
 }
 
+/** What a receiver committed during a trial (`Taken` summed). */
+interface Committed {
+  records: number[];
+  readings: number;
+  rssMax: number;
+  cpuMs: number;
+  /** Storage transactions, and the messages they held: rows / transactions is the batching achieved. */
+  transactions: number;
+  rows: number;
+}
+
 /** A receiving side (the ingest, or the baseline subscriber) in its own process. */
 class Receiver {
   readonly #child: ChildProcess;
@@ -131,8 +142,8 @@ class Receiver {
   }
 
   /** Collects commit records until `expected` have arrived (or `ms` passed). */
-  async drain(expected: number, ms = 180_000): Promise<{ records: number[]; readings: number; rssMax: number; cpuMs: number }> {
-    const out = { records: [] as number[], readings: 0, rssMax: 0, cpuMs: 0 };
+  async drain(expected: number, ms = 180_000): Promise<Committed> {
+    const out = { records: [] as number[], readings: 0, rssMax: 0, cpuMs: 0, transactions: 0, rows: 0 };
     const end = Date.now() + ms;
     for (;;) {
       const t = await this.take();
@@ -140,6 +151,8 @@ class Receiver {
       out.readings += t.readings;
       out.rssMax = Math.max(out.rssMax, t.rssMax);
       out.cpuMs += t.cpuMs;
+      out.transactions += t.transactions;
+      out.rows += t.rows;
       if (out.records.length / 3 >= expected) return out;
       if (Date.now() > end) throw new Error(`only ${out.records.length / 3} of ${expected} messages committed after ${ms} ms`);
       await delay(100);
@@ -156,7 +169,7 @@ interface Measured {
   /** Offered messages/s (all devices). */
   readonly offered: number;
   readonly report: RunReport;
-  readonly committed: { records: number[]; readings: number; rssMax: number; cpuMs: number };
+  readonly committed: Committed;
   /** Seal (baseline: publish) → commit, ms. */
   readonly latencies: number[];
   /** Commits per second in [start + ramp, start + duration]. */
@@ -206,6 +219,8 @@ function carried(m: Measured): boolean {
 }
 
 const round1 = (x: number) => Math.round(x * 10) / 10;
+/** Messages per storage transaction in a trial (the group commit's batching). */
+const rowsPerTx = (m: Measured) => round1(m.committed.rows / Math.max(1, m.committed.transactions));
 
 export async function run(ctx: BenchContext): Promise<BenchResult[]> {
   const n = ctx.quick ? 100 : 1000;
@@ -282,7 +297,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
             const ok = carried(m);
             trials[mode].push({ offered: Math.round(m.offered), committed: Math.round(m.rate), p99: Math.round(quantile(m.latencies, 0.99)), carried: ok });
             const per = (ms: number) => (ms * 1000 / Math.max(1, m.report.acked)).toFixed(0);
-            ctx.log(`${backend.name} ${mode}: offered ${Math.round(m.offered)} msg/s → committed ${Math.round(m.rate)} msg/s, p99 ${quantile(m.latencies, 0.99).toFixed(0)} ms: ${ok ? 'carried' : 'not carried'}; CPU µs/msg generator ${per(m.cpuMs.generator)}, broker ${per(m.cpuMs.broker)}, receiver ${per(m.cpuMs.receiver)}${backend.pgData === undefined ? '' : `, postgres ${per(m.cpuMs.database)}`}`);
+            ctx.log(`${backend.name} ${mode}: offered ${Math.round(m.offered)} msg/s → committed ${Math.round(m.rate)} msg/s, p99 ${quantile(m.latencies, 0.99).toFixed(0)} ms: ${ok ? 'carried' : 'not carried'}; CPU µs/msg generator ${per(m.cpuMs.generator)}, broker ${per(m.cpuMs.broker)}, receiver ${per(m.cpuMs.receiver)}${backend.pgData === undefined ? '' : `, postgres ${per(m.cpuMs.database)}`}; ${rowsPerTx(m)} messages per transaction`);
             if (ok) {
               if (best[mode] === undefined || m.offered > (best[mode] as Measured).offered) best[mode] = m;
               next[mode] = failed[mode] === undefined ? Math.max(2 * m.offered, 1000) : (m.offered + (failed[mode] as number)) / 2;
@@ -314,6 +329,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
           target: { ratio: 0.5, comparison: '>=' },
           meta: {
             messagesPerSecond: Math.round(bm.rate), baselineMessagesPerSecond: Math.round(bp.rate), readingsPerMessage: round1(readingsPerMessage),
+            messagesPerTransaction: rowsPerTx(bm), baselineMessagesPerTransaction: rowsPerTx(bp),
             p99LatencyMs: Math.round(quantile(bm.latencies, 0.99)), baselineP99LatencyMs: Math.round(quantile(bp.latencies, 0.99)),
             cpuMicrosecondsPerMessage: { sealedMtls: cpuTable(bm), plaintext: cpuTable(bp) },
             trials, trialSeconds: trialMs / 1000,

@@ -11,7 +11,7 @@
  *   await procs.stopAll();
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 /** The `vitalseal` command of this checkout. */
@@ -37,6 +37,36 @@ export function pidAlive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/**
+ * The processes `pid` started and that still run, with their argv (from /proc/PID/task/TID/children;
+ * a process that is gone by the time it is read is left out).
+ */
+export function childProcesses(pid: number): { pid: number; argv: string[] }[] {
+  const out: { pid: number; argv: string[] }[] = [];
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tasks) {
+    let kids: string;
+    try {
+      kids = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+    } catch {
+      continue; // the thread ended
+    }
+    for (const k of kids === '' ? [] : kids.split(' ')) {
+      try {
+        out.push({ pid: Number(k), argv: readFileSync(`/proc/${k}/cmdline`, 'utf8').split('\0').filter((a) => a !== '') });
+      } catch {
+        // exited meanwhile
+      }
+    }
+  }
+  return out;
 }
 
 const everyone = new Set<ChildProcess>();

@@ -47,8 +47,11 @@ export interface Swtpm {
   /** The control channel: always `port + 1`, where the swtpm TCTI looks for it. */
   readonly ctrlPort: number;
   readonly stateDir: string;
-  /** Clean shutdown (state saved) and start again over the same state, on the same ports. */
-  restart(): Promise<void>;
+  /**
+   * Clean shutdown (state saved) and start again over the same state, on the same ports. With
+   * `next`, tpm2-abrmd comes back with `next.maxTransients` (undefined: its own default).
+   */
+  restart(next?: { readonly maxTransients?: number | undefined }): Promise<void>;
   /** Stops, empties the state directory, starts again: a TPM that has never been used. */
   resetState(): Promise<void>;
   /**
@@ -276,6 +279,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const tpm = new SwtpmProcess(stateDir, await freePortPair());
   const rm = opts.resourceManager === true ? new ResourceManager(join(base, 'rm')) : undefined;
+  let maxTransients = opts.maxTransients;
   const cleanupDirs = () => {
     rmSync(base, { recursive: true, force: true });
     if (ownDir) rmSync(stateDir, { recursive: true, force: true });
@@ -285,7 +289,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     await tpm.start();
     if (rm !== undefined) {
       await rm.startBus();
-      await rm.startBroker(directTcti(), opts.maxTransients);
+      await rm.startBroker(directTcti(), maxTransients);
     }
   } catch (e) {
     await rm?.stopBroker();
@@ -310,11 +314,12 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       return tpm.ctrlPort;
     },
     stateDir,
-    async restart() {
+    async restart(next?: { readonly maxTransients?: number | undefined }) {
+      if (next !== undefined) maxTransients = next.maxTransients;
       await rm?.stopBroker();
       await tpm.stop();
       await tpm.start();
-      await rm?.startBroker(directTcti(), opts.maxTransients);
+      await rm?.startBroker(directTcti(), maxTransients);
     },
     async down() {
       await rm?.stopBroker();
@@ -323,14 +328,14 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
     async up() {
       if (tpm.child !== undefined) return;
       await tpm.start();
-      await rm?.startBroker(directTcti(), opts.maxTransients);
+      await rm?.startBroker(directTcti(), maxTransients);
     },
     async resetState() {
       await rm?.stopBroker();
       await tpm.stop();
       for (const f of readdirSync(stateDir)) rmSync(join(stateDir, f), { recursive: true, force: true });
       await tpm.start();
-      await rm?.startBroker(directTcti(), opts.maxTransients);
+      await rm?.startBroker(directTcti(), maxTransients);
     },
     async stop() {
       if (stopped) return;

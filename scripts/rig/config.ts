@@ -18,12 +18,15 @@ export const DEBIAN = {
  * The guest's packages beyond debootstrap's minbase: systemd as init (the agent's unit), udev (the
  * TPM device node and its group), the TPM 2.0 libraries the key store loads through koffi (FAPI,
  * the device TCTI, libtss2-rc for error texts), tpm2-tools for check-tpm.sh, tpm2-openssl for TLS
- * signed in the TPM (MQTTS, certificate renewal). No swtpm: the guest's TPM is the virtual
- * machine's TPM device, as on a board.
+ * signed in the TPM (MQTTS, certificate renewal), and tpm2-abrmd with its TCTI: the resource manager
+ * the agent uses, as the Raspberry Pi profile installs it (the kernel's /dev/tpmrm0 gives a client
+ * three TPM objects, fewer than tpm2-openssl needs for a handshake). No swtpm: the guest's TPM is
+ * the virtual machine's TPM device, as on a board.
  */
 export const GUEST_PACKAGES = [
   'systemd', 'systemd-sysv', 'udev', 'dbus', 'kmod', 'iproute2', 'procps', 'ca-certificates', 'openssl',
   'libtss2-fapi1', 'libtss2-tcti-device0', 'libtss2-rc0', 'tpm2-tools', 'tpm2-openssl',
+  'tpm2-abrmd', 'libtss2-tcti-tabrmd0',
 ] as const;
 
 /**

@@ -35,7 +35,8 @@ export const GUEST_PATHS = {
   keystoreDir: '/var/lib/vitalseal/tpm',
   queueDir: '/var/lib/vitalseal/queue',
   statusSocket: '/var/lib/vitalseal/agent.sock',
-  tcti: 'device:/dev/tpmrm0',
+  /** tpm2-abrmd on the system bus, as the Raspberry Pi profile configures the agent (MQTTS needs it). */
+  tcti: 'tabrmd:bus_type=system',
   keyLabel: 'device-identity',
 } as const;
 

@@ -11,19 +11,21 @@
  *   base-<key>.img          Debian 12 arm64 (debootstrap --foreign on the host, second stage in the VM) + kernel modules + Node
  *   rootfs-<key>.img        base + hardware/raspberry-pi/install.sh + the rig's guest units (provisioned in the VM)
  *   npm/<lock-hash>/        the checkout's node_modules for linux-arm64 (npm ci --ignore-scripts --cpu=arm64)
- *   app-<key>.img           the checkout (tracked and untracked files) + those node_modules, mounted at /opt/vitalseal
+ *   app-<key>.img           the checkout (tracked and untracked files) + those node_modules + the agent bundle
+ *                           (dist/agent, built here: the guest mounts the checkout read-only), mounted at /opt/vitalseal
  *
  * Root (or sudo -n) is needed for debootstrap and for the root file system's ownership.
  */
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
+  chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync,
   writeFileSync,
 } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEBIAN, GUEST_PACKAGES, HOST_PACKAGES, INITRAMFS_MODULES, KERNEL_METAPACKAGE, MACHINE, NODE_ARM64 } from './config.ts';
+import { buildAgentBundle } from '../lib/agent-bundle.ts';
 import { RigError } from './errors.ts';
 import { runVm } from './qemu.ts';
 
@@ -467,10 +469,20 @@ async function ensureRootfs(cache: string, base: { path: string; key: string }, 
 // ---------------------------------------------------------------------------------------------
 // The checkout disk
 
-/** The checkout's files as git sees them: tracked and untracked-but-not-ignored, that exist. */
+/**
+ * The checkout's files as git sees them: tracked and untracked-but-not-ignored regular files that
+ * exist (an untracked symlink, such as a node_modules linked in from elsewhere, is not a file to copy).
+ */
 function checkoutFiles(): string[] {
   const out = run('git', ['-C', REPO, 'ls-files', '-co', '--exclude-standard', '-z']);
-  return [...new Set(out.split('\0').filter((f) => f !== ''))].filter((f) => existsSync(join(REPO, f))).sort();
+  const isFile = (f: string) => {
+    try {
+      return lstatSync(join(REPO, f)).isFile();
+    } catch {
+      return false;
+    }
+  };
+  return [...new Set(out.split('\0').filter((f) => f !== ''))].filter(isFile).sort();
 }
 
 function ensureArmNodeModules(cache: string, log: (l: string) => void): { dir: string; key: string } {
@@ -499,7 +511,7 @@ function ensureArmNodeModules(cache: string, log: (l: string) => void): { dir: s
 }
 
 function ensureAppDisk(cache: string, log: (l: string) => void, timings: Record<string, number>): Promise<string> {
-  return timed(timings, 'checkout disk', () => {
+  return timed(timings, 'checkout disk', async () => {
     const modules = ensureArmNodeModules(cache, log);
     const files = checkoutFiles();
     const h = createHash('sha256').update(`modules:${modules.key}\n`);
@@ -525,6 +537,9 @@ function ensureAppDisk(cache: string, log: (l: string) => void, timings: Record<
       chmodSync(dst, (st.mode & 0o111) !== 0 ? 0o755 : 0o644);
     }
     cpSync(modules.dir, join(stage, 'node_modules'), { recursive: true, verbatimSymlinks: true });
+    // What vitalseal-agent.service runs (install.sh --no-build in the guest); plain JavaScript, so
+    // the host builds it from the same files; the key above covers its every input.
+    await buildAgentBundle(join(stage, 'dist', 'agent'));
     // The guest identifies the checkout it runs from.
     const head = spawnSync('git', ['-C', REPO, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
     writeFileSync(join(stage, '.rig-checkout'), `${head}${files.length > 0 ? ` ${key}` : ''}\n`);

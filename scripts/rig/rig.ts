@@ -4,8 +4,7 @@
  *
  *   npm run rig                      build what is missing, boot, check, print the report
  *   npm run rig -- --shell           the VM's console on this terminal (root; `poweroff` to leave)
- *   npm run rig -- --transport T     coaps (default), mqtts, both (CoAPS, then MQTTS) or none;
- *                                    MQTTS does not connect over /dev/tpmrm0 yet (docs/hardware.md, "Limits")
+ *   npm run rig -- --transport T     both (default: CoAPS, then MQTTS), coaps, mqtts or none
  *   npm run rig -- --refresh         refresh the arm64 package lists and the kernel choice (rebuilds)
  *   npm run rig -- --console         print the VM's console as it boots
  *   npm run rig -- --json            print the guest's whole report as JSON
@@ -18,15 +17,15 @@ import { RigError } from './errors.ts';
 import type { RigTransport } from './protocol.ts';
 import { runRig, type RigReport } from './run.ts';
 
-const HELP = `usage: npm run rig -- [--shell] [--transport coaps|mqtts|both|none] [--refresh] [--console] [--json] [--timeout MINUTES]
+const HELP = `usage: npm run rig -- [--shell] [--transport both|coaps|mqtts|none] [--refresh] [--console] [--json] [--timeout MINUTES]
 
 Starts a development fleet CA, mosquitto and the ingest service on this host's loopback, boots
 Debian 12 arm64 in qemu-system-aarch64 (virt, Cortex-A72) with swtpm as its TPM, and checks inside
 it: /dev/tpmrm0, Node, vitalseal keys create/sign on the TPM in the agent unit's sandbox (the
 signature verified here with OpenSSL). Then the VM enrols its device through the ingest (key made
 in its TPM, one-time token), and vitalseal-agent.service sends readings over each transport
-(10.0.2.2 is this host; CoAPS by default: MQTTS with the key in the TPM does not connect over
-/dev/tpmrm0 yet, see docs/hardware.md); the ingest's HTTPS API serves one back decrypted, as SenML JSON.
+(10.0.2.2 is this host; CoAPS, then MQTTS, by default; the agent reaches the TPM through
+tpm2-abrmd); the ingest's HTTPS API serves the readings back decrypted, as SenML JSON.
 The first run builds the images (15-30 minutes on two cores); later runs reuse them from
 ${cacheDir()}.
 `;
@@ -108,7 +107,7 @@ async function main(): Promise<number> {
   }
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
   if (timeout !== undefined && (!Number.isFinite(timeout) || timeout <= 0)) throw new RigError('usage', '--timeout takes minutes (a positive number)');
-  const transports = TRANSPORTS[values.transport ?? 'coaps'];
+  const transports = TRANSPORTS[values.transport ?? 'both'];
   if (transports === undefined) throw new RigError('usage', '--transport takes coaps, mqtts, both or none');
   // Ctrl-C (or a SIGTERM) ends the VM; runRig then stops the ingest, the broker and swtpm.
   const interrupted = new AbortController();

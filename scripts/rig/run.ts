@@ -8,7 +8,7 @@
  *   - `vitalseal keys create/sign --store tpm --tcti device:/dev/tpmrm0` worked as user vitalseal in
  *     vitalseal-agent.service's sandbox, and the signature of the host's fresh challenge verifies
  *     with OpenSSL on the host against the public key the TPM returned;
- *   - with transports (the default: CoAPS): the device enrolled through the host's
+ *   - with transports (the default: CoAPS, then MQTTS): the device enrolled through the host's
  *     ingest (its key made in the TPM; the enrolled SPKI in the ingest's registry is the key that
  *     signed the challenge), and vitalseal-agent.service, hardened, as user vitalseal, sent
  *     readings over each transport that the ingest stored and serves decrypted as SenML JSON.
@@ -40,8 +40,8 @@ export interface RigOptions {
   /** Minutes for the boot, the guest's checks and the agent phases (default 45; the image build has its own limits). */
   readonly timeoutMinutes?: number;
   /**
-   * The agent's transports, one phase each, in this order (default CoAPS only: MQTTS with the key
-   * in the TPM does not connect over /dev/tpmrm0 yet, docs/hardware.md "Limits"). Empty: no
+   * The agent's transports, one phase each, in this order (default CoAPS, then MQTTS; the agent
+   * reaches the TPM through tpm2-abrmd, as the Raspberry Pi profile configures it). Empty: no
    * ingest on the host and no agent in the guest, only the TPM and sandbox checks.
    */
   readonly transports?: readonly RigTransport[];
@@ -166,7 +166,7 @@ export async function runRig(opts: RigOptions = {}): Promise<RigReport> {
     if (opts.signal?.aborted === true) throw new RigError('usage', 'interrupted');
   };
   interrupted();
-  const transports = opts.transports ?? ['coaps'];
+  const transports = opts.transports ?? ['coaps', 'mqtts'];
   let ingest: RigIngest | undefined;
   if (transports.length > 0) {
     log(`starting the host's ingest service and broker for the VM (${transports.join(', ')})`);

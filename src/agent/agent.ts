@@ -34,14 +34,14 @@ import type { Uplink } from '../transport/types.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
 import { ApiMisuse, VitalsealError } from '../util/errors.ts';
 import { CertificateWatcher } from './cert-watch.ts';
-import { renewerFromConfig, type RenewalStatus } from './renewal/renewer.ts';
+import type { RenewalStatus } from './renewal/renewer.ts';
 import { ConfigError, type AgentConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { MetricsRegistry, serveMetrics } from './metrics.ts';
 import { Pipeline } from './pipeline.ts';
 import { openSegmentQueue, type SegmentQueue } from './queue/segment-queue.ts';
 import { RejectedStore } from './queue/rejected-store.ts';
-import { MllpGateway } from './sensors/hl7/gateway.ts';
+import type { MllpGateway } from './sensors/hl7/gateway.ts';
 import { SimulatedPatient } from './sensors/simulated-patient.ts';
 import type { SensorSource } from './sensors/types.ts';
 import { serveStatus } from './status-socket.ts';
@@ -134,6 +134,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     config: AgentConfig; selfTest: SelfTestReport; log: Logger; clock: Clock; queue: SegmentQueue; rejected: RejectedStore;
     session: SealingSession; uplinks: { primary: Uplink; failover?: Uplink }; cert: CertificateWatcher | undefined;
     sources: readonly SensorSource[]; random: () => number; timers: Timers | undefined; releaseUplinks?: () => Promise<void>;
+    /** The HL7 gateway class, loaded by createAgent only when a source needs it. */
+    Gateway?: typeof MllpGateway;
   }) {
     super();
     this.config = parts.config;
@@ -174,9 +176,10 @@ export class Agent extends EventEmitter<AgentEvents> {
           ...(s.nibpIntervalSeconds === undefined ? {} : { nibpIntervalMs: s.nibpIntervalSeconds * 1000 }),
         }));
       } else {
+        if (parts.Gateway === undefined) throw new ApiMisuse('hl7-not-loaded', 'an hl7-mllp source needs the gateway module (createAgent loads it)');
         this.#gateways.push({
           id: s.id,
-          gw: new MllpGateway({
+          gw: new parts.Gateway({
             host: s.listen.host, port: s.listen.port, sink: this.#pipeline, clock: parts.clock, log: parts.log.child({ part: 'hl7', source: s.id }),
             maxConnections: s.maxConnections, maxFrameBytes: s.maxFrameBytes, idleTimeoutMs: s.idleTimeoutMs, frameTimeoutMs: s.frameTimeoutMs,
             ...(s.acceptSenders === undefined ? {} : { acceptSenders: s.acceptSenders }),
@@ -399,7 +402,8 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
   } catch (e) {
     throw new ConfigError([`sealing.ingestPublicKeyFile: cannot use ${c.sealing.ingestPublicKeyFile} (${(e as NodeJS.ErrnoException).code ?? (e instanceof VitalsealError ? e.code : 'not an X25519 public key PEM')})`]);
   }
-  const renewer = renewerFromConfig(c, { clock, log: log.child({ part: 'certificate' }), env: opts.env ?? process.env, timers: opts.timers, random: opts.random });
+  // Loaded only when configured: renewal (EST client, CSR) and the HL7 gateway are code most devices never run.
+  const renewer = c.certificate?.renew === undefined ? undefined : (await import('./renewal/renewer.ts')).renewerFromConfig(c, { clock, log: log.child({ part: 'certificate' }), env: opts.env ?? process.env, timers: opts.timers, random: opts.random });
   const cert = c.certificate === undefined ? undefined : new CertificateWatcher({
     file: c.certificate.file, warnDays: c.certificate.warnDays, clock, log: log.child({ part: 'certificate' }), ...(renewer === undefined ? {} : { renewer }),
   });
@@ -443,5 +447,6 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
   return new Agent({
     config: c, selfTest, log, clock, queue, rejected, session, uplinks, cert,
     sources: opts.sources ?? [], random: opts.random ?? Math.random, timers: opts.timers, releaseUplinks,
+    ...(c.sources.some((s) => s.type === 'hl7-mllp') ? { Gateway: (await import('./sensors/hl7/gateway.ts')).MllpGateway } : {}),
   });
 }

@@ -22,7 +22,7 @@ import { isValidDeviceId } from '../codec/vitals.ts';
 import { COSE_CONTENT_ALGS, type CoseAlgName } from '../cose/algorithms.ts';
 import type { ProviderName } from '../crypto/provider.ts';
 import type { KeyStoreConfig, SecretSource } from '../keystore/config.ts';
-import { parseEstUrl } from '../pki/est-client.ts';
+import { parseEstUrl } from '../pki/est-url.ts';
 import { VitalsealError } from '../util/errors.ts';
 import type { LogLevel } from './log.ts';
 

@@ -2,8 +2,8 @@
  * `vitalseal` command dispatcher. Thin: each sub-command lives in its own module under commands/,
  * loaded only when used, so `vitalseal cose ...` never loads DTLS or key-store code.
  */
-import { VitalsealError } from '../util/errors.ts';
-import { UsageError, type CliIo, type CommandModule } from './types.ts';
+import { runCommand } from './run-command.ts';
+import type { CliIo, CommandModule } from './types.ts';
 
 /** Every sub-command, by name; its module is commands/<name>.ts. One not built yet says so plainly. */
 const COMMANDS: Record<string, { summary: string }> = {
@@ -46,18 +46,5 @@ export async function main(argv: string[], io: CliIo = process): Promise<number>
     }
     throw e;
   }
-  try {
-    return await mod.command.run(rest, io);
-  } catch (e) {
-    if (e instanceof UsageError) {
-      io.stderr.write(`vitalseal ${name}: ${e.message}\n(see vitalseal ${name} --help)\n`);
-      return 2;
-    }
-    if (e instanceof VitalsealError) {
-      io.stderr.write(`vitalseal ${name}: ${e.message} [${e.code}]\n`);
-      return 1;
-    }
-    io.stderr.write(`vitalseal ${name}: ${e instanceof Error ? e.message : String(e)}\n`);
-    return 1;
-  }
+  return runCommand(name, mod.command, rest, io);
 }

@@ -51,14 +51,17 @@ export class GroupCommit {
     return new Promise((resolve, reject) => {
       this.#pending.push({ req, resolve, reject });
       if (this.#pending.length >= this.#maxBatch) this.#pump();
-      else if (!this.#scheduled) {
-        this.#scheduled = true;
-        // After this turn's other accepts have queued theirs.
-        setImmediate(() => {
-          this.#scheduled = false;
-          this.#pump();
-        });
-      }
+      else this.#schedule();
+    });
+  }
+
+  /** Pumps after this turn's other accepts have queued theirs (one batch, not a batch per microtask). */
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#pump();
     });
   }
 
@@ -74,7 +77,9 @@ export class GroupCommit {
       this.#inFlight++;
       void this.#write(batch).finally(() => {
         this.#inFlight--;
-        this.#pump();
+        // Not at once: the callers just answered run on in this turn and queue their next stores
+        // (a synchronous backend answers within the same turn), so the next batch waits for them.
+        if (this.#pending.length > 0) this.#schedule();
         if (this.#pending.length === 0 && this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
       });
     }

@@ -117,6 +117,11 @@ export class Histogram implements Metric {
     return this.#series.get(key(this.labelNames, labels))?.count ?? 0;
   }
 
+  /** The sum of the values observed (e.g. messages over every storage transaction). */
+  sum(labels: Labels = {}): number {
+    return this.#series.get(key(this.labelNames, labels))?.sum ?? 0;
+  }
+
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
     for (const s of this.#series.values()) {

@@ -196,7 +196,9 @@ export class IngestService {
     // RFC 9052 §9 / CoAP Content-Formats: 96 is application/cose; cose-type="cose-encrypt".
     if (cf !== undefined && cf !== 96 && cf !== 'cose-encrypt') throw new Refused('unsupported-format', `content format ${String(cf)} is not cose-encrypt (96)`);
 
-    const device = await this.#authorise(peer);
+    const id = peerDeviceId(peer);
+    // The registry is in memory: only a device enrolled by another instance since the last refresh costs a query.
+    const device = this.#authorise(peer, id, this.#o.registry.get(id) ?? await this.#o.registry.lookup(id));
     const deviceId = device.deviceId;
 
     let parsed: ParsedCoseEncrypt;
@@ -235,7 +237,7 @@ export class IngestService {
       const span = timeSpan(batch);
       if (span === undefined) throw new Refused('malformed', 'the SenML pack holds no reading', deviceId, seq);
 
-      const dek = await this.#o.dataKeys.current(deviceId);
+      const dek = this.#o.dataKeys.cachedCurrent(deviceId) ?? await this.#o.dataKeys.current(deviceId);
       const sealed = sealAtRest(this.#provider, dek, deviceId, seq, plaintext);
       const keyVersion = dek.version;
       zeroize(plaintext);
@@ -280,24 +282,8 @@ export class IngestService {
     return true;
   }
 
-  /** Resolves the authenticated peer to an active registered device, or refuses. */
-  async #authorise(peer: PeerIdentity): Promise<DeviceRecord> {
-    let id: string;
-    switch (peer.kind) {
-      case 'certificate':
-      case 'broker':
-        id = peer.deviceId;
-        break;
-      case 'psk':
-        id = peer.pskIdentity;
-        break;
-      default: {
-        const never: never = peer;
-        throw new Refused('unknown-device', `unknown peer kind ${String((never as { kind?: unknown }).kind)}`);
-      }
-    }
-    if (!isDeviceId(id)) throw new Refused('unknown-device', 'the transport identity is not a valid device id');
-    const d = await this.#o.registry.lookup(id);
+  /** The registered device the authenticated peer `id` (peerDeviceId) is, if it is active and its credential is the registered one; or refuses. */
+  #authorise(peer: PeerIdentity, id: string, d: DeviceRecord | undefined): DeviceRecord {
     if (d === undefined) throw new Refused('unknown-device', `device ${deviceLabel(id)} is not registered`, id);
     switch (peer.kind) {
       case 'certificate':
@@ -454,6 +440,26 @@ export class IngestService {
   destroy(): void {
     for (const c of this.#caches.values()) c.clear();
   }
+}
+
+/** The device id the transport authenticated (a certificate's or the broker's device, a PSK identity), or a refusal. */
+function peerDeviceId(peer: PeerIdentity): string {
+  let id: string;
+  switch (peer.kind) {
+    case 'certificate':
+    case 'broker':
+      id = peer.deviceId;
+      break;
+    case 'psk':
+      id = peer.pskIdentity;
+      break;
+    default: {
+      const never: never = peer;
+      throw new Refused('unknown-device', `unknown peer kind ${String((never as { kind?: unknown }).kind)}`);
+    }
+  }
+  if (!isDeviceId(id)) throw new Refused('unknown-device', 'the transport identity is not a valid device id');
+  return id;
 }
 
 function claimedIdentity(peer: PeerIdentity): string {

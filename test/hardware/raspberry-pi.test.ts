@@ -1,7 +1,7 @@
 /**
  * The Raspberry Pi profile's system files, checked by systemd's own tools on this host:
  * `systemd-analyze verify` and `security --offline` for the agent's unit (in a temporary root that
- * holds the host's systemd units and the vitalseal command where install.sh puts it), and
+ * holds the host's systemd units, node and the agent bundle where install.sh puts them), and
  * `systemd-sysusers --root` for the user. Plus the hardening directives, one by one, and the shell
  * scripts' syntax.
  */
@@ -48,6 +48,10 @@ before(() => {
   mkdirSync(join(root, 'usr', 'local', 'bin'), { recursive: true });
   copyFileSync(join(repo, 'scripts', 'bin', 'vitalseal.mjs'), join(root, 'usr', 'local', 'bin', 'vitalseal'));
   chmodSync(join(root, 'usr', 'local', 'bin', 'vitalseal'), 0o755);
+  // verify only needs an executable at ExecStart's path; the real node runs the bundle in test/cli/agent-bundle.test.ts.
+  writeFileSync(join(root, 'usr', 'local', 'bin', 'node'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  mkdirSync(join(root, 'usr', 'local', 'lib', 'vitalseal'), { recursive: true });
+  writeFileSync(join(root, 'usr', 'local', 'lib', 'vitalseal', 'vitalseal-agent.mjs'), '');
   mkdirSync(join(root, 'etc', 'systemd', 'system'), { recursive: true });
 });
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -74,7 +78,7 @@ describe('vitalseal-agent.service', () => {
     // systemd-analyze verify exits 0 on many warnings; the test above relies on its output being empty.
     const bad = verify('bad-value.service', unitText.replace('ProtectSystem=strict', 'ProtectSystem=very'));
     assert.match(bad.output, /ProtectSystem|protect system/i);
-    const missing = verify('bad-exec.service', unitText.replace('/usr/local/bin/vitalseal agent', '/usr/local/bin/vitalseal-nowhere agent'));
+    const missing = verify('bad-exec.service', unitText.replace('/usr/local/bin/node ', '/usr/local/bin/node-nowhere '));
     assert.notEqual(missing.status, 0);
     assert.match(missing.output, /not executable|No such file/);
     const unknown = verify('bad-key.service', unitText.replace('NoNewPrivileges=yes', 'NoNewPrivileges=yes\nProtectEverything=yes'));
@@ -92,7 +96,7 @@ describe('vitalseal-agent.service', () => {
       assert.equal(v.length, 1, `${k}= given ${v.length} times`);
       return v[0] as string;
     };
-    assert.equal(one('ExecStart'), '/usr/local/bin/vitalseal agent run --config /etc/vitalseal/agent.yaml');
+    assert.equal(one('ExecStart'), '/usr/local/bin/node --max-semi-space-size=1 --single-threaded /usr/local/lib/vitalseal/vitalseal-agent.mjs agent run --config /etc/vitalseal/agent.yaml');
     assert.equal(one('User'), 'vitalseal');
     assert.equal(one('Group'), 'vitalseal');
     assert.equal(one('SupplementaryGroups'), 'tss');
@@ -123,6 +127,10 @@ describe('vitalseal-agent.service', () => {
     // PrivateDevices=yes would hide /dev/tpmrm0; DevicePolicy=closed does the job instead.
     assert.equal(service.get('PrivateDevices'), undefined);
     assert.deepEqual(unit.get('Requires'), ['dev-tpmrm0.device']);
+    // tpm2-abrmd (the TCTI the profile configures) is up first, but an agent on the device TCTI
+    // does not depend on it.
+    assert.ok(unit.get('Wants')?.includes('tpm2-abrmd.service'), String(unit.get('Wants')));
+    assert.ok(unit.get('After')?.includes('tpm2-abrmd.service'), String(unit.get('After')));
     assert.deepEqual(unit.get('ConditionPathExists'), ['/etc/vitalseal/agent.yaml']);
     assert.deepEqual(d.get('Install')?.get('WantedBy'), ['multi-user.target']);
   });

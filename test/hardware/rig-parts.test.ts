@@ -14,6 +14,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { startSwtpmForVm } from '../../scripts/lib/swtpm.ts';
+import { GUEST_PACKAGES } from '../../scripts/rig/config.ts';
 import { RigError } from '../../scripts/rig/errors.ts';
 import { moduleLoadOrder } from '../../scripts/rig/image.ts';
 import { loadAgentConfig } from '../../src/agent/config.ts';
@@ -322,7 +323,7 @@ describe('guestAgentConfig', () => {
         assert.equal(c.transport.primary.kind, transport);
         assert.equal(c.transport.primary.host, '10.0.2.2');
         assert.equal(c.transport.primary.port, 40000);
-        assert.match(JSON.stringify(c.transport.primary), /"kind":"tpm".*"tcti":"device:\/dev\/tpmrm0"/);
+        assert.match(JSON.stringify(c.transport.primary), /"kind":"tpm".*"tcti":"tabrmd:bus_type=system"/);
         assert.equal(c.certificate?.renew?.url, 'https://10.0.2.2:8443');
         assert.ok(c.certificate?.file.startsWith('/var/lib/vitalseal/'), 'renewal rewrites the files: they live in the StateDirectory');
         assert.equal(c.queue.dir, '/var/lib/vitalseal/queue');
@@ -330,6 +331,17 @@ describe('guestAgentConfig', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('GUEST_PACKAGES', () => {
+  it('holds every package the Raspberry Pi profile installs (the rig runs install.sh with --no-apt)', () => {
+    const install = readFileSync(fileURLToPath(new URL('../../hardware/raspberry-pi/install.sh', import.meta.url)), 'utf8');
+    const line = /^for pkg in ([a-z0-9. +-]+); do$/m.exec(install);
+    assert.ok(line !== null, 'install.sh has no package loop');
+    const wanted = (line[1] as string).split(/\s+/);
+    assert.ok(wanted.includes('tpm2-abrmd') && wanted.includes('libtss2-tcti-tabrmd0'), wanted.join(' '));
+    for (const pkg of wanted) assert.ok((GUEST_PACKAGES as readonly string[]).includes(pkg), `${pkg} is installed by install.sh but not in the rig's GUEST_PACKAGES`);
   });
 });
 

@@ -67,6 +67,22 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       await assert.rejects(h.core.hierarchy.acquire(dataKeyId('bed-rk'), 1), (e: unknown) => e instanceof KeyStoreError && e.code === 'version-destroyed');
     });
 
+    it('the message path\'s cached data key: the current version while fresh, nothing once expired or rotated', async () => {
+      const d = await h.enrol('bed-ck');
+      const keys = h.core.dataKeys;
+      assert.equal(keys.cachedCurrent('bed-ck'), undefined, 'nothing before the first message');
+      assert.equal((await h.core.service?.accept({ payload: d.seal(1), contentFormat: 96, peer: d.peer }))?.status, 'accepted');
+      assert.equal(keys.cachedCurrent('bed-ck')?.version, 1);
+      h.clock.advance(keys.ttlMs);
+      assert.equal(keys.cachedCurrent('bed-ck'), undefined, 'expired: the next message unwraps again');
+      assert.equal((await keys.current('bed-ck')).version, 1);
+      await h.core.rekey.rotate('bed-ck');
+      assert.equal(keys.cachedCurrent('bed-ck'), undefined, 'a rotation forgets the cached version');
+      assert.equal((await h.core.service?.accept({ payload: d.seal(2), contentFormat: 96, peer: d.peer }))?.status, 'accepted');
+      assert.equal(keys.cachedCurrent('bed-ck')?.version, 2);
+      assert.deepEqual(await versionsOf(h.core, 'bed-ck'), [1, 2]);
+    });
+
     it('an interrupted pass keeps its progress and is finished by another process', async () => {
       const d = await h.enrol('bed-int');
       for (let seq = 1; seq <= 40; seq++) await h.core.service?.accept({ payload: d.seal(seq), contentFormat: 96, peer: d.peer });

@@ -13,10 +13,11 @@
  *   - the device enrols through the host's ingest (`vitalseal provision --enrol`, key made in the
  *     VM's TPM, one-time token in a 0600 file removed after use): the ingest's registry holds the
  *     SPKI of the key that `keys list` shows in the TPM and that signs the host's challenge;
- *   - vitalseal-agent.service, hardened, as user vitalseal, sends readings over CoAPS (DTLS 1.3,
- *     CertificateVerify signed in the TPM); the host's ingest stores them under the VM's device id
- *     and serves them decrypted as SenML JSON. (MQTTS with the key in the TPM does not connect over
- *     /dev/tpmrm0 yet: docs/hardware.md, "Limits".)
+ *   - vitalseal-agent.service, hardened, as user vitalseal, reaching the TPM through tpm2-abrmd on
+ *     the system bus (the Raspberry Pi profile's TCTI), sends readings over CoAPS (DTLS 1.3,
+ *     CertificateVerify signed in the TPM through FAPI) and then over MQTTS (TLS 1.3 in the agent's
+ *     child process, signed in the TPM through tpm2-openssl); the host's ingest stores them under
+ *     the VM's device id and serves them decrypted as SenML JSON.
  */
 import assert from 'node:assert/strict';
 import { verify } from 'node:crypto';
@@ -29,7 +30,7 @@ describe('aarch64 rig (qemu-system-aarch64 virt + swtpm)', () => {
     const t0 = performance.now();
     const report = await runRig({
       log: (l) => process.stderr.write(`rig: ${l}\n`),
-      transports: ['coaps'],
+      transports: ['coaps', 'mqtts'],
       deviceId: 'rig-arm64',
       timeoutMinutes: 60,
     });
@@ -82,18 +83,23 @@ describe('aarch64 rig (qemu-system-aarch64 virt + swtpm)', () => {
     assert.equal(id.signatureVerified, true);
     assert.match(id.subject, /rig-arm64/);
 
-    // The transport delivered: the ingest stored messages from the VM's device over it.
-    assert.deepEqual(ing.phases.map((p) => [p.transport, p.arrived]), [['coaps', true]]);
-    const [coaps] = ing.phases;
-    assert.ok(coaps !== undefined);
+    // Each transport delivered: the ingest stored messages from the VM's device over it.
+    assert.deepEqual(ing.phases.map((p) => [p.transport, p.arrived]), [['coaps', true], ['mqtts', true]]);
+    const [coaps, mqtts] = ing.phases;
+    assert.ok(coaps !== undefined && mqtts !== undefined);
     assert.equal(coaps.seenTransport, 'coaps');
     assert.match(coaps.seenSuite ?? '', /^DTLSv1\.3 TLS_/);
     assert.ok(coaps.messagesAfter - coaps.messagesBefore >= 3);
-    assert.ok(Number(ing.posture?.['messages']) >= coaps.messagesAfter);
-    // The device's side of the link: its own status document names the protocol it negotiated.
-    const deviceTransport = (JSON.parse(d.phases[0]?.status ?? '{}') as { transport?: { kind?: string; protocol?: string } }).transport;
-    assert.equal(deviceTransport?.kind, 'coaps', d.phases[0]?.status);
-    assert.match(deviceTransport?.protocol ?? '', /DTLS/, d.phases[0]?.status);
+    assert.equal(mqtts.seenTransport, 'mqtts');
+    assert.match(mqtts.seenSuite ?? '', /^TLSv1\.3 via broker \/ /);
+    assert.ok(mqtts.messagesAfter - mqtts.messagesBefore >= 3);
+    assert.ok(Number(ing.posture?.['messages']) >= mqtts.messagesAfter);
+    // The device's side of each link: its own status document names the protocol it negotiated.
+    const deviceTransport = (i: number) => (JSON.parse(d.phases[i]?.status ?? '{}') as { transport?: { kind?: string; protocol?: string } }).transport;
+    assert.equal(deviceTransport(0)?.kind, 'coaps', d.phases[0]?.status);
+    assert.match(deviceTransport(0)?.protocol ?? '', /DTLS/, d.phases[0]?.status);
+    assert.equal(deviceTransport(1)?.kind, 'mqtts', d.phases[1]?.status);
+    assert.match(deviceTransport(1)?.protocol ?? '', /TLSv1\.3/, d.phases[1]?.status);
 
     // Decrypted at the ingest: SenML JSON records named after the VM's device, with values.
     const numeric = ing.readings.filter((x) => typeof x.v === 'number');

@@ -5,51 +5,18 @@
  * TPM does not load.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
-import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
-import { openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
 import { spkiSha256 } from '../../src/pki/certificate.ts';
-import type { IssuedIdentity } from '../../scripts/lib/test-fleet.ts';
 import { tpmTls } from '../../src/transport/mqtts/tpm-tunnel.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import { KeyStoreError } from '../../src/util/errors.ts';
 import { until, uplinkContract } from './contract.ts';
+import { stopTpmIdentity, tpmIdentity, type TpmIdentity } from './support/tpm-identity.ts';
 
 const DEVICE = 'tpm-bed-1';
 
-interface TpmRig {
-  tpm: Swtpm;
-  store: TpmKeyStore;
-  dir: string;
-  identity: IssuedIdentity;
-}
-
-/**
- * A TPM with an identity key and its certificate. With `direct`, the store talks to swtpm without
- * the resource manager: one process can reach only one tpm2-abrmd session bus (GDBus keeps the
- * first), so a second TPM in this process is reached directly.
- */
-async function tpmIdentity(rig: MqttRig, deviceId: string, direct = false): Promise<TpmRig> {
-  const tpm = await startSwtpm({ resourceManager: !direct });
-  if (!direct) Object.assign(process.env, tpm.env);
-  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-mqtts-tpm-'));
-  const store = await openTpmKeyStore({ kind: 'tpm', tcti: direct ? tpm.directTcti : tpm.tcti, dir });
-  const signer = await store.createSigningKey('device-identity');
-  const identity = await rig.fleet.device(deviceId, { signer });
-  return { tpm, store, dir, identity };
-}
-
-async function stopTpm(t: TpmRig | undefined): Promise<void> {
-  await t?.store.close().catch(() => undefined);
-  await t?.tpm.stop();
-  if (t !== undefined) rmSync(t.dir, { recursive: true, force: true });
-}
-
-let contractTpm: TpmRig | undefined;
+let contractTpm: TpmIdentity | undefined;
 uplinkContract('MQTTS, device key in the TPM (TLS in a child process)', async () => {
   const rig = await startMqttRig({ devices: [DEVICE] });
   contractTpm = await tpmIdentity(rig, DEVICE);
@@ -79,15 +46,15 @@ uplinkContract('MQTTS, device key in the TPM (TLS in a child process)', async ()
     },
     async teardown() {
       await rig.stop();
-      await stopTpm(contractTpm);
+      await stopTpmIdentity(contractTpm);
     },
   };
 });
 
 describe('MQTTS with a TPM key: what the broker authenticated, and what does not load', () => {
   let rig: MqttRig;
-  let a: TpmRig;
-  let b: TpmRig;
+  let a: TpmIdentity;
+  let b: TpmIdentity;
   /** The one ingest instance of these cases: a second would take part of the shared stream. */
   let ingest: IngestInstance;
 
@@ -98,8 +65,8 @@ describe('MQTTS with a TPM key: what the broker authenticated, and what does not
 
   after(async () => {
     await rig?.stop();
-    await stopTpm(a);
-    await stopTpm(b);
+    await stopTpmIdentity(a);
+    await stopTpmIdentity(b);
   });
 
   it('the certificate the broker accepted carries the TPM key: its SPKI is the store\'s identity key', async () => {
@@ -119,7 +86,7 @@ describe('MQTTS with a TPM key: what the broker authenticated, and what does not
   });
 
   it('a key blob from another TPM does not load: typed KeyStoreError, no connection', async () => {
-    b = await tpmIdentity(rig, 'tpm-b', true);
+    b = await tpmIdentity(rig, 'tpm-b', { direct: true });
     const foreign = await b.store.loadableKey('device-identity');
     // TPM b's blob, presented to TPM a (same SRK handle, a different SRK): TPM2_Load refuses it.
     const u = createMqttsUplink({

@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import { dynsecConfig, renderTemplate, TEMPLATE_PATH } from '../../scripts/lib/mosquitto.ts';
 import { ManualTimers } from '../../src/transport/timers.ts';
 import { mapConnectionError } from '../../src/transport/mqtts/tls.ts';
-import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { tpm2OpensslConfig, tpmRmHint } from '../../src/transport/mqtts/tpm-tunnel.ts';
 import { contentTypeFor, deviceIdFromTopic, formatFromContentType, hasCoseTag, INGEST_SUBSCRIPTION, vitalsTopic } from '../../src/transport/mqtts/topics.ts';
 import { MAX_CHUNK, parseToChild, parseToParent } from '../../src/transport/mqtts/tunnel-protocol.ts';
 import { CertificateError, PeerIncompatible, TransportError, UplinkRejected } from '../../src/util/errors.ts';
@@ -77,6 +77,17 @@ describe('TPM tunnel messages', () => {
     assert.match(conf, /^module = \/usr\/lib\/x86_64-linux-gnu\/ossl-modules\/tpm2\.so$/m);
     assert.match(conf, /^default_properties = \?provider=tpm2,tpm2\.digest!=yes,tpm2\.rand!=yes,tpm2\.cipher!=yes$/m);
     assert.match(conf, /\[vitalseal_default\]\nactivate = 1/);
+  });
+
+  it('a TLS failure through the kernel\'s resource manager names the limit and the fix; other TCTIs get no hint', () => {
+    for (const tcti of ['device:/dev/tpmrm0', 'device:/dev/tpm0']) {
+      const hint = tpmRmHint(tcti);
+      assert.match(hint, /three TPM objects/);
+      assert.match(hint, /tpm2-abrmd/);
+      assert.match(hint, /tabrmd:bus_type=system/);
+      assert.ok(hint.includes(tcti));
+    }
+    for (const tcti of ['tabrmd:bus_type=system', 'tabrmd:bus_name=com.intel.tss2.Tabrmd,bus_type=session', 'swtcp:host=127.0.0.1,port=2321', '']) assert.equal(tpmRmHint(tcti), '');
   });
 });
 

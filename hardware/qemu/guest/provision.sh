@@ -5,8 +5,9 @@
 set -eu
 say() { echo "provision: $*"; }
 
-# The device part, exactly as on a board.
-/opt/vitalseal/hardware/raspberry-pi/install.sh --no-apt --no-start
+# The device part, exactly as on a board; the checkout disk is read-only and comes with the agent
+# bundle the host built (scripts/rig/image.ts), hence --no-build.
+/opt/vitalseal/hardware/raspberry-pi/install.sh --no-apt --no-start --no-build
 
 # The rig part.
 echo vitalseal-rig > /etc/hostname

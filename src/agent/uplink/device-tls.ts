@@ -54,8 +54,11 @@ export async function deviceTlsFactory(store: KeyStore, label: string, trust: Mq
   }
   if (store.describe().kind === 'tpm') {
     // Loaded on demand: only TPM users load the tpm2-openssl child's code.
-    const { tpmTls } = await import('../../transport/mqtts/tpm-tunnel.ts');
+    const { tpmTls, tpmRmHint } = await import('../../transport/mqtts/tpm-tunnel.ts');
     const key = await (store as TpmKeyStore).loadableKey(label);
+    // Said at start, not only after the first failed handshake (hardware/raspberry-pi/README.md).
+    const hint = tpmRmHint(key.tcti);
+    if (hint !== '') deps.log.warn({ tcti: key.tcti }, `${deps.purpose}: TLS signed in the TPM will likely fail${hint}`);
     return (certChainPem) => tpmTls({ certChainPem, key, trust, clock: deps.clock });
   }
   throw deps.refusal();

@@ -11,6 +11,7 @@
 import pg from 'pg';
 import { checkRecord } from '../../keystore/hierarchy/json-file-records.ts';
 import type { RekeyState, WrappedKeyRecord, WrappedKeyRecordStore } from '../../keystore/hierarchy/types.ts';
+import { asBuffer } from '../../util/bytes.ts';
 import { KeyStoreError, StorageError } from '../../util/errors.ts';
 import {
   apiTokenFromRow, closedError, deviceExistsError, deviceFromRow, enrolTokenFromRow, existsError, messageFromRow, num, rekeyFromRow, wrappedKeyFromRow,
@@ -37,6 +38,52 @@ const STORE_SQL = `WITH ins AS (
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, seq) DO NOTHING RETURNING 1
   ), touch AS (${TOUCH_DEVICE_SQL((n) => TOUCH_PARAMS[n] as string, 'GREATEST')} AND $14::boolean RETURNING 1)
   SELECT (SELECT COUNT(*) FROM ins) AS stored`;
+/** Rows per batch statement at most (8 parameters each; a power of two); the group commit writes 128 at most. */
+const MAX_STATEMENT_ROWS = 256;
+const batchSql = new Map<number, string>();
+
+/**
+ * A batch of up to `slots` messages in one statement. The rows are a multi-row VALUES with one
+ * parameter per column, so the ciphertexts travel as binary parameters (a bytea[] parameter would
+ * be sent as hex text and parsed back). The statement is prepared once per connection and slot
+ * count; slot counts are powers of two (`slotsFor`) and unused slots are NULL rows that the
+ * statement skips, so a connection plans at most nine such statements, not one per batch size.
+ * Each device's latest activity comes as arrays (no bytes in it) and is applied once.
+ */
+function storeBatchSql(slots: number): string {
+  const cached = batchSql.get(slots);
+  if (cached !== undefined) return cached;
+  const a = 8 * slots;
+  const values = Array.from({ length: slots }, (_, i) => {
+    const p = 8 * i;
+    return `($${p + 1}::text, $${p + 2}::bigint, $${p + 3}::bigint, $${p + 4}::bigint, $${p + 5}::bigint, $${p + 6}::int, $${p + 7}::bytea, $${p + 8}::bytea)`;
+  }).join(', ');
+  const sql = `WITH ins AS (
+    INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+    SELECT * FROM (VALUES ${values}) AS v(device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+    WHERE v.device_id IS NOT NULL
+    ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+  ), act AS (
+    SELECT * FROM unnest($${a + 1}::text[], $${a + 2}::bigint[], $${a + 3}::text[], $${a + 4}::text[], $${a + 5}::text[], $${a + 6}::bigint[]) AS a(device_id, seen, transport, suite, epoch, epoch_start)
+  ), touch AS (
+    UPDATE devices d SET
+      transport = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.transport ELSE d.transport END,
+      suite = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.suite ELSE d.suite END,
+      sealing_epoch = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch ELSE d.sealing_epoch END,
+      epoch_started_at = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch_start ELSE d.epoch_started_at END,
+      last_seen_at = GREATEST(COALESCE(d.last_seen_at, 0), a.seen)
+    FROM act a WHERE d.device_id = a.device_id RETURNING 1
+  ) SELECT device_id, seq FROM ins`;
+  batchSql.set(slots, sql);
+  return sql;
+}
+
+/** The power of two at or above `rows` (rows ≤ MAX_STATEMENT_ROWS). */
+function slotsFor(rows: number): number {
+  let n = 1;
+  while (n < rows) n *= 2;
+  return n;
+}
 
 const BUMP = "bump AS (UPDATE meta SET value = value + 1 WHERE name = 'registry-version' AND EXISTS (SELECT 1 FROM up) RETURNING 1)";
 
@@ -70,6 +117,16 @@ export class PostgresStorage implements IngestStorage {
   #q<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
     if (this.#closed) return Promise.reject(new StorageError('storage-closed', 'the ingest database is closed'));
     return this.#pool.query<R>(sql, params);
+  }
+
+  /**
+   * A statement of the message path as a named prepared statement: each pooled connection parses
+   * and plans it once per name, not once per message or batch (batches use a few fixed slot counts,
+   * storeBatchSql).
+   */
+  #prepared<R extends pg.QueryResultRow>(query: pg.QueryConfig): Promise<pg.QueryResult<R>> {
+    if (this.#closed) return Promise.reject(new StorageError('storage-closed', 'the ingest database is closed'));
+    return this.#pool.query<R>(query);
   }
 
   async #transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
@@ -161,10 +218,10 @@ export class PostgresStorage implements IngestStorage {
   }
 
   async storeMessage(m: StoredMessage, a?: DeviceActivity): Promise<'stored' | 'duplicate'> {
-    const r = await this.#q<{ stored: string }>(STORE_SQL, [
+    const r = await this.#prepared<{ stored: string }>({ name: 'vitalseal-store-message', text: STORE_SQL, values: [
       m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext),
       a?.seenAt ?? 0, a?.transport ?? null, a?.suite ?? null, a?.sealingEpoch ?? null, a?.epochStartedAt ?? null, a !== undefined,
-    ]);
+    ] });
     return num(r.rows[0]?.stored ?? 0) === 1 ? 'stored' : 'duplicate';
   }
 
@@ -182,28 +239,31 @@ export class PostgresStorage implements IngestStorage {
     });
     const rows = send.map((i) => (batch[i] as StoreRequest).message);
     const acts = [...latestActivity(batch)];
-    const col = <T>(f: (m: StoredMessage) => T) => rows.map(f);
-    const r = await this.#q<{ device_id: string; seq: string }>(`WITH ins AS (
-        INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::int[], $7::bytea[], $8::bytea[])
-        ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
-      ), act AS (
-        SELECT * FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bigint[]) AS a(device_id, seen, transport, suite, epoch, epoch_start)
-      ), touch AS (
-        UPDATE devices d SET
-          transport = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.transport ELSE d.transport END,
-          suite = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen THEN a.suite ELSE d.suite END,
-          sealing_epoch = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch ELSE d.sealing_epoch END,
-          epoch_started_at = CASE WHEN COALESCE(d.last_seen_at, 0) <= a.seen AND a.epoch IS NOT NULL THEN a.epoch_start ELSE d.epoch_started_at END,
-          last_seen_at = GREATEST(COALESCE(d.last_seen_at, 0), a.seen)
-        FROM act a WHERE d.device_id = a.device_id RETURNING 1
-      ) SELECT device_id, seq FROM ins`, [
-      col((m) => m.deviceId), col((m) => m.seq), col((m) => m.receivedAt), col((m) => m.firstTime), col((m) => m.lastTime), col((m) => m.keyVersion),
-      col((m) => Buffer.from(m.nonce)), col((m) => Buffer.from(m.ciphertext)),
-      acts.map(([d]) => d), acts.map(([, a]) => a.seenAt), acts.map(([, a]) => a.transport), acts.map(([, a]) => a.suite),
-      acts.map(([, a]) => a.sealingEpoch ?? null), acts.map(([, a]) => a.epochStartedAt ?? null),
-    ]);
-    const stored = new Set(r.rows.map((x) => `${x.device_id}\u0000${num(x.seq)}`));
+    const statement = (part: readonly StoredMessage[], withActivity: boolean): pg.QueryConfig => {
+      const a = withActivity ? acts : [];
+      const slots = slotsFor(part.length);
+      const values: unknown[] = [];
+      for (const m of part) values.push(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, asBuffer(m.nonce), asBuffer(m.ciphertext));
+      for (let i = part.length; i < slots; i++) values.push(null, null, null, null, null, null, null, null);
+      values.push(a.map(([d]) => d), a.map(([, x]) => x.seenAt), a.map(([, x]) => x.transport), a.map(([, x]) => x.suite),
+        a.map(([, x]) => x.sealingEpoch ?? null), a.map(([, x]) => x.epochStartedAt ?? null));
+      return { name: `vitalseal-store-messages-${slots}`, text: storeBatchSql(slots), values };
+    };
+    type Inserted = { device_id: string; seq: string };
+    let inserted: Inserted[];
+    if (rows.length <= MAX_STATEMENT_ROWS) {
+      inserted = (await this.#prepared<Inserted>(statement(rows, true))).rows;
+    } else {
+      // Larger than the group commit makes them: several statements, still one transaction.
+      inserted = await this.#transaction(async (c) => {
+        const out: Inserted[] = [];
+        for (let i = 0; i < rows.length; i += MAX_STATEMENT_ROWS) {
+          out.push(...(await c.query<Inserted>(statement(rows.slice(i, i + MAX_STATEMENT_ROWS), i === 0))).rows);
+        }
+        return out;
+      });
+    }
+    const stored = new Set(inserted.map((x) => `${x.device_id}\u0000${num(x.seq)}`));
     return batch.map((req, i) => {
       const k = `${req.message.deviceId}\u0000${req.message.seq}`;
       return first.get(k) === i && stored.has(k) ? 'stored' : 'duplicate';

@@ -102,7 +102,16 @@ export function tpm2OpensslConfig(providerPath: string): string {
   ].join('\n');
 }
 
-/** The loader flags this process runs with (tsx in development), so the child loads the same way. */
+/**
+ * V8 options for the child, whatever this process runs with: the ones the Raspberry Pi unit gives
+ * the agent (hardware/raspberry-pi/vitalseal-agent.service). The child only relays TLS records (the
+ * cryptography is OpenSSL's, in native code), so a young generation allowed to grow towards 16 MiB
+ * and helper threads for garbage collection and compilation buy it nothing. At one patient's rate
+ * they made no measurable difference to its RSS (docs/agent.md "Footprint": most of the child is
+ * Node itself); they bound what a burst, such as a backlog drained after an outage, can leave.
+ */
+export const TUNNEL_CHILD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded'];
+
 /**
  * How the child loads TypeScript: the loader flags this process was started with, or, when it was
  * not started with one (the `vitalseal` command registers tsx from inside), tsx by absolute URL, so
@@ -127,6 +136,21 @@ function errorFrom(w: WireError): Error {
 }
 
 /**
+ * What to tell the operator when a handshake could not be signed in the TPM through `tcti`: the
+ * kernel's resource manager (/dev/tpmrm0) lets each client hold three TPM objects, and during one
+ * handshake tpm2-openssl holds more (the key, hash sequences, public keys it imports to verify),
+ * so the TPM answers TPM_RC_OBJECT_MEMORY. A user-space resource manager has no such limit.
+ *
+ * @example
+ *   tpmRmHint('device:/dev/tpmrm0') // '; TCTI device:/dev/tpmrm0: the kernel's resource manager ...'
+ *   tpmRmHint('tabrmd:bus_type=system') // ''
+ */
+export function tpmRmHint(tcti: string): string {
+  if (!tcti.startsWith('device:')) return '';
+  return `; TCTI ${tcti}: the kernel's resource manager gives a client three TPM objects, fewer than tpm2-openssl holds during a TLS handshake: run tpm2-abrmd and use TCTI tabrmd:bus_type=system (hardware/raspberry-pi/README.md)`;
+}
+
+/**
  * The handshake failed on our side, in the TPM: the tpm2 provider could not load or use the key
  * (`ERR_SSL_CANNOT_LOAD_KEY`, "tpm2::..."). Seen after the TPM or its resource manager went away and
  * came back: the provider's TPM context in the child is dead for good ("esapi: Function called in
@@ -136,19 +160,26 @@ export function isTpmKeyFailure(w: WireError): boolean {
   return w.code === 'ERR_SSL_CANNOT_LOAD_KEY' || /:tpm2::/.test(w.message);
 }
 
+/** What a tunnelled connection checks the broker against, and the TCTI for error hints. */
+interface TunnelChecks {
+  readonly trust: MqttsTrust;
+  readonly clock: Clock;
+  readonly tcti: string;
+}
+
 /** One tunnelled TLS connection: a Duplex over the child's socket with the same id. */
 class TunnelSocket extends Duplex {
   readonly id: number;
   readonly #child: ChildLink;
   readonly #target: TlsTarget;
-  readonly #checks: { readonly trust: MqttsTrust; readonly clock: Clock };
+  readonly #checks: TunnelChecks;
   #phase: 'handshaking' | 'open' | 'closed' = 'handshaking';
   #held: { data: Buffer | null; cb: (e?: Error | null) => void }[] = [];
   readonly secured: Promise<TlsSessionInfo>;
   #resolve!: (info: TlsSessionInfo) => void;
   #reject!: (e: VitalsealError) => void;
 
-  constructor(id: number, child: ChildLink, target: TlsTarget, checks: { readonly trust: MqttsTrust; readonly clock: Clock }) {
+  constructor(id: number, child: ChildLink, target: TlsTarget, checks: TunnelChecks) {
     super({ allowHalfOpen: false });
     this.id = id;
     this.#child = child;
@@ -252,7 +283,7 @@ class TunnelSocket extends Duplex {
     this.#phase = 'closed';
     this.#child.forget(this.id);
     if (error !== undefined && isTpmKeyFailure(error)) {
-      this.destroy(new KeyStoreError('tpm-tls-unavailable', `${this.#where}: the TPM could not sign the TLS handshake with the device key (${error.message.trim()}); the next connection starts a new TLS process`, { cause: errorFrom(error) }));
+      this.destroy(new KeyStoreError('tpm-tls-unavailable', `${this.#where}: the TPM could not sign the TLS handshake with the device key (${error.message.trim()}); the next connection starts a new TLS process${tpmRmHint(this.#checks.tcti)}`, { cause: errorFrom(error) }));
     } else if (error !== undefined) {
       this.destroy(errorFrom(error));
     } else {
@@ -444,7 +475,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
     };
     delete env['NODE_OPTIONS'];
     delete env['OPENSSL_CONF'];
-    return new ChildLink([...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 120_000 });
+    return new ChildLink([...TUNNEL_CHILD_NODE_FLAGS, ...loaderArgs(childPath), `--openssl-config=${configPath}`, childPath], env, configure, { startTimeoutMs: opts.startTimeoutMs ?? 120_000 });
   };
 
   return {
@@ -453,7 +484,7 @@ export function tpmTls(opts: TpmTlsOptions): TlsConnector {
       if (closed) throw new ApiMisuse('closed', 'the TLS connector is closed');
       if (link === undefined || !link.alive) link = start();
       const current = link;
-      const socket = new TunnelSocket(nextId++, current, target, { trust: opts.trust, clock });
+      const socket = new TunnelSocket(nextId++, current, target, { trust: opts.trust, clock, tcti });
       // mqtt.js gets the stream now; its writes are held until the child has started, connected
       // and the broker's chain has passed our checks.
       current.configured.then(

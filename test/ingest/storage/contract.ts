@@ -133,6 +133,26 @@ export function runStorageContract(name: string, factory: () => Promise<IngestSt
       await s.close();
     });
 
+    it('stores batches of any size the same way: every size, repeats across and within batches, gaps kept', async () => {
+      const s = await open();
+      const ids = [deviceId(), deviceId(), deviceId()];
+      for (const id of ids) await s.upsertDevice(reg(id));
+      // Sizes the group commit makes (1..128), one larger than any single statement, and sizes seen before again.
+      let next = 1;
+      for (const size of [1, 3, 128, 600, 3, 1]) {
+        const batch = Array.from({ length: size }, (_, i) => ({ message: msg(ids[i % 3] as string, next + Math.floor(i / 3)), activity: { seenAt: next + i, transport: 'mqtts', suite: 's' } }));
+        const repeat = batch[0] as (typeof batch)[number];
+        const results = await s.storeMessages([...batch, repeat]);
+        assert.deepEqual(results, [...batch.map(() => 'stored'), 'duplicate'], `batch of ${size}`);
+        assert.deepEqual(await s.storeMessages([repeat]), ['duplicate']);
+        next += Math.ceil(size / 3) + 1; // skips one seq per device: a gap after every batch
+      }
+      const gaps = await s.gaps(ids[0] as string);
+      assert.equal(gaps.length, 5);
+      assert.equal(await s.countMessages(ids[0] as string) + await s.countMessages(ids[1] as string) + await s.countMessages(ids[2] as string), 1 + 3 + 128 + 600 + 3 + 1);
+      await s.close();
+    });
+
     it('time-range reads return overlapping messages in seq order, with a limit', async () => {
       const s = await open();
       const id = deviceId();

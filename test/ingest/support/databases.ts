@@ -3,9 +3,12 @@
  * PostgreSQL cluster the test file started (scripts/lib/postgres-server.ts).
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import pg from 'pg';
-import type { PostgresServer } from '../../../scripts/lib/postgres-server.ts';
+import { startPostgres, type PostgresServer } from '../../../scripts/lib/postgres-server.ts';
 import { PostgresStorage, SqliteStorage, type IngestStorage } from '../../../src/ingest/storage/index.ts';
 
 /** A connection string to a new, empty database in `server`. */
@@ -44,4 +47,22 @@ export async function freshDatabase(kind: Backend, dir: string, server: Postgres
       return s;
     },
   };
+}
+
+/**
+ * For a test file over both backends: a temp directory for SQLite files and a PostgreSQL cluster,
+ * started before the file's tests and removed after them; `freshDatabase(kind)` opens a new
+ * empty database in either.
+ */
+export function bothBackends(prefix: string): { readonly dir: string; freshDatabase(kind: Backend): ReturnType<typeof freshDatabase> } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  let server: PostgresServer | undefined;
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(async () => {
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, freshDatabase: (kind) => freshDatabase(kind, dir, server) };
 }
