@@ -3,9 +3,9 @@
  * reused for every message, instead of a cipher object per message.
  *
  * Two implementations behind one interface:
- * - `libcrypto`: OpenSSL's libcrypto through FFI (src/crypto/libcrypto/), one EVP_CIPHER_CTX per
- *   key and direction; a message costs a new IV, the AAD, one update, final and the tag. Used for
- *   the `node` provider when libcrypto.so.3 loads.
+ * - `libcrypto`: the OpenSSL Node runs, called through FFI (src/crypto/libcrypto/), one
+ *   EVP_CIPHER_CTX per key and direction; a message costs a new IV, the AAD, one update, final and
+ *   the tag. Used for the `node` provider when the binding succeeds.
  * - per call (`node` or `noble`): the provider's one-shot functions with a copy of the key, a cipher
  *   object per message. The reference, and the fallback when libcrypto is not available; the
  *   reason is in `keyedContextStatus()` (never a silent change of behaviour).

@@ -50,18 +50,20 @@ const NON_NULL = new Uint8Array(16);
 const FINAL_SINK = new Uint8Array(16);
 const OUT_LENGTH = new Int32Array(1);
 
-function failed(what: string): CryptoError {
+/** The error for a failed call, with OpenSSL's error queue (shared with node:crypto) emptied. */
+function failed(lib: LibcryptoBindings, what: string): CryptoError {
+  lib.clearErrors();
   return new CryptoError('libcrypto-failed', `libcrypto: ${what} failed`);
 }
 
 /** Creates a context keyed for `cipher` in one direction; frees it again if any step fails. */
 function keyedContext(lib: LibcryptoBindings, cipher: LibcryptoCipher, key: Uint8Array, enc: 0 | 1, setup: (ctx: CPointer) => boolean): CPointer {
   const ctx = lib.ctxNew();
-  if (ctx === null) throw failed(`EVP_CIPHER_CTX_new for ${cipher}`);
+  if (ctx === null) throw failed(lib, `EVP_CIPHER_CTX_new for ${cipher}`);
   // Cipher first, then parameters (CCM's nonce and tag lengths must precede the key), then the key.
   if (lib.init(ctx, lib.cipher(cipher), null, null, enc) !== 1 || !setup(ctx) || lib.init(ctx, null, key, null, enc) !== 1) {
     lib.ctxFree(ctx);
-    throw failed(`setting up ${cipher}`);
+    throw failed(lib, `setting up ${cipher}`);
   }
   return ctx;
 }
@@ -145,7 +147,7 @@ export class LibcryptoSeal extends LibcryptoAead implements AeadSealContext {
       lib.ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, this.suite.tagLength, out.subarray(offset + n, offset + n + this.suite.tagLength)) === 1;
     if (!ok) {
       out.fill(0, offset, offset + n + this.suite.tagLength);
-      throw failed(`${this.suite.id} seal`);
+      throw failed(lib, `${this.suite.id} seal`);
     }
   }
 }
@@ -174,6 +176,7 @@ export class LibcryptoOpen extends LibcryptoAead implements AeadOpenContext {
     if (!ok) {
       // Unauthenticated plaintext never reaches the caller.
       if (n > 0) body.fill(0);
+      lib.clearErrors();
       throw new CryptoError('aead-auth-failed', `${this.suite.id}: authentication failed`);
     }
     return n;
@@ -201,7 +204,7 @@ export class LibcryptoMask extends OwnedContext implements RecordMaskContext {
       // OpenSSL's chacha20 IV is the 32-bit little-endian block counter then the 96-bit nonce:
       // exactly the sample's layout (RFC 9001 §5.4.4).
       : lib.init(ctx, null, null, sample, 1) === 1 && lib.update(ctx, this.#out, OUT_LENGTH, this.#zeros, 16) === 1;
-    if (!ok || OUT_LENGTH[0] !== 16) throw failed(`${this.kind} mask`);
+    if (!ok || OUT_LENGTH[0] !== 16) throw failed(lib, `${this.kind} mask`);
     return this.#out;
   }
   override destroy(): void {

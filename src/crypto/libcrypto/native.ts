@@ -1,17 +1,19 @@
 /**
- * OpenSSL's libcrypto (`libcrypto.so.3`, Debian package libssl3) through koffi: the handful of EVP
- * cipher calls the keyed AEAD and record-mask contexts need, bound synchronously on first use.
+ * The OpenSSL that Node itself runs, called through koffi: the handful of EVP cipher calls the
+ * keyed AEAD and record-mask contexts need, bound synchronously on first use.
  *
- * The library is opened with RTLD_DEEPBIND. Node's own binary exports the symbols of the OpenSSL it
- * is built with; without deep binding, libcrypto.so.3's internal calls would resolve to Node's copy
- * (LD_DEBUG=bindings showed 3,239 such bindings on Node 20), mixing two libraries' global state in
- * one context. With it, every call libcrypto makes stays inside libcrypto.
+ * No second library is loaded. koffi opens the running program (`dlopen(NULL)`), and the EVP
+ * symbols resolve to the OpenSSL node:crypto uses: the copy built into the official Node binary
+ * (which exports its symbols for native addons), or the shared libcrypto a distribution's Node is
+ * linked against. The binding is refused unless that library's version is the one Node reports
+ * (`process.versions.openssl`), so a foreign libcrypto that happens to be loaded into the process
+ * (the TPM stack brings Debian's) is never what we call.
  *
  * Byte arguments are passed as typed arrays: koffi hands C a pointer into the array's own memory
  * (no copy, byte offset honoured), so key bytes never pass through a koffi scratch buffer.
  * A zero-length array arrives as NULL.
  *
- * FFI lives only here (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
+ * FFI lives only in backend folders (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
  */
 import { createRequire } from 'node:module';
 
@@ -22,9 +24,10 @@ type NativeFunction = ReturnType<LibraryHandle['func']>;
 /** An opaque C pointer as koffi hands it out (EVP_CIPHER_CTX *, const EVP_CIPHER *). */
 export type CPointer = object;
 
-export const DEFAULT_LIBCRYPTO = 'libcrypto.so.3';
-/** `off` disables the libcrypto contexts (node:crypto is used); any other value names the library. */
+/** `off` disables the libcrypto contexts (node:crypto per record is used instead). */
 export const LIBCRYPTO_ENV = 'VITALSEAL_LIBCRYPTO';
+/** How the bindings name the library they call. */
+export const PROCESS_LIBCRYPTO = "Node's own OpenSSL";
 
 /** EVP_CIPHER_CTX_ctrl codes (openssl/evp.h). */
 export const EVP_CTRL_AEAD_SET_IVLEN = 0x9;
@@ -34,6 +37,7 @@ export const EVP_CTRL_AEAD_SET_TAG = 0x11;
 export type LibcryptoCipher = 'aes-128-gcm' | 'aes-256-gcm' | 'aes-128-ccm' | 'chacha20-poly1305' | 'aes-128-ecb' | 'aes-256-ecb' | 'chacha20';
 
 export interface LibcryptoBindings {
+  /** Always PROCESS_LIBCRYPTO. */
   readonly library: string;
   /** OpenSSL_version(OPENSSL_VERSION), e.g. "OpenSSL 3.0.19 27 Jan 2026". */
   readonly version: string;
@@ -47,24 +51,29 @@ export interface LibcryptoBindings {
   final(ctx: CPointer, out: Uint8Array, outLength: Int32Array): number;
   ctrl(ctx: CPointer, type: number, arg: number, ptr: Uint8Array | null): number;
   setPadding(ctx: CPointer, pad: 0 | 1): number;
+  /**
+   * ERR_clear_error. The error queue is per thread and shared with node:crypto: a failed call here
+   * (an AEAD tag that does not verify) leaves an entry that a later node:crypto call would report as
+   * its own failure. Every failure path clears it before returning.
+   */
+  clearErrors(): void;
 }
 
-let loaded: { readonly name: string; readonly bindings?: LibcryptoBindings; readonly reason?: string } | undefined;
+let loaded: { readonly off: boolean; readonly bindings?: LibcryptoBindings; readonly reason?: string } | undefined;
 
 /**
- * Binds libcrypto once per process. Returns the bindings, or a one-line reason why they are not
- * available (koffi missing, library missing, OpenSSL older than 3.0, disabled by
+ * Binds Node's OpenSSL once per process. Returns the bindings, or a one-line reason why they are
+ * not available (koffi missing, EVP symbols not visible, a version other than Node's, disabled by
  * VITALSEAL_LIBCRYPTO=off). Never throws.
  */
 export function loadLibcrypto(): { readonly bindings?: LibcryptoBindings; readonly reason?: string } {
-  const name = process.env[LIBCRYPTO_ENV] ?? DEFAULT_LIBCRYPTO;
-  if (loaded !== undefined && loaded.name === name) return loaded;
-  loaded = { name, ...bind(name) };
+  const off = process.env[LIBCRYPTO_ENV] === 'off';
+  if (loaded !== undefined && loaded.off === off) return loaded;
+  loaded = { off, ...(off ? { reason: `disabled by ${LIBCRYPTO_ENV}=off` } : bind()) };
   return loaded;
 }
 
-function bind(name: string): { bindings?: LibcryptoBindings; reason?: string } {
-  if (name === 'off') return { reason: `disabled by ${LIBCRYPTO_ENV}=off` };
+function bind(): { bindings?: LibcryptoBindings; reason?: string } {
   let k: Koffi;
   try {
     k = createRequire(import.meta.url)('koffi') as Koffi;
@@ -81,14 +90,14 @@ function bind(name: string): { bindings?: LibcryptoBindings; reason?: string } {
   }
   let lib: LibraryHandle;
   try {
-    lib = k.load(name, { deep: true });
+    lib = k.load(null);
   } catch (e) {
-    return { reason: `cannot load ${name} (${oneLine(e)}); install the Debian package libssl3` };
+    return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
   }
   try {
-    return { bindings: makeBindings(k, lib, name) };
+    return { bindings: makeBindings(k, lib) };
   } catch (e) {
-    return { reason: `${name} lacks a needed EVP function or is older than OpenSSL 3.0 (${oneLine(e)})` };
+    return { reason: `${PROCESS_LIBCRYPTO} is not usable through FFI: ${oneLine(e)}` };
   }
 }
 
@@ -98,7 +107,13 @@ function oneLine(e: unknown): string {
 
 let typesDefined = false;
 
-function makeBindings(k: Koffi, lib: LibraryHandle, library: string): LibcryptoBindings {
+/** "3.0.19" from "3.0.19+quic" (process.versions.openssl) or "OpenSSL 3.0.19 27 Jan 2026". */
+function versionNumber(text: string): string | undefined {
+  return /(\d+\.\d+\.\d+)/.exec(text)?.[1];
+}
+
+function makeBindings(k: Koffi, lib: LibraryHandle): LibcryptoBindings {
+  const library = PROCESS_LIBCRYPTO;
   if (!typesDefined) {
     k.opaque('EVP_CIPHER_CTX');
     k.opaque('EVP_CIPHER');
@@ -109,7 +124,12 @@ function makeBindings(k: Koffi, lib: LibraryHandle, library: string): LibcryptoB
   const OpenSSL_version = f('const char *OpenSSL_version(int type)');
   const num = Number(OpenSSL_version_num());
   // OPENSSL_VERSION_NUMBER is 0xMNN00PP0L from 3.0 on.
-  if (!(num >= 0x30000000)) throw new Error(`OpenSSL_version_num() = 0x${num.toString(16)}`);
+  if (!(num >= 0x30000000)) throw new Error(`OpenSSL_version_num() = 0x${num.toString(16)}, older than 3.0`);
+  const bound = String(OpenSSL_version(0));
+  const expected = process.versions.openssl;
+  if (expected === undefined || versionNumber(bound) === undefined || versionNumber(bound) !== versionNumber(expected)) {
+    throw new Error(`the symbols found are "${bound}", Node runs OpenSSL ${expected ?? '(none)'}`);
+  }
   const ciphers: Record<LibcryptoCipher, NativeFunction> = {
     'aes-128-gcm': f('const EVP_CIPHER *EVP_aes_128_gcm()'),
     'aes-256-gcm': f('const EVP_CIPHER *EVP_aes_256_gcm()'),
@@ -126,7 +146,8 @@ function makeBindings(k: Koffi, lib: LibraryHandle, library: string): LibcryptoB
   const final = f('int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, void *out, void *outl)');
   const ctrl = f('int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)');
   const setPadding = f('int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX *ctx, int pad)');
-  const version = String(OpenSSL_version(0));
+  const clearErrors = f('void ERR_clear_error()');
+  const version = bound;
   const cipherCache = new Map<LibcryptoCipher, CPointer>();
   return Object.freeze({
     library,
@@ -147,5 +168,6 @@ function makeBindings(k: Koffi, lib: LibraryHandle, library: string): LibcryptoB
     final: (ctx, out, outLength) => final(ctx, out, outLength) as number,
     ctrl: (ctx, type, arg, ptr) => ctrl(ctx, type, arg, ptr) as number,
     setPadding: (ctx, pad) => setPadding(ctx, pad) as number,
+    clearErrors: () => void clearErrors(),
   } satisfies LibcryptoBindings);
 }
