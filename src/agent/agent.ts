@@ -273,7 +273,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         passed: this.selfTest.results.map((r) => `${r.primitive} (${r.provider})`),
         durationMs: Math.round(this.selfTest.durationMs * 10) / 10,
         keyedContexts: this.selfTest.keyedContexts.backend === 'libcrypto'
-          ? `libcrypto ${this.selfTest.keyedContexts.library ?? ''}`
+          ? `libcrypto: ${this.selfTest.keyedContexts.library ?? ''}`
           : `node: ${this.selfTest.keyedContexts.reason ?? ''}`,
       },
       queue: {
