@@ -13,7 +13,7 @@ import { encodeExtension } from '../../src/pki/extensions.ts';
 import { OID } from '../../src/pki/oids.ts';
 import { pemDecode } from '../../src/pki/pem.ts';
 import { DAY_MS } from '../../src/pki/policy.ts';
-import { checkPayloadDevice, MAX_CHAIN_CERTIFICATES, validateChain, type ValidationOptions } from '../../src/pki/validate.ts';
+import { checkPayloadDevice, MAX_CHAIN_CERTIFICATES, signatureCacheStats, validateChain, type ValidationOptions } from '../../src/pki/validate.ts';
 import { CertificateError, type CertificateErrorCode } from '../../src/util/errors.ts';
 import { deviceExtensions, ext, forge, forgeDer } from './forge.ts';
 import { makePki, p256Signer, T0, type TestPki } from './fixtures.ts';
@@ -96,6 +96,26 @@ describe('validateChain: fleet chains', () => {
     const foreign = (await other.device('bed-7')).cert;
     assert.throws(() => validateChain([foreign.der, other.issuing.der], base), rejects('unknown-issuer'));
     assert.throws(() => validateChain([device.der], base), rejects('unknown-issuer'));
+  });
+
+  it('a signature that verified is remembered; every other check still runs, and a bad signature is checked every time', () => {
+    validateChain([device.der, pki.issuing.der], base);
+    const before = signatureCacheStats();
+    validateChain([device.der, pki.issuing.der], base);
+    const after = signatureCacheStats();
+    assert.equal(after.verified, before.verified, 'no signature verified again');
+    assert.equal(after.remembered - before.remembered, 2, 'leaf and issuing CA from the cache');
+    // Remembered signatures do not carry the rest of a past validation with them.
+    assert.throws(() => validateChain([device.der, pki.issuing.der], { ...base, now: device.notAfter + 1000 }), rejects('expired'));
+    assert.throws(() => validateChain([device.der, pki.issuing.der], { ...base, purpose: 'server' }), rejects('wrong-purpose'));
+    const sigAt = device.der.length - 5;
+    const flipped = Uint8Array.from(device.der);
+    flipped[sigAt] = (flipped[sigAt] as number) ^ 0x01;
+    for (let i = 0; i < 2; i++) {
+      const n = signatureCacheStats().verified;
+      assert.throws(() => validateChain([flipped, pki.issuing.der], base), rejects('bad-signature'));
+      assert.ok(signatureCacheStats().verified > n, 'a failed signature is verified again, not remembered');
+    }
   });
 
   it('bad-signature: a flipped signature bit, and an impostor CA with the same name and key id', async () => {

@@ -9,7 +9,7 @@
  *   mine.destroy();
  */
 import { createECDH, diffieHellman, generateKeyPairSync, type ECDH, type KeyObject } from 'node:crypto';
-import { x25519PublicKeyObject } from '../../crypto/node.ts';
+import { rawX25519Public, x25519PublicKeyObject } from '../../crypto/node.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { zeroize } from '../../util/bytes.ts';
 import { CryptoError, PeerMisbehaved } from '../../util/errors.ts';
@@ -70,8 +70,7 @@ class NodeX25519Share implements KeyShare {
   constructor() {
     const { privateKey, publicKey } = generateKeyPairSync('x25519');
     this.#privateKey = privateKey;
-    // SPKI DER of an X25519 key: a 12-byte prefix, then the 32-byte u-coordinate.
-    this.publicKey = new Uint8Array(publicKey.export({ format: 'der', type: 'spki' }).subarray(12));
+    this.publicKey = rawX25519Public(publicKey);
   }
 
   agree(peer: Uint8Array): Uint8Array {

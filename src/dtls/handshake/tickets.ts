@@ -10,11 +10,12 @@
  *   const ticket = keys.seal(state, now);
  *   const back = keys.open(ticket, now); // undefined when unknown, tampered or expired
  */
-import { createHash, createPublicKey } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { CounterSealer } from '../../crypto/aead.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
-import { asBuffer, concatBytes, toHex, zeroize } from '../../util/bytes.ts';
+import { concatBytes, toHex, zeroize } from '../../util/bytes.ts';
 import { VitalsealError } from '../../util/errors.ts';
+import { publicKeyFromSpki } from '../../pki/algorithms.ts';
 import { decodeAll, Reader, Writer } from '../messages/codec.ts';
 import type { PeerIdentity } from '../peer-verifier.ts';
 import type { AuthMode } from './context.ts';
@@ -82,7 +83,9 @@ function decodeState(b: Uint8Array): TicketState {
 
 /** Rebuilds a PeerIdentity from what a ticket keeps (no certificate chain is carried). */
 export function identityFromTicket(peer: NonNullable<TicketState['peer']>): PeerIdentity {
-  const publicKey = createPublicKey({ key: asBuffer(peer.spki), format: 'der', type: 'spki' });
+  // The same decoder and cache as certificate validation (OpenSSL's SPKI decoding is slow, and a
+  // resuming device presents the key the server saw at its full handshake).
+  const publicKey = publicKeyFromSpki(peer.spki, 'resumed peer');
   return {
     subject: peer.subject,
     commonName: peer.commonName,
