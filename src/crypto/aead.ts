@@ -7,7 +7,8 @@
  * - `OneShotSealer` is for callers that must supply explicit nonces (known-answer tests, protocols
  *   that carry the nonce): it remembers every nonce it has sealed with and refuses a repeat.
  *
- * Both copy the key they are given and zeroise their copy on `destroy()`.
+ * Both copy the key they are given and wipe their copy on `destroy()` (`CounterSealer` keeps it in a
+ * keyed context, src/crypto/keyed.ts).
  *
  * @example
  *   const sealer = new CounterSealer(getProvider(), 'aes-128-gcm', key, baseIv);
@@ -17,6 +18,7 @@
 import { abytes, aint } from '../util/assert.ts';
 import { toHex, zeroize } from '../util/bytes.ts';
 import { ApiMisuse } from '../util/errors.ts';
+import { aeadSealContext, type AeadSealContext } from './keyed.ts';
 import type { CryptoProvider } from './provider.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
@@ -82,16 +84,27 @@ export interface CounterSealResult {
   readonly sealed: Uint8Array;
 }
 
-export class CounterSealer extends KeyedContext {
+export class CounterSealer {
+  readonly #suite: AeadSuite;
   readonly #iv: Uint8Array;
   readonly #limit: number;
+  /**
+   * One keyed context for the whole key (src/crypto/keyed.ts): with the node provider an OpenSSL
+   * cipher context keyed once, so a message costs a new IV rather than a cipher set-up.
+   */
+  #ctx: AeadSealContext | undefined;
   #next = 0;
 
   /** `limit` lowers the suite's confidentiality limit (for rotation every N messages). */
   constructor(provider: CryptoProvider, id: AeadId, key: Uint8Array, baseIv: Uint8Array, limit?: number) {
-    super(provider, id, key);
-    this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.suite.nonceLengths));
-    this.#limit = Math.min(limit ?? Infinity, this.suite.confidentialityLimit);
+    this.#suite = aeadSuite(id);
+    this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.#suite.nonceLengths));
+    this.#limit = Math.min(limit ?? Infinity, this.#suite.confidentialityLimit);
+    this.#ctx = aeadSealContext(provider, id, key, { nonceLength: this.#iv.length });
+  }
+
+  get aead(): AeadId {
+    return this.#suite.id;
   }
 
   /** Messages sealed so far. */
@@ -105,10 +118,12 @@ export class CounterSealer extends KeyedContext {
   }
 
   seal(plaintext: Uint8Array, aad: Uint8Array): CounterSealResult {
-    const key = this.liveKey();
+    const ctx = this.#live();
     const counter = this.#take();
     const nonce = xorCounterIntoIv(this.#iv, counter);
-    return { counter, nonce, sealed: this.provider.aeadSeal(this.suite.id, key, nonce, plaintext, aad) };
+    const sealed = new Uint8Array(plaintext.length + this.#suite.tagLength);
+    ctx.sealInto(nonce, plaintext, aad, sealed, 0);
+    return { counter, nonce, sealed };
   }
 
   /**
@@ -116,28 +131,35 @@ export class CounterSealer extends KeyedContext {
    * length) and returns its counter; the nonce is not kept.
    */
   sealInto(plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array, offset: number): number {
-    const key = this.liveKey();
+    const ctx = this.#live();
     const counter = this.#take();
     const nonce = xorCounterIntoIv(this.#iv, counter, nonceScratch(this.#iv.length));
     try {
-      this.provider.aeadSealInto(this.suite.id, key, nonce, plaintext, aad, out, offset);
+      ctx.sealInto(nonce, plaintext, aad, out, offset);
     } finally {
       nonce.fill(0);
     }
     return counter;
   }
 
+  #live(): AeadSealContext {
+    if (this.#ctx === undefined) throw new ApiMisuse('aead-destroyed', `${this.#suite.id}: context used after destroy()`);
+    return this.#ctx;
+  }
+
   /** The next counter: refused past the limit, and never handed out twice. */
   #take(): number {
     if (this.exhausted) {
-      throw new ApiMisuse('aead-limit-reached', `${this.suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
+      throw new ApiMisuse('aead-limit-reached', `${this.#suite.id}: ${this.#limit} messages sealed under this key; rotate it`);
     }
     return this.#next++;
   }
 
-  override destroy(): void {
+  /** Wipes the key and the base IV. Idempotent. */
+  destroy(): void {
     zeroize(this.#iv);
-    super.destroy();
+    this.#ctx?.destroy();
+    this.#ctx = undefined;
   }
 }
 

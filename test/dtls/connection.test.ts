@@ -88,7 +88,9 @@ describe('record keys live in keyed contexts for exactly as long as their epoch'
     await pair.run(() => pair.serverSession()?.connection.status === 'closed', pair.now + 1000);
     const session = pair.serverSession();
     if (session !== undefined && session.connection.status !== 'closed') await session.connection.close(pair.now);
-    assert.equal(libcryptoContextsLive(), before, 'every context freed after close');
+    // What stays is the server's session-ticket key (a CounterSealer, one context): it belongs to
+    // the endpoint and outlives its connections.
+    assert.equal(libcryptoContextsLive(), before + 1, 'every context of the connection freed after close');
   });
 });
 
