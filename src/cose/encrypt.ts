@@ -177,15 +177,34 @@ function kidOf(l: CoseLayer): Uint8Array | undefined {
   return kid;
 }
 
+function providerFor(provider: CryptoProvider | undefined, alg: CoseContentAlg): CryptoProvider {
+  return provider?.supportsAead(alg.aead) ? provider : providerForAead(alg.aead);
+}
+
 function decrypt(provider: CryptoProvider | undefined, alg: CoseContentAlg, key: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: Uint8Array): Uint8Array {
   if (key.length !== alg.keyLength) throw new CryptoError('cose-wrong-key', `COSE: ${alg.name} needs a ${alg.keyLength}-byte key`);
-  const p = provider?.supportsAead(alg.aead) ? provider : providerForAead(alg.aead);
   try {
-    return p.aeadOpen(alg.aead, key, iv, ct, aad);
+    return providerFor(provider, alg).aeadOpen(alg.aead, key, iv, ct, aad);
   } catch (e) {
     if (e instanceof CryptoError) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
     throw e;
   }
+}
+
+/** `decrypt` through the epoch's cached keyed context (one cipher set-up per epoch, not per message). */
+function decryptCached(provider: CryptoProvider | undefined, alg: CoseContentAlg, cache: EpochKeyCache, id: string, key: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: Uint8Array): Uint8Array {
+  if (key.length !== alg.keyLength) throw new CryptoError('cose-wrong-key', `COSE: ${alg.name} needs a ${alg.keyLength}-byte key`);
+  const opener = cache.opener(id, providerFor(provider, alg), alg.aead, alg.nonceLength);
+  if (opener === undefined) return decrypt(provider, alg, key, iv, ct, aad);
+  if (ct.length < opener.tagLength) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
+  const out = new Uint8Array(ct.length - opener.tagLength);
+  try {
+    opener.openInto(iv, ct, aad, out, 0);
+  } catch (e) {
+    if (e instanceof CryptoError) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
+    throw e;
+  }
+  return out;
 }
 
 /** Opens a tagged COSE_Encrypt0 or COSE_Encrypt. */
@@ -224,7 +243,10 @@ export function openParsedCose(msg: ParsedCoseEncrypt, keys: OpenKeys, opts: Omi
         keys.cache?.set(id, cek);
       }
       try {
-        return { plaintext: decrypt(keys.provider, alg, cek, iv, msg.ciphertext, aad), alg, protected: msg.protected, epoch };
+        const plaintext = keys.cache === undefined
+          ? decrypt(keys.provider, alg, cek, iv, msg.ciphertext, aad)
+          : decryptCached(keys.provider, alg, keys.cache, id, cek, iv, msg.ciphertext, aad);
+        return { plaintext, alg, protected: msg.protected, epoch };
       } catch (e) {
         // A key that fails must not stay cached: a forged epk would otherwise pin a useless entry.
         keys.cache?.forget(id);

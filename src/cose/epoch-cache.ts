@@ -1,18 +1,37 @@
 /**
  * Receiver-side cache of sealing-epoch content keys. A device reuses one ephemeral X25519 key and
  * content key for an epoch, so the receiver does one ECDH + HKDF per epoch instead of per message.
- * Bounded: least recently used entries go first, and their keys are zeroised on eviction.
+ * Bounded: least recently used entries go first, and their keys are zeroised on eviction (and
+ * their keyed opening contexts freed).
  *
  * Recency is kept by Map insertion order. Moving an entry to the end on every hit costs more than
  * the rest of the lookup, so a hit moves its entry only once it has drifted into the older half:
  * the eviction order stays least-recently-used to within half the capacity, and a device streaming
  * within one epoch costs one hash lookup per message.
  */
+import { aeadOpenContext, type AeadOpenContext } from '../crypto/keyed.ts';
+import type { CryptoProvider } from '../crypto/provider.ts';
+import type { AeadId } from '../crypto/suites.ts';
 import { zeroize } from '../util/bytes.ts';
+
+interface Entry {
+  key: Uint8Array;
+  stamp: number;
+  /** A keyed opening context under `key`, made on the epoch's first message (see `opener`). */
+  opener?: AeadOpenContext | undefined;
+}
+
+/** Wipes an entry's key and frees its context. */
+function release(e: Entry | undefined): void {
+  if (e === undefined) return;
+  zeroize(e.key);
+  e.opener?.destroy();
+  e.opener = undefined;
+}
 
 export class EpochKeyCache {
   readonly #max: number;
-  readonly #entries = new Map<string, { key: Uint8Array; stamp: number }>();
+  readonly #entries = new Map<string, Entry>();
   /** Counts insertions and moves: an entry's stamp says how far back in the order it sits. */
   #tick = 0;
   #hits = 0;
@@ -52,13 +71,29 @@ export class EpochKeyCache {
     const old = this.#entries.get(id);
     if (old !== undefined) {
       this.#entries.delete(id);
-      if (old.key !== key) zeroize(old.key);
+      if (old.key !== key) release(old);
+      else old.opener?.destroy();
     } else if (this.#entries.size >= this.#max) {
-      const [oldestId, oldest] = this.#entries.entries().next().value as [string, { key: Uint8Array }];
+      const [oldestId, oldest] = this.#entries.entries().next().value as [string, Entry];
       this.#entries.delete(oldestId);
-      zeroize(oldest.key);
+      release(oldest);
     }
     this.#entries.set(id, { key, stamp: ++this.#tick });
+  }
+
+  /**
+   * A keyed opening context (src/crypto/keyed.ts) under the cached key for `id`, made on first use
+   * and freed with the entry: the messages of one epoch share one cipher set-up. Undefined when
+   * `id` is not cached. The caller must not destroy it.
+   */
+  opener(id: string, provider: CryptoProvider, aead: AeadId, nonceLength: number): AeadOpenContext | undefined {
+    const e = this.#entries.get(id);
+    if (e === undefined) return undefined;
+    if (e.opener === undefined || e.opener.aead !== aead || e.opener.nonceLength !== nonceLength) {
+      e.opener?.destroy();
+      e.opener = aeadOpenContext(provider, aead, e.key, { nonceLength });
+    }
+    return e.opener;
   }
 
   /** The cached key for `id`, or the one `derive` makes (then cached). Callers must not zeroise the result. */
@@ -72,12 +107,12 @@ export class EpochKeyCache {
 
   /** Forgets one epoch (its key failed to open a message, or it was retired). */
   forget(id: string): void {
-    zeroize(this.#entries.get(id)?.key);
+    release(this.#entries.get(id));
     this.#entries.delete(id);
   }
 
   clear(): void {
-    for (const e of this.#entries.values()) zeroize(e.key);
+    for (const e of this.#entries.values()) release(e);
     this.#entries.clear();
   }
 }

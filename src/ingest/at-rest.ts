@@ -51,9 +51,13 @@ function writeU64(out: Uint8Array, at: number, v: number): void {
   view.setUint32(at + 4, v >>> 0, false);
 }
 
+/** Seals through the key's keyed context (`DataKey.sealer`): a cached key sets its cipher up once. */
 export function sealAtRest(provider: CryptoProvider, dek: DataKey, deviceId: string, seq: number, plaintext: Uint8Array): { nonce: Uint8Array; ciphertext: Uint8Array } {
   const nonce = atRestNonce(seq);
-  return { nonce, ciphertext: provider.aeadSeal(AT_REST_AEAD, dek.bytes, nonce, plaintext, atRestAad(deviceId, seq, dek.version)) };
+  const sealer = dek.sealer(provider, AT_REST_AEAD);
+  const ciphertext = new Uint8Array(plaintext.length + sealer.tagLength);
+  sealer.sealInto(nonce, plaintext, atRestAad(deviceId, seq, dek.version), ciphertext, 0);
+  return { nonce, ciphertext };
 }
 
 /** Opens a stored row; `CryptoError('at-rest-open-failed')` when it was tampered with or the key is wrong. */

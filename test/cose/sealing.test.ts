@@ -9,6 +9,7 @@ import { CborTag, decodeCbor, encodeCbor } from '../../src/codec/cbor.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { ManualClock } from '../../src/util/clock.ts';
 import { ApiMisuse, CryptoError, DecodeError, Unsupported } from '../../src/util/errors.ts';
+import { libcryptoContextsLive } from '../../src/crypto/libcrypto/contexts.ts';
 
 const p = getProvider();
 const ingest = p.x25519Generate();
@@ -83,6 +84,29 @@ describe('sealing epochs', () => {
     assert.ok((keys[1] as readonly [string, Uint8Array])[1].every((b) => b === 0), "evicted 'b' was zeroised");
     assert.ok((keys[2] as readonly [string, Uint8Array])[1].every((b) => b === 0), "evicted 'c' was zeroised");
     assert.ok((keys[3] as readonly [string, Uint8Array])[1].every((b) => b === 0x64), "'d' is still cached and intact");
+  });
+
+  it('a cached epoch opens through one keyed context, freed when the epoch leaves the cache; a forged message still fails and forgets the epoch', () => {
+    const before = libcryptoContextsLive();
+    const cache = new EpochKeyCache(2);
+    const clock = new ManualClock(0);
+    for (const alg of ['chacha20-poly1305', 'aes-ccm-16-64-128'] as const) {
+      const session = new SealingSession({ alg, recipientPublicKey: ingest.publicKey, clock });
+      for (let i = 0; i < 5; i++) assert.equal(new TextDecoder().decode(openCose(session.seal(text(`hr ${70 + i}`)), { recipient, cache, provider: p }).plaintext), `hr ${70 + i}`);
+      session.destroy();
+    }
+    assert.deepEqual(cache.stats, { hits: 8, misses: 2 });
+    // Two epochs cached (one context each), plus none left by the sealing sessions.
+    assert.equal(libcryptoContextsLive() - before, 2);
+    const session = new SealingSession({ alg: 'chacha20-poly1305', recipientPublicKey: ingest.publicKey, clock });
+    openCose(session.seal(text('ok')), { recipient, cache, provider: p });
+    const forged = session.seal(text('hr 250'));
+    forged[forged.length - 3] = (forged[forged.length - 3] as number) ^ 1;
+    assert.throws(() => openCose(forged, { recipient, cache, provider: p }), (e: unknown) => e instanceof CryptoError && e.code === 'cose-decrypt-failed');
+    assert.equal(cache.size, 1, 'the epoch that failed is forgotten (and an older one was evicted to make room)');
+    cache.clear();
+    session.destroy();
+    assert.equal(libcryptoContextsLive(), before, 'every context freed');
   });
 
   it('noble opens what node seals (cross-provider)', () => {

@@ -12,7 +12,8 @@ import { dataKeyId } from '../../src/ingest/data-keys.ts';
 import { DataKey } from '../../src/keystore/hierarchy/data-key.ts';
 import { KEY_NAME_PATTERN } from '../../src/keystore/types.ts';
 import { fromHex, toHex } from '../../src/util/bytes.ts';
-import { CryptoError } from '../../src/util/errors.ts';
+import { ApiMisuse, CryptoError } from '../../src/util/errors.ts';
+import { libcryptoContextsLive } from '../../src/crypto/libcrypto/contexts.ts';
 
 const key = () => new DataKey('dek.bed-7', 3, fromHex('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f'));
 const pt = new TextEncoder().encode('a SenML pack stands here');
@@ -65,5 +66,25 @@ describe('at-rest row encryption (AES-256-GCM)', () => {
     assert.ok(KEY_NAME_PATTERN.test(id));
     assert.notEqual(dataKeyId('y'.repeat(64)), id);
     assert.ok(KEY_NAME_PATTERN.test(dataKeyId('a'.repeat(59))));
+  });
+});
+
+describe('a data key seals through one keyed context', () => {
+  it('the context is made once, agrees row after row with an independent AES-256-GCM, and is freed with the key', () => {
+    const p = getProvider('node');
+    const before = libcryptoContextsLive();
+    const dek = key();
+    const sealer = dek.sealer(p, 'aes-256-gcm');
+    assert.equal(sealer.backend, 'libcrypto');
+    for (let seq = 1; seq <= 3; seq++) {
+      const { ciphertext } = sealAtRest(p, dek, 'bed-7', seq, pt);
+      assert.equal(toHex(ciphertext), toHex(gcm(key().bytes, atRestNonce(seq), atRestAad('bed-7', seq, 3)).encrypt(pt)), `row ${seq}`);
+    }
+    assert.equal(dek.sealer(p, 'aes-256-gcm'), sealer, 'one context per key');
+    assert.equal(libcryptoContextsLive(), before + 1);
+    dek.destroy();
+    assert.equal(libcryptoContextsLive(), before, 'destroy() frees it');
+    assert.throws(() => sealAtRest(p, dek, 'bed-7', 4, pt), (e: unknown) => e instanceof ApiMisuse && e.code === 'key-destroyed');
+    assert.throws(() => sealer.sealInto(atRestNonce(4), pt, new Uint8Array(0), new Uint8Array(pt.length + 16), 0), (e: unknown) => e instanceof ApiMisuse && e.code === 'aead-destroyed');
   });
 });

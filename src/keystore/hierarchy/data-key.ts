@@ -7,12 +7,16 @@
  *   const key = await hierarchy.acquire('queue-meta');
  *   try { seal(key.bytes, ...); } finally { key.destroy(); }
  */
+import { aeadSealContext, type AeadSealContext } from '../../crypto/keyed.ts';
+import type { CryptoProvider } from '../../crypto/provider.ts';
+import type { AeadId } from '../../crypto/suites.ts';
 import { ApiMisuse } from '../../util/errors.ts';
 
 export class DataKey {
   readonly keyId: string;
   readonly version: number;
   #bytes: Uint8Array | undefined;
+  #sealers: Map<string, AeadSealContext> | undefined;
 
   /** Takes ownership of `bytes`. */
   constructor(keyId: string, version: number, bytes: Uint8Array) {
@@ -31,10 +35,28 @@ export class DataKey {
     return this.#bytes === undefined;
   }
 
-  /** Zeroises the bytes; idempotent. */
+  /**
+   * A keyed sealing context under this key (src/crypto/keyed.ts), made on first use and freed by
+   * `destroy()`: a holder that seals many messages under one key (the ingest's cached per-device
+   * keys) sets the cipher up once. The caller supplies every nonce and owns its uniqueness.
+   */
+  sealer(provider: CryptoProvider, id: AeadId): AeadSealContext {
+    const bytes = this.bytes;
+    const name = `${provider.name}/${id}`;
+    let ctx = this.#sealers?.get(name);
+    if (ctx === undefined) {
+      ctx = aeadSealContext(provider, id, bytes);
+      (this.#sealers ??= new Map()).set(name, ctx);
+    }
+    return ctx;
+  }
+
+  /** Zeroises the bytes and frees the keyed contexts; idempotent. */
   destroy(): void {
     this.#bytes?.fill(0);
     this.#bytes = undefined;
+    for (const ctx of this.#sealers?.values() ?? []) ctx.destroy();
+    this.#sealers = undefined;
   }
 
   /** Never prints the bytes (console.log, util.inspect, JSON). */
