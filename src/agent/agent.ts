@@ -29,6 +29,7 @@ import { x25519PublicFromPem } from '../cose/keys.ts';
 import { SealingSession } from '../cose/sealing-session.ts';
 import type { CryptoProvider } from '../crypto/provider.ts';
 import { getProvider, providerForAead } from '../crypto/registry.ts';
+import { setKeyedContextDefault } from '../crypto/keyed.ts';
 import { nodeEcdsaP256, runSelfTest, type EcdsaP256, type SelfTestReport } from '../crypto/selftest.ts';
 import type { Uplink } from '../transport/types.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
@@ -384,6 +385,10 @@ export async function createAgent(opts: CreateAgentOptions): Promise<Agent> {
     const preferred = getProvider(c.sealing.provider);
     provider = preferred.supportsAead(alg.aead) ? preferred : providerForAead(alg.aead);
   }
+
+  // One message a second needs no keyed OpenSSL contexts; not binding them through koffi keeps the
+  // FFI module out of an agent whose key store does not load it anyway (measured: docs/agent.md).
+  setKeyedContextDefault('per-call', 'the agent seals about one message a second: a cipher per message, no FFI binding');
 
   // 1. Power-on self-test, before any key is opened.
   let selfTest: SelfTestReport;

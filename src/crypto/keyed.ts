@@ -85,8 +85,24 @@ export interface KeyedContextStatus {
   readonly reason?: string;
 }
 
+let processDefault: { readonly implementation: 'auto' | 'per-call'; readonly reason?: string } = { implementation: 'auto' };
+
+/**
+ * What contexts made without an explicit `implementation` use in this process. A process that
+ * seals about one message a second (the device agent) sets `per-call`: there a cipher set-up per
+ * message costs nothing measurable, while binding OpenSSL through koffi adds resident memory,
+ * which a device's budget counts. `reason` is what `keyedContextStatus()` reports.
+ *
+ * @example
+ *   setKeyedContextDefault('per-call', 'the agent seals ~1 message/s: no FFI binding');
+ */
+export function setKeyedContextDefault(implementation: 'auto' | 'per-call', reason?: string): void {
+  processDefault = implementation === 'auto' ? { implementation } : { implementation, reason: reason ?? 'per-call contexts chosen for this process' };
+}
+
 /** Which implementation keyed contexts use in this process, and why (for status and metrics). */
 export function keyedContextStatus(): KeyedContextStatus {
+  if (processDefault.implementation === 'per-call') return { backend: 'node', reason: processDefault.reason ?? 'per-call' };
   const { bindings, reason } = loadLibcrypto();
   if (bindings !== undefined) return { backend: 'libcrypto', library: `${bindings.library} (${bindings.version})` };
   return { backend: 'node', reason: reason ?? 'libcrypto unavailable' };
@@ -111,7 +127,7 @@ function suiteAndNonce(id: AeadId, key: Uint8Array, opts: KeyedOptions): { suite
 }
 
 function useLibcrypto(provider: CryptoProvider, opts: KeyedOptions) {
-  const want = opts.implementation ?? 'auto';
+  const want = opts.implementation ?? processDefault.implementation;
   if (want === 'per-call' || (want === 'auto' && provider.name !== 'node')) return undefined;
   const { bindings, reason } = loadLibcrypto();
   if (bindings === undefined && want === 'libcrypto') throw new Unsupported('libcrypto-unavailable', `libcrypto contexts unavailable: ${reason ?? 'unknown'}`);

@@ -38,6 +38,9 @@ export class MessageRekeyTarget implements RekeyTarget {
   readonly #provider: CryptoProvider;
   readonly #rows = new Map<string, StoredMessage>();
   readonly #onRewrite: (() => void) | undefined;
+  /** The last seq listed in this sweep (-1: the sweep starts at the first message), and for which version. */
+  #after = -1;
+  #belowVersion: number | undefined;
   rewritten = 0;
 
   constructor(storage: IngestStorage, deviceId: string, opts: { provider?: CryptoProvider; onRewrite?: () => void } = {}) {
@@ -49,7 +52,20 @@ export class MessageRekeyTarget implements RekeyTarget {
 
   async stale(keyId: string, belowVersion: number, limit: number): Promise<readonly StaleItem[]> {
     if (keyId !== dataKeyId(this.#deviceId)) throw new RangeError(`re-key target for ${this.#deviceId} asked about ${keyId}`);
-    const rows = await this.#storage.messagesBelowKeyVersion(this.#deviceId, belowVersion, limit);
+    if (belowVersion !== this.#belowVersion) {
+      this.#belowVersion = belowVersion;
+      this.#after = -1;
+    }
+    let rows = await this.#storage.messagesBelowKeyVersion(this.#deviceId, belowVersion, limit, this.#after);
+    if (rows.length === 0 && this.#after >= 0) {
+      // The cursor reached the end of a sweep that did work: one more sweep from the first message,
+      // so nothing behind the cursor (a row whose conditional rewrite lost to another writer) is
+      // left under the old key. The list is empty only after a whole sweep found nothing.
+      this.#after = -1;
+      rows = await this.#storage.messagesBelowKeyVersion(this.#deviceId, belowVersion, limit, this.#after);
+    }
+    const last = rows[rows.length - 1];
+    if (last !== undefined) this.#after = last.seq;
     this.#rows.clear();
     for (const r of rows) this.#rows.set(String(r.seq), r);
     return rows.map((r) => ({ id: String(r.seq), version: r.keyVersion }));

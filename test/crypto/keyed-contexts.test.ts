@@ -9,7 +9,7 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { getProvider, type AeadId } from '../../src/crypto/index.ts';
-import { aeadOpenContext, aeadSealContext, keyedContextStatus, recordMaskContext, type KeyedOptions } from '../../src/crypto/keyed.ts';
+import { aeadOpenContext, aeadSealContext, keyedContextStatus, recordMaskContext, setKeyedContextDefault, type KeyedOptions } from '../../src/crypto/keyed.ts';
 import { LIBCRYPTO_ENV } from '../../src/crypto/libcrypto/native.ts';
 import { runSelfTest } from '../../src/crypto/selftest.ts';
 import { AEAD_SUITES } from '../../src/crypto/suites.ts';
@@ -302,5 +302,28 @@ describe('self-test covers the libcrypto path when it is in use', () => {
   it('a self-test through the noble provider does not claim libcrypto', () => {
     const report = runSelfTest({ provider: getProvider('noble'), aeads: ['chacha20-poly1305'], ecdsa: false });
     assert.ok(report.results.every((r) => r.provider === 'noble'));
+  });
+});
+
+describe('a process may choose per-call contexts by default', () => {
+  it('per-call by default (the agent), libcrypto still on request, and back to auto', () => {
+    const key = node.randomBytes(16);
+    try {
+      setKeyedContextDefault('per-call', 'one message a second');
+      assert.deepEqual(keyedContextStatus(), { backend: 'node', reason: 'one message a second' });
+      const a = aeadSealContext(node, 'aes-128-gcm', key);
+      assert.equal(a.backend, 'node');
+      a.destroy();
+      const b = aeadSealContext(node, 'aes-128-gcm', key, { implementation: 'libcrypto' });
+      assert.equal(b.backend, 'libcrypto');
+      b.destroy();
+      assert.equal(runSelfTest({ aeads: ['aes-128-gcm'], ecdsa: false }).keyedContexts.backend, 'node');
+    } finally {
+      setKeyedContextDefault('auto');
+    }
+    assert.equal(keyedContextStatus().backend, 'libcrypto');
+    const c = aeadSealContext(node, 'aes-128-gcm', key);
+    assert.equal(c.backend, 'libcrypto');
+    c.destroy();
   });
 });

@@ -111,6 +111,26 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       }
     });
 
+    it('the work list walks the (device, seq) key with a cursor, and a closing sweep from the start finds a row left behind', async () => {
+      const d = await h.enrol('bed-cur');
+      for (let seq = 1; seq <= 12; seq++) await h.core.service?.accept({ payload: d.seal(seq), contentFormat: 96, peer: d.peer });
+      const target = new MessageRekeyTarget(h.core.storage, 'bed-cur');
+      const id = dataKeyId('bed-cur');
+      const seqs = async () => (await target.stale(id, 2, 5)).map((x) => Number(x.id));
+      // Moves rows to version 2 as a re-key pass would (the bytes do not matter to the work list).
+      const move = (list: number[]) => Promise.all(list.map((seq) => h.core.storage.rewriteMessage('bed-cur', seq, 1, 2, Uint8Array.of(0), Uint8Array.of(0))));
+      const first = await seqs();
+      assert.deepEqual(first, [1, 2, 3, 4, 5]);
+      await move(first.filter((s) => s !== 3)); // seq 3's rewrite "lost" to another writer: still v1
+      assert.deepEqual(await seqs(), [6, 7, 8, 9, 10], 'the cursor does not list 3 again in this sweep');
+      await move([6, 7, 8, 9, 10]);
+      assert.deepEqual(await seqs(), [11, 12]);
+      await move([11, 12]);
+      assert.deepEqual(await seqs(), [3], 'the end of the sweep starts a closing sweep from the first message');
+      await move([3]);
+      assert.deepEqual(await seqs(), [], 'empty only after a whole sweep found nothing');
+    });
+
     it('instances sharing a database run the worker one at a time', async () => {
       const other = await h.openCore({ auditPath: join(h.dir, 'audit-lease.log') });
       try {

@@ -293,9 +293,9 @@ export class PostgresStorage implements IngestStorage {
     return num(r.rows[0]?.n ?? 0);
   }
 
-  async messagesBelowKeyVersion(deviceId: string, version: number, limit: number): Promise<StoredMessage[]> {
-    const r = await this.#q<MessageRow>('SELECT * FROM messages WHERE device_id = $1 AND key_version < $2 ORDER BY seq LIMIT $3',
-      [deviceId, version, limit]);
+  async messagesBelowKeyVersion(deviceId: string, version: number, limit: number, afterSeq = -1): Promise<StoredMessage[]> {
+    const r = await this.#q<MessageRow>('SELECT * FROM messages WHERE device_id = $1 AND seq > $2 AND key_version < $3 ORDER BY seq LIMIT $4',
+      [deviceId, afterSeq, version, limit]);
     return r.rows.map(messageFromRow);
   }
 

@@ -47,7 +47,9 @@ export function schemaStatements(dialect: 'sqlite' | 'postgres'): string[] {
       PRIMARY KEY (device_id, seq)
     )`,
     'CREATE INDEX IF NOT EXISTS messages_by_time ON messages (device_id, last_time)',
-    'CREATE INDEX IF NOT EXISTS messages_by_key ON messages (device_id, key_version)',
+    // Every index is one more random insert per message. The re-key work list walks the primary
+    // key with a cursor instead (messagesBelowKeyVersion); databases made before that lose the index.
+    'DROP INDEX IF EXISTS messages_by_key',
     // The key hierarchy's records (src/keystore/hierarchy/types.ts): DEKs wrapped by the KEK.
     `CREATE TABLE IF NOT EXISTS wrapped_keys (
       key_id TEXT NOT NULL,

@@ -217,9 +217,9 @@ export class SqliteStorage implements IngestStorage {
     return r.n;
   }
 
-  async messagesBelowKeyVersion(deviceId: string, version: number, limit: number): Promise<StoredMessage[]> {
-    return (this.#s('SELECT * FROM messages WHERE device_id = ? AND key_version < ? ORDER BY seq LIMIT ?')
-      .all(deviceId, version, limit) as MessageRow[]).map(messageFromRow);
+  async messagesBelowKeyVersion(deviceId: string, version: number, limit: number, afterSeq = -1): Promise<StoredMessage[]> {
+    return (this.#s('SELECT * FROM messages WHERE device_id = ? AND seq > ? AND key_version < ? ORDER BY seq LIMIT ?')
+      .all(deviceId, afterSeq, version, limit) as MessageRow[]).map(messageFromRow);
   }
 
   async rewriteMessage(deviceId: string, seq: number, fromVersion: number, toVersion: number, nonce: Uint8Array, ciphertext: Uint8Array): Promise<boolean> {

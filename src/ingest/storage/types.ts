@@ -167,8 +167,12 @@ export interface IngestStorage {
   gaps(deviceId: string): Promise<SequenceGap[]>;
   highestSeq(deviceId: string): Promise<number>;
   countMessages(deviceId?: string): Promise<number>;
-  /** Up to `limit` messages of a device still under a key version below `version` (re-key work list). */
-  messagesBelowKeyVersion(deviceId: string, version: number, limit: number): Promise<StoredMessage[]>;
+  /**
+   * Up to `limit` messages of a device with a sequence number above `afterSeq` (default: from the
+   * first), in seq order, still under a key version below `version`: the re-key work list, walked
+   * with a cursor along the (device, seq) key, so the messages table needs no index on key_version.
+   */
+  messagesBelowKeyVersion(deviceId: string, version: number, limit: number, afterSeq?: number): Promise<StoredMessage[]>;
   /** Replaces a message's ciphertext after re-encryption under a newer key; false if it changed meanwhile. */
   rewriteMessage(deviceId: string, seq: number, fromVersion: number, toVersion: number, nonce: Uint8Array, ciphertext: Uint8Array): Promise<boolean>;
   /** Messages after `after` in (device id, seq) order. */

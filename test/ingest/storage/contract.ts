@@ -185,6 +185,10 @@ export function runStorageContract(name: string, factory: () => Promise<IngestSt
       assert.equal(m1?.keyVersion, 2);
       assert.deepEqual(m1?.ciphertext, Uint8Array.of(8));
       assert.deepEqual((await s.messagesBelowKeyVersion(id, 2, 10)).map((m) => m.seq), [2, 3, 4, 5]);
+      // A cursor along the key: strictly after the given seq.
+      assert.deepEqual((await s.messagesBelowKeyVersion(id, 2, 2, 3)).map((m) => m.seq), [4, 5]);
+      assert.deepEqual((await s.messagesBelowKeyVersion(id, 2, 10, 5)).map((m) => m.seq), []);
+      assert.deepEqual((await s.messagesBelowKeyVersion(id, 2, 1, 0)).map((m) => m.seq), [2], 'seq 1 is no longer below version 2');
       await s.close();
     });
 
