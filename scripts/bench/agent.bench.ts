@@ -169,8 +169,12 @@ async function footprint(argv: string[], windowMs: number, warmMs: number, opts:
       total: usage(totalRss, b.cpuTicks - a.cpuTicks + kidCpu, seconds),
     };
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+    // A child that has already exited will not say so again: waiting for 'exit' would never end.
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
   }
 }
 
