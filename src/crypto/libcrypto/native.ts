@@ -16,13 +16,10 @@
  * FFI lives only in backend folders (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
  */
 import { createRequire } from 'node:module';
-
-type Koffi = typeof import('koffi').default;
-type LibraryHandle = ReturnType<Koffi['load']>;
-type NativeFunction = ReturnType<LibraryHandle['func']>;
+import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
 
 /** An opaque C pointer as koffi hands it out (EVP_CIPHER_CTX *, const EVP_CIPHER *). */
-export type CPointer = object;
+export type { CPointer };
 
 /** `off` disables the libcrypto contexts (node:crypto per record is used instead). */
 export const LIBCRYPTO_ENV = 'VITALSEAL_LIBCRYPTO';

@@ -10,14 +10,11 @@
  *
  * FFI lives only in backend folders (STYLE.md rule 9): here and src/crypto/libcrypto/.
  */
+import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
 import { TpmKeyStoreError } from './errors.ts';
 
-type Koffi = typeof import('koffi').default;
-type LibraryHandle = ReturnType<Koffi['load']>;
-type NativeFunction = ReturnType<LibraryHandle['func']>;
-
 /** An opaque C pointer as koffi hands it out (FAPI_CONTEXT *, TSS2_TCTI_CONTEXT *, ...). */
-export type CPointer = object;
+export type { CPointer };
 
 /** Library names, overridable for tests and unusual installs. */
 export const DEFAULT_FAPI_LIBRARY = 'libtss2-fapi.so.1';
