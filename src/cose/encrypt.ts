@@ -181,28 +181,35 @@ function providerFor(provider: CryptoProvider | undefined, alg: CoseContentAlg):
   return provider?.supportsAead(alg.aead) ? provider : providerForAead(alg.aead);
 }
 
-function decrypt(provider: CryptoProvider | undefined, alg: CoseContentAlg, key: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: Uint8Array): Uint8Array {
+/** One error for every way a message fails to decrypt, whichever path opened it. */
+function decryptFailed(): CryptoError {
+  return new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
+}
+
+function checkKey(alg: CoseContentAlg, key: Uint8Array): void {
   if (key.length !== alg.keyLength) throw new CryptoError('cose-wrong-key', `COSE: ${alg.name} needs a ${alg.keyLength}-byte key`);
+}
+
+function decrypt(provider: CryptoProvider | undefined, alg: CoseContentAlg, key: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: Uint8Array): Uint8Array {
+  checkKey(alg, key);
   try {
     return providerFor(provider, alg).aeadOpen(alg.aead, key, iv, ct, aad);
   } catch (e) {
-    if (e instanceof CryptoError) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
-    throw e;
+    throw e instanceof CryptoError ? decryptFailed() : e;
   }
 }
 
 /** `decrypt` through the epoch's cached keyed context (one cipher set-up per epoch, not per message). */
 function decryptCached(provider: CryptoProvider | undefined, alg: CoseContentAlg, cache: EpochKeyCache, id: string, key: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: Uint8Array): Uint8Array {
-  if (key.length !== alg.keyLength) throw new CryptoError('cose-wrong-key', `COSE: ${alg.name} needs a ${alg.keyLength}-byte key`);
+  checkKey(alg, key);
   const opener = cache.opener(id, providerFor(provider, alg), alg.aead, alg.nonceLength);
   if (opener === undefined) return decrypt(provider, alg, key, iv, ct, aad);
-  if (ct.length < opener.tagLength) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
+  if (ct.length < opener.tagLength) throw decryptFailed();
   const out = new Uint8Array(ct.length - opener.tagLength);
   try {
     opener.openInto(iv, ct, aad, out, 0);
   } catch (e) {
-    if (e instanceof CryptoError) throw new CryptoError('cose-decrypt-failed', 'COSE: decryption failed (wrong key or tampered message)');
-    throw e;
+    throw e instanceof CryptoError ? decryptFailed() : e;
   }
   return out;
 }

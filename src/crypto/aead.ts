@@ -18,7 +18,8 @@
 import { abytes, aint } from '../util/assert.ts';
 import { toHex, zeroize } from '../util/bytes.ts';
 import { ApiMisuse } from '../util/errors.ts';
-import { aeadSealContext, type AeadSealContext } from './keyed.ts';
+import { destroyedError } from './_validate.ts';
+import { aeadSealContext, type AeadSealContext, type KeyedBackend } from './keyed.ts';
 import type { CryptoProvider } from './provider.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
@@ -66,7 +67,7 @@ abstract class KeyedContext {
     this.key = Uint8Array.from(abytes(key, `${id} key`, this.suite.keyLength));
   }
   protected liveKey(): Uint8Array {
-    if (this.key === undefined) throw new ApiMisuse('aead-destroyed', `${this.suite.id}: context used after destroy()`);
+    if (this.key === undefined) throw destroyedError(this.suite.id);
     return this.key;
   }
   get aead(): AeadId {
@@ -107,6 +108,11 @@ export class CounterSealer {
     return this.#suite.id;
   }
 
+  /** Which implementation seals (src/crypto/keyed.ts); throws after `destroy()`. */
+  get backend(): KeyedBackend {
+    return this.#live().backend;
+  }
+
   /** Messages sealed so far. */
   get count(): number {
     return this.#next;
@@ -143,7 +149,7 @@ export class CounterSealer {
   }
 
   #live(): AeadSealContext {
-    if (this.#ctx === undefined) throw new ApiMisuse('aead-destroyed', `${this.#suite.id}: context used after destroy()`);
+    if (this.#ctx === undefined) throw destroyedError(this.#suite.id);
     return this.#ctx;
   }
 

@@ -29,7 +29,7 @@ import { zeroize } from '../util/bytes.ts';
 import { Unsupported } from '../util/errors.ts';
 import { checkOpen, checkSeal, destroyedError } from './_validate.ts';
 import { LibcryptoMask, LibcryptoOpen, LibcryptoSeal } from './libcrypto/contexts.ts';
-import { loadLibcrypto } from './libcrypto/native.ts';
+import { loadLibcrypto, type LibcryptoBindings } from './libcrypto/native.ts';
 import type { CryptoProvider, ProviderName } from './provider.ts';
 import { aeadSuite, type AeadId, type AeadSuite } from './suites.ts';
 
@@ -85,7 +85,7 @@ export interface KeyedContextStatus {
   readonly reason?: string;
 }
 
-let processDefault: { readonly implementation: 'auto' | 'per-call'; readonly reason?: string } = { implementation: 'auto' };
+let processDefault: { readonly implementation: 'auto' } | { readonly implementation: 'per-call'; readonly reason: string } = { implementation: 'auto' };
 
 /**
  * What contexts made without an explicit `implementation` use in this process. A process that
@@ -102,7 +102,7 @@ export function setKeyedContextDefault(implementation: 'auto' | 'per-call', reas
 
 /** Which implementation keyed contexts use in this process, and why (for status and metrics). */
 export function keyedContextStatus(): KeyedContextStatus {
-  if (processDefault.implementation === 'per-call') return { backend: 'node', reason: processDefault.reason ?? 'per-call' };
+  if (processDefault.implementation === 'per-call') return { backend: 'node', reason: processDefault.reason };
   const { bindings, reason } = loadLibcrypto();
   if (bindings !== undefined) return { backend: 'libcrypto', library: `${bindings.library} (${bindings.version})` };
   return { backend: 'node', reason: reason ?? 'libcrypto unavailable' };
@@ -118,15 +118,21 @@ export interface KeyedOptions {
   readonly implementation?: 'auto' | 'libcrypto' | 'per-call';
 }
 
-function suiteAndNonce(id: AeadId, key: Uint8Array, opts: KeyedOptions): { suite: AeadSuite; nonceLength: number } {
+/**
+ * What both AEAD context factories need: the suite, the nonce length, and libcrypto's bindings when
+ * the context runs there (else the provider must have the suite itself).
+ */
+function prepare(provider: CryptoProvider, id: AeadId, key: Uint8Array, opts: KeyedOptions): { suite: AeadSuite; nonceLength: number; lib: LibcryptoBindings | undefined } {
   const suite = aeadSuite(id);
   abytes(key, `${id} key`, suite.keyLength);
   const nonceLength = opts.nonceLength ?? 12;
   if (!suite.nonceLengths.includes(nonceLength)) throw new RangeError(`${id}: nonce length ${nonceLength} not supported (${suite.nonceLengths.join(' or ')})`);
-  return { suite, nonceLength };
+  const lib = useLibcrypto(provider, opts);
+  if (lib === undefined && !provider.supportsAead(id)) throw new Unsupported('suite-unsupported', `${provider.name} provider has no ${id}`);
+  return { suite, nonceLength, lib };
 }
 
-function useLibcrypto(provider: CryptoProvider, opts: KeyedOptions) {
+function useLibcrypto(provider: CryptoProvider, opts: KeyedOptions): LibcryptoBindings | undefined {
   const want = opts.implementation ?? processDefault.implementation;
   if (want === 'per-call' || (want === 'auto' && provider.name !== 'node')) return undefined;
   const { bindings, reason } = loadLibcrypto();
@@ -136,20 +142,14 @@ function useLibcrypto(provider: CryptoProvider, opts: KeyedOptions) {
 
 /** A sealing context for `id` under `key` (copied; the caller wipes its own array). */
 export function aeadSealContext(provider: CryptoProvider, id: AeadId, key: Uint8Array, opts: KeyedOptions = {}): AeadSealContext {
-  const { suite, nonceLength } = suiteAndNonce(id, key, opts);
-  const lib = useLibcrypto(provider, opts);
-  if (lib !== undefined) return new LibcryptoSeal(lib, suite, key, nonceLength);
-  if (!provider.supportsAead(id)) throw new Unsupported('suite-unsupported', `${provider.name} provider has no ${id}`);
-  return new PerCallSeal(provider, suite, key, nonceLength);
+  const { suite, nonceLength, lib } = prepare(provider, id, key, opts);
+  return lib !== undefined ? new LibcryptoSeal(lib, suite, key, nonceLength) : new PerCallSeal(provider, suite, key, nonceLength);
 }
 
 /** An opening context for `id` under `key` (copied; the caller wipes its own array). */
 export function aeadOpenContext(provider: CryptoProvider, id: AeadId, key: Uint8Array, opts: KeyedOptions = {}): AeadOpenContext {
-  const { suite, nonceLength } = suiteAndNonce(id, key, opts);
-  const lib = useLibcrypto(provider, opts);
-  if (lib !== undefined) return new LibcryptoOpen(lib, suite, key, nonceLength);
-  if (!provider.supportsAead(id)) throw new Unsupported('suite-unsupported', `${provider.name} provider has no ${id}`);
-  return new PerCallOpen(provider, suite, key, nonceLength);
+  const { suite, nonceLength, lib } = prepare(provider, id, key, opts);
+  return lib !== undefined ? new LibcryptoOpen(lib, suite, key, nonceLength) : new PerCallOpen(provider, suite, key, nonceLength);
 }
 
 /** A record-number mask context under `key` (16 or 32 bytes for AES, 32 for ChaCha20; copied). */

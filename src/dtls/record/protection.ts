@@ -10,8 +10,8 @@
  *   const rx = new ReadEpoch(provider, suite, 3, keys);
  *   const opened = rx.unprotect(parsedRecord); // undefined when the record must be dropped
  */
-import { nonceScratch, xorCounterIntoIv } from '../../crypto/aead.ts';
-import { aeadOpenContext, aeadSealContext, recordMaskContext, type AeadOpenContext, type AeadSealContext, type KeyedBackend, type RecordMaskContext } from '../../crypto/keyed.ts';
+import { CounterSealer, nonceScratch, xorCounterIntoIv } from '../../crypto/aead.ts';
+import { aeadOpenContext, recordMaskContext, type AeadOpenContext, type KeyedBackend, type RecordMaskContext } from '../../crypto/keyed.ts';
 import type { CryptoProvider } from '../../crypto/provider.ts';
 import { aeadSuite } from '../../crypto/suites.ts';
 import { allocUninit, zeroize } from '../../util/bytes.ts';
@@ -64,12 +64,9 @@ export function limitsFor(suite: DtlsCipherSuite, override?: Partial<EpochLimits
 }
 
 export class WriteEpoch {
-  readonly #seal: AeadSealContext;
-  readonly #iv: Uint8Array;
+  readonly #sealer: CounterSealer;
   readonly #mask: RecordNumberMask;
   readonly #limit: number;
-  /** The next record's sequence number; also the AEAD nonce counter (nonce = iv XOR seq). */
-  #next = 0;
 
   /** The keys are copied into the epoch's contexts; the caller wipes `keys`. */
   constructor(
@@ -80,33 +77,34 @@ export class WriteEpoch {
     limits: EpochLimits = limitsFor(suite),
   ) {
     this.#limit = limits.confidentiality;
-    this.#seal = aeadSealContext(provider, suite.aead, keys.key);
-    this.#iv = Uint8Array.from(keys.iv);
+    // The CounterSealer's counter is this epoch's record sequence number: nonce = iv XOR seq. It
+    // seals through a keyed context (src/crypto/keyed.ts).
+    this.#sealer = new CounterSealer(provider, suite.aead, keys.key, keys.iv, this.#limit);
     this.#mask = new RecordNumberMask(provider, suite, keys.snKey);
   }
 
   /** Which implementation protects this epoch's records. */
   get backend(): KeyedBackend {
-    return this.#seal.backend;
+    return this.#sealer.backend;
   }
 
   /** Sequence number the next record gets. */
   get nextSequence(): number {
-    return this.#next;
+    return this.#sealer.count;
   }
 
   /** RFC 9147 §4.5.3: start a key update once three quarters of the limit are used. */
   get keyUpdateDue(): boolean {
-    return this.#next >= Math.floor(this.#limit * 0.75);
+    return this.#sealer.count >= Math.floor(this.#limit * 0.75);
   }
 
   get exhausted(): boolean {
-    return this.#next >= this.#limit;
+    return this.#sealer.exhausted;
   }
 
   /** Records still allowed under this key. */
   get remaining(): number {
-    return this.#limit - this.#next;
+    return this.#limit - this.#sealer.count;
   }
 
   /** Wire size of a record carrying `contentLength` bytes. */
@@ -125,26 +123,19 @@ export class WriteEpoch {
    */
   protect(contentType: number, content: Uint8Array, cid: Uint8Array | undefined): Uint8Array {
     if (content.length > MAX_PLAINTEXT) throw new ApiMisuse('record-too-large', `record content of ${content.length} bytes exceeds 2^14`);
-    if (this.exhausted) throw new ApiMisuse('aead-limit-reached', `${this.suite.aead}: ${this.#limit} records sealed under this key; update keys`);
-    // The sequence number is spent before sealing: it is never handed out twice, even if sealing fails.
-    const seq = this.#next++;
     const innerLength = this.#innerLength(content.length);
     const headerLength = unifiedHeaderLength(cid);
     const out = allocUninit(headerLength + innerLength + this.suite.tagLength);
-    writeUnifiedHeader(out, this.epoch, seq, cid, innerLength + this.suite.tagLength);
+    writeUnifiedHeader(out, this.epoch, this.#sealer.count, cid, innerLength + this.suite.tagLength);
     // DTLSInnerPlaintext: content || type || zeros (RFC 9147 §4), written where its ciphertext goes
     // and sealed in place. The buffer comes from Node's pool uninitialised: the padding is zeroed.
     const inner = out.subarray(headerLength, headerLength + innerLength);
     inner.set(content);
     inner[content.length] = contentType;
     inner.fill(0, content.length + 1);
-    const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
-    try {
-      // RFC 9147 §4: the additional data is the header before record-number encryption.
-      this.#seal.sealInto(nonce, inner, out.subarray(0, headerLength), out, headerLength);
-    } finally {
-      nonce.fill(0);
-    }
+    // RFC 9147 §4: the additional data is the header before record-number encryption. The sealer
+    // spends the sequence number written above (refusing past the limit) and never hands it out twice.
+    this.#sealer.sealInto(inner, out.subarray(0, headerLength), out, headerLength);
     const mask = this.#mask.mask(out.subarray(headerLength));
     const at = unifiedHeaderSeqOffset(cid);
     out[at] = (out[at] as number) ^ (mask[0] as number);
@@ -153,9 +144,8 @@ export class WriteEpoch {
   }
 
   destroy(): void {
-    this.#seal.destroy();
+    this.#sealer.destroy();
     this.#mask.destroy();
-    zeroize(this.#iv);
   }
 }
 
