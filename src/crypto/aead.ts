@@ -94,6 +94,7 @@ export class CounterSealer {
    * cipher context keyed once, so a message costs a new IV rather than a cipher set-up.
    */
   #ctx: AeadSealContext | undefined;
+  readonly #backend: KeyedBackend;
   #next = 0;
 
   /** `limit` lowers the suite's confidentiality limit (for rotation every N messages). */
@@ -102,15 +103,16 @@ export class CounterSealer {
     this.#iv = Uint8Array.from(abytes(baseIv, `${id} base IV`, ...this.#suite.nonceLengths));
     this.#limit = Math.min(limit ?? Infinity, this.#suite.confidentialityLimit);
     this.#ctx = aeadSealContext(provider, id, key, { nonceLength: this.#iv.length });
+    this.#backend = this.#ctx.backend;
   }
 
   get aead(): AeadId {
     return this.#suite.id;
   }
 
-  /** Which implementation seals (src/crypto/keyed.ts); throws after `destroy()`. */
+  /** Which implementation seals (src/crypto/keyed.ts); still answers after `destroy()`. */
   get backend(): KeyedBackend {
-    return this.#live().backend;
+    return this.#backend;
   }
 
   /** Messages sealed so far. */
