@@ -1,13 +1,13 @@
 /**
  * The device agent as a device runs it: src/cli/agent-main.ts bundled by esbuild into one ES module
- * (`vitalseal-agent.mjs`) that plain node runs, no TypeScript loader in the process, plus
- * `tpm-tunnel-child.mjs`, the TLS child process the MQTTS uplink starts with a TPM-held key
- * (src/transport/mqtts/tpm-tunnel.ts finds it beside itself by name).
+ * (`vitalseal-agent.mjs`) that plain node runs, no TypeScript loader in the process. (MQTTS with a
+ * TPM-held key runs each TLS connection in `openssl s_client`, a Debian program, not in a file of
+ * the bundle.)
  *
  * Code splitting keeps the agent's on-demand imports on demand: the configured transport (mqtt.js
  * or DTLS/CoAP), the TPM or PKCS#11 key store, the HL7 gateway, certificate renewal each land in a
  * chunk of their own, loaded only when the configuration asks for them. Every chunk sits beside the
- * entry files (the child is found relative to the chunk that starts it).
+ * entry file.
  *
  * npm packages stay external and load from the checkout's node_modules: the native ones must
  * (koffi, better-sqlite3, pkcs11js), and the others (mqtt.js, pino: CommonJS) are used as they
@@ -30,8 +30,6 @@ export const AGENT_BUNDLE_DIR = join(REPO, 'dist', 'agent');
 export interface AgentBundle {
   /** The program: `node <entry> agent run --config FILE`. */
   readonly entry: string;
-  /** The TPM TLS child's entry, started by the MQTTS uplink (never run by hand). */
-  readonly tunnelChild: string;
   /** Every file written, names only. */
   readonly files: readonly string[];
   /** Bytes of JavaScript per input module (esbuild's metafile), largest first. */
@@ -47,7 +45,6 @@ export async function buildAgentBundle(outdir: string = AGENT_BUNDLE_DIR): Promi
     absWorkingDir: REPO,
     entryPoints: {
       'vitalseal-agent': 'src/cli/agent-main.ts',
-      'tpm-tunnel-child': 'src/transport/mqtts/tpm-tunnel-child.ts',
     },
     bundle: true,
     splitting: true,
@@ -69,5 +66,5 @@ export async function buildAgentBundle(outdir: string = AGENT_BUNDLE_DIR): Promi
     .flatMap(([, o]) => Object.entries(o.inputs).map(([path, i]) => ({ path, bytes: i.bytesInOutput })))
     .sort((a, b) => b.bytes - a.bytes);
   writeFileSync(join(outdir, 'meta.json'), JSON.stringify(result.metafile));
-  return { entry: join(outdir, 'vitalseal-agent.mjs'), tunnelChild: join(outdir, 'tpm-tunnel-child.mjs'), files: readdirSync(outdir).sort(), inputs };
+  return { entry: join(outdir, 'vitalseal-agent.mjs'), files: readdirSync(outdir).sort(), inputs };
 }

@@ -14,7 +14,8 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { decodeLoadableKey, encodeLoadableKey, loadableKeyPem, openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
-import { findTpm2Provider, tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { findTpm2Provider } from '../../src/transport/mqtts/tpm2-provider.ts';
 import { DecodeError, KeyStoreError } from '../../src/util/errors.ts';
 
 function tpm2b(n: number, fill: number): Uint8Array {

@@ -16,7 +16,8 @@ import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/l
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import type { IssuedIdentity } from '../../scripts/lib/test-fleet.ts';
 import { openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
-import { tpm2OpensslConfig, findTpm2Provider } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { findTpm2Provider } from '../../src/transport/mqtts/tpm2-provider.ts';
 
 /** MQTT v5 CONNECT (clean start, keep-alive 60, client id `id`), then DISCONNECT so the broker hangs up. */
 function connectPacket(id: string): Buffer {

@@ -2,7 +2,8 @@
  * The device's mutual-TLS connections, wherever its identity key lives, for every TLS client the
  * agent runs (the MQTTS uplink, certificate renewal against the enrolment endpoint):
  *
- *   - `tpm`: TLS in a child process whose OpenSSL signs in the TPM (transport/mqtts/tpm-tunnel.ts);
+ *   - `tpm`: TLS in `openssl s_client`, whose tpm2 provider signs in the TPM
+ *     (transport/mqtts/openssl-tpm-tls.ts);
  *   - `software`: the development store's key handed to node:tls in this process (logged);
  *   - `pkcs11`: refused with the caller's `Unsupported`: Debian 12's OpenSSL cannot sign with a
  *     token key (docs/transport-mqtts.md, "PKCS#11").
@@ -53,13 +54,13 @@ export async function deviceTlsFactory(store: KeyStore, label: string, trust: Mq
     return (certChainPem) => inProcessTls({ certChainPem, privateKey, trust, clock: deps.clock });
   }
   if (store.describe().kind === 'tpm') {
-    // Loaded on demand: only TPM users load the tpm2-openssl child's code.
-    const { tpmTls, tpmRmHint } = await import('../../transport/mqtts/tpm-tunnel.ts');
+    // Loaded on demand: only TPM users load the s_client relay's code.
+    const [{ opensslTpmTls }, { tpmRmHint }] = await Promise.all([import('../../transport/mqtts/openssl-tpm-tls.ts'), import('../../transport/mqtts/tpm2-provider.ts')]);
     const key = await (store as TpmKeyStore).loadableKey(label);
     // Said at start, not only after the first failed handshake (hardware/raspberry-pi/README.md).
     const hint = tpmRmHint(key.tcti);
     if (hint !== '') deps.log.warn({ tcti: key.tcti }, `${deps.purpose}: TLS signed in the TPM will likely fail${hint}`);
-    return (certChainPem) => tpmTls({ certChainPem, key, trust, clock: deps.clock });
+    return (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock });
   }
   throw deps.refusal();
 }

@@ -5,7 +5,9 @@
  * The key never leaves a hardware store:
  *   - CoAPS: our DTLS 1.3 signs CertificateVerify through the store's `Signer` (TPM, PKCS#11 token or
  *     the software store); or the device uses an external PSK read from a 0600 file;
- *   - MQTTS with `tpm`: TLS runs in a child process whose OpenSSL signs in the TPM (tpmTls);
+ *   - MQTTS with `tpm`: each TLS connection runs in `openssl s_client`, whose tpm2 provider signs in
+ *     the TPM (opensslTpmTls); the key's loadable form is read with tpm2-tools at start, so this
+ *     process never loads FAPI (about 15 MiB: docs/agent.md, "With the device key in the TPM");
  *   - MQTTS with `software`: the development store's key is handed to node:tls in this process
  *     (logged as development grade);
  *   - MQTTS with `pkcs11`: refused with `Unsupported` (Debian 12 has no OpenSSL 3 PKCS#11 provider;
@@ -34,6 +36,10 @@ import { vitalsTopic } from '../../transport/mqtts/topics.ts';
 import type { Uplink } from '../../transport/types.ts';
 import { X509PeerVerifier } from '../../dtls/peer-verifier.ts';
 import { readSecret } from '../../keystore/secret-source.ts';
+import type { TpmKeyStoreConfig } from '../../keystore/config.ts';
+import { readLoadableKeyWithTools, type ToolsLoadableKey } from '../../keystore/tpm/tools-key.ts';
+import { opensslTpmTls } from '../../transport/mqtts/openssl-tpm-tls.ts';
+import { tpmRmHint } from '../../transport/mqtts/tpm2-provider.ts';
 import { equalBytes, fromHex, toHex } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
 import { KeyStoreError, Unsupported, VitalsealError } from '../../util/errors.ts';
@@ -134,6 +140,7 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
   const trust = readTrust(t, path);
   const certFile = need(t.certFile, `${path}.certFile`, 'for mqtts (the device certificate chain, PEM)');
   const chain = readDeviceChain(certFile, `${path}.certFile`);
+  if (identity.keystore.kind === 'tpm') return buildMqttsWithTpmKey(t, path, deps, { keystore: identity.keystore, keyLabel: identity.keyLabel }, trust, certFile, chain);
   const store = await openIdentityStore(identity, path, deps);
   let tls: TlsConnector | undefined;
   try {
@@ -152,6 +159,49 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
   } catch (e) {
     await tls?.close().catch(() => undefined);
     await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * MQTTS with the key in the TPM, without FAPI in this process: the key's blobs come from
+ * tpm2-tools (`readLoadableKeyWithTools`), checked against the certificate as the store would be,
+ * and every connection is an `openssl s_client` signing in the TPM.
+ */
+async function buildMqttsWithTpmKey(
+  t: TransportConfig, path: string, deps: UplinkDeps, identity: { keystore: TpmKeyStoreConfig; keyLabel: string },
+  trust: MqttsTrust, certFile: string, chain: { pem: string; leafSpki: Uint8Array },
+): Promise<BuiltUplink> {
+  let key: ToolsLoadableKey;
+  try {
+    key = await readLoadableKeyWithTools(identity.keystore, identity.keyLabel, { env: deps.env });
+  } catch (e) {
+    if (e instanceof KeyStoreError && (e.code === 'no-tpm' || e.code === 'tpm-busy')) {
+      // As openIdentityStore: a TPM that is away is not a configuration mistake (exit 1, restarted).
+      throw new KeyStoreError(e.code, `${path}.identity.keystore: the key store is unavailable: ${e.message}`, { cause: e });
+    }
+    if (e instanceof KeyStoreError && (e.code === 'not-found' || e.code === 'wrong-type')) {
+      throw new ConfigError([`${path}.identity.keyLabel: the key store has no usable key '${identity.keyLabel}' (${e.code}); run vitalseal provision first`]);
+    }
+    if (e instanceof VitalsealError) throw new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
+    throw e;
+  }
+  if (!equalBytes(key.spki, chain.leafSpki)) {
+    throw new ConfigError([`${path}.certFile: the certificate was not issued for key '${identity.keyLabel}' in this key store (provisioned with another key?)`]);
+  }
+  const hint = tpmRmHint(key.tcti);
+  if (hint !== '') deps.log.warn({ tcti: key.tcti }, `mqtts: TLS signed in the TPM will likely fail${hint}`);
+  const tls = reloadingTls({
+    file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki: key.spki, log: deps.log,
+    build: (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock }),
+  });
+  try {
+    const { createMqttsUplink } = await import('../../transport/mqtts/uplink.ts');
+    const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
+    deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
+    return released(uplink, () => tls.close());
+  } catch (e) {
+    await tls.close().catch(() => undefined);
     throw e;
   }
 }

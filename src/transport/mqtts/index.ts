@@ -1,13 +1,13 @@
 /**
  * MQTT v5 over mutual TLS 1.3: the device's `Uplink` (mqtt.js), the ingest's shared-subscription
- * consumer, and the two ways a device holds its TLS key (in this process, or in the TPM through a
- * child process). docs/transport-mqtts.md describes the broker, topics, TLS settings and failure
- * semantics.
+ * consumer, and the ways a device holds its TLS key (in this process, or in the TPM: TLS run by
+ * `openssl s_client` with the tpm2 provider, or by a Node child process). docs/transport-mqtts.md
+ * describes the broker, topics, TLS settings and failure semantics.
  *
  * @example
- *   import { createMqttsUplink, inProcessTls, tpmTls, trustFromPem } from 'vitalseal/transport';
+ *   import { createMqttsUplink, opensslTpmTls, trustFromPem } from 'vitalseal/transport';
  *   const trust = trustFromPem(rootPem);
- *   const tls = tpmTls({ certChainPem, key: await tpmStore.loadableKey('device-identity'), trust });
+ *   const tls = opensslTpmTls({ certChainPem, key: await tpmStore.loadableKey('device-identity'), trust });
  *   const uplink = createMqttsUplink({ deviceId: 'bed-7', host: 'broker.ward7', port: 8883, tls });
  */
 export { inProcessTls, type InProcessTlsOptions, type TlsConnection, type TlsConnector, type TlsTarget } from './connector.ts';
@@ -15,5 +15,7 @@ export { connackError, pubackOutcome, reasonName, type PubackOutcome } from './r
 export { createMqttsSubscriber, MqttsSubscriber, type IngestHandler, type IngestMessage, type MqttsSubscriberOptions, type SubscriberCounters, type SubscriberEvents } from './subscriber.ts';
 export { clientContextOptions, mapConnectionError, tlsAlertName, trustFromPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
 export { contentTypeFor, deviceIdFromTopic, formatFromContentType, hasCoseTag, INGEST_SUBSCRIPTION, SHARE_GROUP, vitalsTopic } from './topics.ts';
-export { findTpm2Provider, tpm2OpensslConfig, tpmTls, type TpmTlsOptions } from './tpm-tunnel.ts';
+export { errorFromSClient, opensslTpmTls, type OpensslTpmTlsOptions } from './openssl-tpm-tls.ts';
+export { findTpm2Provider, tpmRmHint } from './tpm2-provider.ts';
+export { tpm2OpensslConfig, tpmTls, type TpmTlsOptions } from './tpm-tunnel.ts';
 export { createMqttsUplink, type MqttsUplinkOptions } from './uplink.ts';

@@ -34,6 +34,7 @@ import type { TpmLoadableKey } from '../../keystore/tpm/store.ts';
 import { systemClock, type Clock } from '../../util/clock.ts';
 import { ApiMisuse, CertificateError, KeyStoreError, TransportError, type VitalsealError } from '../../util/errors.ts';
 import type { TlsConnection, TlsConnector, TlsTarget } from './connector.ts';
+import { findTpm2Provider, tpmRmHint } from './tpm2-provider.ts';
 import { mapConnectionError, rootsPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
 import { MAX_CHUNK, parseToParent, type ToChild, type ToParent, type WireError } from './tunnel-protocol.ts';
 
@@ -56,19 +57,6 @@ export interface TpmTlsOptions {
    * emulated Cortex-A72 (docs/hardware.md), and every retry would start it afresh.
    */
   readonly startTimeoutMs?: number;
-}
-
-/** Where Debian's tpm2-openssl package puts the provider. */
-export function findTpm2Provider(): string {
-  const candidates: string[] = [];
-  for (const lib of ['/usr/lib', '/usr/lib64', '/usr/local/lib']) {
-    if (!existsSync(lib)) continue;
-    candidates.push(join(lib, 'ossl-modules', 'tpm2.so'));
-    for (const sub of readdirSync(lib)) candidates.push(join(lib, sub, 'ossl-modules', 'tpm2.so'));
-  }
-  const found = candidates.find((p) => existsSync(p));
-  if (found === undefined) throw new KeyStoreError('library-missing', 'OpenSSL tpm2 provider (tpm2.so) not found: install the Debian package "tpm2-openssl"');
-  return found;
 }
 
 /**
@@ -133,21 +121,6 @@ function errorFrom(w: WireError): Error {
   const e = new Error(w.message);
   if (w.code !== undefined) Object.assign(e, { code: w.code });
   return e;
-}
-
-/**
- * What to tell the operator when a handshake could not be signed in the TPM through `tcti`: the
- * kernel's resource manager (/dev/tpmrm0) lets each client hold three TPM objects, and during one
- * handshake tpm2-openssl holds more (the key, hash sequences, public keys it imports to verify),
- * so the TPM answers TPM_RC_OBJECT_MEMORY. A user-space resource manager has no such limit.
- *
- * @example
- *   tpmRmHint('device:/dev/tpmrm0') // '; TCTI device:/dev/tpmrm0: the kernel's resource manager ...'
- *   tpmRmHint('tabrmd:bus_type=system') // ''
- */
-export function tpmRmHint(tcti: string): string {
-  if (!tcti.startsWith('device:')) return '';
-  return `; TCTI ${tcti}: the kernel's resource manager gives a client three TPM objects, fewer than tpm2-openssl holds during a TLS handshake: run tpm2-abrmd and use TCTI tabrmd:bus_type=system (hardware/raspberry-pi/README.md)`;
 }
 
 /**
