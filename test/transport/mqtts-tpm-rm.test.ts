@@ -1,7 +1,7 @@
 /**
- * MQTTS with the device key in the TPM behind a resource manager that lets each client hold only
- * three transient objects, as the kernel's does for every open of /dev/tpmrm0. tpm2-abrmd is
- * started with --max-transients=3 for it.
+ * MQTTS with the device key in the TPM (TLS in openssl s_client, as the agent runs it) behind a
+ * resource manager that lets each client hold only three transient objects, as the kernel's does
+ * for every open of /dev/tpmrm0. tpm2-abrmd is started with --max-transients=3 for it.
  *
  * During one handshake tpm2-openssl holds more than three: with `?provider=tpm2` preferred, OpenSSL
  * also imports the public keys it verifies into the TPM (TPM2_LoadExternal) and hashes
@@ -16,7 +16,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
-import { tpmTls } from '../../src/transport/mqtts/tpm-tunnel.ts';
+import { opensslTpmTls } from '../../src/transport/mqtts/openssl-tpm-tls.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import { KeyStoreError } from '../../src/util/errors.ts';
 import { stopTpmIdentity, tpmIdentity, type TpmIdentity } from './support/tpm-identity.ts';
@@ -39,7 +39,7 @@ describe('MQTTS with a TPM key behind a resource manager that allows three objec
 
   it('fails with a typed error, and the same uplink connects once the resource manager allows more', async () => {
     const ingest = await rig.startIngest('ingest-tpm-rm');
-    const tls = tpmTls({ certChainPem: t.identity.certChainPem, key: await t.store.loadableKey('device-identity'), trust: rig.trust, env: t.tpm.env });
+    const tls = opensslTpmTls({ certChainPem: t.identity.certChainPem, key: await t.store.loadableKey('device-identity'), trust: rig.trust, env: t.tpm.env });
     const u = createMqttsUplink({ deviceId: DEVICE, host: rig.broker.host, port: rig.broker.port, serverName: 'localhost', tls });
     try {
       await assert.rejects(u.connect(), (e: unknown) => {
@@ -50,8 +50,8 @@ describe('MQTTS with a TPM key behind a resource manager that allows three objec
       });
       assert.equal(ingest.received.length, 0);
 
-      // tpm2-abrmd with its own default limit, as the Raspberry Pi profile runs it. Three sessions
-      // through one child: each handshake verifies the broker's two-certificate chain and its
+      // tpm2-abrmd with its own default limit, as the Raspberry Pi profile runs it. Three sessions,
+      // each its own s_client: each handshake verifies the broker's two-certificate chain and its
       // CertificateVerify, and signs ours.
       await t.tpm.restart({ maxTransients: undefined });
       for (let seq = 1; seq <= 3; seq++) {

@@ -132,6 +132,9 @@ describe('s_client failures as typed errors', () => {
     assert.ok(version instanceof PeerIncompatible, String(version));
     const key = errorFromSClient('Could not read client certificate private key from /tmp/x/key.pem\n', where, 'device:/dev/tpmrm0');
     assert.ok(key instanceof KeyStoreError && key.code === 'tpm-tls-unavailable' && /tabrmd/.test(key.message), String(key));
+    // A TPM out of object slots while verifying the broker's chain in the TPM: the cause is the TPM.
+    const slots = errorFromSClient('verify error:num=7:certificate signature failure\n80DB:error:4000000E:tpm2::cannot hash::-1:388 tpm:handle(1):value is out of range\n', where, '');
+    assert.ok(slots instanceof KeyStoreError && slots.code === 'tpm-tls-unavailable' && /cannot hash/.test(slots.message), String(slots));
     const other = errorFromSClient('something else\n', where, '');
     assert.ok(other instanceof TransportError && other.code === 'connection-failed');
   });

@@ -8,8 +8,10 @@
  * until then the old certificate stays in place). The transports present the new chain from their
  * next connection (uplink/device-tls.ts, `reloadingTls`).
  *
- * Where the request is signed follows the key (uplink/device-tls.ts): in a child process whose
- * OpenSSL signs in the TPM, or in this process for the development software store. A PKCS#11 token
+ * Where the request is signed follows the key: with a TPM key, the CSR by `tss2_sign` and the TLS
+ * handshake by `openssl s_client` (tools-key.ts, openssl-tpm-tls.ts), each in a short-lived process,
+ * so FAPI never loads into the agent; with the development software store, in this process
+ * (uplink/device-tls.ts). A PKCS#11 token
  * key cannot sign a TLS handshake on Debian 12 (docs/transport-mqtts.md, "PKCS#11"): configuring
  * renewal for one is refused at start-up with `Unsupported('renewal-pkcs11-key')`.
  *
@@ -28,7 +30,10 @@ import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { openKeyStore } from '../../keystore/open.ts';
+import type { Signer } from '../../keystore/signer.ts';
 import type { KeyStore } from '../../keystore/types.ts';
+import { readLoadableKeyWithTools, toolsSigner } from '../../keystore/tpm/tools-key.ts';
+import { opensslTpmTls } from '../../transport/mqtts/openssl-tpm-tls.ts';
 import type { Certificate } from '../../pki/certificate.ts';
 import { chainPem, parseEstUrl, reenrol, type EstEndpoint, type IssuedChain } from '../../pki/est-client.ts';
 import { pemDecode, pemEncode } from '../../pki/pem.ts';
@@ -232,13 +237,22 @@ export class CertificateRenewer {
     let store: KeyStore | undefined;
     let connector: TlsConnector | undefined;
     try {
-      store = await openKeyStore(renewal.identity.keystore, { env: this.#o.env, create: false, logger: { warn: (m) => log.warn({ keyStore: 'identity' }, m) } });
-      const signer = await store.openSigningKey(label);
+      const keystore = renewal.identity.keystore;
+      let signer: Signer;
+      if (keystore.kind === 'tpm') {
+        // As the MQTTS uplink: tpm2-tools and openssl s_client, so FAPI never loads into the agent.
+        const key = await readLoadableKeyWithTools(keystore, label, { env: this.#o.env });
+        signer = toolsSigner(keystore, label, key.spki, { env: this.#o.env });
+        connector = opensslTpmTls({ certChainPem: current.pem, key, trust: this.#trust, clock });
+      } else {
+        store = await openKeyStore(keystore, { env: this.#o.env, create: false, logger: { warn: (m) => log.warn({ keyStore: 'identity' }, m) } });
+        signer = await store.openSigningKey(label);
+        const build = await deviceTlsFactory(store, label, this.#trust, { clock, log, purpose: 'certificate renewal', refusal: pkcs11Refusal });
+        connector = build(current.pem);
+      }
       if (!equalBytes(await signer.publicKeySpki(), current.leaf.spki.der)) {
         throw new KeyStoreError('key-mismatch', `the current certificate (${this.#chainSource}) is not for key '${label}' of the configured key store`);
       }
-      const build = await deviceTlsFactory(store, label, this.#trust, { clock, log, purpose: 'certificate renewal', refusal: pkcs11Refusal });
-      connector = build(current.pem);
       const issued = await reenrol({
         endpoint: this.#endpoint, connector, signer, deviceId, roots: this.#trust.roots, clock,
         currentNotAfter: current.leaf.notAfter, timeoutMs: renewal.timeoutSeconds * 1000,

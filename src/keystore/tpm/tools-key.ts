@@ -8,6 +8,9 @@
  * process) needs just these blobs once, so it reads them here and never loads FAPI itself
  * (docs/agent.md, "With the device key in the TPM").
  *
+ * `toolsSigner` signs the same way (`tss2_sign`, one short-lived process a signature) for the rare
+ * signature such an agent makes itself: the CSR of a certificate renewal.
+ *
  * Same checks as `TpmKeyStore.loadableKey`: the object must be a P-256 signing key under the
  * profile's persistent SRK. The blobs are public (the private part is wrapped by the SRK and
  * loads only in this TPM); they pass through a private temporary directory that is removed.
@@ -18,10 +21,12 @@
  *   key.spki  // the SubjectPublicKeyInfo the device certificate must carry
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TpmKeyStoreConfig } from '../config.ts';
+import type { Signer } from '../signer.ts';
 import { DecodeError } from '../../util/errors.ts';
 import { errorFromRc, TpmKeyStoreError } from './errors.ts';
 import { resolveFapiConfig } from './fapi-config.ts';
@@ -82,9 +87,40 @@ export async function readLoadableKeyWithTools(config: TpmKeyStoreConfig, name: 
   }
 }
 
+/**
+ * A `Signer` for the P-256 key `name` whose every signature is one `tss2_sign` process (ECDSA over
+ * SHA-256 of the message, hashed here as the key store does; the signature as FAPI returns it).
+ * `spki` is the key's public key, from `readLoadableKeyWithTools`.
+ */
+export function toolsSigner(config: TpmKeyStoreConfig, name: string, spki: Uint8Array, o: Omit<ToolsKeyOptions, 'tool'> & { readonly tool?: string } = {}): Signer {
+  const fapi = resolveFapiConfig(config);
+  const path = pathForName(name);
+  return {
+    scheme: 'ecdsa-p256-sha256',
+    publicKeySpki: async () => spki.slice(),
+    async sign(message: Uint8Array): Promise<Uint8Array> {
+      const dir = mkdtempSync(join(tmpdir(), 'vitalseal-tpm-sign-'));
+      try {
+        const digestFile = join(dir, 'digest');
+        const sigFile = join(dir, 'signature');
+        writeFileSync(digestFile, createHash('sha256').update(message).digest(), { mode: 0o600 });
+        await runTool(o.tool ?? 'tss2_sign', ['--keyPath', path, '--digest', digestFile, '--signature', sigFile, '--force'], {
+          env: { ...(o.env ?? process.env), TSS2_FAPICONF: fapi.path, TSS2_LOG: 'all+NONE' },
+          timeoutMs: o.timeoutMs ?? 60_000,
+          path,
+          tcti: fapi.tcti,
+        });
+        return readBlob(sigFile, 'signature');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
 function readBlob(file: string, what: string): Uint8Array {
   const b = new Uint8Array(readFileSync(file));
-  if (b.length === 0 || b.length > MAX_BLOB) throw new TpmKeyStoreError('tpm-error', `tss2_gettpmblobs wrote a ${what} blob of ${b.length} bytes`);
+  if (b.length === 0 || b.length > MAX_BLOB) throw new TpmKeyStoreError('tpm-error', `tpm2-tools wrote a ${what} of ${b.length} bytes`);
   return b;
 }
 
@@ -117,16 +153,16 @@ function runTool(tool: string, args: string[], c: RunContext): Promise<void> {
         return;
       }
       if ((err as { killed?: boolean }).killed === true) {
-        reject(new TpmKeyStoreError('tpm-busy', `${tool} did not finish within ${c.timeoutMs} ms reading ${c.path} (TCTI ${c.tcti || 'default'})`));
+        reject(new TpmKeyStoreError('tpm-busy', `${tool} did not finish within ${c.timeoutMs} ms on ${c.path} (TCTI ${c.tcti || 'default'})`));
         return;
       }
       const rc = rcFromToolOutput(stderr);
       if (rc !== undefined) {
-        reject(errorFromRc(rc, { operation: 'read the key blobs of', path: c.path, tcti: c.tcti }));
+        reject(errorFromRc(rc, { operation: `${tool} on`, path: c.path, tcti: c.tcti }));
         return;
       }
       const tail = stderr.trim().split('\n').slice(-2).join(' | ').slice(0, 300);
-      reject(new TpmKeyStoreError('tpm-error', `${tool} failed reading ${c.path}${tail === '' ? '' : `: ${tail}`}`));
+      reject(new TpmKeyStoreError('tpm-error', `${tool} failed on ${c.path}${tail === '' ? '' : `: ${tail}`}`));
     });
   });
 }

@@ -105,14 +105,17 @@ function coded(message: string, code: string): Error {
 export function errorFromSClient(stderr: string, where: string, tcti: string): VitalsealError {
   const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l !== '');
   const verify = /verify error:num=(\d+):(.*)/.exec(stderr);
+  // The provider's own errors first: with `?provider=tpm2` preferred, OpenSSL verifies the broker's
+  // chain in the TPM too, so a TPM out of object slots shows as a "certificate signature failure"
+  // whose cause is a `tpm2::` line (as tpm-tunnel.ts's isTpmKeyFailure reads node's errors).
+  if (/:tpm2::|Could not read (client certificate )?private key|unable to load client certificate private key|key values mismatch|esys|tcti/i.test(stderr)) {
+    const detail = lines.filter((l) => !/^depth=/.test(l)).slice(-3).join(' | ').slice(0, 400);
+    return new KeyStoreError('tpm-tls-unavailable', `${where}: the TPM could not sign the TLS handshake with the device key (${detail})${tpmRmHint(tcti)}`);
+  }
   if (verify !== null) {
     const name = VERIFY_ERRORS[Number(verify[1])];
     if (name !== undefined) return mapConnectionError(coded((verify[2] as string).trim(), name), where);
     return new CertificateError('malformed', `the broker's certificate was refused by OpenSSL: ${(verify[2] as string).trim()}`);
-  }
-  if (/:tpm2::|Could not read (client certificate )?private key|unable to load client certificate private key|key values mismatch|esys|tcti/i.test(stderr)) {
-    const detail = lines.slice(-2).join(' | ').slice(0, 300);
-    return new KeyStoreError('tpm-tls-unavailable', `${where}: the TPM could not sign the TLS handshake with the device key (${detail})${tpmRmHint(tcti)}`);
   }
   const errno = /connect:errno=(\d+)/.exec(stderr);
   if (errno !== null) {
