@@ -50,7 +50,7 @@ export async function runBedsideMonitor(configFile: string, tokenFile: string | 
   }
   const log = createLogger({ level: config.log.level, destination: process.stderr, base: { device: config.device.id } });
   // The sources (a simulated patient) come from the configuration; MQTTS with the TPM key: the
-  // TLS handshake runs in a child process whose OpenSSL signs inside the TPM (docs/transport-mqtts.md).
+  // TLS connection runs in openssl s_client, whose tpm2 provider signs inside the TPM (docs/transport-mqtts.md).
   const agent = await createAgent({ config, log });
   await agent.start();
   const cert = agent.status().certificate;
@@ -83,7 +83,7 @@ async function main(): Promise<number> {
       site = await startLocalSite({ extraMqttDevices: [DEVICE] });
       sayLocal('starting a TPM 2.0 (swtpm behind tpm2-abrmd, as /dev/tpmrm0 is on a board)');
       tpm = await startSwtpm({ resourceManager: true });
-      Object.assign(process.env, tpm.env); // the resource manager's private D-Bus, for this process and its TLS child
+      Object.assign(process.env, tpm.env); // the resource manager's private D-Bus, for this process, tpm2-tools and s_client
       ({ configFile, tokenFile } = await localCertAgentConfig(site, DEVICE, {
         transport: 'mqtts',
         keystore: { kind: 'tpm', tcti: tpm.tcti, dir: join(site.dir, 'tpm') },

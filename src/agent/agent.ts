@@ -115,7 +115,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly #pipeline: Pipeline;
   readonly #runner: UplinkRunner;
   readonly #uplinks: { readonly primary: Uplink; readonly failover?: Uplink };
-  /** Releases what configured uplinks hold (TLS child process, key store) after the runner closed them. */
+  /** Releases what configured uplinks hold (TLS processes, key store) after the runner closed them. */
   readonly #releaseUplinks: () => Promise<void>;
   readonly #gateways: { id: string; gw: MllpGateway }[] = [];
   readonly #cert: CertificateWatcher | undefined;

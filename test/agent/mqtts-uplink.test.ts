@@ -99,7 +99,7 @@ describe('agent over MQTTS, built from its configuration', () => {
       const cfg = join(dir, 'bed-tpm.json');
       writeFileSync(cfg, JSON.stringify(files.document('bed-tpm', { certFile, identity: { keystore, keyLabel: 'device-identity' } })));
       // The command registers its TypeScript loader from inside (no --import flag), and the working
-      // directory is not the checkout: the TLS child process must start all the same.
+      // directory is not the checkout: openssl s_client and tpm2-tools must start all the same.
       let log = '';
       agent = spawn(process.execPath, [VITALSEAL_BIN, 'agent', 'run', '--config', cfg], { cwd, env: { ...process.env, ...tpm.env }, stdio: ['ignore', 'pipe', 'pipe'] });
       agent.stdout?.on('data', (c: Buffer) => (log += c.toString()));

@@ -1,7 +1,7 @@
 /**
  * kill -9 of the broker (mosquitto 2.0) mid-stream, several times, restarted at once as a service
  * manager would: what the ingest had stored stays stored, agents reconnect (a software key in the
- * agent's process, a TPM key through its TLS child) and send again what the broker had not
+ * agent's process, a TPM key through openssl s_client) and send again what the broker had not
  * acknowledged, the CoAPS device (no broker on its path) is untouched.
  *
  * What a broker crash may lose, and how it is counted: mosquitto acknowledges a QoS 1 PUBLISH once

@@ -4,7 +4,7 @@
  * [no-tpm]`, not "configuration is invalid") and exits with status 1, which a service manager
  * answers by starting it again (Restart=on-failure); once the TPM is back, the next start delivers,
  * including what the previous run had queued. For both transports that sign with the TPM key:
- * MQTTS (TLS in a child process through OpenSSL's tpm2 provider) and CoAPS (our DTLS signing
+ * MQTTS (TLS in openssl s_client through OpenSSL's tpm2 provider) and CoAPS (our DTLS signing
  * through FAPI).
  */
 import assert from 'node:assert/strict';

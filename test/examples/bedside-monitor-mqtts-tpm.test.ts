@@ -21,7 +21,7 @@ describe('examples/bedside-monitor-mqtts-tpm.ts', () => {
     assert.ok(Number(stored[1]) >= 1);
     // Every acknowledged message is stored; one stored as the agent stopped may have lost its acknowledgement.
     assert.ok(Number(agent[3]) <= Number(stored[1]) && Number(stored[1]) <= Number(agent[1]), `acknowledged ${agent[3]} <= stored ${stored[1]} <= sealed ${agent[1]}`);
-    assert.match(r.stderr, /"tls":"TLS in a child process; the device key stays in the TPM \(tpm2-openssl, TCTI tabrmd:/, 'the handshake was signed in the TPM');
+    assert.match(r.stderr, /"tls":"TLS in openssl s_client; the device key stays in the TPM \(tpm2-openssl, TCTI tabrmd:/, 'the handshake was signed in the TPM');
   });
 
   it('without --local and with --config: a certificate device with no certificate and no token says what it needs', async () => {

@@ -57,7 +57,7 @@ export interface UplinkDeps {
 
 export interface BuiltUplink {
   readonly uplink: Uplink;
-  /** Closes the uplink and releases what it holds (TLS child process, key store). Idempotent. */
+  /** Closes the uplink and releases what it holds (TLS processes, key store). Idempotent. */
   release(): Promise<void>;
 }
 
