@@ -355,14 +355,14 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
       }
       // A Node child against node idling with its own options (its argv up to the script, less the
       // OpenSSL configuration); openssl s_client against plain node idling: the least a Node TLS
-      // child (tpmTls) would cost.
+      // child (the form MQTTS with a TPM key had before s_client) would cost.
       const childArgv = kids.argv[0] ?? [];
       const nodeChild = /(^|\/)node$/.test(childArgv[0] ?? '');
       const childFlags = nodeChild ? childArgv.slice(1, childArgv.findIndex((a, i) => i > 0 && !a.startsWith('-'))).filter((a) => !a.startsWith('--openssl-config')) : [];
       const childBase = await footprint([...childFlags, '-e', IDLE], windowMs, warmMs);
       const childNode = ['node', ...childFlags].join(' ');
       const { total } = agent;
-      ctx.log(`  TLS child (${shortArgv(childArgv)}): RSS ${kids.rssMiB.toFixed(1)} MiB (peak ${kids.peakRssMiB.toFixed(1)}), CPU ${kids.cpuPercent.toFixed(2)} %; `
+      ctx.log(`  TLS process (${shortArgv(childArgv)}): RSS ${kids.rssMiB.toFixed(1)} MiB (peak ${kids.peakRssMiB.toFixed(1)}), CPU ${kids.cpuPercent.toFixed(2)} %; `
         + `${childNode} idling: RSS ${childBase.rssMiB.toFixed(1)} MiB; agent + child: RSS ${total.rssMiB.toFixed(1)} MiB (peak ${total.peakRssMiB.toFixed(1)}), CPU ${total.cpuPercent.toFixed(2)} %`);
       const all = { ...meta, agentRssMiB: agent.rssMiB, agentCpuPercent: agent.cpuPercent, childRssMiB: kids.rssMiB, childPeakRssMiB: kids.peakRssMiB, childCpuPercent: kids.cpuPercent,
         childArgv: shortArgv(childArgv), childIdleRssMiB: childBase.rssMiB, totalPeakRssMiB: total.peakRssMiB };

@@ -2,7 +2,7 @@
  * A process whose clock is off, for the end-to-end suite's clock-skew scenario: libfaketime (Debian
  * package `faketime`) preloaded into it with an offset. Wall-clock time (`Date.now()`, OpenSSL's
  * certificate checks) moves by the offset; monotonic time is left alone so timers run normally.
- * Child processes inherit the environment, so a TLS child process is skewed the same way.
+ * Child processes inherit the environment, so a TLS process (openssl s_client) is skewed the same way.
  *
  * @example
  *   const env = faketimeEnv('+2d');   // also '-2d', '+400d', '+3h'

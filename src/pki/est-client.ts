@@ -8,8 +8,8 @@
  *
  * The TLS connection comes from the caller as an `EstConnector` (the shape of the MQTTS
  * `TlsConnector`): in this process for enrolment (no client certificate: the token authenticates),
- * and for renewal wherever the device key can sign (a child process whose OpenSSL signs in the TPM,
- * or this process for the development store). The connector checks the server's chain against the
+ * and for renewal wherever the device key can sign (openssl s_client signing in the TPM, or this
+ * process for the development store). The connector checks the server's chain against the
  * pinned roots and the host name before a byte of the request leaves.
  *
  * Every refusal the endpoint gives becomes an `EnrolmentError` with its own code; the answer is

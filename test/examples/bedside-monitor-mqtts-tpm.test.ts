@@ -2,7 +2,7 @@
  * examples/bedside-monitor-mqtts-tpm.ts as its header says to try it: first-boot enrolment with the
  * key made in a TPM (swtpm behind tpm2-abrmd), MQTTS through mosquitto with the TPM-signed
  * handshake, the readings back from the ingest's API; nothing left running (swtpm, tpm2-abrmd,
- * dbus-daemon, mosquitto, the ingest, the TLS child).
+ * dbus-daemon, mosquitto, the ingest, openssl s_client).
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';

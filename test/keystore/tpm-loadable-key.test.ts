@@ -14,8 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import { decodeLoadableKey, encodeLoadableKey, loadableKeyPem, openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
-import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
-import { findTpm2Provider } from '../../src/transport/mqtts/tpm2-provider.ts';
+import { findTpm2Provider, tpm2OpensslConfig } from '../../src/transport/mqtts/tpm2-provider.ts';
 import { DecodeError, KeyStoreError } from '../../src/util/errors.ts';
 
 function tpm2b(n: number, fill: number): Uint8Array {
@@ -90,7 +89,7 @@ describe('a TPM store key through OpenSSL\'s tpm2 provider', () => {
     Object.assign(process.env, tpm.env);
     dir = mkdtempSync(join(tmpdir(), 'vitalseal-tss2-tpm-'));
     store = await openTpmKeyStore({ kind: 'tpm', tcti: tpm.tcti, dir: join(dir, 'tpm') });
-    writeFileSync(join(dir, 'openssl.cnf'), tpm2OpensslConfig(findTpm2Provider()).replace('nodejs_conf', 'openssl_conf'));
+    writeFileSync(join(dir, 'openssl.cnf'), tpm2OpensslConfig(findTpm2Provider()));
   });
 
   after(async () => {

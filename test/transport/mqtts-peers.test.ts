@@ -16,8 +16,7 @@ import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/l
 import { startSwtpm, type Swtpm } from '../../scripts/lib/swtpm.ts';
 import type { IssuedIdentity } from '../../scripts/lib/test-fleet.ts';
 import { openTpmKeyStore, type TpmKeyStore } from '../../src/keystore/tpm/index.ts';
-import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
-import { findTpm2Provider } from '../../src/transport/mqtts/tpm2-provider.ts';
+import { findTpm2Provider, tpm2OpensslConfig } from '../../src/transport/mqtts/tpm2-provider.ts';
 
 /** MQTT v5 CONNECT (clean start, keep-alive 60, client id `id`), then DISCONNECT so the broker hangs up. */
 function connectPacket(id: string): Buffer {
@@ -168,7 +167,7 @@ describe('independent peer with the TPM key', () => {
     writeFileSync(join(dir, 'root.pem'), rig.fleet.rootPem);
     writeFileSync(join(dir, 'tpm-1.pem'), id.certChainPem);
     writeFileSync(join(dir, 'tpm-1.tss2.pem'), key.pem);
-    writeFileSync(join(dir, 'openssl.cnf'), tpm2OpensslConfig(findTpm2Provider()).replace('nodejs_conf', 'openssl_conf'));
+    writeFileSync(join(dir, 'openssl.cnf'), tpm2OpensslConfig(findTpm2Provider()));
     const r = spawnSync('openssl', [
       's_client', '-tls1_3', '-connect', `127.0.0.1:${rig.broker.port}`, '-servername', 'localhost', '-CAfile', join(dir, 'root.pem'),
       '-verify_return_error', '-ign_eof', '-cert', join(dir, 'tpm-1.pem'), '-key', join(dir, 'tpm-1.tss2.pem'),

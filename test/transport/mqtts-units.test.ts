@@ -1,19 +1,16 @@
 /**
- * The small pure parts of MQTTS: topics and content types, the TPM tunnel's message checks, the
- * OpenSSL configuration for the tpm2 provider, the broker configuration template and access rules,
+ * The small pure parts of MQTTS: topics and content types, the tpm2 provider's settings and its
+ * OpenSSL configuration, the broker configuration template and access rules,
  * the error mapping, and the manual timers the other tests rely on.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import fc from 'fast-check';
 import { dynsecConfig, renderTemplate, TEMPLATE_PATH } from '../../scripts/lib/mosquitto.ts';
 import { ManualTimers } from '../../src/transport/timers.ts';
 import { mapConnectionError } from '../../src/transport/mqtts/tls.ts';
-import { tpm2OpensslConfig } from '../../src/transport/mqtts/tpm-tunnel.ts';
-import { tpmRmHint } from '../../src/transport/mqtts/tpm2-provider.ts';
+import { TPM2_PROPERTY_QUERY, tpm2OpensslConfig, tpmRmHint } from '../../src/transport/mqtts/tpm2-provider.ts';
 import { contentTypeFor, deviceIdFromTopic, formatFromContentType, hasCoseTag, INGEST_SUBSCRIPTION, vitalsTopic } from '../../src/transport/mqtts/topics.ts';
-import { MAX_CHUNK, parseToChild, parseToParent } from '../../src/transport/mqtts/tunnel-protocol.ts';
 import { CertificateError, PeerIncompatible, TransportError, UplinkRejected } from '../../src/util/errors.ts';
 
 describe('topics and content types', () => {
@@ -48,33 +45,11 @@ describe('topics and content types', () => {
   });
 });
 
-describe('TPM tunnel messages', () => {
-  it('accepts exactly the message shapes, with bounded sizes', () => {
-    assert.deepEqual(parseToChild({ t: 'open', id: 1, host: '127.0.0.1', port: 8883, serverName: 'localhost' }), { t: 'open', id: 1, host: '127.0.0.1', port: 8883, serverName: 'localhost' });
-    assert.ok(parseToChild({ t: 'write', id: 2, data: new Uint8Array(MAX_CHUNK) }) !== undefined);
-    assert.equal(parseToChild({ t: 'write', id: 2, data: new Uint8Array(MAX_CHUNK + 1) }), undefined);
-    assert.equal(parseToChild({ t: 'write', id: 0, data: new Uint8Array(1) }), undefined);
-    assert.equal(parseToChild({ t: 'open', id: 1, host: 'h', port: 70000, serverName: 's' }), undefined);
-    assert.equal(parseToChild({ t: 'configure', keyPem: 1, certChainPem: '', caPem: '' }), undefined);
-    assert.ok(parseToParent({ t: 'secure', id: 3, protocol: 'TLSv1.3', suite: 'TLS_AES_128_GCM_SHA256', group: 'x25519', chain: [new Uint8Array(10)] }) !== undefined);
-    assert.equal(parseToParent({ t: 'secure', id: 3, protocol: 'TLSv1.3', suite: 's', group: 'g', chain: [] }), undefined);
-    assert.equal(parseToParent({ t: 'secure', id: 3, protocol: 'TLSv1.3', suite: 's', group: 'g', chain: Array.from({ length: 6 }, () => new Uint8Array(1)) }), undefined);
-    assert.deepEqual(parseToParent({ t: 'closed', id: 4, error: { code: 'ECONNREFUSED', message: 'refused' } }), { t: 'closed', id: 4, error: { code: 'ECONNREFUSED', message: 'refused' } });
-    assert.equal(parseToParent({ t: 'closed', id: 4, error: { message: 5 } }), undefined);
-  });
-
-  it('anything else is refused, never thrown on', () => {
-    fc.assert(fc.property(fc.anything(), (v) => {
-      const a = parseToChild(v);
-      const b = parseToParent(v);
-      assert.ok(a === undefined || typeof a.t === 'string');
-      assert.ok(b === undefined || typeof b.t === 'string');
-    }), { numRuns: 2000 });
-  });
-
-  it('the child\'s OpenSSL configuration: Node\'s section, the provider by path, digests, RNG and ciphers kept in software', () => {
+describe('the tpm2 provider', () => {
+  it('the OpenSSL configuration: the provider by path, digests, RNG and ciphers kept in software, as s_client is told', () => {
     const conf = tpm2OpensslConfig('/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so');
-    assert.match(conf, /^nodejs_conf = /m);
+    assert.match(conf, /^openssl_conf = /m);
+    assert.equal(TPM2_PROPERTY_QUERY, '?provider=tpm2,tpm2.digest!=yes,tpm2.rand!=yes,tpm2.cipher!=yes');
     assert.match(conf, /^module = \/usr\/lib\/x86_64-linux-gnu\/ossl-modules\/tpm2\.so$/m);
     assert.match(conf, /^default_properties = \?provider=tpm2,tpm2\.digest!=yes,tpm2\.rand!=yes,tpm2\.cipher!=yes$/m);
     assert.match(conf, /\[vitalseal_default\]\nactivate = 1/);

@@ -4,18 +4,18 @@
  *
  * - `inProcessTls`: node:tls in this process, for keys the process may hold (the `software` store,
  *   a development key file).
- * - `tpmTls` (tpm-tunnel.ts): a child process whose OpenSSL signs with the TPM through the `tpm2`
- *   provider; this process sees only the plaintext MQTT bytes.
+ * - `opensslTpmTls` (openssl-tpm-tls.ts): `openssl s_client` per connection, signing with the TPM
+ *   through the `tpm2` provider; this process sees only the plaintext MQTT bytes.
  * - `serverAuthTls`: node:tls in this process with no client certificate, for enrolment (a one-time
  *   token authenticates the device; src/pki/est-client.ts).
  *
  * Nothing here is MQTT-specific: the device's HTTPS requests to the enrolment endpoint (renewal over
  * mutual TLS) run over the same connectors.
  *
- * Both build their SecureContext once (parsing certificates and keys costs ~1.3 ms of CPU per
- * context) and reuse it for every reconnect, and both check the broker's chain with
- * `validateChain` (fleet profile, server name, SPKI pins, the injected clock) before the first
- * MQTT byte is written.
+ * The in-process connectors build their SecureContext once (parsing certificates and keys costs
+ * ~1.3 ms of CPU per context) and reuse it for every reconnect, and every connector checks the
+ * broker's chain with `validateChain` (fleet profile, server name, SPKI pins, the injected clock)
+ * before the first MQTT byte is written.
  *
  * @example
  *   const tls = inProcessTls({ certChainPem, privateKey, trust });
@@ -50,7 +50,7 @@ export interface TlsConnector {
   /** For status lines: where the key lives and where TLS runs. Never a secret. */
   readonly description: string;
   open(target: TlsTarget): TlsConnection;
-  /** Releases what the connector holds (the TPM child process). Idempotent. */
+  /** Releases what the connector holds (s_client processes and files for a TPM key). Idempotent. */
   close(): Promise<void>;
 }
 

@@ -1,8 +1,8 @@
 /**
  * MQTT v5 over mutual TLS 1.3: the device's `Uplink` (mqtt.js), the ingest's shared-subscription
- * consumer, and the ways a device holds its TLS key (in this process, or in the TPM: TLS run by
- * `openssl s_client` with the tpm2 provider, or by a Node child process). docs/transport-mqtts.md
- * describes the broker, topics, TLS settings and failure semantics.
+ * consumer, and the two ways a device holds its TLS key (in this process, or in the TPM: TLS run by
+ * `openssl s_client` with the tpm2 provider). docs/transport-mqtts.md describes the broker, topics,
+ * TLS settings and failure semantics.
  *
  * @example
  *   import { createMqttsUplink, opensslTpmTls, trustFromPem } from 'vitalseal/transport';
@@ -16,6 +16,5 @@ export { createMqttsSubscriber, MqttsSubscriber, type IngestHandler, type Ingest
 export { clientContextOptions, mapConnectionError, tlsAlertName, trustFromPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
 export { contentTypeFor, deviceIdFromTopic, formatFromContentType, hasCoseTag, INGEST_SUBSCRIPTION, SHARE_GROUP, vitalsTopic } from './topics.ts';
 export { errorFromSClient, opensslTpmTls, type OpensslTpmTlsOptions } from './openssl-tpm-tls.ts';
-export { findTpm2Provider, tpmRmHint } from './tpm2-provider.ts';
-export { tpm2OpensslConfig, tpmTls, type TpmTlsOptions } from './tpm-tunnel.ts';
+export { findTpm2Provider, TPM2_PROPERTY_QUERY, tpm2OpensslConfig, tpmRmHint } from './tpm2-provider.ts';
 export { createMqttsUplink, type MqttsUplinkOptions } from './uplink.ts';

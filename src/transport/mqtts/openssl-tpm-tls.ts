@@ -3,14 +3,17 @@
  * provider (tpm2-openssl): one s_client process per connection relays plaintext MQTT over its
  * stdin/stdout, and OpenSSL signs CertificateVerify with TPM2_Sign.
  *
- * Why s_client and not a Node child (tpm-tunnel.ts): a second Node process costs ~54 MiB of RSS,
- * s_client with the provider ~12 MiB, which is what lets an agent with its key in the TPM stay
- * within the device's memory budget (docs/agent.md, "With the device key in the TPM").
+ * Why another process: node:tls has no hook for an external signer, and the provider can only be
+ * used by a process whose every algorithm fetch prefers the TPM (`TPM2_PROPERTY_QUERY`), where the
+ * agent's own cryptography must not run. Why s_client: a second Node process costs ~54 MiB of RSS,
+ * s_client with the provider ~12 MiB, which is what keeps an agent with its key in the TPM within
+ * the device's memory budget (docs/agent.md, "With the device key in the TPM").
  *
  * How it is run: `-quiet` (s_client writes only the peer's data to stdout), `-no_ign_eof` (the end
  * of our writes closes the connection with close_notify), `-nocommands` (no line of MQTT is taken
  * for an interactive command), TLS 1.3 only, X25519 only, the pinned roots as the only CA file,
- * `-verify_return_error` with the server name (`-verify_hostname`/`-verify_ip`). `-msg` writes the
+ * `-verify_return_error` with the server name (`-verify_hostname`/`-verify_ip`), `-propquery` as
+ * above (TPM for the key operations, software for digests, the RNG and ciphers). `-msg` writes the
  * handshake to a FIFO in a private directory; `SClientTrace` reads the broker's chain and the
  * negotiated suite from it, and `validateChain` checks that chain again with our pins and fleet
  * profile before a byte of MQTT is written, as the in-process path does.
@@ -37,7 +40,7 @@ import { ApiMisuse, CertificateError, DecodeError, KeyStoreError, TransportError
 import type { TlsConnection, TlsConnector, TlsTarget } from './connector.ts';
 import { SClientTrace } from './s-client-trace.ts';
 import { isIpLiteral, mapConnectionError, rootsPem, type MqttsTrust, type TlsSessionInfo } from './tls.ts';
-import { findTpm2Provider, tpmRmHint } from './tpm2-provider.ts';
+import { findTpm2Provider, TPM2_PROPERTY_QUERY, tpmRmHint } from './tpm2-provider.ts';
 
 export interface OpensslTpmTlsOptions {
   /** The device certificate and its issuing CA, PEM (leaf first). */
@@ -60,12 +63,6 @@ export interface OpensslTpmTlsOptions {
    */
   readonly handshakeTimeoutMs?: number;
 }
-
-/**
- * Every fetch prefers the TPM's implementation except digests, the RNG and ciphers: record
- * protection and transcript hashing through the TPM would be slow for nothing (tpm-tunnel.ts).
- */
-const PROPERTY_QUERY = '?provider=tpm2,tpm2.digest!=yes,tpm2.rand!=yes,tpm2.cipher!=yes';
 
 /** X509_V_ERR_* numbers (OpenSSL's x509_vfy.h) as node:tls names them, for `mapConnectionError`. */
 const VERIFY_ERRORS: Readonly<Record<number, string>> = {
@@ -107,7 +104,7 @@ export function errorFromSClient(stderr: string, where: string, tcti: string): V
   const verify = /verify error:num=(\d+):(.*)/.exec(stderr);
   // The provider's own errors first: with `?provider=tpm2` preferred, OpenSSL verifies the broker's
   // chain in the TPM too, so a TPM out of object slots shows as a "certificate signature failure"
-  // whose cause is a `tpm2::` line (as tpm-tunnel.ts's isTpmKeyFailure reads node's errors).
+  // whose cause is a `tpm2::` line.
   if (/:tpm2::|Could not read (client certificate )?private key|unable to load client certificate private key|key values mismatch|esys|tcti/i.test(stderr)) {
     const detail = lines.filter((l) => !/^depth=/.test(l)).slice(-3).join(' | ').slice(0, 400);
     return new KeyStoreError('tpm-tls-unavailable', `${where}: the TPM could not sign the TLS handshake with the device key (${detail})${tpmRmHint(tcti)}`);
@@ -165,7 +162,7 @@ export function sClientArgs(s: RelaySettings, target: TlsTarget, fifo: string): 
     '-quiet', '-no_ign_eof', '-nocommands', '-verify_quiet', '-verify_return_error',
     '-CAfile', s.files.roots,
     '-cert', s.files.cert, ...(s.files.chain === undefined ? [] : ['-cert_chain', s.files.chain]), '-key', s.files.key,
-    '-provider-path', dirname(s.providerPath), '-provider', 'tpm2', '-provider', 'default', '-propquery', PROPERTY_QUERY,
+    '-provider-path', dirname(s.providerPath), '-provider', 'tpm2', '-provider', 'default', '-propquery', TPM2_PROPERTY_QUERY,
     '-msg', '-msgfile', fifo,
   ];
 }

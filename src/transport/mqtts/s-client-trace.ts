@@ -20,7 +20,7 @@
 import { DecodeError } from '../../util/errors.ts';
 import type { TlsSessionInfo } from './tls.ts';
 
-/** A certificate chain longer than this is refused (as the Node TLS child's report is, tunnel-protocol.ts). */
+/** A certificate chain longer than this is refused. */
 export const MAX_TRACE_CHAIN = 5;
 const MAX_MESSAGE = 64 * 1024;
 const MAX_LINE = 512;

@@ -1,7 +1,7 @@
 /**
  * The device side of MQTTS: an `Uplink` that publishes sealed messages with QoS 1 to
  * `vitals/<device-id>/v1` over MQTT v5 (mqtt.js) on a mutual-TLS 1.3 connection from a
- * `TlsConnector` (in-process, or a TPM child process).
+ * `TlsConnector` (in-process, or openssl s_client for a TPM key).
  *
  * - The broker's PUBACK is the acknowledgement: success resolves `send`; a reason code ≥ 0x80
  *   rejects with `UplinkRejected` (MQTT 5.0 §3.4.2.1; reason-codes.ts has the table); a lost
@@ -382,7 +382,7 @@ class MqttsUplink extends EventEmitter<UplinkEvents> implements Uplink {
     await this.#end({ kind: 'idle' }, 'the connection was ended before PUBACK');
   }
 
-  /** Ends the connection for good and releases the TLS connector (the TPM child process). */
+  /** Ends the connection for good and releases the TLS connector (its s_client processes for a TPM key). */
   async close(): Promise<void> {
     await this.#end({ kind: 'closed' }, 'the uplink was closed before PUBACK');
     await this.#o.tls.close();

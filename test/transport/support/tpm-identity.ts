@@ -5,7 +5,7 @@
  *
  * @example
  *   const t = await tpmIdentity(rig, 'bed-1');
- *   const tls = tpmTls({ certChainPem: t.identity.certChainPem, key: await t.store.loadableKey('device-identity'), trust: rig.trust, env: t.tpm.env });
+ *   const tls = opensslTpmTls({ certChainPem: t.identity.certChainPem, key: await t.store.loadableKey('device-identity'), trust: rig.trust, env: t.tpm.env });
  *   await stopTpmIdentity(t);
  */
 import { mkdtempSync, rmSync } from 'node:fs';
