@@ -80,14 +80,24 @@ describe('e2e: disk full on the device', { skip: unavailable(['tmpfs']) }, () =>
     const { figures, recovery } = await drainedAll(s, DEVICES, { at: brokerUp, after: 'the broker came back (the disk had space again)' }, () => ({ ms: 180_000 }));
     await duplicates.sample();
 
-    // Nothing corrupt: the ingest opened everything it stored, and bed-1's queue opens clean.
-    const readings = await s.apiText(`/api/v1/devices/bed-1/readings?from=0&to=${Date.now() + 60_000}&limit=2000`);
-    assert.equal(readings.status, 200);
-    const bed1 = await s.api<{ device: { messages: number; rejections: number } }>('/api/v1/devices/bed-1');
-    assert.equal(Number(readings.headers['x-vitalseal-messages']), Math.min(bed1.device.messages, 2000), 'every stored message decrypts');
-    assert.equal(bed1.device.rejections, 0);
+    // Nothing corrupt: the ingest opened everything it stored, and bed-1's queue opens clean. The
+    // agent is stopped first and the stored count let settle: a live message stored between the
+    // two requests below would otherwise make them disagree.
     const d1 = s.device('bed-1');
     assert.equal(await d1.agent.stop(), 0);
+    type Bed = { device: { messages: number; rejections: number } };
+    let bed1 = await s.api<Bed>('/api/v1/devices/bed-1');
+    await waitFor('bed-1\'s stored count to settle', 30_000, async () => {
+      await delay(500);
+      const again = await s.api<Bed>('/api/v1/devices/bed-1');
+      const settled = again.device.messages === bed1.device.messages;
+      bed1 = again;
+      return settled ? true : undefined;
+    });
+    const readings = await s.apiText(`/api/v1/devices/bed-1/readings?from=0&to=${Date.now() + 60_000}&limit=2000`);
+    assert.equal(readings.status, 200);
+    assert.equal(Number(readings.headers['x-vitalseal-messages']), Math.min(bed1.device.messages, 2000), 'every stored message decrypts');
+    assert.equal(bed1.device.rejections, 0);
     d1.startAgent();
     await answering(d1);
     const reopened = await d1.status();
