@@ -1,8 +1,9 @@
 /**
  * The `openssl s_client -msg` reader (s-client-trace.ts) on a real handshake captured at test time
  * (s_server and s_client with keys made now, mutual TLS 1.3, X25519), in any chunking; then every
- * prefix, corrupted bytes and oversized input. Also the mapping of s_client's failure output to
- * typed errors, and FAPI return codes in tpm2-tools' output.
+ * prefix, corrupted bytes and oversized input. Also the arguments the TPM connector gives s_client,
+ * the mapping of s_client's failure output to typed errors, and FAPI return codes in tpm2-tools'
+ * output.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -14,7 +15,7 @@ import { freePort } from '../../scripts/lib/ports.ts';
 import { createTestFleet } from '../../scripts/lib/test-fleet.ts';
 import { rcFromToolOutput } from '../../src/keystore/tpm/tools-key.ts';
 import { pemDecode } from '../../src/pki/pem.ts';
-import { errorFromSClient } from '../../src/transport/mqtts/openssl-tpm-tls.ts';
+import { errorFromSClient, sClientArgs } from '../../src/transport/mqtts/openssl-tpm-tls.ts';
 import { parseCertificateBody, parseServerHello, SClientTrace } from '../../src/transport/mqtts/s-client-trace.ts';
 import { CertificateError, DecodeError, KeyStoreError, PeerIncompatible, TransportError, UplinkRejected } from '../../src/util/errors.ts';
 
@@ -114,6 +115,39 @@ describe('s_client handshake trace', () => {
     assert.equal(parseCertificateBody(certBody).length, serverChain.length);
     for (let n = 0; n < shBody.length; n++) assert.throws(() => parseServerHello(shBody.subarray(0, n)), DecodeError);
     for (let n = 0; n < certBody.length; n++) assert.throws(() => parseCertificateBody(certBody.subarray(0, n)), DecodeError);
+  });
+});
+
+describe('s_client arguments', () => {
+  const settings = {
+    files: { dir: '/d', key: '/d/key.pem', cert: '/d/cert.pem', chain: '/d/chain.pem', roots: '/d/roots.pem' },
+    providerPath: '/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so',
+  } as unknown as Parameters<typeof sClientArgs>[0];
+  const value = (args: string[], flag: string) => args[args.indexOf(flag) + 1];
+
+  it('a DNS name: SNI and hostname verification; an IP literal: no SNI (RFC 6066 §3) and IP verification; IPv6 bracketed', () => {
+    const dns = sClientArgs(settings, { host: '10.0.0.5', port: 8883, serverName: 'broker.ward7' }, '/d/trace-1');
+    assert.equal(value(dns, '-connect'), '10.0.0.5:8883');
+    assert.equal(value(dns, '-servername'), 'broker.ward7');
+    assert.equal(value(dns, '-verify_hostname'), 'broker.ward7');
+    assert.ok(!dns.includes('-verify_ip') && !dns.includes('-noservername'));
+    const ip = sClientArgs(settings, { host: '::1', port: 8883, serverName: '::1' }, '/d/trace-2');
+    assert.equal(value(ip, '-connect'), '[::1]:8883');
+    assert.ok(ip.includes('-noservername') && !ip.includes('-servername'));
+    assert.equal(value(ip, '-verify_ip'), '::1');
+  });
+
+  it('TLS 1.3 and X25519 only, verification failures fatal, no command letters, the end of input closes, the tpm2 provider preferred', () => {
+    const a = sClientArgs(settings, { host: '127.0.0.1', port: 1, serverName: 'localhost' }, '/d/trace-3');
+    for (const flag of ['-tls1_3', '-quiet', '-no_ign_eof', '-nocommands', '-verify_return_error']) assert.ok(a.includes(flag), flag);
+    // -quiet turns ign_eof on; -no_ign_eof must come after it to turn it off again.
+    assert.ok(a.indexOf('-no_ign_eof') > a.indexOf('-quiet'));
+    assert.equal(value(a, '-groups'), 'X25519');
+    assert.equal(value(a, '-CAfile'), '/d/roots.pem');
+    assert.equal(value(a, '-key'), '/d/key.pem');
+    assert.equal(value(a, '-msgfile'), '/d/trace-3');
+    assert.equal(value(a, '-provider-path'), '/usr/lib/x86_64-linux-gnu/ossl-modules');
+    assert.match(value(a, '-propquery') as string, /^\?provider=tpm2,/);
   });
 });
 
