@@ -15,6 +15,7 @@ import { trustFromPem } from '../../src/transport/mqtts/tls.ts';
 import { createMqttsUplink } from '../../src/transport/mqtts/uplink.ts';
 import { CertificateError, KeyStoreError } from '../../src/util/errors.ts';
 import { until, uplinkContract } from './contract.ts';
+import { mqttsContractFixture } from './support/mqtts-fixture.ts';
 import { stopTpmIdentity, tpmIdentity, type TpmIdentity } from './support/tpm-identity.ts';
 
 const DEVICE = 'tpm-ossl-1';
@@ -29,34 +30,16 @@ uplinkContract('MQTTS, device key in the TPM (TLS in openssl s_client)', async (
   contractTpm = await tpmIdentity(rig, DEVICE);
   const t = contractTpm;
   const key = await readLoadableKeyWithTools(config(t), 'device-identity');
-  const ingest: IngestInstance = await rig.startIngest('ingest-tpm-ossl-contract');
-  return {
-    deviceId: DEVICE,
-    protocol: 'TLSv1.3',
-    kind: 'mqtts',
-    // The uplink closes its connector when it is closed: one each.
-    uplink: () => createMqttsUplink({
-      deviceId: DEVICE, host: rig.broker.host, port: rig.broker.port, serverName: 'localhost',
-      tls: opensslTpmTls({ certChainPem: t.identity.certChainPem, key, trust: rig.trust, env: t.tpm.env }),
-    }),
-    message: (seq) => rig.seal(DEVICE, seq),
-    received: () => ingest.received.map((r) => r.payload),
-    waitForReceived: (n) => ingest.waitFor(n),
-    stopPeer: () => rig.broker.down(),
-    async startPeer() {
-      const before = ingest.subscriber.counters().connects;
-      await rig.broker.up();
-      await until(() => ingest.subscriber.counters().connects > before);
-    },
-    async freezePeer() {
-      const thaw = rig.broker.freeze();
-      return async () => thaw();
-    },
-    async teardown() {
-      await rig.stop();
-      await stopTpmIdentity(contractTpm);
-    },
-  };
+  const ingest = await rig.startIngest('ingest-tpm-ossl-contract');
+  // The uplink closes its connector when it is closed: one each.
+  const uplink = () => createMqttsUplink({
+    deviceId: DEVICE, host: rig.broker.host, port: rig.broker.port, serverName: 'localhost',
+    tls: opensslTpmTls({ certChainPem: t.identity.certChainPem, key, trust: rig.trust, env: t.tpm.env }),
+  });
+  return mqttsContractFixture(rig, ingest, DEVICE, uplink, async () => {
+    await rig.stop();
+    await stopTpmIdentity(contractTpm);
+  });
 });
 
 describe('MQTTS with a TPM key through openssl s_client', () => {

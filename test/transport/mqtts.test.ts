@@ -7,33 +7,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startMqttRig, type IngestInstance, type MqttRig } from '../../scripts/lib/mqtt-rig.ts';
 import { TransportError } from '../../src/util/errors.ts';
-import { until, uplinkContract } from './contract.ts';
+import { uplinkContract } from './contract.ts';
+import { mqttsContractFixture } from './support/mqtts-fixture.ts';
 
 uplinkContract('MQTTS, software key in process', async () => {
   const rig = await startMqttRig({ devices: ['bed-7'] });
   const ingest = await rig.startIngest('ingest-contract');
-  return {
-    deviceId: 'bed-7',
-    protocol: 'TLSv1.3',
-    kind: 'mqtts',
-    uplink: () => rig.uplink('bed-7', { serverName: 'localhost' }),
-    message: (seq) => rig.seal('bed-7', seq),
-    received: () => ingest.received.map((r) => r.payload),
-    waitForReceived: (n) => ingest.waitFor(n),
-    stopPeer: () => rig.broker.down(),
-    async startPeer() {
-      // The receiving side is back once the ingest has re-subscribed: mosquitto 2.0 does not
-      // persist shared subscriptions, so until then the broker has no one to give messages to.
-      const before = ingest.subscriber.counters().connects;
-      await rig.broker.up();
-      await until(() => ingest.subscriber.counters().connects > before);
-    },
-    async freezePeer() {
-      const thaw = rig.broker.freeze();
-      return async () => thaw();
-    },
-    teardown: () => rig.stop(),
-  };
+  return mqttsContractFixture(rig, ingest, 'bed-7', () => rig.uplink('bed-7', { serverName: 'localhost' }), () => rig.stop());
 });
 
 describe('MQTTS delivery details', () => {
