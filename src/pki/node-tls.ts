@@ -45,15 +45,23 @@ export function peerChainDer(cert: PeerCertificate | DetailedPeerCertificate): U
  * the connection) or undefined.
  */
 export function checkServerIdentityWith(opts: TlsValidationOptions): (host: string, cert: PeerCertificate) => Error | undefined {
-  const { clock, ...rest } = opts;
   return (host, cert) => {
     try {
-      validateChain(peerChainDer(cert), { ...rest, now: clock.now(), purpose: 'server', expectedServerName: host });
+      validateServerChain(peerChainDer(cert), host, opts);
       return undefined;
     } catch (e) {
       return e instanceof Error ? e : new CertificateError('malformed', String(e));
     }
   };
+}
+
+/**
+ * Validates a server's chain (DER, leaf first) for the 'server' purpose against `host`, however
+ * it was obtained (node:tls above, or an `openssl s_client` handshake trace).
+ */
+export function validateServerChain(chainDer: readonly Uint8Array[], host: string, opts: TlsValidationOptions): ValidatedPeer {
+  const { clock, ...rest } = opts;
+  return validateChain([...chainDer], { ...rest, now: clock.now(), purpose: 'server', expectedServerName: host });
 }
 
 /** Validates the client of an accepted TLS socket for the 'client' purpose (a device). */

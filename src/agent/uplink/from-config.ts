@@ -101,16 +101,31 @@ async function openIdentityStore(identity: TransportIdentity, path: string, deps
   try {
     return await openKeyStore(identity.keystore, { env: deps.env, create: false, logger: { warn: (m) => deps.log.warn({ keyStore: 'identity' }, m) } });
   } catch (e) {
-    // A TPM that is not there (yet): not a mistake in the configuration, and it may come back.
-    // The agent cannot authenticate without it and exits with status 1, so a service manager
-    // (Restart=on-failure) starts it again; calling it "configuration is invalid" would send the
-    // operator to the wrong place.
-    if (e instanceof KeyStoreError && e.code === 'no-tpm') {
-      throw new KeyStoreError('no-tpm', `${path}.identity.keystore: the key store is unavailable: ${e.message}`, { cause: e });
-    }
-    if (e instanceof VitalsealError) throw new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
-    throw e;
+    throw keyStoreProblem(e, path);
   }
+}
+
+/**
+ * What reaching the identity key store failed with, for the operator. A TPM that is not there
+ * (yet: the `away` codes) is not a mistake in the configuration, and it may come back: the agent
+ * cannot authenticate without it and exits with status 1, so a service manager
+ * (Restart=on-failure) starts it again; calling it "configuration is invalid" would send the
+ * operator to the wrong place.
+ */
+function keyStoreProblem(e: unknown, path: string, away: readonly string[] = ['no-tpm']): unknown {
+  if (e instanceof KeyStoreError && away.includes(e.code)) {
+    return new KeyStoreError(e.code, `${path}.identity.keystore: the key store is unavailable: ${e.message}`, { cause: e });
+  }
+  if (e instanceof VitalsealError) return new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
+  return e;
+}
+
+function noUsableKey(path: string, label: string, code: string): ConfigError {
+  return new ConfigError([`${path}.identity.keyLabel: the key store has no usable key '${label}' (${code}); run vitalseal provision first`]);
+}
+
+function notIssuedForKey(path: string, label: string): ConfigError {
+  return new ConfigError([`${path}.certFile: the certificate was not issued for key '${label}' in this key store (provisioned with another key?)`]);
 }
 
 /** The store's key must be the one the certificate was issued for; returns the key's SPKI. */
@@ -119,11 +134,9 @@ async function checkKeyMatchesCertificate(store: KeyStore, label: string, leafSp
   try {
     spki = await (await store.openSigningKey(label)).publicKeySpki();
   } catch (e) {
-    throw new ConfigError([`${path}.identity.keyLabel: the key store has no usable key '${label}' (${e instanceof VitalsealError ? e.code : 'error'}); run vitalseal provision first`]);
+    throw noUsableKey(path, label, e instanceof VitalsealError ? e.code : 'error');
   }
-  if (!equalBytes(spki, leafSpki)) {
-    throw new ConfigError([`${path}.certFile: the certificate was not issued for key '${label}' in this key store (provisioned with another key?)`]);
-  }
+  if (!equalBytes(spki, leafSpki)) throw notIssuedForKey(path, label);
   return spki;
 }
 
@@ -140,70 +153,78 @@ async function buildMqtts(t: TransportConfig, path: string, deps: UplinkDeps): P
   const trust = readTrust(t, path);
   const certFile = need(t.certFile, `${path}.certFile`, 'for mqtts (the device certificate chain, PEM)');
   const chain = readDeviceChain(certFile, `${path}.certFile`);
-  if (identity.keystore.kind === 'tpm') return buildMqttsWithTpmKey(t, path, deps, { keystore: identity.keystore, keyLabel: identity.keyLabel }, trust, certFile, chain);
-  const store = await openIdentityStore(identity, path, deps);
-  let tls: TlsConnector | undefined;
+  const device: DeviceChain = { file: certFile, field: `${path}.certFile`, ...chain };
+  const held = identity.keystore.kind === 'tpm'
+    ? await tpmKeyTls(identity.keystore, identity.keyLabel, path, deps, trust, device)
+    : await storeKeyTls(identity, path, deps, trust, device);
   try {
-    const keySpki = await checkKeyMatchesCertificate(store, identity.keyLabel, chain.leafSpki, path);
-    const build = await deviceTlsFactory(store, identity.keyLabel, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', refusal: () => pkcs11Refusal(path) });
-    tls = reloadingTls({ file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki, build, log: deps.log });
     // Loaded here, not at start-up: a device runs one transport, and mqtt.js alone is ~20 MB of heap.
     const { createMqttsUplink } = await import('../../transport/mqtts/uplink.ts');
-    const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
-    deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
-    const connector = tls;
-    return released(uplink, async () => {
-      await connector.close().catch(() => undefined);
-      await store.close();
-    });
+    const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls: held.tls });
+    deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: held.tls.description }, 'uplink configured');
+    return released(uplink, held.release);
   } catch (e) {
-    await tls?.close().catch(() => undefined);
+    await held.release().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** The device chain file as read at start-up, and the configuration field naming it. */
+interface DeviceChain {
+  readonly file: string;
+  readonly field: string;
+  readonly pem: string;
+  readonly leafSpki: Uint8Array;
+}
+
+/** An MQTTS uplink's TLS connector and what releases it (and the key store, if one is open). */
+interface HeldTls {
+  readonly tls: TlsConnector;
+  release(): Promise<void>;
+}
+
+/** The key in a key store opened in this process (the software store). */
+async function storeKeyTls(identity: TransportIdentity, path: string, deps: UplinkDeps, trust: MqttsTrust, device: DeviceChain): Promise<HeldTls> {
+  const store = await openIdentityStore(identity, path, deps);
+  try {
+    const keySpki = await checkKeyMatchesCertificate(store, identity.keyLabel, device.leafSpki, path);
+    const build = await deviceTlsFactory(store, identity.keyLabel, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', refusal: () => pkcs11Refusal(path) });
+    const tls = reloadingTls({ file: device.file, field: device.field, pem: device.pem, keySpki, build, log: deps.log });
+    return {
+      tls,
+      async release() {
+        await tls.close().catch(() => undefined);
+        await store.close();
+      },
+    };
+  } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
   }
 }
 
 /**
- * MQTTS with the key in the TPM, without FAPI in this process: the key's blobs come from
- * tpm2-tools (`readLoadableKeyWithTools`), checked against the certificate as the store would be,
- * and every connection is an `openssl s_client` signing in the TPM.
+ * The key in the TPM, without FAPI in this process: the key's blobs come from tpm2-tools
+ * (`readLoadableKeyWithTools`), checked against the certificate as the store's key would be, and
+ * every connection is an `openssl s_client` signing in the TPM.
  */
-async function buildMqttsWithTpmKey(
-  t: TransportConfig, path: string, deps: UplinkDeps, identity: { keystore: TpmKeyStoreConfig; keyLabel: string },
-  trust: MqttsTrust, certFile: string, chain: { pem: string; leafSpki: Uint8Array },
-): Promise<BuiltUplink> {
+async function tpmKeyTls(keystore: TpmKeyStoreConfig, label: string, path: string, deps: UplinkDeps, trust: MqttsTrust, device: DeviceChain): Promise<HeldTls> {
   let key: ToolsLoadableKey;
   try {
-    key = await readLoadableKeyWithTools(identity.keystore, identity.keyLabel, { env: deps.env });
+    key = await readLoadableKeyWithTools(keystore, label, { env: deps.env });
   } catch (e) {
-    if (e instanceof KeyStoreError && (e.code === 'no-tpm' || e.code === 'tpm-busy')) {
-      // As openIdentityStore: a TPM that is away is not a configuration mistake (exit 1, restarted).
-      throw new KeyStoreError(e.code, `${path}.identity.keystore: the key store is unavailable: ${e.message}`, { cause: e });
-    }
-    if (e instanceof KeyStoreError && (e.code === 'not-found' || e.code === 'wrong-type')) {
-      throw new ConfigError([`${path}.identity.keyLabel: the key store has no usable key '${identity.keyLabel}' (${e.code}); run vitalseal provision first`]);
-    }
-    if (e instanceof VitalsealError) throw new ConfigError([`${path}.identity.keystore: ${e.message} [${e.code}]`]);
-    throw e;
+    if (e instanceof KeyStoreError && (e.code === 'not-found' || e.code === 'wrong-type')) throw noUsableKey(path, label, e.code);
+    // A tool that did not finish in time (`tpm-busy`) is a TPM away as well.
+    throw keyStoreProblem(e, path, ['no-tpm', 'tpm-busy']);
   }
-  if (!equalBytes(key.spki, chain.leafSpki)) {
-    throw new ConfigError([`${path}.certFile: the certificate was not issued for key '${identity.keyLabel}' in this key store (provisioned with another key?)`]);
-  }
+  if (!equalBytes(key.spki, device.leafSpki)) throw notIssuedForKey(path, label);
   const hint = tpmRmHint(key.tcti);
   if (hint !== '') deps.log.warn({ tcti: key.tcti }, `mqtts: TLS signed in the TPM will likely fail${hint}`);
   const tls = reloadingTls({
-    file: certFile, field: `${path}.certFile`, pem: chain.pem, keySpki: key.spki, log: deps.log,
+    file: device.file, field: device.field, pem: device.pem, keySpki: key.spki, log: deps.log,
     build: (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock }),
   });
-  try {
-    const { createMqttsUplink } = await import('../../transport/mqtts/uplink.ts');
-    const uplink = createMqttsUplink({ deviceId: deps.deviceId, host: t.host, port: t.port, serverName: t.serverName ?? t.host, tls });
-    deps.log.info({ kind: 'mqtts', target: `${t.host}:${t.port}`, tls: tls.description }, 'uplink configured');
-    return released(uplink, () => tls.close());
-  } catch (e) {
-    await tls.close().catch(() => undefined);
-    throw e;
-  }
+  return { tls, release: () => tls.close() };
 }
 
 /** The 32-byte PSK from its file: 64 hex digits (what `vitalseal ingest devices add-psk` writes), mode 0600. */

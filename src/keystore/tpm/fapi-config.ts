@@ -161,3 +161,15 @@ export function resolveFapiConfig(config: TpmKeyStoreConfig): ResolvedFapiConfig
   const ekCertLess = typeof previous?.ek_cert_less === 'string' && previous.ek_cert_less.toLowerCase() === 'yes';
   return writeOwnFapiConfig(config.dir, config.tcti, ekCertLess);
 }
+
+/**
+ * The persistent parent handle OpenSSL's tpm2 provider loads a key at `path` under (the profile's
+ * SRK). A profile that keeps no persistent SRK would make the provider re-create the SRK with its
+ * own template, a different key: refused.
+ */
+export function loadableKeyParent(config: ResolvedFapiConfig, path: string): number {
+  if (config.srkHandle === undefined) {
+    throw new TpmKeyStoreError('config', `FAPI profile ${config.profileName} keeps no persistent SRK: OpenSSL's tpm2 provider cannot load ${path} under it`);
+  }
+  return config.srkHandle;
+}

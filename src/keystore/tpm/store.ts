@@ -31,7 +31,7 @@ import type { Signer } from '../signer.ts';
 import type { KeyEvent, KeyEventSink, KeyInfo, KeyObjectType, KeyStore, KeyStoreDescription } from '../types.ts';
 import { FapiContext, type FapiCalls } from './context.ts';
 import { BASE, TPM_RC, TpmKeyStoreError, decodeRc, fapiRc, rcHex } from './errors.ts';
-import { resolveFapiConfig, writeOwnFapiConfig, type ResolvedFapiConfig } from './fapi-config.ts';
+import { loadableKeyParent, resolveFapiConfig, writeOwnFapiConfig, type ResolvedFapiConfig } from './fapi-config.ts';
 import { loadFapi } from './native.ts';
 import { checkObjectPath, nameOfPath, pathForName, withoutProfile } from './paths.ts';
 import { parseTpmInfo, type TpmInfo } from './tpm-info.ts';
@@ -450,13 +450,8 @@ class FapiKeyStore implements TpmKeyStore {
 
   async loadableKey(name: string): Promise<TpmLoadableKey> {
     const path = pathForName(name);
-    const parent = this.#config.srkHandle;
     return this.#audited('open', name, () => this.#ctx.run(async (f) => {
-      // OpenSSL's provider loads the key under a persistent parent by handle; a profile that keeps
-      // no persistent SRK would make it re-create the SRK with its own template, a different key.
-      if (parent === undefined) {
-        throw new TpmKeyStoreError('config', `FAPI profile ${this.#config.profileName} keeps no persistent SRK: OpenSSL's tpm2 provider cannot load ${path} under it`);
-      }
+      const parent = loadableKeyParent(this.#config, path);
       await this.#requireKind(f, path, 'signing', 'a P-256 signing key');
       const blobs = await f.getTpmBlobs(path);
       if (blobs.rc !== 0 || blobs.tpm2bPublic === undefined || blobs.tpm2bPrivate === undefined) {

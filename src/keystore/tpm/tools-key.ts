@@ -29,7 +29,7 @@ import type { TpmKeyStoreConfig } from '../config.ts';
 import type { Signer } from '../signer.ts';
 import { DecodeError } from '../../util/errors.ts';
 import { errorFromRc, TpmKeyStoreError } from './errors.ts';
-import { resolveFapiConfig } from './fapi-config.ts';
+import { loadableKeyParent, resolveFapiConfig, type ResolvedFapiConfig } from './fapi-config.ts';
 import { encodeLoadableKey, loadableKeyPem } from './loadable-key.ts';
 import { pathForName } from './paths.ts';
 import { isP256SigningKey, p256Spki, parseTpm2bPublic } from './tpm-public.ts';
@@ -43,7 +43,7 @@ export interface ToolsLoadableKey extends TpmLoadableKey {
 export interface ToolsKeyOptions {
   /** Environment for the tool (tpm2-abrmd's D-Bus address in tests); default process.env. */
   readonly env?: NodeJS.ProcessEnv;
-  /** The tool (default `tss2_gettpmblobs` on PATH). */
+  /** The tool (default: the tpm2-tools command for the operation, `tss2_gettpmblobs` or `tss2_sign`, on PATH). */
   readonly tool?: string;
   /** Give up after this long (default 60 s: FAPI starts slowly on an emulated board). */
   readonly timeoutMs?: number;
@@ -55,20 +55,11 @@ const MAX_BLOB = 4096;
 export async function readLoadableKeyWithTools(config: TpmKeyStoreConfig, name: string, o: ToolsKeyOptions = {}): Promise<ToolsLoadableKey> {
   const fapi = resolveFapiConfig(config);
   const path = pathForName(name);
-  const parent = fapi.srkHandle;
-  if (parent === undefined) {
-    throw new TpmKeyStoreError('config', `FAPI profile ${fapi.profileName} keeps no persistent SRK: OpenSSL's tpm2 provider cannot load ${path} under it`);
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'vitalseal-tpm-blobs-'));
-  try {
+  const parent = loadableKeyParent(fapi, path);
+  return inToolDir('vitalseal-tpm-blobs-', async (dir) => {
     const pubFile = join(dir, 'public');
     const privFile = join(dir, 'private');
-    await runTool(o.tool ?? 'tss2_gettpmblobs', ['--path', path, '--tpm2bPublic', pubFile, '--tpm2bPrivate', privFile, '--force'], {
-      env: { ...(o.env ?? process.env), TSS2_FAPICONF: fapi.path, TSS2_LOG: 'all+NONE' },
-      timeoutMs: o.timeoutMs ?? 60_000,
-      path,
-      tcti: fapi.tcti,
-    });
+    await runFapiTool(o.tool ?? 'tss2_gettpmblobs', ['--path', path, '--tpm2bPublic', pubFile, '--tpm2bPrivate', privFile, '--force'], fapi, path, o);
     const tpm2bPublic = readBlob(pubFile, 'public');
     const tpm2bPrivate = readBlob(privFile, 'private');
     let pub;
@@ -82,9 +73,7 @@ export async function readLoadableKeyWithTools(config: TpmKeyStoreConfig, name: 
     // Keys made by createSigningKey have an empty authValue (store.ts).
     const der = encodeLoadableKey({ parent, emptyAuth: true, tpm2bPublic, tpm2bPrivate });
     return { pem: loadableKeyPem(der), tcti: fapi.tcti, parent, spki: p256Spki(pub) };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 /**
@@ -92,43 +81,36 @@ export async function readLoadableKeyWithTools(config: TpmKeyStoreConfig, name: 
  * SHA-256 of the message, hashed here as the key store does; the signature as FAPI returns it).
  * `spki` is the key's public key, from `readLoadableKeyWithTools`.
  */
-export function toolsSigner(config: TpmKeyStoreConfig, name: string, spki: Uint8Array, o: Omit<ToolsKeyOptions, 'tool'> & { readonly tool?: string } = {}): Signer {
+export function toolsSigner(config: TpmKeyStoreConfig, name: string, spki: Uint8Array, o: ToolsKeyOptions = {}): Signer {
   const fapi = resolveFapiConfig(config);
   const path = pathForName(name);
   return {
     scheme: 'ecdsa-p256-sha256',
     publicKeySpki: async () => spki.slice(),
-    async sign(message: Uint8Array): Promise<Uint8Array> {
-      const dir = mkdtempSync(join(tmpdir(), 'vitalseal-tpm-sign-'));
-      try {
-        const digestFile = join(dir, 'digest');
-        const sigFile = join(dir, 'signature');
-        writeFileSync(digestFile, createHash('sha256').update(message).digest(), { mode: 0o600 });
-        await runTool(o.tool ?? 'tss2_sign', ['--keyPath', path, '--digest', digestFile, '--signature', sigFile, '--force'], {
-          env: { ...(o.env ?? process.env), TSS2_FAPICONF: fapi.path, TSS2_LOG: 'all+NONE' },
-          timeoutMs: o.timeoutMs ?? 60_000,
-          path,
-          tcti: fapi.tcti,
-        });
-        return readBlob(sigFile, 'signature');
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
+    sign: (message: Uint8Array) => inToolDir('vitalseal-tpm-sign-', async (dir) => {
+      const digestFile = join(dir, 'digest');
+      const sigFile = join(dir, 'signature');
+      writeFileSync(digestFile, createHash('sha256').update(message).digest(), { mode: 0o600 });
+      await runFapiTool(o.tool ?? 'tss2_sign', ['--keyPath', path, '--digest', digestFile, '--signature', sigFile, '--force'], fapi, path, o);
+      return readBlob(sigFile, 'signature');
+    }),
   };
+}
+
+/** Runs `work` with a private temporary directory for the tool's files, removed afterwards. */
+async function inToolDir<T>(prefix: string, work: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    return await work(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 function readBlob(file: string, what: string): Uint8Array {
   const b = new Uint8Array(readFileSync(file));
   if (b.length === 0 || b.length > MAX_BLOB) throw new TpmKeyStoreError('tpm-error', `tpm2-tools wrote a ${what} of ${b.length} bytes`);
   return b;
-}
-
-interface RunContext {
-  readonly env: NodeJS.ProcessEnv;
-  readonly timeoutMs: number;
-  readonly path: string;
-  readonly tcti: string;
 }
 
 /**
@@ -140,9 +122,12 @@ export function rcFromToolOutput(stderr: string): number | undefined {
   return m === null ? undefined : Number.parseInt(m[1] as string, 16);
 }
 
-function runTool(tool: string, args: string[], c: RunContext): Promise<void> {
+/** One tpm2-tools FAPI command on `path` under the store's FAPI config; failures as typed errors. */
+function runFapiTool(tool: string, args: string[], fapi: ResolvedFapiConfig, path: string, o: ToolsKeyOptions): Promise<void> {
+  const env = { ...(o.env ?? process.env), TSS2_FAPICONF: fapi.path, TSS2_LOG: 'all+NONE' };
+  const timeoutMs = o.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
-    execFile(tool, args, { env: c.env, timeout: c.timeoutMs, maxBuffer: 256 * 1024, encoding: 'utf8' }, (err, _stdout, stderr) => {
+    execFile(tool, args, { env, timeout: timeoutMs, maxBuffer: 256 * 1024, encoding: 'utf8' }, (err, _stdout, stderr) => {
       if (err === null) {
         resolve();
         return;
@@ -153,16 +138,16 @@ function runTool(tool: string, args: string[], c: RunContext): Promise<void> {
         return;
       }
       if ((err as { killed?: boolean }).killed === true) {
-        reject(new TpmKeyStoreError('tpm-busy', `${tool} did not finish within ${c.timeoutMs} ms on ${c.path} (TCTI ${c.tcti || 'default'})`));
+        reject(new TpmKeyStoreError('tpm-busy', `${tool} did not finish within ${timeoutMs} ms on ${path} (TCTI ${fapi.tcti || 'default'})`));
         return;
       }
       const rc = rcFromToolOutput(stderr);
       if (rc !== undefined) {
-        reject(errorFromRc(rc, { operation: `${tool} on`, path: c.path, tcti: c.tcti }));
+        reject(errorFromRc(rc, { operation: `${tool} on`, path, tcti: fapi.tcti }));
         return;
       }
       const tail = stderr.trim().split('\n').slice(-2).join(' | ').slice(0, 300);
-      reject(new TpmKeyStoreError('tpm-error', `${tool} failed on ${c.path}${tail === '' ? '' : `: ${tail}`}`));
+      reject(new TpmKeyStoreError('tpm-error', `${tool} failed on ${path}${tail === '' ? '' : `: ${tail}`}`));
     });
   });
 }

@@ -34,7 +34,7 @@ import { dirname, join } from 'node:path';
 import { Duplex } from 'node:stream';
 import type { TpmLoadableKey } from '../../keystore/tpm/store.ts';
 import { pemDecode, pemEncode } from '../../pki/pem.ts';
-import { validateChain } from '../../pki/validate.ts';
+import { validateServerChain } from '../../pki/node-tls.ts';
 import { systemClock, type Clock } from '../../util/clock.ts';
 import { ApiMisuse, CertificateError, DecodeError, KeyStoreError, TransportError, VitalsealError } from '../../util/errors.ts';
 import type { TlsConnection, TlsConnector, TlsTarget } from './connector.ts';
@@ -101,7 +101,6 @@ function coded(message: string, code: string): Error {
  */
 export function errorFromSClient(stderr: string, where: string, tcti: string): VitalsealError {
   const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l !== '');
-  const verify = /verify error:num=(\d+):(.*)/.exec(stderr);
   // The provider's own errors first: with `?provider=tpm2` preferred, OpenSSL verifies the broker's
   // chain in the TPM too, so a TPM out of object slots shows as a "certificate signature failure"
   // whose cause is a `tpm2::` line.
@@ -109,6 +108,7 @@ export function errorFromSClient(stderr: string, where: string, tcti: string): V
     const detail = lines.filter((l) => !/^depth=/.test(l)).slice(-3).join(' | ').slice(0, 400);
     return new KeyStoreError('tpm-tls-unavailable', `${where}: the TPM could not sign the TLS handshake with the device key (${detail})${tpmRmHint(tcti)}`);
   }
+  const verify = /verify error:num=(\d+):(.*)/.exec(stderr);
   if (verify !== null) {
     const name = VERIFY_ERRORS[Number(verify[1])];
     if (name !== undefined) return mapConnectionError(coded((verify[2] as string).trim(), name), where);
@@ -258,11 +258,9 @@ class RelaySocket extends Duplex {
       const session = this.#parser.session;
       // OpenSSL has verified the chain against the pinned roots and the name; these are the same
       // checks as the in-process path (fleet profile, server name, pins).
-      validateChain(chain, {
+      validateServerChain(chain, this.#target.serverName, {
         roots: this.#s.trust.roots,
-        now: this.#s.clock.now(),
-        purpose: 'server',
-        expectedServerName: this.#target.serverName,
+        clock: this.#s.clock,
         ...(this.#s.trust.spkiPins === undefined ? {} : { spkiPins: this.#s.trust.spkiPins }),
       });
       this.#open(session);

@@ -17,11 +17,10 @@
  *   trace.push(text);                 // as it arrives, in any chunking
  *   if (trace.finished) trace.session // { protocol: 'TLSv1.3', suite: 'TLS_AES_256_GCM_SHA384', group: 'x25519' }
  */
+import { MAX_CHAIN_CERTIFICATES } from '../../pki/validate.ts';
 import { DecodeError } from '../../util/errors.ts';
 import type { TlsSessionInfo } from './tls.ts';
 
-/** A certificate chain longer than this is refused. */
-export const MAX_TRACE_CHAIN = 5;
 const MAX_MESSAGE = 64 * 1024;
 const MAX_LINE = 512;
 
@@ -193,7 +192,7 @@ export function parseCertificateBody(body: Uint8Array): Uint8Array[] {
   if (!c.done) bad('bytes after the certificate_list');
   const out: Uint8Array[] = [];
   while (!list.done) {
-    if (out.length === MAX_TRACE_CHAIN) bad(`more than ${MAX_TRACE_CHAIN} certificates`);
+    if (out.length === MAX_CHAIN_CERTIFICATES) bad(`more than ${MAX_CHAIN_CERTIFICATES} certificates`);
     const len = list.uint(3);
     if (len === 0) bad('an empty certificate');
     out.push(new Uint8Array(list.take(len)));
