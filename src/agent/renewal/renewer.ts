@@ -32,8 +32,7 @@ import { resolve } from 'node:path';
 import { openKeyStore } from '../../keystore/open.ts';
 import type { Signer } from '../../keystore/signer.ts';
 import type { KeyStore } from '../../keystore/types.ts';
-import { readLoadableKeyWithTools, toolsSigner } from '../../keystore/tpm/tools-key.ts';
-import { opensslTpmTls } from '../../transport/mqtts/openssl-tpm-tls.ts';
+import { toolsSigner } from '../../keystore/tpm/tools-key.ts';
 import type { Certificate } from '../../pki/certificate.ts';
 import { chainPem, parseEstUrl, reenrol, type EstEndpoint, type IssuedChain } from '../../pki/est-client.ts';
 import { pemDecode, pemEncode } from '../../pki/pem.ts';
@@ -46,7 +45,7 @@ import { EnrolmentError, KeyStoreError, Unsupported, VitalsealError } from '../.
 import { ConfigError, type AgentConfig, type CertificateRenewalConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { MetricsRegistry } from '../metrics.ts';
-import { deviceTlsFactory, leafOf } from '../uplink/device-tls.ts';
+import { deviceTlsFactory, leafOf, tpmDeviceTls } from '../uplink/device-tls.ts';
 import type { Timers } from '../uplink/runner.ts';
 import { RenewalSchedule, type RenewalDecision } from './schedule.ts';
 
@@ -241,9 +240,9 @@ export class CertificateRenewer {
       let signer: Signer;
       if (keystore.kind === 'tpm') {
         // As the MQTTS uplink: tpm2-tools and openssl s_client, so FAPI never loads into the agent.
-        const key = await readLoadableKeyWithTools(keystore, label, { env: this.#o.env });
-        signer = toolsSigner(keystore, label, key.spki, { env: this.#o.env });
-        connector = opensslTpmTls({ certChainPem: current.pem, key, trust: this.#trust, clock });
+        const tpm = await tpmDeviceTls(keystore, label, this.#trust, { clock, log, purpose: 'certificate renewal', env: this.#o.env });
+        signer = toolsSigner(keystore, label, tpm.key.spki, { env: this.#o.env });
+        connector = tpm.build(current.pem);
       } else {
         store = await openKeyStore(keystore, { env: this.#o.env, create: false, logger: { warn: (m) => log.warn({ keyStore: 'identity' }, m) } });
         signer = await store.openSigningKey(label);

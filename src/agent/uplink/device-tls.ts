@@ -2,15 +2,17 @@
  * The device's mutual-TLS connections, wherever its identity key lives, for every TLS client the
  * agent runs (the MQTTS uplink, certificate renewal against the enrolment endpoint):
  *
- *   - `tpm`: TLS in `openssl s_client`, whose tpm2 provider signs in the TPM
- *     (transport/mqtts/openssl-tpm-tls.ts);
- *   - `software`: the development store's key handed to node:tls in this process (logged);
- *   - `pkcs11`: refused with the caller's `Unsupported`: Debian 12's OpenSSL cannot sign with a
- *     token key (docs/transport-mqtts.md, "PKCS#11").
+ *   - `tpm` (`tpmDeviceTls`): TLS in `openssl s_client`, whose tpm2 provider signs in the TPM
+ *     (transport/mqtts/openssl-tpm-tls.ts); the key's loadable form is read with tpm2-tools
+ *     (keystore/tpm/tools-key.ts), so FAPI never loads into the agent: no key store is opened;
+ *   - `software` (`deviceTlsFactory`): the development store's key handed to node:tls in this
+ *     process (logged);
+ *   - `pkcs11` (`deviceTlsFactory`): refused with the caller's `Unsupported`: Debian 12's OpenSSL
+ *     cannot sign with a token key (docs/transport-mqtts.md, "PKCS#11").
  *
- * `deviceTlsFactory` prepares the key once and returns a builder from a certificate chain to a
- * connector. `reloadingTls` wraps such a builder so that a chain file replaced on disk (renewal
- * writes it; an operator may too) is presented from the next connection on, without a restart:
+ * Each prepares the key once and returns a builder from a certificate chain to a connector.
+ * `reloadingTls` wraps such a builder so that a chain file replaced on disk (renewal writes it; an
+ * operator may too) is presented from the next connection on, without a restart:
  * each `open()` looks at the file (a stat; a read only when it changed), and a new chain for the
  * same key gets a new connector. Connections already open finish on the old one, which is closed
  * when its last connection ends. A changed file that is not usable (unparseable, another key) is
@@ -24,7 +26,8 @@
 import { createPrivateKey } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { SoftwareKeyStore } from '../../keystore/software/store.ts';
-import type { TpmKeyStore } from '../../keystore/tpm/store.ts';
+import type { TpmKeyStoreConfig } from '../../keystore/config.ts';
+import type { ToolsLoadableKey } from '../../keystore/tpm/tools-key.ts';
 import type { KeyStore } from '../../keystore/types.ts';
 import { parseCertificate, type Certificate } from '../../pki/certificate.ts';
 import { pemDecode } from '../../pki/pem.ts';
@@ -32,7 +35,7 @@ import { inProcessTls, type TlsConnection, type TlsConnector } from '../../trans
 import type { MqttsTrust } from '../../transport/mqtts/tls.ts';
 import { equalBytes } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
-import { type Unsupported, VitalsealError } from '../../util/errors.ts';
+import { ApiMisuse, type Unsupported, VitalsealError } from '../../util/errors.ts';
 import type { Logger } from '../log.ts';
 
 /** From a device chain (PEM, leaf first) to a connector presenting it with the store's key. */
@@ -54,15 +57,33 @@ export async function deviceTlsFactory(store: KeyStore, label: string, trust: Mq
     return (certChainPem) => inProcessTls({ certChainPem, privateKey, trust, clock: deps.clock });
   }
   if (store.describe().kind === 'tpm') {
-    // Loaded on demand: only TPM users load the s_client relay's code.
-    const [{ opensslTpmTls }, { tpmRmHint }] = await Promise.all([import('../../transport/mqtts/openssl-tpm-tls.ts'), import('../../transport/mqtts/tpm2-provider.ts')]);
-    const key = await (store as TpmKeyStore).loadableKey(label);
-    // Said at start, not only after the first failed handshake (hardware/raspberry-pi/README.md).
-    const hint = tpmRmHint(key.tcti);
-    if (hint !== '') deps.log.warn({ tcti: key.tcti }, `${deps.purpose}: TLS signed in the TPM will likely fail${hint}`);
-    return (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock });
+    throw new ApiMisuse('tpm-key-store', `${deps.purpose}: a TPM key's TLS is built from its configuration (tpmDeviceTls), without opening the store in this process`);
   }
   throw deps.refusal();
+}
+
+/** The TPM identity key as `tpmDeviceTls` read it, and the builder of connectors signing with it. */
+export interface TpmDeviceTls {
+  /** The key's loadable form and SPKI (to check against the device certificate). */
+  readonly key: ToolsLoadableKey;
+  readonly build: DeviceTlsBuilder;
+}
+
+/**
+ * A TPM identity key for the agent's TLS clients: its blobs read once with tpm2-tools, every
+ * connection an `openssl s_client` signing in the TPM. Errors are the key store's (`not-found`,
+ * `wrong-type`, `no-tpm`, `tpm-busy`, ...); the caller says what they mean for its configuration.
+ */
+export async function tpmDeviceTls(keystore: TpmKeyStoreConfig, label: string, trust: MqttsTrust, deps: Omit<DeviceTlsDeps, 'refusal'> & { readonly env: NodeJS.ProcessEnv }): Promise<TpmDeviceTls> {
+  // Loaded on demand: only TPM users load tpm2-tools' runner and the s_client relay.
+  const [{ readLoadableKeyWithTools }, { opensslTpmTls }, { tpmRmHint }] = await Promise.all([
+    import('../../keystore/tpm/tools-key.ts'), import('../../transport/mqtts/openssl-tpm-tls.ts'), import('../../transport/mqtts/tpm2-provider.ts'),
+  ]);
+  const key = await readLoadableKeyWithTools(keystore, label, { env: deps.env });
+  // Said at start, not only after the first failed handshake (hardware/raspberry-pi/README.md).
+  const hint = tpmRmHint(key.tcti);
+  if (hint !== '') deps.log.warn({ tcti: key.tcti }, `${deps.purpose}: TLS signed in the TPM will likely fail${hint}`);
+  return { key, build: (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock }) };
 }
 
 /** The leaf of a PEM chain, or a reason it is not usable. */

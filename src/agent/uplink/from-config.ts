@@ -37,15 +37,12 @@ import type { Uplink } from '../../transport/types.ts';
 import { X509PeerVerifier } from '../../dtls/peer-verifier.ts';
 import { readSecret } from '../../keystore/secret-source.ts';
 import type { TpmKeyStoreConfig } from '../../keystore/config.ts';
-import { readLoadableKeyWithTools, type ToolsLoadableKey } from '../../keystore/tpm/tools-key.ts';
-import { opensslTpmTls } from '../../transport/mqtts/openssl-tpm-tls.ts';
-import { tpmRmHint } from '../../transport/mqtts/tpm2-provider.ts';
 import { equalBytes, fromHex, toHex } from '../../util/bytes.ts';
 import type { Clock } from '../../util/clock.ts';
 import { KeyStoreError, Unsupported, VitalsealError } from '../../util/errors.ts';
 import { ConfigError, type TransportConfig, type TransportIdentity } from '../config.ts';
 import type { Logger } from '../log.ts';
-import { ChainFile, deviceTlsFactory, reloadingTls } from './device-tls.ts';
+import { ChainFile, deviceTlsFactory, reloadingTls, tpmDeviceTls, type TpmDeviceTls } from './device-tls.ts';
 
 export interface UplinkDeps {
   readonly deviceId: string;
@@ -209,21 +206,16 @@ async function storeKeyTls(identity: TransportIdentity, path: string, deps: Upli
  * every connection is an `openssl s_client` signing in the TPM.
  */
 async function tpmKeyTls(keystore: TpmKeyStoreConfig, label: string, path: string, deps: UplinkDeps, trust: MqttsTrust, device: DeviceChain): Promise<HeldTls> {
-  let key: ToolsLoadableKey;
+  let tpm: TpmDeviceTls;
   try {
-    key = await readLoadableKeyWithTools(keystore, label, { env: deps.env });
+    tpm = await tpmDeviceTls(keystore, label, trust, { clock: deps.clock, log: deps.log, purpose: 'mqtts', env: deps.env });
   } catch (e) {
     if (e instanceof KeyStoreError && (e.code === 'not-found' || e.code === 'wrong-type')) throw noUsableKey(path, label, e.code);
     // A tool that did not finish in time (`tpm-busy`) is a TPM away as well.
     throw keyStoreProblem(e, path, ['no-tpm', 'tpm-busy']);
   }
-  if (!equalBytes(key.spki, device.leafSpki)) throw notIssuedForKey(path, label);
-  const hint = tpmRmHint(key.tcti);
-  if (hint !== '') deps.log.warn({ tcti: key.tcti }, `mqtts: TLS signed in the TPM will likely fail${hint}`);
-  const tls = reloadingTls({
-    file: device.file, field: device.field, pem: device.pem, keySpki: key.spki, log: deps.log,
-    build: (certChainPem) => opensslTpmTls({ certChainPem, key, trust, clock: deps.clock }),
-  });
+  if (!equalBytes(tpm.key.spki, device.leafSpki)) throw notIssuedForKey(path, label);
+  const tls = reloadingTls({ file: device.file, field: device.field, pem: device.pem, keySpki: tpm.key.spki, build: tpm.build, log: deps.log });
   return { tls, release: () => tls.close() };
 }
 

@@ -3,7 +3,8 @@
  * `reloadingTls`): against a real TLS 1.3 server on loopback that records the serial of every
  * client certificate it sees, the next connection after a replacement presents the new certificate;
  * a replacement for another key or an unreadable one is logged and the last good chain stays; a
- * replaced connector is closed once its last connection has ended.
+ * replaced connector is closed once its last connection has ended. `deviceTlsFactory` refuses an
+ * open TPM store (its TLS comes from `tpmDeviceTls`) and a PKCS#11 token key.
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
@@ -14,16 +15,18 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import { startSoftHsm } from '../../../scripts/lib/softhsm.ts';
+import { startSwtpm } from '../../../scripts/lib/swtpm.ts';
 import { createLogger } from '../../../src/agent/log.ts';
 import { deviceTlsFactory, reloadingTls, type DeviceTlsBuilder } from '../../../src/agent/uplink/device-tls.ts';
 import { openKeyStore } from '../../../src/keystore/open.ts';
 import { openSoftwareKeyStore, type SoftwareKeyStore } from '../../../src/keystore/software/store.ts';
 import { keyObjectSigner } from '../../../src/keystore/signer.ts';
+import { openTpmKeyStore } from '../../../src/keystore/tpm/index.ts';
 import type { Signer } from '../../../src/keystore/signer.ts';
 import { pemEncode } from '../../../src/pki/pem.ts';
 import type { TlsConnector } from '../../../src/transport/mqtts/connector.ts';
 import { writeFileAtomic } from '../../../src/util/atomic-file.ts';
-import { Unsupported } from '../../../src/util/errors.ts';
+import { ApiMisuse, Unsupported } from '../../../src/util/errors.ts';
 import { makePki, type TestPki } from '../../pki/fixtures.ts';
 
 const p256 = (): KeyObject => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
@@ -143,6 +146,24 @@ describe('reloadingTls: a replaced chain file is presented from the next connect
     assert.ok(closes.includes(third.pem), 'closed once its connection ended');
     assert.deepEqual(seen.slice(-2), [third.serial, fourth.serial]);
     await tls.close();
+  });
+
+  it('an open TPM store is refused with ApiMisuse: a TPM key\'s TLS comes from tpmDeviceTls, without FAPI in the agent', async () => {
+    const tpm = await startSwtpm({ resourceManager: false });
+    const tpmDir = mkdtempSync(join(tmpdir(), 'vitalseal-device-tls-tpm-'));
+    try {
+      const store = await openTpmKeyStore({ kind: 'tpm', tcti: tpm.directTcti, dir: tpmDir });
+      try {
+        await store.createSigningKey('device-identity');
+        await assert.rejects(deviceTlsFactory(store, 'device-identity', { roots: [pki.root] }, { clock: { now: () => 0 }, log, purpose: 'test', refusal: () => new Unsupported('nope', 'refused') }),
+          (e: unknown) => e instanceof ApiMisuse && e.code === 'tpm-key-store' && /tpmDeviceTls/.test(e.message));
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await tpm.stop();
+      rmSync(tpmDir, { recursive: true, force: true });
+    }
   });
 
   it('a PKCS#11 token key (SoftHSM2) gets the caller\'s refusal: OpenSSL cannot sign with it here', async () => {
