@@ -22,7 +22,6 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './ports.ts';
 
 export interface SwtpmOptions {
   /** Use this state directory (kept on stop) instead of a fresh temp dir (removed on stop). */
@@ -102,16 +101,31 @@ function portFree(port: number): Promise<boolean> {
   });
 }
 
+/** The kernel's ephemeral port range (bind to port 0, outgoing connections). */
+function ephemeralRange(): { low: number; high: number } {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return { low: low as number, high: high as number };
+  } catch {
+    // not Linux, or /proc not mounted: the kernel's default
+  }
+  return { low: 32768, high: 60999 };
+}
+
 /**
  * Two free consecutive ports: the swtpm TCTI (like mssim's) talks to the control channel on
- * `port + 1`.
+ * `port + 1`. Picked outside the ephemeral range: there Linux gives bind(0) one parity and outgoing
+ * connections the other, so the `+ 1` of a port from bind(0) is the kind other tests' connections
+ * take, and 50 tries in a row have failed with test files running alongside.
  */
 async function freePortPair(): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const p = await freePort();
-    if (p < 65535 && await portFree(p + 1)) return p;
+  const { low, high } = ephemeralRange();
+  const [from, to] = low > 12_000 ? [10_000, low - 2] : [high + 1, 65_533];
+  for (let i = 0; i < 200; i++) {
+    const p = from + Math.floor(Math.random() * (to - from));
+    if (await portFree(p) && await portFree(p + 1)) return p;
   }
-  throw new Error('no two consecutive free loopback ports');
+  throw new Error(`no two consecutive free loopback ports in ${from}-${to + 1}`);
 }
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -160,7 +174,7 @@ class SwtpmProcess {
       child.kill('SIGKILL');
       await exited(child);
       if (attempt >= 2) throw new Error(`swtpm did not start: ${this.stderr.trim()}`);
-      // Most likely a port taken between freePort() and bind: pick new ones.
+      // Most likely a port taken between freePortPair() and bind: pick new ones.
       this.port = await freePortPair();
     }
   }
