@@ -68,7 +68,7 @@ export function checkListeners(cfg: IngestConfig, listeners: Listeners = {}): vo
 
 /** Opens (does not initialise) the configured database. */
 export async function openStorage(cfg: IngestConfig, env: NodeJS.ProcessEnv): Promise<IngestStorage> {
-  if (cfg.storage.kind === 'sqlite') return new SqliteStorage({ path: cfg.storage.path, checkpointInBackground: true });
+  if (cfg.storage.kind === 'sqlite') return new SqliteStorage({ path: cfg.storage.path, checkpointInBackground: true, writeMessagesInBackground: true });
   const secret = await readSecret(cfg.storage.connection, { env, what: 'PostgreSQL connection string' });
   try {
     return new PostgresStorage({ connection: new TextDecoder().decode(secret).trim(), maxConnections: cfg.storage.maxConnections });

@@ -17,6 +17,7 @@ import {
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { startWalCheckpointer, type WalCheckpointer } from './sqlite-checkpointer.ts';
+import { startMessageWriter, type MessageWriter } from './sqlite-writer.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
 import { latestActivity } from './types.ts';
 import type {
@@ -32,6 +33,12 @@ export interface SqliteStorageOptions {
    * commits; the service turns it on. Ignored for ':memory:'.
    */
   readonly checkpointInBackground?: boolean;
+  /**
+   * The message path's batches (`storeMessages`) committed by a worker thread on its own connection
+   * (sqlite-writer.ts), so their inserts and fsyncs do not stop the event loop; the service turns it
+   * on. Ignored for ':memory:'.
+   */
+  readonly writeMessagesInBackground?: boolean;
 }
 
 /**
@@ -45,6 +52,13 @@ export interface SqliteStorageOptions {
  * fsynced to the WAL before it returns (`synchronous = FULL`).
  */
 export const SQLITE_THROUGHPUT_PRAGMAS: readonly string[] = ['cache_size = -32768', 'wal_autocheckpoint = 10000'];
+
+const INSERT_MESSAGE_SQL = `INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`;
+const TOUCH_SQL = TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX');
+
+/** A byte string to hand to the writer thread: cloning a view copies its whole buffer, so views go as copies. */
+const own = (u: Uint8Array): Uint8Array => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? u : u.slice());
 
 const BUMP_REGISTRY = "UPDATE meta SET value = value + 1 WHERE name = 'registry-version'";
 
@@ -68,6 +82,7 @@ export class SqliteStorage implements IngestStorage {
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
   readonly #checkpointer: WalCheckpointer | undefined;
+  readonly #writer: MessageWriter | undefined;
   #closed = false;
 
   constructor(opts: SqliteStorageOptions) {
@@ -83,6 +98,14 @@ export class SqliteStorage implements IngestStorage {
     // Another connection (the operator's CLI) may hold the write lock briefly.
     this.#db.pragma('busy_timeout = 5000');
     this.#checkpointer = opts.checkpointInBackground === true && opts.path !== ':memory:' ? startWalCheckpointer(opts.path) : undefined;
+    this.#writer = opts.writeMessagesInBackground === true && opts.path !== ':memory:'
+      ? startMessageWriter(opts.path, { insertSql: INSERT_MESSAGE_SQL, touchSql: TOUCH_SQL, pragmas: [...SQLITE_THROUGHPUT_PRAGMAS, 'foreign_keys = ON', 'busy_timeout = 5000'] })
+      : undefined;
+  }
+
+  /** Batches the writer thread has committed (0 without one). */
+  get backgroundBatches(): number {
+    return this.#writer?.batches ?? 0;
   }
 
   /** Checkpoints the background worker has run (0 without one). */
@@ -168,11 +191,9 @@ export class SqliteStorage implements IngestStorage {
 
   async storeMessage(m: StoredMessage, activity?: DeviceActivity): Promise<'stored' | 'duplicate'> {
     return this.#db.transaction(() => {
-      const r = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`)
-        .run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
+      const r = this.#s(INSERT_MESSAGE_SQL).run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
       if (activity !== undefined) {
-        this.#s(TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX')).run({
+        this.#s(TOUCH_SQL).run({
           seen: activity.seenAt, transport: activity.transport, suite: activity.suite, epoch: activity.sealingEpoch ?? null,
           epochStart: activity.epochStartedAt ?? null, device: m.deviceId,
         });
@@ -182,14 +203,18 @@ export class SqliteStorage implements IngestStorage {
   }
 
   async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
-    const insert = this.#s(`INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`);
-    const touch = this.#s(TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX'));
+    if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
+    const touches = [...latestActivity(batch)].map(([device, a]) => ({
+      seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device,
+    }));
+    if (this.#writer?.alive === true) {
+      return this.#writer.store(batch.map(({ message: m }) => [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, own(m.nonce), own(m.ciphertext)] as const), touches);
+    }
+    const insert = this.#s(INSERT_MESSAGE_SQL);
+    const touch = this.#s(TOUCH_SQL);
     return this.#db.transaction(() => {
       const results = batch.map(({ message: m }) => (insert.run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, asBuffer(m.nonce), asBuffer(m.ciphertext)).changes === 1 ? 'stored' as const : 'duplicate' as const));
-      for (const [device, a] of latestActivity(batch)) {
-        touch.run({ seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device });
-      }
+      for (const t of touches) touch.run(t);
       return results;
     }).immediate();
   }
@@ -302,6 +327,8 @@ export class SqliteStorage implements IngestStorage {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // Batches already handed to the writer are committed (and answered) before anything closes.
+    await this.#writer?.close();
     await this.#checkpointer?.stop();
     this.#statements.clear();
     this.#db.close();

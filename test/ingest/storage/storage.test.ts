@@ -21,6 +21,8 @@ after(async () => {
 
 // One database file shared by the suite, as a deployment has: device ids keep the tests apart.
 runStorageContract('sqlite (file, WAL)', async () => new SqliteStorage({ path: join(dir, 'ingest.db') }));
+// As the service opens it: the message batches committed by a writer thread on a second connection.
+runStorageContract('sqlite (file, WAL, message batches on a writer thread)', async () => new SqliteStorage({ path: join(dir, 'ingest-writer.db'), writeMessagesInBackground: true, checkpointInBackground: true }));
 runStorageContract('postgres (Debian PostgreSQL on loopback)', async () => {
   if (pgServer === undefined) throw new Error('PostgreSQL not started');
   return new PostgresStorage({ connection: pgServer.connectionString });
