@@ -57,9 +57,6 @@ const INSERT_MESSAGE_SQL = `INSERT INTO messages (device_id, seq, received_at, f
   VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`;
 const TOUCH_SQL = TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX');
 
-/** A byte string to hand to the writer thread: cloning a view copies its whole buffer, so views go as copies. */
-const own = (u: Uint8Array): Uint8Array => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? u : u.slice());
-
 const BUMP_REGISTRY = "UPDATE meta SET value = value + 1 WHERE name = 'registry-version'";
 
 function isUniqueViolation(e: unknown): boolean {
@@ -208,7 +205,7 @@ export class SqliteStorage implements IngestStorage {
       seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device,
     }));
     if (this.#writer?.alive === true) {
-      return this.#writer.store(batch.map(({ message: m }) => [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, own(m.nonce), own(m.ciphertext)] as const), touches);
+      return this.#writer.store(batch.map(({ message: m }) => [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, m.nonce, m.ciphertext] as const), touches);
     }
     const insert = this.#s(INSERT_MESSAGE_SQL);
     const touch = this.#s(TOUCH_SQL);

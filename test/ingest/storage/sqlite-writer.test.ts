@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { GroupCommit } from '../../../src/ingest/group-commit.ts';
 import { SqliteStorage } from '../../../src/ingest/storage/sqlite.ts';
 import { startMessageWriter } from '../../../src/ingest/storage/sqlite-writer.ts';
@@ -64,6 +65,25 @@ describe('SQLite message batches on a writer thread', () => {
     assert.ok(outcomes[1] instanceof Error, 'the broken row is not acknowledged');
     assert.deepEqual((await s.readMessages('bed-1', 0, Number.MAX_SAFE_INTEGER)).map((m) => m.seq), [1, 3]);
     await s.close();
+  });
+
+  it('carries rows of any shape: byte strings of every length (empty too) land in their own rows and columns; mixed column kinds are refused', async () => {
+    const path = join(dir, 'shapes.db');
+    const db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE t (k TEXT PRIMARY KEY, a BLOB NOT NULL, n INTEGER NOT NULL, b BLOB NOT NULL)');
+    const writer = startMessageWriter<readonly [string, Uint8Array, number, Uint8Array]>(path, { insertSql: 'INSERT INTO t VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING', pragmas: [] });
+    const rows = Array.from({ length: 40 }, (_, i) => [`k${i}`, new Uint8Array(i).fill(i), i * 7, new Uint8Array(40 - i).fill(255 - i)] as const);
+    assert.deepEqual(new Set(await writer.store([...rows, rows[3] as (typeof rows)[number]])), new Set(['stored', 'duplicate']));
+    for (const r of db.prepare('SELECT * FROM t').all() as { k: string; a: Buffer; n: number; b: Buffer }[]) {
+      const i = Number(r.k.slice(1));
+      assert.deepEqual([r.a.length, r.n, r.b.length], [i, i * 7, 40 - i]);
+      assert.ok(r.a.every((x) => x === i) && r.b.every((x) => x === 255 - i), `row ${i}'s bytes`);
+    }
+    await assert.rejects(writer.store([['x', new Uint8Array(1), 1, new Uint8Array(1)], ['y', 5 as unknown as Uint8Array, 1, new Uint8Array(1)]]), RangeError);
+    await assert.rejects(writer.store([rows[0] as (typeof rows)[number]], [{ seen: 1, transport: 't', suite: 's', epoch: null, epochStart: null, device: 'x' }]), RangeError);
+    await writer.close();
+    db.close();
   });
 
   it('answers a batch it cannot store with a StorageError naming the database\'s code, and keeps running', async () => {
