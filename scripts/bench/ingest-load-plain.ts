@@ -2,16 +2,19 @@
  * The baseline side of ingest-load.bench.ts, in its own process: plaintext MQTT from the broker's
  * plaintext listener (the same shared-subscription client code as the ingest, over plain TCP) into
  * plaintext rows in the same database the ingest writes, as a competent plain subscriber would:
- * rows of one event-loop turn in one transaction (up to 128, four transactions in flight on
- * PostgreSQL), each message acknowledged once its row is committed; (device, seq) unique. On SQLite
- * it uses the ingest's cache and checkpoint settings and its background WAL checkpoints.
+ * rows of one event-loop turn in one transaction (up to the ingest's group-commit cap, written as
+ * soon as the cap is reached; four transactions in flight), each message acknowledged once its row
+ * is committed; (device, seq) unique. On SQLite it uses the ingest's cache and checkpoint settings,
+ * its background WAL checkpoints and its writer thread for the batches.
  *
  * IPC as ingest-load-ingest.ts: start / take / stop.
  */
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { DEFAULT_MAX_BATCH } from '../../src/ingest/group-commit.ts';
 import { SQLITE_THROUGHPUT_PRAGMAS } from '../../src/ingest/storage/sqlite.ts';
 import { startWalCheckpointer } from '../../src/ingest/storage/sqlite-checkpointer.ts';
+import { startMessageWriter } from '../../src/ingest/storage/sqlite-writer.ts';
 import { createMqttsSubscriber, type MqttsSubscriber } from '../../src/transport/mqtts/subscriber.ts';
 import { plainTcp } from '../lib/plain-connector.ts';
 import { sampleRss, takeRecords, type RecordSink } from './ingest-load-records.ts';
@@ -38,18 +41,19 @@ function sqliteStore(path: string): PlainStore {
   for (const p of SQLITE_THROUGHPUT_PRAGMAS) db.pragma(p);
   db.pragma('busy_timeout = 5000');
   db.exec(TABLE.replace('%BLOB%', 'BLOB'));
-  // And its WAL checkpoints off the event loop, as the ingest's.
+  // And its WAL checkpoints off the event loop, and its batches committed by a writer thread, as the ingest's.
   const checkpointer = startWalCheckpointer(path);
-  const stmt = db.prepare('INSERT INTO bench_plain (device_id, seq, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING');
-  const tx = db.transaction((rows: readonly Row[]) => {
-    const now = Date.now();
-    for (const r of rows) stmt.run(r.deviceId, r.seq, now, Buffer.from(r.payload));
+  const writer = startMessageWriter<readonly [string, number, number, Uint8Array]>(path, {
+    insertSql: 'INSERT INTO bench_plain (device_id, seq, received_at, payload) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+    pragmas: [...SQLITE_THROUGHPUT_PRAGMAS, 'busy_timeout = 5000'],
   });
   return {
     async write(rows) {
-      tx.immediate(rows);
+      const now = Date.now();
+      await writer.store(rows.map((r) => [r.deviceId, r.seq, now, r.payload] as const));
     },
     async close() {
+      await writer.close();
       await checkpointer.stop();
       db.close();
     },
@@ -76,14 +80,18 @@ async function postgresStore(connection: string): Promise<PlainStore> {
   };
 }
 
-/** Rows of one turn go together; at most `maxInFlight` transactions at once. */
+/**
+ * Rows of one turn go together, at most the ingest's cap (`DEFAULT_MAX_BATCH`) per transaction,
+ * written as soon as the cap is reached (as the ingest's group commit does); at most `maxInFlight`
+ * transactions at once.
+ */
 function batcher(store: PlainStore, maxInFlight: number): (r: Row) => void {
   let pending: Row[] = [];
   let scheduled = false;
   let inFlight = 0;
   const pump = () => {
     while (pending.length > 0 && inFlight < maxInFlight) {
-      const rows = pending.splice(0, 128);
+      const rows = pending.splice(0, DEFAULT_MAX_BATCH);
       inFlight++;
       sink.transactions = (sink.transactions ?? 0) + 1;
       sink.rows = (sink.rows ?? 0) + rows.length;
@@ -95,7 +103,8 @@ function batcher(store: PlainStore, maxInFlight: number): (r: Row) => void {
   };
   return (r) => {
     pending.push(r);
-    if (!scheduled) {
+    if (pending.length >= DEFAULT_MAX_BATCH) pump();
+    else if (!scheduled) {
       scheduled = true;
       setImmediate(() => {
         scheduled = false;
@@ -116,7 +125,7 @@ process.on('message', async (raw: unknown) => {
     if (m.type === 'start') {
       const s = m.storage as { sqlite: string } | { postgres: string };
       store = 'sqlite' in s ? sqliteStore(s.sqlite) : await postgresStore(s.postgres);
-      const add = batcher(store, 'sqlite' in s ? 1 : 4);
+      const add = batcher(store, 4);
       sub = createMqttsSubscriber({
         host: m.host as string, port: m.port as number, tls: plainTcp(), clientId: 'baseline-plain', sessionExpirySeconds: 0, receiveMaximum: 128,
         handler: (msg) => new Promise<void>((resolve, reject) => {
