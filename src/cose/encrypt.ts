@@ -15,7 +15,7 @@ import { CborRaw, CborTag, encodeCbor } from '../codec/cbor.ts';
 import { OneShotSealer } from '../crypto/aead.ts';
 import { getProvider, providerForAead } from '../crypto/registry.ts';
 import type { CryptoProvider } from '../crypto/provider.ts';
-import { toHex, zeroize } from '../util/bytes.ts';
+import { allocUninit, toHex, zeroize } from '../util/bytes.ts';
 import { CryptoError, DecodeError, Unsupported } from '../util/errors.ts';
 import { ALG_DIRECT, ALG_ECDH_ES_HKDF_256, contentAlgById, contentAlgByName, type CoseAlgName, type CoseContentAlg } from './algorithms.ts';
 import { EpochKeyCache } from './epoch-cache.ts';
@@ -205,10 +205,14 @@ function decryptCached(provider: CryptoProvider | undefined, alg: CoseContentAlg
   const opener = cache.opener(id, providerFor(provider, alg), alg.aead, alg.nonceLength);
   if (opener === undefined) return decrypt(provider, alg, key, iv, ct, aad);
   if (ct.length < opener.tagLength) throw decryptFailed();
-  const out = new Uint8Array(ct.length - opener.tagLength);
+  // From the shared pool, as record plaintext in src/dtls is: the caller wipes it after use
+  // (the ingest does, once sealed at rest), and a failed open wipes what was written before the
+  // tag was checked.
+  const out = allocUninit(ct.length - opener.tagLength);
   try {
     opener.openInto(iv, ct, aad, out, 0);
   } catch (e) {
+    out.fill(0);
     throw e instanceof CryptoError ? decryptFailed() : e;
   }
   return out;

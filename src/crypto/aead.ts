@@ -16,7 +16,7 @@
  *   sealer.destroy();
  */
 import { abytes, aint } from '../util/assert.ts';
-import { toHex, zeroize } from '../util/bytes.ts';
+import { allocUninit, toHex, zeroize } from '../util/bytes.ts';
 import { ApiMisuse } from '../util/errors.ts';
 import { destroyedError } from './_validate.ts';
 import { aeadSealContext, type AeadSealContext, type KeyedBackend } from './keyed.ts';
@@ -129,7 +129,8 @@ export class CounterSealer {
     const ctx = this.#live();
     const counter = this.#take();
     const nonce = xorCounterIntoIv(this.#iv, counter);
-    const sealed = new Uint8Array(plaintext.length + this.#suite.tagLength);
+    // Ciphertext, written in full: from the shared pool, not a buffer of its own per message.
+    const sealed = allocUninit(plaintext.length + this.#suite.tagLength);
     ctx.sealInto(nonce, plaintext, aad, sealed, 0);
     return { counter, nonce, sealed };
   }

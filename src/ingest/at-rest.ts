@@ -18,7 +18,7 @@
  */
 import type { CryptoProvider } from '../crypto/provider.ts';
 import type { DataKey } from '../keystore/hierarchy/data-key.ts';
-import { equalBytes, utf8 } from '../util/bytes.ts';
+import { allocUninit, equalBytes, utf8 } from '../util/bytes.ts';
 import { CryptoError } from '../util/errors.ts';
 import type { StoredMessage } from './storage/types.ts';
 
@@ -55,7 +55,8 @@ function writeU64(out: Uint8Array, at: number, v: number): void {
 export function sealAtRest(provider: CryptoProvider, dek: DataKey, deviceId: string, seq: number, plaintext: Uint8Array): { nonce: Uint8Array; ciphertext: Uint8Array } {
   const nonce = atRestNonce(seq);
   const sealer = dek.sealer(provider, AT_REST_AEAD);
-  const ciphertext = new Uint8Array(plaintext.length + sealer.tagLength);
+  // Written in full; from the shared pool (a buffer of its own per row cost more than the sealing).
+  const ciphertext = allocUninit(plaintext.length + sealer.tagLength);
   sealer.sealInto(nonce, plaintext, atRestAad(deviceId, seq, dek.version), ciphertext, 0);
   return { nonce, ciphertext };
 }

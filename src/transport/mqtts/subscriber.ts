@@ -35,6 +35,7 @@
 import { EventEmitter } from 'node:events';
 import { generate, parser, type IConnackPacket, type IPublishPacket, type ISubackPacket, type Packet } from 'mqtt-packet';
 import { aint } from '../../util/assert.ts';
+import { copyBytes } from '../../util/bytes.ts';
 import { ApiMisuse, PeerMisbehaved, TransportError, UplinkRejected, VitalsealError } from '../../util/errors.ts';
 import { systemTimers, type TimerHandle, type Timers } from '../timers.ts';
 import type { CoseContentFormat, UplinkRejectReason } from '../types.ts';
@@ -338,7 +339,9 @@ class Session {
     // most Receive Maximum at a time; only a backlog past `maxBacklogBytes` ends the connection.
     if (this.#acks.length > this.#o.receiveMaximum) this.#sub._overReceiveMaximum();
     const topic = packet.topic;
-    const payload = typeof packet.payload === 'string' ? new TextEncoder().encode(packet.payload) : new Uint8Array(packet.payload);
+    // A copy of its own (the parser's buffer is not ours to keep), carved from the shared pool: a new
+    // buffer per message cost the ingest more than opening it.
+    const payload = typeof packet.payload === 'string' ? new TextEncoder().encode(packet.payload) : copyBytes(packet.payload);
     this.#sub._received(packet.dup);
     const deviceId = deviceIdFromTopic(topic);
     if (deviceId === undefined) {
