@@ -18,8 +18,9 @@ import type { IngestStorage, StoreRequest } from './storage/types.ts';
  * purpose: a burst the broker hands over at once is opened and decoded in one turn, and with a cap
  * at the burst size the whole burst waited for one commit at its end while the database sat idle,
  * then the database worked while nothing was being opened (the broker sends no more until acks
- * come). With 32, the first quarter of a burst is being committed (PostgreSQL: on its own core)
- * while the rest is opened, and its acknowledgements go out a quarter of a burst sooner.
+ * come). With 32, the first quarter of a burst is being committed (by PostgreSQL's server, or
+ * SQLite's writer thread: storage/sqlite-writer.ts) while the rest is opened, and its
+ * acknowledgements go out a quarter of a burst sooner.
  * Measured with 1000 devices (docs/scaling.md): PostgreSQL carried 5,200 sealed messages/s with a
  * cap of 128 and 7,600-8,400 with 32; SQLite 5,750 and 6,600.
  */
