@@ -180,26 +180,33 @@ export class DeviceRegistry {
     if (current.status === status) return { device: current };
     const now = this.#clock.now();
     const op = status === 'revoked' ? 'revoke' : status === 'suspended' ? 'suspend' : 'resume';
+    // The CRL is written before the registry changes: another instance (or the service, when the
+    // command line revokes) reacts to the registry change by handing the CRL file to the broker,
+    // and must find the serial in it then; the other order let it copy the old CRL, after which
+    // nothing would signal the broker again.
+    const crl = status === 'revoked' && current.certSerial !== undefined ? this.#crl : undefined;
+    let crlNumber: number | undefined;
+    let crlError: unknown;
+    if (crl !== undefined && current.certSerial !== undefined) {
+      try {
+        crlNumber = (await crl.revoke(current.certSerial, now)).crlNumber;
+      } catch (e) {
+        // Already listed (revoked at the CA earlier) is fine; anything else is reported after the
+        // registry change, which takes effect regardless.
+        if (!(e instanceof ApiMisuse && e.code === 'exists')) crlError = e;
+      }
+    }
     await this.#storage.setDeviceStatus(deviceId, status, now);
     const device = (await this.reload(deviceId)) as DeviceRecord;
     this.#version = -1;
     await this.#audit?.append({ actor, operation: op, result: 'ok', detail: `device ${deviceLabel(deviceId)}${reason === undefined ? '' : ` (${reason})`}` });
     this.#emitStatus(deviceId, status, current.status);
     this.#emitDevices([deviceId]);
-    let crlNumber: number | undefined;
-    if (status === 'revoked' && device.certSerial !== undefined && this.#crl !== undefined) {
-      try {
-        crlNumber = (await this.#crl.revoke(device.certSerial, now)).crlNumber;
-      } catch (e) {
-        // Already listed (revoked at the CA earlier) is fine; anything else is reported after the
-        // registry change, which has taken effect regardless.
-        if (!(e instanceof ApiMisuse && e.code === 'exists')) {
-          await this.#audit?.append({ actor, operation: 'revoke', result: 'error', code: 'crl-not-written', detail: `device ${deviceLabel(deviceId)}: CRL not regenerated` });
-          throw e;
-        }
-      }
-      this.#emitCrl({ ...(crlNumber === undefined ? {} : { crlNumber }), ...(this.#crl.crlPath === undefined ? {} : { crlPath: this.#crl.crlPath }) });
+    if (crlError !== undefined) {
+      await this.#audit?.append({ actor, operation: 'revoke', result: 'error', code: 'crl-not-written', detail: `device ${deviceLabel(deviceId)}: CRL not regenerated` });
+      throw crlError;
     }
+    if (crl !== undefined) this.#emitCrl({ ...(crlNumber === undefined ? {} : { crlNumber }), ...(crl.crlPath === undefined ? {} : { crlPath: crl.crlPath }) });
     return { device, ...(crlNumber === undefined ? {} : { crlNumber }) };
   }
 
