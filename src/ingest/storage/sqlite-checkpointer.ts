@@ -18,8 +18,7 @@
  *   const cp = startWalCheckpointer('/var/lib/vitalseal/ingest.db', { intervalMs: 200 });
  *   await cp.stop();
  */
-import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
+import { startSqliteWorker, stopSqliteWorker } from './sqlite-worker.ts';
 
 export interface WalCheckpointer {
   /** Checkpoints the worker has run (for tests and metrics). */
@@ -27,7 +26,7 @@ export interface WalCheckpointer {
   stop(): Promise<void>;
 }
 
-// CommonJS, evaluated in the worker: no TypeScript loader is needed there.
+// Run by startSqliteWorker (sqlite-worker.ts).
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.driver);
@@ -57,8 +56,7 @@ parentPort.on('message', (m) => {
 export function startWalCheckpointer(path: string, o: { readonly intervalMs?: number } = {}): WalCheckpointer {
   const intervalMs = o.intervalMs ?? 200;
   if (!Number.isSafeInteger(intervalMs) || intervalMs < 1) throw new RangeError('intervalMs: a positive integer');
-  const driver = createRequire(import.meta.url).resolve('better-sqlite3');
-  const worker = new Worker(WORKER, { eval: true, workerData: { path, intervalMs, driver } });
+  const worker = startSqliteWorker(WORKER, { path, intervalMs });
   let runs = 0;
   let exited = false;
   worker.on('message', () => {
@@ -76,17 +74,7 @@ export function startWalCheckpointer(path: string, o: { readonly intervalMs?: nu
       return runs;
     },
     stop() {
-      stopped ??= new Promise<void>((resolve) => {
-        if (exited) {
-          resolve();
-          return;
-        }
-        worker.once('exit', () => resolve());
-        worker.ref(); // the process waits for it to close its connection
-        worker.postMessage('stop');
-        // It exits once its port is closed; one that does not is ended.
-        setTimeout(() => void worker.terminate(), 2000).unref();
-      });
+      stopped ??= exited ? Promise.resolve() : stopSqliteWorker(worker);
       return stopped;
     },
   };

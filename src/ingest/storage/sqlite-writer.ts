@@ -20,9 +20,8 @@
  *   const results = await writer.store(rows, touches);   // 'stored' | 'duplicate' per row
  *   await writer.close();
  */
-import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
 import { StorageError } from '../../util/errors.ts';
+import { startSqliteWorker, stopSqliteWorker } from './sqlite-worker.ts';
 
 /** One messages row, in the ingest's insert's parameter order. */
 export type MessageRowParams = readonly [deviceId: string, seq: number, receivedAt: number, firstTime: number, lastTime: number, keyVersion: number, nonce: Uint8Array, ciphertext: Uint8Array];
@@ -56,7 +55,7 @@ export interface MessageWriter<Row extends readonly unknown[] = MessageRowParams
   close(): Promise<void>;
 }
 
-// CommonJS, evaluated in the worker: no TypeScript loader is needed there.
+// Run by startSqliteWorker (sqlite-worker.ts).
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.driver);
@@ -159,8 +158,7 @@ function pack(id: number, rows: readonly (readonly unknown[])[], touches: readon
 type FromWorker = { id: number; stored: Uint8Array } | { id: number; error: { code: string; message: string } };
 
 export function startMessageWriter<Row extends readonly unknown[] = MessageRowParams>(path: string, o: MessageWriterOptions): MessageWriter<Row> {
-  const driver = createRequire(import.meta.url).resolve('better-sqlite3');
-  const worker = new Worker(WORKER, { eval: true, workerData: { path, driver, insertSql: o.insertSql, touchSql: o.touchSql, pragmas: [...o.pragmas] } });
+  const worker = startSqliteWorker(WORKER, { path, insertSql: o.insertSql, touchSql: o.touchSql, pragmas: [...o.pragmas] });
   const waiting = new Map<number, Waiting>();
   let next = 0;
   let batches = 0;
@@ -214,20 +212,14 @@ export function startMessageWriter<Row extends readonly unknown[] = MessageRowPa
         worker.ref();
         worker.postMessage(batch, transfer);
       }).finally(() => {
-        if (waiting.size === 0) worker.unref();
+        // Closing, the worker stays referenced until it has closed its connection (stopSqliteWorker).
+        if (waiting.size === 0 && closing === undefined) worker.unref();
       }) as Promise<('stored' | 'duplicate')[]>;
     },
     close() {
       closing ??= (async () => {
         if (waiting.size > 0) await new Promise<void>((r) => drained.push(r));
-        if (!alive) return;
-        const exited = new Promise<void>((r) => worker.once('exit', () => r()));
-        worker.ref(); // the process waits for it to close its connection
-        worker.postMessage('stop');
-        // It exits once its port is closed; one that does not is ended.
-        const t = setTimeout(() => void worker.terminate(), 2000);
-        await exited;
-        clearTimeout(t);
+        if (alive) await stopSqliteWorker(worker);
       })();
       return closing;
     },

@@ -17,7 +17,7 @@ import {
   type ApiTokenRow, type DeviceRow, type EnrolTokenRow, type MessageRow, type RekeyRow, type WrappedKeyRow,
 } from './rows.ts';
 import { startWalCheckpointer, type WalCheckpointer } from './sqlite-checkpointer.ts';
-import { startMessageWriter, type MessageWriter } from './sqlite-writer.ts';
+import { startMessageWriter, type MessageWriter, type TouchParams } from './sqlite-writer.ts';
 import { DATA_TABLES, gapQuery, schemaStatements, SCHEMA_VERSION, TOUCH_DEVICE_SQL } from './schema.ts';
 import { latestActivity } from './types.ts';
 import type {
@@ -56,6 +56,11 @@ export const SQLITE_THROUGHPUT_PRAGMAS: readonly string[] = ['cache_size = -3276
 const INSERT_MESSAGE_SQL = `INSERT INTO messages (device_id, seq, received_at, first_time, last_time, key_version, nonce, ciphertext)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`;
 const TOUCH_SQL = TOUCH_DEVICE_SQL((n) => `@${n}`, 'MAX');
+
+/** TOUCH_SQL's parameters for a device's latest activity. */
+function touchParams(device: string, a: DeviceActivity): TouchParams {
+  return { seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device };
+}
 
 const BUMP_REGISTRY = "UPDATE meta SET value = value + 1 WHERE name = 'registry-version'";
 
@@ -110,8 +115,12 @@ export class SqliteStorage implements IngestStorage {
     return this.#checkpointer?.runs ?? 0;
   }
 
-  #s(sql: string): Database.Statement {
+  #checkOpen(): void {
     if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
+  }
+
+  #s(sql: string): Database.Statement {
+    this.#checkOpen();
     let s = this.#statements.get(sql);
     if (s === undefined) {
       s = this.#db.prepare(sql);
@@ -189,21 +198,14 @@ export class SqliteStorage implements IngestStorage {
   async storeMessage(m: StoredMessage, activity?: DeviceActivity): Promise<'stored' | 'duplicate'> {
     return this.#db.transaction(() => {
       const r = this.#s(INSERT_MESSAGE_SQL).run(m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, Buffer.from(m.nonce), Buffer.from(m.ciphertext));
-      if (activity !== undefined) {
-        this.#s(TOUCH_SQL).run({
-          seen: activity.seenAt, transport: activity.transport, suite: activity.suite, epoch: activity.sealingEpoch ?? null,
-          epochStart: activity.epochStartedAt ?? null, device: m.deviceId,
-        });
-      }
+      if (activity !== undefined) this.#s(TOUCH_SQL).run(touchParams(m.deviceId, activity));
       return r.changes === 1 ? 'stored' as const : 'duplicate' as const;
     }).immediate();
   }
 
   async storeMessages(batch: readonly StoreRequest[]): Promise<('stored' | 'duplicate')[]> {
-    if (this.#closed) throw new StorageError('storage-closed', 'the ingest database is closed');
-    const touches = [...latestActivity(batch)].map(([device, a]) => ({
-      seen: a.seenAt, transport: a.transport, suite: a.suite, epoch: a.sealingEpoch ?? null, epochStart: a.epochStartedAt ?? null, device,
-    }));
+    this.#checkOpen();
+    const touches = [...latestActivity(batch)].map(([device, a]) => touchParams(device, a));
     if (this.#writer?.alive === true) {
       return this.#writer.store(batch.map(({ message: m }) => [m.deviceId, m.seq, m.receivedAt, m.firstTime, m.lastTime, m.keyVersion, m.nonce, m.ciphertext] as const), touches);
     }
