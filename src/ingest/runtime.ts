@@ -66,9 +66,12 @@ export function checkListeners(cfg: IngestConfig, listeners: Listeners = {}): vo
   }
 }
 
-/** Opens (does not initialise) the configured database. */
-export async function openStorage(cfg: IngestConfig, env: NodeJS.ProcessEnv): Promise<IngestStorage> {
-  if (cfg.storage.kind === 'sqlite') return new SqliteStorage({ path: cfg.storage.path, checkpointInBackground: true, writeMessagesInBackground: true });
+/**
+ * Opens (does not initialise) the configured database. `messagePath`: the service, which stores
+ * messages, gets SQLite's writer thread for them; an operator's command does not start one.
+ */
+export async function openStorage(cfg: IngestConfig, env: NodeJS.ProcessEnv, o: { readonly messagePath?: boolean } = {}): Promise<IngestStorage> {
+  if (cfg.storage.kind === 'sqlite') return new SqliteStorage({ path: cfg.storage.path, checkpointInBackground: true, writeMessagesInBackground: o.messagePath === true });
   const secret = await readSecret(cfg.storage.connection, { env, what: 'PostgreSQL connection string' });
   try {
     return new PostgresStorage({ connection: new TextDecoder().decode(secret).trim(), maxConnections: cfg.storage.maxConnections });
@@ -105,7 +108,7 @@ export function devCaAdapters(ca: DevCa): { issuer: DeviceIssuer; crl: CrlPublis
  * the operator commands' audit log instead of the service's.
  */
 export async function openCoreFromConfig(cfg: IngestConfig, deps: RuntimeDeps, opts: { allowNoStaticKey?: boolean; crl?: CrlPublisher; cli?: boolean } = {}): Promise<IngestCore> {
-  const storage = await openStorage(cfg, deps.env);
+  const storage = await openStorage(cfg, deps.env, { messagePath: opts.cli !== true });
   return openIngestCore({
     selfTest: deps.selfTest,
     openKeyStore: (events) => openKeyStore(cfg.keystore, { env: deps.env, events, logger: { warn: (m) => deps.log.warn({}, m) } }),

@@ -17,6 +17,7 @@ import { SealingSession } from '../../src/cose/sealing-session.ts';
 import { loadIngestConfig, type MqttListenerConfig } from '../../src/ingest/config.ts';
 import { mqttListener } from '../../src/ingest/listeners/index.ts';
 import { openCoreFromConfig, startIngest, type ListenerFactory } from '../../src/ingest/runtime.ts';
+import { SqliteStorage } from '../../src/ingest/storage/sqlite.ts';
 import type { IngestCore } from '../../src/ingest/core.ts';
 import { rotateStaticKey } from '../../src/ingest/static-key.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
@@ -88,6 +89,7 @@ mqtt: { url: "mqtts://127.0.0.1:8883", caFile: ca.pem, certFile: i.pem, keyFile:
     const seal = (seq: number) => session.seal(encodeVitalsPack(batchFor('bed-rt', seq)), { protectedExtras: new Map<number, unknown>([[Header.DEVICE_ID, 'bed-rt'], [Header.SEQUENCE, seq]]) });
     const peer = { kind: 'broker' as const, deviceId: 'bed-rt', transport: 'mqtts' as const, suite: 'TLSv1.3 via broker' };
     assert.equal((await core.service?.accept({ payload: seal(1), contentFormat: undefined, peer }))?.status, 'accepted');
+    assert.ok(core.storage instanceof SqliteStorage && core.storage.backgroundBatches === 1, 'the service commits message batches on the writer thread');
     const inFlight = Array.from({ length: 40 }, (_, i) => core?.service?.accept({ payload: seal(i + 2), contentFormat: undefined, peer }));
     const stopping = running.stop().then(() => events.push('core closed'));
     const outcomes = await Promise.all(inFlight);
