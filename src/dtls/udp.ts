@@ -10,14 +10,13 @@
  *   const client = await DtlsClientSocket.connect({ host: '127.0.0.1', port: 5684, verifier });
  *   await client.send(new TextEncoder().encode('hello'));
  */
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { isIP } from 'node:net';
 import { systemClock, type Clock } from '../util/clock.ts';
 import { ApiMisuse, VitalsealError } from '../util/errors.ts';
 import type { ClientConfig, ResumptionTicket, ServerConfig } from './config.ts';
 import { Connection, type ConnectionOutput, type DtlsEvent, type SessionInfo } from './connection.ts';
 import { ConnectionClosed } from './errors.ts';
+import { connectLink, listenLink, resolveIo, type DatagramLink, type UdpIo } from './udp-link.ts';
 import { DtlsServerEndpoint, type EndpointLimits, type EndpointOutput, type PeerAddress, type ServerSession } from './server-endpoint.ts';
 
 /** Runs async steps one at a time, in order. */
@@ -60,10 +59,12 @@ class Deadline {
  * Datagrams on their way to a socket. Those produced in the same turn of the event loop for the
  * same peer are joined into one datagram while they fit the MTU (RFC 9147 §4.4: a datagram may
  * carry several records; every record we send has a length field), which saves a system call per
- * small record. A datagram that can take no more goes to the kernel at once, so the peer can start
- * on it while later records are still being protected; the last one waits for the end of the turn
- * in case more join it. Only the last datagram of a burst asks for a completion callback (a
- * socket's sends complete in order), and a close waits until everything queued has been sent.
+ * small record. On a node:dgram link a datagram that can take no more goes to the kernel at once,
+ * so the peer can start on it while later records are still being protected; the last one waits
+ * for the end of the turn in case more join it. A batching link takes the whole turn's datagrams
+ * in one system call at the end of the turn. Only the last datagram of a burst asks for a
+ * completion callback (a socket's sends complete in order), and a close waits until everything
+ * queued has been sent.
  */
 class Outbox {
   #parts: Uint8Array[] = [];
@@ -78,11 +79,9 @@ class Outbox {
     if (this.#pending === 0 && this.#parts.length === 0) for (const w of this.#waiters.splice(0)) w();
   };
 
-  /** `connected`: the socket is connected to its one peer (a client), so sends carry no address. */
   constructor(
-    private readonly socket: () => Socket,
+    private readonly link: () => DatagramLink,
     private readonly mtu: number,
-    private readonly connected: boolean,
   ) {}
 
   send(data: Uint8Array, port: number, host: string): void {
@@ -92,7 +91,7 @@ class Outbox {
         this.#size += data.length;
         return;
       }
-      this.#transmit(false);
+      this.#transmit(this.link().batches);
     }
     this.#parts.push(data);
     this.#size = data.length;
@@ -107,69 +106,35 @@ class Outbox {
   flush(): void {
     this.#scheduled = false;
     if (this.#parts.length > 0) this.#transmit(true);
+    this.link().flush();
   }
 
-  #transmit(last: boolean): void {
+  /** `track`: count it in `drained()` (the last of a burst on node:dgram; every one when batching). */
+  #transmit(track: boolean): void {
     const parts = this.#parts;
     this.#parts = [];
     this.#size = 0;
-    const data = parts.length === 1 ? (parts[0] as Uint8Array) : parts;
-    const socket = this.socket();
-    // A send that throws (a socket closed or disconnected under us) is a lost datagram, which DTLS
-    // recovers from by retransmission (RFC 9147 §5.8); it must not escape into the event loop.
-    try {
-      if (last) {
-        this.#pending++;
-        if (this.connected) socket.send(data, this.#sent);
-        else socket.send(data, this.#port, this.#host, this.#sent);
-      } else if (this.connected) socket.send(data);
-      else socket.send(data, this.#port, this.#host);
-    } catch {
-      if (last) this.#sent();
-    }
+    if (track) {
+      this.#pending++;
+      this.link().send(parts, this.#port, this.#host, this.#sent);
+    } else this.link().send(parts, this.#port, this.#host);
   }
 
   drained(): Promise<void> {
-    if (this.#parts.length > 0) this.flush();
+    if (this.#parts.length > 0 || this.#scheduled) this.flush();
     return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
   }
-}
-
-function udpType(host: string): 'udp4' | 'udp6' {
-  return isIP(host) === 6 ? 'udp6' : 'udp4';
-}
-
-/**
- * A client's UDP socket, bound to an ephemeral port and connected to the server: the kernel then
- * passes up only the server's datagrams, and a send names no address (no per-datagram lookup).
- */
-async function connectedSocket(host: string, port: number): Promise<Socket> {
-  const socket = createSocket(udpType(host));
-  try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(0, () => {
-        // Node hands a failed connect (ENETUNREACH with the link down, say) to this callback, not to
-        // 'error', and leaves the socket unconnected: sends without an address would then throw.
-        socket.connect(port, host, (...args: unknown[]) => {
-          socket.off('error', reject);
-          const failure = args[0];
-          if (failure instanceof Error) reject(failure);
-          else resolve();
-        });
-      });
-    });
-  } catch (e) {
-    socket.close();
-    throw e;
-  }
-  return socket;
 }
 
 export interface ClientSocketOptions extends ClientConfig {
   readonly host: string;
   readonly port: number;
   readonly clock?: Clock;
+  /**
+   * The UDP socket underneath (udp-link.ts): `node` (node:dgram, the default), `batched` (many
+   * datagrams per system call, 64-bit Linux with koffi; throws Unsupported elsewhere) or `auto`.
+   */
+  readonly udp?: UdpIo;
 }
 
 export interface DtlsClientSocketEvents {
@@ -183,7 +148,10 @@ export interface DtlsClientSocketEvents {
 /** A DTLS 1.3 client over one UDP socket. */
 export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
   readonly #connection: Connection;
-  #socket: Socket;
+  #link: DatagramLink;
+  /** Which link's datagrams are current (a rebind leaves the old one's late arrivals unheard). */
+  #generation = 0;
+  readonly #io: 'node' | 'batched';
   readonly #host: string;
   readonly #port: number;
   readonly #clock: Clock;
@@ -192,22 +160,22 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
   readonly #sends: Outbox;
   #closed = false;
 
-  private constructor(options: ClientSocketOptions, socket: Socket) {
+  private constructor(options: ClientSocketOptions, io: 'node' | 'batched') {
     super();
     this.#connection = Connection.client(options);
-    this.#sends = new Outbox(() => this.#socket, this.#connection.mtu, true);
-    this.#socket = socket;
+    this.#sends = new Outbox(() => this.#link, this.#connection.mtu);
+    this.#io = io;
+    this.#link = undefined as unknown as DatagramLink;
     this.#host = options.host;
     this.#port = options.port;
     this.#clock = options.clock ?? systemClock;
     this.#deadline = new Deadline(this.#clock, () => void this.#step((now) => this.#connection.handleTimeout(now)));
-    this.#listen(socket);
   }
 
   /** Connects and completes the handshake; rejects with the failure (and its alert) otherwise. */
   static async connect(options: ClientSocketOptions): Promise<DtlsClientSocket> {
-    const socket = await connectedSocket(options.host, options.port);
-    const client = new DtlsClientSocket(options, socket);
+    const client = new DtlsClientSocket(options, resolveIo(options.udp));
+    client.#link = await client.#openLink();
     const established = new Promise<void>((resolve, reject) => {
       const onError = (e: VitalsealError) => reject(e);
       client.once('error', onError);
@@ -240,7 +208,12 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
 
   /** The local UDP port (changes after `rebind`). */
   get localPort(): number {
-    return this.#socket.address().port;
+    return this.#link.address().port;
+  }
+
+  /** Which UDP socket carries the connection: node:dgram or batched system calls. */
+  get udp(): 'node' | 'batched' {
+    return this.#io;
   }
 
   /** Largest payload `send` fits in one datagram of the configured MTU. */
@@ -261,13 +234,10 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
    * the session (RFC 9146).
    */
   async rebind(): Promise<void> {
-    const next = await connectedSocket(this.#host, this.#port);
-    const old = this.#socket;
-    this.#socket = next;
-    this.#listen(next);
-    old.removeAllListeners('message');
     await this.#sends.drained();
-    old.close();
+    const old = this.#link;
+    this.#link = await this.#openLink();
+    await old.close();
   }
 
   async close(): Promise<void> {
@@ -276,9 +246,11 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     this.#teardown();
   }
 
-  #listen(socket: Socket): void {
-    socket.on('message', (msg) => void this.#step((now) => this.#connection.handleDatagram(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), now)));
-    socket.on('error', () => undefined);
+  #openLink(): Promise<DatagramLink> {
+    const generation = ++this.#generation;
+    return connectLink(this.#io, this.#host, this.#port, (data) => {
+      if (generation === this.#generation) void this.#step((now) => this.#connection.handleDatagram(data, now));
+    });
   }
 
   #step(fn: (now: number) => Promise<ConnectionOutput>): Promise<void> {
@@ -326,16 +298,11 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#deadline.clear();
-    const socket = this.#socket;
-    socket.removeAllListeners('message');
+    const link = this.#link;
+    this.#generation++;
+    if (link === undefined) return;
     // Datagrams handed to the socket (our Finished, a close_notify) go out before it closes.
-    void this.#sends.drained().then(() => {
-      try {
-        socket.close();
-      } catch {
-        // already closed
-      }
-    });
+    void this.#sends.drained().then(() => link.close());
   }
 }
 
@@ -349,6 +316,8 @@ export interface ServerSocketOptions extends ServerConfig {
    * net.core.rmem_max/wmem_max): bursts from many devices queue there while a handshake signs.
    */
   readonly socketBufferBytes?: number;
+  /** The UDP socket underneath: `node` (default), `batched` or `auto`, as for the client. */
+  readonly udp?: UdpIo;
 }
 
 export interface DtlsSessionEvents {
@@ -396,7 +365,7 @@ export interface DtlsServerEvents {
 /** A DTLS 1.3 server on one UDP socket, serving many peers. */
 export class DtlsServer extends EventEmitter<DtlsServerEvents> {
   readonly endpoint: DtlsServerEndpoint;
-  readonly #socket: Socket;
+  #link: DatagramLink;
   readonly #clock: Clock;
   readonly #serial = new Serial();
   readonly #deadline: Deadline;
@@ -404,45 +373,38 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
   readonly #sends: Outbox;
   #closed = false;
 
-  private constructor(endpoint: DtlsServerEndpoint, socket: Socket, clock: Clock) {
+  private constructor(endpoint: DtlsServerEndpoint, clock: Clock) {
     super();
     this.endpoint = endpoint;
-    this.#socket = socket;
-    this.#sends = new Outbox(() => this.#socket, endpoint.config.mtu, false);
+    this.#link = undefined as unknown as DatagramLink;
+    this.#sends = new Outbox(() => this.#link, endpoint.config.mtu);
     this.#clock = clock;
     this.#deadline = new Deadline(clock, () => void this._act((ep, now) => ep.handleTimeout(now)));
-    socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
-      const from: PeerAddress = { address: rinfo.address, port: rinfo.port };
-      void this._act((ep, now) => ep.handleDatagram(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), from, now));
-    });
-    socket.on('error', (e) => this.emit('error', e));
   }
 
   static async listen(options: ServerSocketOptions): Promise<DtlsServer> {
     const clock = options.clock ?? systemClock;
     const endpoint = new DtlsServerEndpoint(options, clock.now());
-    const host = options.host ?? '127.0.0.1';
-    const socket = createSocket(udpType(host));
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(options.port ?? 0, host, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
-    const buffer = options.socketBufferBytes ?? 1 << 20;
-    try {
-      socket.setRecvBufferSize(buffer);
-      socket.setSendBufferSize(buffer);
-    } catch {
-      // The system refused the size: keep its default.
-    }
-    return new DtlsServer(endpoint, socket, clock);
+    const server = new DtlsServer(endpoint, clock);
+    server.#link = await listenLink(
+      resolveIo(options.udp),
+      options.host ?? '127.0.0.1',
+      options.port ?? 0,
+      options.socketBufferBytes ?? 1 << 20,
+      (data, from) => void server._act((ep, now) => ep.handleDatagram(data, from, now)),
+      (e) => server.emit('error', e),
+    );
+    return server;
   }
 
   address(): { address: string; port: number } {
-    const a = this.#socket.address();
+    const a = this.#link.address();
     return { address: a.address, port: a.port };
+  }
+
+  /** Which UDP socket the server uses: node:dgram or batched system calls. */
+  get udp(): 'node' | 'batched' {
+    return this.#link.io;
   }
 
   /** Sessions established now. */
@@ -505,7 +467,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
       this.#closed = true;
       this.#deadline.clear();
       await this.#sends.drained();
-      await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
+      await this.#link.close();
     });
   }
 }

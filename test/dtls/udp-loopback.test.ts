@@ -1,7 +1,8 @@
 /**
  * Client and server over real UDP sockets on loopback: every suite × group × auth mode, the
  * HelloRetryRequest with cookie, resumption, KeyUpdate, and a Connection ID surviving a change of
- * the client's port (NAT rebinding).
+ * the client's port (NAT rebinding). All of it twice: on node:dgram and on batched system calls
+ * (src/net/batched-udp, 64-bit Linux).
  */
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
@@ -9,7 +10,8 @@ import { after, before, describe, it } from 'node:test';
 import type { ClientConfig, ResumptionTicket, ServerConfig } from '../../src/dtls/config.ts';
 import type { CipherSuiteName, NamedGroupName } from '../../src/dtls/messages/constants.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
-import { DtlsClientSocket, DtlsServer, type ClientSocketOptions, type DtlsServerSession } from '../../src/dtls/udp.ts';
+import { DtlsClientSocket, DtlsServer, type ClientSocketOptions, type DtlsServerSession, type ServerSocketOptions } from '../../src/dtls/udp.ts';
+import { batchedUdpStatus } from '../../src/net/batched-udp/socket.ts';
 import { toHex, utf8 } from '../../src/util/bytes.ts';
 import { issueLeaf, makeCa, type TestCa, type TestLeaf } from './support/pki.ts';
 
@@ -32,7 +34,7 @@ after(async () => {
   for (const s of servers) await s.close();
 });
 
-async function startServer(extra: Partial<ServerConfig> = {}): Promise<DtlsServer> {
+async function startServerWith(extra: Partial<ServerSocketOptions>): Promise<DtlsServer> {
   const server = await DtlsServer.listen({
     host: '127.0.0.1',
     certificateChain: [serverLeaf.der],
@@ -47,7 +49,7 @@ async function startServer(extra: Partial<ServerConfig> = {}): Promise<DtlsServe
   return server;
 }
 
-async function client(server: DtlsServer, extra: Partial<ClientSocketOptions> = {}): Promise<DtlsClientSocket> {
+async function clientWith(server: DtlsServer, extra: Partial<ClientSocketOptions>): Promise<DtlsClientSocket> {
   const c = await DtlsClientSocket.connect({
     host: '127.0.0.1',
     port: server.address().port,
@@ -77,7 +79,22 @@ async function echo(c: DtlsClientSocket, text: string): Promise<void> {
 const SUITES: CipherSuiteName[] = ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256', 'TLS_AES_128_CCM_SHA256', 'TLS_AES_128_CCM_8_SHA256'];
 const GROUPS: NamedGroupName[] = ['x25519', 'secp256r1'];
 
-describe('DTLS 1.3 over UDP loopback', () => {
+/** Batched UDP is part of the product on 64-bit Linux: there it must work, not be skipped. */
+const BATCHED_EXPECTED = process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64');
+
+for (const udp of ['node', 'batched'] as const) describe(`DTLS 1.3 over UDP loopback (${udp === 'node' ? 'node:dgram' : 'batched system calls'})`, { skip: udp === 'batched' && !BATCHED_EXPECTED ? 'batched UDP is 64-bit Linux only' : false }, () => {
+  const startServer = (extra: Partial<ServerConfig> = {}) => startServerWith({ udp, ...extra });
+  const client = (server: DtlsServer, extra: Partial<ClientSocketOptions> = {}) => clientWith(server, { udp, ...extra });
+
+  it('the sockets are the ones asked for', async () => {
+    if (udp === 'batched') assert.equal(batchedUdpStatus().available, true, batchedUdpStatus().reason);
+    const server = await startServer();
+    const c = await client(server);
+    assert.equal(server.udp, udp);
+    assert.equal(c.udp, udp);
+    await echo(c, 'which socket');
+  });
+
   it('every suite × group × auth mode (certificate, mutual, PSK) handshakes and echoes', async (t) => {
     const server = await startServer({ cipherSuites: SUITES, groups: GROUPS, requireClientCertificate: false });
     const mutualServer = await startServer({ cipherSuites: SUITES, groups: GROUPS, requireClientCertificate: true });
@@ -232,7 +249,7 @@ describe('DTLS 1.3 over UDP loopback', () => {
     process.on('uncaughtException', onUncaught);
     try {
       await assert.rejects(
-        DtlsClientSocket.connect({ host: '255.255.255.255', port: 5684, verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server' }), handshakeTimeoutMs: 2000 }),
+        DtlsClientSocket.connect({ udp, host: '255.255.255.255', port: 5684, verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server' }), handshakeTimeoutMs: 2000 }),
         (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'EACCES',
       );
       await new Promise((r) => setTimeout(r, 100));
@@ -246,7 +263,7 @@ describe('DTLS 1.3 over UDP loopback', () => {
     const server = await startServer();
     const other = await makeCa('some other CA');
     await assert.rejects(
-      DtlsClientSocket.connect({ host: '127.0.0.1', port: server.address().port, verifier: new X509PeerVerifier({ roots: [other.pem], purpose: 'server' }) }),
+      DtlsClientSocket.connect({ udp, host: '127.0.0.1', port: server.address().port, verifier: new X509PeerVerifier({ roots: [other.pem], purpose: 'server' }) }),
       (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'unknown-issuer',
     );
   });

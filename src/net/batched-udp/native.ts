@@ -1,0 +1,174 @@
+/**
+ * The C library calls batched UDP needs, bound through koffi on first use: sockets, `sendmsg` with
+ * UDP segmentation offload, `sendmmsg`, `recvmmsg` with UDP receive offload, `poll` and an eventfd.
+ *
+ * Only 64-bit little-endian Linux (x86_64, aarch64: Raspberry Pi OS 64-bit) is supported: the
+ * structure layouts below (msghdr 56 bytes, mmsghdr 64, iovec 16, pollfd 8) and the constants are
+ * that ABI's. Anywhere else `loadUdpBindings` gives a one-line reason and the caller keeps
+ * node:dgram.
+ *
+ * FFI lives only here (STYLE.md rule 9): the rest of src/net/batched-udp sees `UdpBindings` and
+ * plain numbers.
+ */
+import { createRequire } from 'node:module';
+import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
+
+/** `off` keeps every socket on node:dgram even where batched I/O was asked for. */
+export const BATCHED_UDP_ENV = 'VITALSEAL_BATCHED_UDP';
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_DGRAM = 2;
+export const SOCK_NONBLOCK = 0x800;
+export const SOCK_CLOEXEC = 0x80000;
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const IPPROTO_IPV6 = 41;
+export const IPV6_V6ONLY = 26;
+export const SOL_UDP = 17;
+/** setsockopt / cmsg: segment size for a GSO send (Linux 4.18). */
+export const UDP_SEGMENT = 103;
+/** setsockopt / cmsg: receive coalesced datagrams with their segment size (Linux 5.0). */
+export const UDP_GRO = 104;
+export const MSG_DONTWAIT = 0x40;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
+export const EFD_NONBLOCK = 0x800;
+export const EFD_CLOEXEC = 0x80000;
+
+export const EINTR = 4;
+export const EIO = 5;
+export const EAGAIN = 11;
+export const EINVAL = 22;
+export const EMSGSIZE = 90;
+export const ENOPROTOOPT = 92;
+export const ENOBUFS = 105;
+export const ECONNREFUSED = 111;
+
+/** Sizes and offsets of the 64-bit Linux ABI. */
+export const IOVEC_SIZE = 16;
+export const MSGHDR_SIZE = 56;
+export const MMSGHDR_SIZE = 64;
+export const MSG_NAME = 0;
+export const MSG_NAMELEN = 8;
+export const MSG_IOV = 16;
+export const MSG_IOVLEN = 24;
+export const MSG_CONTROL = 32;
+export const MSG_CONTROLLEN = 40;
+export const MSG_FLAGS = 48;
+/** mmsghdr.msg_len: bytes received or sent for that message. */
+export const MMSG_LEN = 56;
+export const POLLFD_SIZE = 8;
+/** struct cmsghdr { size_t len; int level; int type; } then data, aligned to 8. */
+export const CMSG_HEADER = 16;
+/** Room for one sockaddr_in6. */
+export const SOCKADDR_SIZE = 28;
+
+export interface UdpBindings {
+  /** koffi itself, for alloc/free/view/address on the memory the calls use. */
+  readonly k: Koffi;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, addr: Uint8Array, len: number): number;
+  connect(fd: number, addr: Uint8Array, len: number): number;
+  getsockname(fd: number, addr: Uint8Array, len: Uint32Array): number;
+  setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint32Array): number;
+  sendmsg(fd: number, msg: CPointer, flags: number): number;
+  sendmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
+  recvmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
+  /** poll() on koffi's worker thread: `done(result)` runs on the event loop. */
+  pollAsync(fds: CPointer, count: number, timeoutMs: number, done: (error: unknown, result: number) => void): void;
+  eventfd(initial: number, flags: number): number;
+  read(fd: number, into: Uint8Array, length: number): number;
+  write(fd: number, from: Uint8Array, length: number): number;
+  close(fd: number): number;
+  errno(): number;
+}
+
+let loaded: { readonly off: boolean; readonly bindings?: UdpBindings; readonly reason?: string } | undefined;
+
+/**
+ * Binds the C library once per process. Returns the bindings, or a one-line reason they are not
+ * available (not 64-bit Linux, koffi missing, disabled by VITALSEAL_BATCHED_UDP=off). Never throws.
+ */
+export function loadUdpBindings(): { readonly bindings?: UdpBindings; readonly reason?: string } {
+  const off = process.env[BATCHED_UDP_ENV] === 'off';
+  if (loaded !== undefined && loaded.off === off) return loaded;
+  loaded = { off, ...(off ? { reason: `disabled by ${BATCHED_UDP_ENV}=off` } : bind()) };
+  return loaded;
+}
+
+function bind(): { bindings?: UdpBindings; reason?: string } {
+  if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) {
+    return { reason: `batched UDP needs 64-bit Linux (x64 or arm64), this is ${process.platform}/${process.arch}` };
+  }
+  let k: Koffi;
+  try {
+    k = createRequire(import.meta.url)('koffi') as Koffi;
+  } catch (e) {
+    return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
+  }
+  // Settings are process-wide and frozen by the first library load: keep the TPM store's values
+  // (src/keystore/tpm/native.ts) in case this is first. poll() itself needs little stack.
+  try {
+    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
+  } catch {
+    // a library is already loaded: the settings are fixed
+  }
+  let lib: LibraryHandle;
+  try {
+    // The running program: its C library is the one Node itself calls (glibc on Debian).
+    lib = k.load(null);
+  } catch (e) {
+    return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
+  }
+  try {
+    return { bindings: makeBindings(k, lib) };
+  } catch (e) {
+    return { reason: `the C library's socket calls are not usable through FFI: ${oneLine(e)}` };
+  }
+}
+
+function oneLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+}
+
+function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {
+  const f = (decl: string): NativeFunction => lib.func(decl);
+  const socket = f('int socket(int domain, int type, int protocol)');
+  const bindFn = f('int bind(int fd, const void *addr, uint32_t len)');
+  const connect = f('int connect(int fd, const void *addr, uint32_t len)');
+  const getsockname = f('int getsockname(int fd, void *addr, void *len)');
+  const setsockopt = f('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)');
+  const getsockopt = f('int getsockopt(int fd, int level, int name, void *value, void *len)');
+  const sendmsg = f('intptr_t sendmsg(int fd, const void *msg, int flags)');
+  const sendmmsg = f('int sendmmsg(int fd, void *msgs, uint32_t count, int flags)');
+  const recvmmsg = f('int recvmmsg(int fd, void *msgs, uint32_t count, int flags, void *timeout)');
+  const poll = f('int poll(void *fds, uint64_t count, int timeout)');
+  const eventfd = f('int eventfd(uint32_t initial, int flags)');
+  const read = f('intptr_t read(int fd, void *buf, size_t count)');
+  const write = f('intptr_t write(int fd, const void *buf, size_t count)');
+  const close = f('int close(int fd)');
+  return Object.freeze({
+    k,
+    socket: (d, t, p) => socket(d, t, p) as number,
+    bind: (fd, a, l) => bindFn(fd, a, l) as number,
+    connect: (fd, a, l) => connect(fd, a, l) as number,
+    getsockname: (fd, a, l) => getsockname(fd, a, l) as number,
+    setsockopt: (fd, level, name, v, l) => setsockopt(fd, level, name, v, l) as number,
+    getsockopt: (fd, level, name, v, l) => getsockopt(fd, level, name, v, l) as number,
+    sendmsg: (fd, m, fl) => Number(sendmsg(fd, m, fl)),
+    sendmmsg: (fd, m, n, fl) => sendmmsg(fd, m, n, fl) as number,
+    recvmmsg: (fd, m, n, fl) => recvmmsg(fd, m, n, fl, null) as number,
+    pollAsync: (fds, n, t, done) => void (poll as unknown as { async: (...a: unknown[]) => void }).async(fds, n, t, done),
+    eventfd: (i, fl) => eventfd(i, fl) as number,
+    read: (fd, b, n) => Number(read(fd, b, n)),
+    write: (fd, b, n) => Number(write(fd, b, n)),
+    close: (fd) => close(fd) as number,
+    errno: () => k.errno(),
+  } satisfies UdpBindings);
+}
