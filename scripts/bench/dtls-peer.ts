@@ -20,6 +20,8 @@ export interface PeerStart {
   readonly keyPem: string;
   /** DTLS only: perform the cookie exchange for every handshake (the default, RFC 9147 §5.1). */
   readonly requireCookie?: boolean;
+  /** DTLS only: the server's UDP socket (src/dtls/udp-link.ts); node:dgram by default. */
+  readonly udp?: 'node' | 'batched';
 }
 
 export type PeerCommand = PeerStart | { readonly cmd: 'batch'; readonly bytes: number } | { readonly cmd: 'mem' } | { readonly cmd: 'cpu' } | { readonly cmd: 'stop' };
@@ -54,6 +56,7 @@ async function startDtls(s: PeerStart): Promise<{ port: number; sessions: () => 
     verifier: new X509PeerVerifier({ roots: [s.caPem], purpose: 'client' }),
     requireClientCertificate: true,
     requireCookie: s.requireCookie ?? true,
+    udp: s.udp ?? 'node',
     cipherSuites: ['TLS_AES_128_GCM_SHA256'],
     limits: { maxSessions: 50_000, maxPendingHandshakes: 1_000, maxPendingPerAddress: 64 },
   });

@@ -7,7 +7,8 @@
  *   against bare node:dgram carrying the same payloads in the same datagrams with no security at
  *   all (the ceiling a UDP transport in Node can reach), at two PMTUs: the product default (1200
  *   bytes of UDP payload, what a device on an Ethernet/Wi-Fi path uses) and, as an explicitly
- *   configured option, the loopback interface's (65,507 bytes);
+ *   configured option, the loopback interface's (65,507 bytes); and at the default PMTU once more
+ *   with both DTLS sockets on batched system calls (`udp: 'batched'`, src/net/batched-udp);
  * - server memory per established idle session with 10,000 sessions.
  * Rounds interleave candidate and baseline so drift hits both alike; medians are reported.
  */
@@ -18,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import type { ClientConfig, ResumptionTicket } from '../../src/dtls/config.ts';
 import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
-import { DtlsClientSocket } from '../../src/dtls/udp.ts';
+import { DtlsClientSocket, type ClientSocketOptions } from '../../src/dtls/udp.ts';
 import { issueLeaf, makeCa } from '../../test/dtls/support/pki.ts';
 import { keyedContextStatus } from '../../src/crypto/keyed.ts';
 import { median } from './measure.ts';
@@ -162,7 +163,7 @@ async function throughput(conn: Conn, size: number, windowMs: number, lost: { ba
   return (records * 1000) / elapsed;
 }
 
-function dtlsSide(port: number, client: ClientConfig): Side & { ticket(): Promise<ResumptionTicket> } {
+function dtlsSide(port: number, client: Omit<ClientSocketOptions, 'host' | 'port'>): Side & { ticket(): Promise<ResumptionTicket> } {
   let ticket: ResumptionTicket | undefined;
   const opts = { host: HOST, port, ...client };
   const side = {
@@ -189,7 +190,10 @@ function dtlsSide(port: number, client: ClientConfig): Side & { ticket(): Promis
       c.on('data', (d) => acks.add(d.length));
       return {
         async send(record, count) {
-          for (let i = 0; i < count; i++) await c.send(record);
+          // Written back to back as the TLS side writes (sends are queued in order); then waited for.
+          const sends: Promise<void>[] = [];
+          for (let i = 0; i < count; i++) sends.push(c.send(record));
+          await Promise.all(sends);
         },
         acked: () => acks.next(),
         close: () => c.close(),
@@ -314,11 +318,13 @@ export const bench: BenchModule = {
     const tlsPeer = new Peer();
     const noCookiePeer = new Peer();
     const udpPeer = new Peer();
+    const batchedPeer = new Peer();
     try {
       const { port: udpPort } = await udpPeer.request<{ port: number }>({ ...start, mode: 'udp' });
       const { port: dtlsPort } = await dtlsPeer.request<{ port: number }>({ ...start, mode: 'dtls' });
       const { port: tlsPort } = await tlsPeer.request<{ port: number }>({ ...start, mode: 'tls' });
       const { port: noCookiePort } = await noCookiePeer.request<{ port: number }>({ ...start, mode: 'dtls', requireCookie: false });
+      const { port: batchedPort } = await batchedPeer.request<{ port: number }>({ ...start, mode: 'dtls', udp: 'batched' });
       const dtls = dtlsSide(dtlsPort, {
         verifier: new X509PeerVerifier({ roots: [ca.pem], purpose: 'server', serverName: HOST }),
         certificateChain: [device.der],
@@ -380,11 +386,12 @@ export const bench: BenchModule = {
       ctx.log(`keyed AEAD contexts: ${describeKeyed()}`);
       const dconn = await dtls.open();
       const dconnLo = await dtlsSide(dtlsPort, { ...dtlsClientConfig(ca.pem, device), mtu: LOOPBACK_MTU }).open();
+      const dconnBatched = await dtlsSide(batchedPort, { ...dtlsClientConfig(ca.pem, device), udp: 'batched' }).open();
       const tconn = await tls.open();
       const uconn = await udpConn(udpPort, DEFAULT_MTU);
       const uconnLo = await udpConn(udpPort, LOOPBACK_MTU);
-      const conns = [dconn, dconnLo, uconn, uconnLo, tconn];
-      const peers = [dtlsPeer, tlsPeer, udpPeer];
+      const conns = [dconn, dconnLo, uconn, uconnLo, tconn, dconnBatched];
+      const peers = [dtlsPeer, tlsPeer, udpPeer, batchedPeer];
       for (const [label, size, target] of [['200B', 200, undefined], ['1KiB', 1024, { ratio: 0.5, comparison: '>=' as const }]] as const) {
         for (const p of peers) await p.request({ cmd: 'batch', bytes: size * 32 });
         const rates: number[][] = conns.map(() => []);
@@ -395,9 +402,9 @@ export const bench: BenchModule = {
         for (let r = 0; r < rounds; r++) {
           for (const [i, c] of conns.entries()) (rates[i] as number[]).push(await throughput(c, size, windowMs, lost));
         }
-        const [d, dLo, u, uLo, t] = rates.map((x) => median(x)) as [number, number, number, number, number];
-        const ranges = Object.fromEntries(['dtls', 'dtlsLoopbackMtu', 'rawUdp', 'rawUdpLoopbackMtu', 'tls'].map((k, i) => [k, [Math.min(...(rates[i] as number[])), Math.max(...(rates[i] as number[]))]]));
-        ctx.log(`${label}: DTLS ${d.toFixed(0)}/s (pmtu ${DEFAULT_MTU}) and ${dLo.toFixed(0)}/s (pmtu ${LOOPBACK_MTU}); raw UDP ${u.toFixed(0)} and ${uLo.toFixed(0)}; Node TLS ${t.toFixed(0)}`);
+        const [d, dLo, u, uLo, t, dB] = rates.map((x) => median(x)) as [number, number, number, number, number, number];
+        const ranges = Object.fromEntries(['dtls', 'dtlsLoopbackMtu', 'rawUdp', 'rawUdpLoopbackMtu', 'tls', 'dtlsBatchedUdp'].map((k, i) => [k, [Math.min(...(rates[i] as number[])), Math.max(...(rates[i] as number[]))]]));
+        ctx.log(`${label}: DTLS ${d.toFixed(0)}/s (pmtu ${DEFAULT_MTU}), ${dB.toFixed(0)}/s (pmtu ${DEFAULT_MTU}, batched UDP) and ${dLo.toFixed(0)}/s (pmtu ${LOOPBACK_MTU}); raw UDP ${u.toFixed(0)} and ${uLo.toFixed(0)}; Node TLS ${t.toFixed(0)}`);
         const meta = (pmtu: number, raw: number, value: number) => ({
           pmtu,
           pmtuSource: pmtu === DEFAULT_MTU ? 'product default (src/dtls/config.ts mtu)' : 'configured option: the loopback interface MTU, not a path a device has',
@@ -412,6 +419,7 @@ export const bench: BenchModule = {
         // against bare UDP at the same PMTU.
         for (const [pmtu, where, value, raw, rowTarget] of [
           [DEFAULT_MTU, `default pmtu ${DEFAULT_MTU}`, d, u, target],
+          [DEFAULT_MTU, `default pmtu ${DEFAULT_MTU}, batched UDP (udp: 'batched')`, dB, u, target],
           [LOOPBACK_MTU, `configured pmtu ${LOOPBACK_MTU}: loopback interface`, dLo, uLo, undefined],
         ] as const) {
           const name = `dtls application data ${label} records (AES-128-GCM, ${where})`;
@@ -463,7 +471,7 @@ export const bench: BenchModule = {
       });
       return results;
     } finally {
-      for (const p of [dtlsPeer, tlsPeer, noCookiePeer, udpPeer]) {
+      for (const p of [dtlsPeer, tlsPeer, noCookiePeer, udpPeer, batchedPeer]) {
         await p.request({ cmd: 'stop' }).catch(() => undefined);
         p.kill();
       }

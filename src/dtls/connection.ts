@@ -110,6 +110,21 @@ interface AppSecrets {
   readonly suite: DtlsCipherSuite;
 }
 
+/** What one record did to the datagram's handling. */
+interface RecordResult {
+  readonly sawOld: boolean;
+  readonly progressed: boolean;
+}
+
+/** A call that may finish synchronously, as a promise (a synchronous throw becomes a rejection). */
+function settle<T>(f: () => T | Promise<T>): Promise<T> {
+  try {
+    return Promise.resolve(f());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
 export class Connection {
   readonly role: Role;
   readonly #config: ResolvedCommon;
@@ -156,6 +171,8 @@ export class Connection {
   #authenticated = 0;
   #advanced = false;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Runs waiting in #queue or running asynchronously: while any is, new ones queue behind them. */
+  #inFlight = 0;
 
   readonly stats: ConnectionStats = { datagramsIn: 0, recordsIn: 0, recordsDropped: 0, dropped: {}, retransmissions: 0, datagramsOut: 0 };
 
@@ -214,13 +231,13 @@ export class Connection {
 
   /** Client: sends the first ClientHello. */
   start(now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => {
+    return settle(() => this.#run(now, async () => {
       if (this.role !== 'client' || this.#phase.kind !== 'idle') throw new ApiMisuse('already-started', 'start() is for a new client connection');
       this.#handshakeDeadline = now + this.#config.handshakeTimeoutMs;
       const state = startClient(this.#context(now), this.#config as ResolvedClientConfig);
       this.#phase = { kind: 'handshaking', state };
       this.#finishFlight(now);
-    });
+    }));
   }
 
   /**
@@ -228,7 +245,7 @@ export class Connection {
    * the datagram that carried it, `messageSeq` the ClientHello's message_seq.
    */
   accept(hello: AcceptedHello, messageSeq: number, recordSeq: number, now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => {
+    return settle(() => this.#run(now, async () => {
       const services = this.#services;
       if (this.role !== 'server' || services === undefined || this.#phase.kind !== 'idle') throw new ApiMisuse('already-started', 'accept() is for a new server connection');
       this.#handshakeDeadline = now + this.#config.handshakeTimeoutMs;
@@ -240,20 +257,37 @@ export class Connection {
       const state = await startServer(this.#context(now), this.#config as ResolvedServerConfig, services, hello, this.#receiveCid);
       this.#phase = { kind: 'handshaking', state };
       this.#finishFlight(now);
-    });
+    }));
   }
 
   handleDatagram(datagram: Uint8Array, now: number): Promise<ConnectionOutput> {
+    return settle(() => this.handleDatagramNow(datagram, now));
+  }
+
+  /**
+   * `handleDatagram`, with the output returned synchronously when nothing had to wait (records of
+   * an established connection): adapters that move many datagrams use this to skip a promise per
+   * datagram. The result is a promise only when a handshake step waits (a signature, say).
+   */
+  handleDatagramNow(datagram: Uint8Array, now: number): ConnectionOutput | Promise<ConnectionOutput> {
     return this.#run(now, () => this.#onDatagram(datagram, now));
   }
 
   handleTimeout(now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => this.#onTimeout(now));
+    return settle(() => this.#run(now, () => this.#onTimeout(now)));
   }
 
   /** Sends application data as one record (RFC 9147 §4.4); the connection must be established. */
   send(data: Uint8Array, now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => {
+    return settle(() => this.sendNow(data, now));
+  }
+
+  /**
+   * `send`, synchronous unless an earlier call is still waiting; misuse (not connected, too large)
+   * throws here rather than rejecting.
+   */
+  sendNow(data: Uint8Array, now: number): ConnectionOutput | Promise<ConnectionOutput> {
+    return this.#run(now, () => {
       if (this.#phase.kind !== 'connected') throw new ApiMisuse('not-connected', `cannot send while ${this.status}`);
       if (data.length > MAX_PLAINTEXT) throw new ApiMisuse('record-too-large', `application data of ${data.length} bytes exceeds 2^14`);
       this.#maybeStartKeyUpdate(now);
@@ -263,41 +297,79 @@ export class Connection {
 
   /** Starts a KeyUpdate (RFC 9147 §8); `requestPeer` asks the peer to update too. */
   updateKeys(requestPeer: boolean, now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => {
+    return settle(() => this.#run(now, () => {
       if (this.#phase.kind !== 'connected') throw new ApiMisuse('not-connected', `cannot update keys while ${this.status}`);
       if (this.#keyUpdatePending) throw new ApiMisuse('key-update-pending', 'the previous KeyUpdate is not acknowledged yet');
       this.#startKeyUpdate(requestPeer, now);
-    }, true);
+    }, true));
   }
 
   /** Sends close_notify (RFC 8446 §6.1) and stops. */
   close(now: number): Promise<ConnectionOutput> {
-    return this.#run(now, async () => {
+    return settle(() => this.#run(now, () => {
       if (this.#phase.kind === 'closed' || this.#phase.kind === 'failed') return;
       this.#sendAlert(AlertLevel.warning, AlertDescription.close_notify);
       this.#shutdown({ kind: 'closed' });
       this.#events.push({ type: 'closed', by: 'us' });
-    });
+    }));
   }
 
   // ---------------------------------------------------------------- serialisation and output
 
-  #run(now: number, body: () => Promise<void>, rethrowMisuse = false): Promise<ConnectionOutput> {
-    const next = this.#queue.then(async () => {
-      this.#out = [];
-      this.#events = [];
-      this.#authenticated = 0;
-      this.#advanced = false;
+  /**
+   * Runs one entry point's body with the output collected from it. Bodies run one at a time, in
+   * call order. With nothing in flight a body runs at once and, if it finishes without waiting
+   * (application data, ACKs, timers: everything but handshake steps that sign or verify), its
+   * output is returned synchronously; a body that waits, and every call made while one waits,
+   * continue through the promise queue.
+   */
+  #run(now: number, body: () => void | Promise<void>, rethrowMisuse = false): ConnectionOutput | Promise<ConnectionOutput> {
+    if (this.#inFlight === 0) {
+      this.#begin();
+      let waiting: void | Promise<void>;
+      try {
+        waiting = body();
+      } catch (e) {
+        return this.#ended(e, now, rethrowMisuse);
+      }
+      if (waiting === undefined) return this.#output();
+      return this.#enqueue(() => waiting.then(() => this.#output(), (e: unknown) => this.#ended(e, now, rethrowMisuse)));
+    }
+    return this.#enqueue(() => this.#queue.then(async () => {
+      this.#begin();
       try {
         await body();
       } catch (e) {
-        if (rethrowMisuse && e instanceof ApiMisuse) throw e;
-        this.#fail(e, now);
+        return this.#ended(e, now, rethrowMisuse);
       }
       return this.#output();
-    });
-    this.#queue = next.catch(() => undefined);
+    }));
+  }
+
+  #enqueue(make: () => Promise<ConnectionOutput>): Promise<ConnectionOutput> {
+    this.#inFlight++;
+    const next = make();
+    // The queue's tail settles to nothing: holding the output (a handshake flight and its events)
+    // for as long as the connection is idle cost every idle session several KiB.
+    const settled = () => {
+      this.#inFlight--;
+    };
+    this.#queue = next.then(settled, settled);
     return next;
+  }
+
+  #begin(): void {
+    this.#out = [];
+    this.#events = [];
+    this.#authenticated = 0;
+    this.#advanced = false;
+  }
+
+  /** A body threw: misuse goes back to the caller where asked, anything else fails the connection. */
+  #ended(e: unknown, now: number, rethrowMisuse: boolean): ConnectionOutput {
+    if (rethrowMisuse && e instanceof ApiMisuse) throw e;
+    this.#fail(e, now);
+    return this.#output();
   }
 
   #output(): ConnectionOutput {
@@ -410,30 +482,43 @@ export class Connection {
 
   // ---------------------------------------------------------------- receiving
 
-  async #onDatagram(datagram: Uint8Array, now: number): Promise<void> {
+  #onDatagram(datagram: Uint8Array, now: number): void | Promise<void> {
     if (this.#phase.kind === 'closed' || this.#phase.kind === 'failed') return;
     this.stats.datagramsIn++;
     const parsed = parseDatagram(datagram, this.#receiveCid.length);
     if (parsed.error !== undefined) this.#drop('malformed');
-    const pending: WireRecord[] = [...parsed.records];
-    let sawOld = false;
-    let progressed = false;
-    while (pending.length > 0) {
-      const rec = pending.shift() as WireRecord;
+    return this.#onRecords({ pending: [...parsed.records], sawOld: false, progressed: false }, now);
+  }
+
+  /** The datagram's records in order; waits (returns a promise) only if a record's handling does. */
+  #onRecords(st: { pending: WireRecord[]; sawOld: boolean; progressed: boolean }, now: number): void | Promise<void> {
+    while (st.pending.length > 0) {
+      const rec = st.pending.shift() as WireRecord;
       this.stats.recordsIn++;
       this.#readKeysChanged = false;
-      const r = await this.#onRecord(rec, now);
-      if (this.#over) return;
-      sawOld ||= r.sawOld;
-      progressed ||= r.progressed;
-      if (this.#readKeysChanged) {
-        // New keys: records of that epoch held back can be read now.
-        const ready = this.#future.filter((f) => this.#readEpochFor(f) !== undefined);
-        this.#future = this.#future.filter((f) => !ready.includes(f));
-        pending.unshift(...ready);
+      const r = this.#onRecord(rec, now);
+      if (r instanceof Promise) {
+        return r.then((done) => {
+          if (this.#recorded(st, done)) return this.#onRecords(st, now);
+        });
       }
+      if (!this.#recorded(st, r)) return;
     }
-    this.#afterInput(now, sawOld, progressed);
+    this.#afterInput(now, st.sawOld, st.progressed);
+  }
+
+  /** Folds one record's result in; false once the connection is over. */
+  #recorded(st: { pending: WireRecord[]; sawOld: boolean; progressed: boolean }, r: { sawOld: boolean; progressed: boolean }): boolean {
+    if (this.#over) return false;
+    st.sawOld ||= r.sawOld;
+    st.progressed ||= r.progressed;
+    if (this.#readKeysChanged) {
+      // New keys: records of that epoch held back can be read now.
+      const ready = this.#future.filter((f) => this.#readEpochFor(f) !== undefined);
+      this.#future = this.#future.filter((f) => !ready.includes(f));
+      st.pending.unshift(...ready);
+    }
+    return true;
   }
 
   #readEpochFor(rec: CiphertextRecord): ReadEpoch | undefined {
@@ -443,7 +528,7 @@ export class Connection {
     return best;
   }
 
-  async #onRecord(rec: WireRecord, now: number): Promise<{ sawOld: boolean; progressed: boolean }> {
+  #onRecord(rec: WireRecord, now: number): RecordResult | Promise<RecordResult> {
     const none = { sawOld: false, progressed: false };
     if (rec.kind === 'plaintext') {
       if (rec.epoch !== 0) return this.#drop('malformed'), none;

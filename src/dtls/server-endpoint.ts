@@ -31,6 +31,11 @@ import { findExtension, readCookie, readOfferedPsks, readPskModes } from './mess
 import { encodeHandshake, readHandshakeBody, type ClientHello } from './messages/handshake.ts';
 import { encodeAlert, isCiphertextHeaderByte, parseDatagram, readHandshakeFragments, writeHandshakeFragment, writePlaintextHeader } from './messages/record.ts';
 
+/** `f(value)`, at once for a value, after it settles for a promise. */
+function then<T, U>(value: T | Promise<T>, f: (v: T) => U | Promise<U>): U | Promise<U> {
+  return value instanceof Promise ? value.then(f) : f(value);
+}
+
 export interface PeerAddress {
   readonly address: string;
   readonly port: number;
@@ -149,6 +154,15 @@ export class DtlsServerEndpoint {
 
   /** The entry point for every datagram the server's socket receives. */
   async handleDatagram(datagram: Uint8Array, from: PeerAddress, now: number): Promise<EndpointOutput> {
+    return this.handleDatagramNow(datagram, from, now);
+  }
+
+  /**
+   * `handleDatagram`, with the output returned synchronously when nothing had to wait (the records
+   * of established sessions); a promise when a handshake step waits. For adapters that move many
+   * datagrams per system call (src/dtls/udp.ts).
+   */
+  handleDatagramNow(datagram: Uint8Array, from: PeerAddress, now: number): EndpointOutput | Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
     this.stats.datagramsIn++;
     if (datagram.length === 0) return this.#drop(out, 'malformed');
@@ -159,31 +173,29 @@ export class DtlsServerEndpoint {
       if (cidLength === 0 || datagram.length < 1 + cidLength) return this.#drop(out, 'malformed');
       const s = this.#byCid.get(cidKey(datagram.subarray(1, 1 + cidLength)));
       if (s === undefined) return this.#drop(out, 'unknown-cid');
-      await this.#deliver(s, datagram, from, now, out);
-      return out;
+      return then(this.#deliver(s, datagram, from, now, out), () => out);
     }
     const key = addrKey(from);
     if (first === ContentType.handshake && this.#looksLikeClientHello(datagram)) {
       const pending = this.#pending.get(key);
       if (pending !== undefined && pending.hello !== undefined && sameBytes(pending.hello, helloBytes(datagram))) {
         // A retransmitted ClientHello for the handshake in progress: the session answers it.
-        await this.#deliver(pending, datagram, from, now, out);
-        return out;
+        return then(this.#deliver(pending, datagram, from, now, out), () => out);
       }
       // A different ClientHello (a new attempt, or the one we answered was damaged on the way):
       // it starts over, and with a valid cookie replaces the handshake in progress.
-      await this.#clientHello(datagram, from, now, out);
-      return out;
+      return this.#clientHello(datagram, from, now, out).then(() => out);
     }
     const pending = this.#pending.get(key);
     const established = this.#established.get(key);
     if (pending === undefined && established === undefined) return this.#drop(out, 'unknown-peer');
     if (pending !== undefined) {
-      const r = await this.#deliver(pending, datagram, from, now, out);
-      if (r === undefined || r.authenticated > 0 || established === undefined) return out;
+      return then(this.#deliver(pending, datagram, from, now, out), (r) => {
+        if (r === undefined || r.authenticated > 0 || established === undefined) return out;
+        return then(this.#deliver(established, datagram, from, now, out), () => out);
+      });
     }
-    if (established !== undefined) await this.#deliver(established, datagram, from, now, out);
-    return out;
+    return then(this.#deliver(established as SessionEntry, datagram, from, now, out), () => out);
   }
 
   async handleTimeout(now: number): Promise<EndpointOutput> {
@@ -195,7 +207,12 @@ export class DtlsServerEndpoint {
   }
 
   async send(session: ServerSession, data: Uint8Array, now: number): Promise<EndpointOutput> {
-    return this.#act(session, (c) => c.send(data, now));
+    return this.sendNow(session, data, now);
+  }
+
+  /** `send`, synchronous unless the session's connection is waiting; misuse throws here. */
+  sendNow(session: ServerSession, data: Uint8Array, now: number): EndpointOutput | Promise<EndpointOutput> {
+    return this.#act(session, (c) => c.sendNow(data, now));
   }
 
   async updateKeys(session: ServerSession, requestPeer: boolean, now: number): Promise<EndpointOutput> {
@@ -206,12 +223,14 @@ export class DtlsServerEndpoint {
     return this.#act(session, (c) => c.close(now));
   }
 
-  async #act(session: ServerSession, fn: (c: Connection) => Promise<ConnectionOutput>): Promise<EndpointOutput> {
+  #act(session: ServerSession, fn: (c: Connection) => ConnectionOutput | Promise<ConnectionOutput>): EndpointOutput | Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
     const s = this.#sessions.get(session.id);
     if (s === undefined) return out;
-    this.#collect(s, await fn(s.connection), out);
-    return out;
+    return then(fn(s.connection), (r) => {
+      this.#collect(s, r, out);
+      return out;
+    });
   }
 
   #looksLikeClientHello(datagram: Uint8Array): boolean {
@@ -322,19 +341,20 @@ export class DtlsServerEndpoint {
     }
   }
 
-  async #deliver(s: SessionEntry, datagram: Uint8Array, from: PeerAddress, now: number, out: EndpointOutput): Promise<ConnectionOutput | undefined> {
+  #deliver(s: SessionEntry, datagram: Uint8Array, from: PeerAddress, now: number, out: EndpointOutput): ConnectionOutput | undefined | Promise<ConnectionOutput | undefined> {
     if (this.#sessions.get(s.id) !== s) return undefined;
-    const r = await s.connection.handleDatagram(datagram, now);
-    // RFC 9146 §6: follow an address change only for an authenticated record newer than any before.
-    if (r.advanced && !s.pending && !sameAddress(from, s.peer)) {
-      const old = addrKey(s.peer);
-      if (this.#established.get(old) === s) this.#established.delete(old);
-      s.peer = from;
-      const displaced = this.#established.get(addrKey(from));
-      if (displaced === undefined || displaced.connection.receiveCid.length > 0) this.#established.set(addrKey(from), s);
-    }
-    this.#collect(s, r, out);
-    return r;
+    return then(s.connection.handleDatagramNow(datagram, now), (r) => {
+      // RFC 9146 §6: follow an address change only for an authenticated record newer than any before.
+      if (r.advanced && !s.pending && !sameAddress(from, s.peer)) {
+        const old = addrKey(s.peer);
+        if (this.#established.get(old) === s) this.#established.delete(old);
+        s.peer = from;
+        const displaced = this.#established.get(addrKey(from));
+        if (displaced === undefined || displaced.connection.receiveCid.length > 0) this.#established.set(addrKey(from), s);
+      }
+      this.#collect(s, r, out);
+      return r;
+    });
   }
 
   #collect(s: SessionEntry, r: ConnectionOutput, out: EndpointOutput): void {

@@ -19,14 +19,72 @@ import { ConnectionClosed } from './errors.ts';
 import { connectLink, listenLink, resolveIo, type DatagramLink, type UdpIo } from './udp-link.ts';
 import { DtlsServerEndpoint, type EndpointLimits, type EndpointOutput, type PeerAddress, type ServerSession } from './server-endpoint.ts';
 
-/** Runs async steps one at a time, in order. */
+/**
+ * Runs steps one at a time, in call order. With nothing queued a step runs at once, and one that
+ * finishes without waiting (an established connection's records) costs no promise turn. Steps
+ * asked for while one runs synchronously (a 'data' listener answering, say) run right after it,
+ * still synchronously; a step that waits, and every step asked for meanwhile, queue behind it.
+ */
 class Serial {
   #tail: Promise<unknown> = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.#tail.then(fn);
-    this.#tail = next.catch(() => undefined);
-    return next;
+  /** Steps running or queued on #tail. */
+  #busy = 0;
+  /** True while a step runs synchronously; steps asked for then wait in #deferred. */
+  #running = false;
+  #deferred: (() => void)[] = [];
+
+  run<T>(fn: () => T | Promise<T>): Promise<T> {
+    if (this.#running) {
+      return new Promise<T>((resolve, reject) => {
+        this.#deferred.push(() => void this.run(fn).then(resolve, reject));
+      });
+    }
+    if (this.#busy > 0) {
+      this.#busy++;
+      return this.#track(this.#tail.then(fn));
+    }
+    this.#busy++;
+    this.#running = true;
+    let result: T | Promise<T>;
+    try {
+      result = fn();
+    } catch (e) {
+      this.#settleSync();
+      return Promise.reject(e);
+    }
+    if (result instanceof Promise) {
+      this.#running = false;
+      const tracked = this.#track(result);
+      this.#releaseDeferred();
+      return tracked;
+    }
+    this.#settleSync();
+    return Promise.resolve(result);
   }
+
+  #settleSync(): void {
+    this.#busy--;
+    this.#running = false;
+    this.#releaseDeferred();
+  }
+
+  /** Runs (or queues, if something now waits) the steps asked for during a synchronous one. */
+  #releaseDeferred(): void {
+    while (this.#deferred.length > 0 && !this.#running) (this.#deferred.shift() as () => void)();
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    const done = () => {
+      this.#busy--;
+    };
+    this.#tail = p.then(done, done);
+    return p;
+  }
+}
+
+/** `f(value)`, at once for a value, after it settles for a promise. */
+function then<T, U>(value: T | Promise<T>, f: (v: T) => U): U | Promise<U> {
+  return value instanceof Promise ? value.then(f) : f(value);
 }
 
 /** One timer for the core's next deadline. */
@@ -221,8 +279,8 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     return this.#connection.maxDatagramPayload;
   }
 
-  async send(data: Uint8Array): Promise<void> {
-    await this.#step((now) => this.#connection.send(data, now));
+  send(data: Uint8Array): Promise<void> {
+    return this.#step((now) => this.#connection.sendNow(data, now));
   }
 
   async updateKeys(requestPeer = false): Promise<void> {
@@ -248,18 +306,21 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
 
   #openLink(): Promise<DatagramLink> {
     const generation = ++this.#generation;
-    return connectLink(this.#io, this.#host, this.#port, (data) => {
-      if (generation === this.#generation) void this.#step((now) => this.#connection.handleDatagram(data, now));
+    return connectLink(this.#io, this.#host, this.#port, (data, _from, last) => {
+      if (generation !== this.#generation) return;
+      void this.#step((now) => this.#connection.handleDatagramNow(data, now));
+      if (last && this.#link.batches) this.#sends.flush();
     });
   }
 
-  #step(fn: (now: number) => Promise<ConnectionOutput>): Promise<void> {
-    return this.#serial.run(async () => {
+  #step(fn: (now: number) => ConnectionOutput | Promise<ConnectionOutput>): Promise<void> {
+    return this.#serial.run(() => {
       if (this.#closed) return;
-      const out = await fn(this.#clock.now());
-      for (const d of out.datagrams) this.#sends.send(d, this.#port, this.#host);
-      this.#deadline.set(out.nextTimeout);
-      for (const e of out.events) this.#dispatch(e);
+      return then(fn(this.#clock.now()), (out) => {
+        for (const d of out.datagrams) this.#sends.send(d, this.#port, this.#host);
+        this.#deadline.set(out.nextTimeout);
+        for (const e of out.events) this.#dispatch(e);
+      });
     });
   }
 
@@ -343,7 +404,7 @@ export class DtlsServerSession extends EventEmitter<DtlsSessionEvents> {
   }
 
   send(data: Uint8Array): Promise<void> {
-    return this.server._act((ep, now) => ep.send(this.session, data, now));
+    return this.server._act((ep, now) => ep.sendNow(this.session, data, now));
   }
 
   updateKeys(requestPeer = false): Promise<void> {
@@ -391,7 +452,12 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
       options.host ?? '127.0.0.1',
       options.port ?? 0,
       options.socketBufferBytes ?? 1 << 20,
-      (data, from) => void server._act((ep, now) => ep.handleDatagram(data, from, now)),
+      (data, from, last) => {
+        void server._act((ep, now) => ep.handleDatagramNow(data, from, now));
+        // A batch of received datagrams handled: what it produced (ACKs, answers) goes now, not
+        // at the end of the turn, so the peer is not kept waiting while later batches are read.
+        if (last && server.#link.batches) server.#sends.flush();
+      },
       (e) => server.emit('error', e),
     );
     return server;
@@ -413,13 +479,14 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
   }
 
   /** @internal Runs one endpoint call and sends and dispatches what it produced. */
-  _act(fn: (ep: DtlsServerEndpoint, now: number) => Promise<EndpointOutput>): Promise<void> {
-    return this.#serial.run(async () => {
+  _act(fn: (ep: DtlsServerEndpoint, now: number) => EndpointOutput | Promise<EndpointOutput>): Promise<void> {
+    return this.#serial.run(() => {
       if (this.#closed) return;
-      const out = await fn(this.endpoint, this.#clock.now());
-      for (const d of out.datagrams) this.#sends.send(d.data, d.to.port, d.to.address);
-      this.#deadline.set(this.endpoint.nextTimeout());
-      for (const { session, event } of out.events) this.#dispatch(session, event);
+      return then(fn(this.endpoint, this.#clock.now()), (out) => {
+        for (const d of out.datagrams) this.#sends.send(d.data, d.to.port, d.to.address);
+        this.#deadline.set(this.endpoint.nextTimeout());
+        for (const { session, event } of out.events) this.#dispatch(session, event);
+      });
     });
   }
 

@@ -155,6 +155,51 @@ describe('server endpoint limits', () => {
   });
 });
 
+describe('steps that need not wait complete synchronously, in call order', () => {
+  it('an established connection sends and receives application data without a promise turn; misuse throws at once', async () => {
+    const pair = await connected(client(), server());
+    const out = pair.client.sendNow(utf8('sync'), pair.now);
+    assert.ok(!(out instanceof Promise), 'sendNow returned its output');
+    assert.equal(out.datagrams.length, 1);
+    const received = pair.server.handleDatagramNow(out.datagrams[0] as Uint8Array, pair.clientAddr, pair.now);
+    assert.ok(!(received instanceof Promise), 'handleDatagramNow returned its output');
+    const data = received.events.find((e) => e.event.type === 'data')?.event;
+    assert.ok(data?.type === 'data');
+    assert.equal(new TextDecoder().decode(data.data), 'sync');
+    assert.throws(() => pair.client.sendNow(new Uint8Array(20_000), pair.now), (e: unknown) => e instanceof VitalsealError && e.code === 'record-too-large');
+    // The promise form still rejects rather than throwing.
+    await assert.rejects(pair.client.send(new Uint8Array(20_000), pair.now), (e: unknown) => e instanceof VitalsealError && e.code === 'record-too-large');
+  });
+
+  it('while a handshake step waits on its signer, later calls queue behind it and run in order', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const slow = { ...serverLeaf.signer, sign: async (data: Uint8Array) => {
+      await gate;
+      return serverLeaf.signer.sign(data);
+    } };
+    const endpoint = new DtlsServerEndpoint(server({ signer: slow, requireCookie: false }), T0);
+    const c = Connection.client(client());
+    const from = { address: '192.0.2.1', port: 4000 };
+    const hello = (await c.start(T0)).datagrams[0] as Uint8Array;
+    const first = endpoint.handleDatagramNow(hello, from, T0);
+    assert.ok(first instanceof Promise, 'the ClientHello waits for the signature');
+    const order: string[] = [];
+    void first.then(() => order.push('hello'));
+    // A duplicate of the same ClientHello for the session now waiting: it must not overtake.
+    const second = endpoint.handleDatagramNow(hello, from, T0 + 1);
+    assert.ok(second instanceof Promise, 'a call made while one waits queues');
+    void second.then(() => order.push('duplicate'));
+    release();
+    const flight = await first;
+    await second;
+    assert.deepEqual(order, ['hello', 'duplicate']);
+    assert.ok(flight.datagrams.length > 0, 'the server flight went out once the signature came');
+  });
+});
+
 describe('rsa_pss_rsae_sha256 (verification only)', () => {
   it('verifies an RSA-PSS CertificateVerify and refuses PKCS#1 v1.5 and a changed transcript', () => {
     const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
