@@ -15,8 +15,8 @@
  *
  * FFI lives only in backend folders (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
  */
-import { createRequire } from 'node:module';
 import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
+import { loadProgramSymbols, oneLine } from '../../util/koffi-program.ts';
 
 /** An opaque C pointer as koffi hands it out (EVP_CIPHER_CTX *, const EVP_CIPHER *). */
 export type { CPointer };
@@ -71,35 +71,13 @@ export function loadLibcrypto(): { readonly bindings?: LibcryptoBindings; readon
 }
 
 function bind(): { bindings?: LibcryptoBindings; reason?: string } {
-  let k: Koffi;
+  const program = loadProgramSymbols();
+  if ('reason' in program) return { reason: program.reason };
   try {
-    k = createRequire(import.meta.url)('koffi') as Koffi;
-  } catch (e) {
-    return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
-  }
-  // koffi's settings are process-wide and frozen by the first library load, whoever loads it. The
-  // TPM store's FAPI calls run on koffi's async stack and need 1 MiB (src/keystore/tpm/native.ts):
-  // set the same values here in case libcrypto is loaded first (our calls are synchronous).
-  try {
-    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
-  } catch {
-    // a library is already loaded: the settings are fixed
-  }
-  let lib: LibraryHandle;
-  try {
-    lib = k.load(null);
-  } catch (e) {
-    return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
-  }
-  try {
-    return { bindings: makeBindings(k, lib) };
+    return { bindings: makeBindings(program.k, program.lib) };
   } catch (e) {
     return { reason: `${PROCESS_LIBCRYPTO} is not usable through FFI: ${oneLine(e)}` };
   }
-}
-
-function oneLine(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
 }
 
 let typesDefined = false;

@@ -10,8 +10,8 @@
  * FFI lives only here (STYLE.md rule 9): the rest of src/net/batched-udp sees `UdpBindings` and
  * plain numbers.
  */
-import { createRequire } from 'node:module';
 import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
+import { loadProgramSymbols, oneLine } from '../../util/koffi-program.ts';
 
 /** `off` keeps every socket on node:dgram even where batched I/O was asked for. */
 export const BATCHED_UDP_ENV = 'VITALSEAL_BATCHED_UDP';
@@ -106,35 +106,14 @@ function bind(): { bindings?: UdpBindings; reason?: string } {
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) {
     return { reason: `batched UDP needs 64-bit Linux (x64 or arm64), this is ${process.platform}/${process.arch}` };
   }
-  let k: Koffi;
+  // The running program: its C library is the one Node itself calls (glibc on Debian).
+  const program = loadProgramSymbols();
+  if ('reason' in program) return { reason: program.reason };
   try {
-    k = createRequire(import.meta.url)('koffi') as Koffi;
-  } catch (e) {
-    return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
-  }
-  // Settings are process-wide and frozen by the first library load: keep the TPM store's values
-  // (src/keystore/tpm/native.ts) in case this is first. poll() itself needs little stack.
-  try {
-    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
-  } catch {
-    // a library is already loaded: the settings are fixed
-  }
-  let lib: LibraryHandle;
-  try {
-    // The running program: its C library is the one Node itself calls (glibc on Debian).
-    lib = k.load(null);
-  } catch (e) {
-    return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
-  }
-  try {
-    return { bindings: makeBindings(k, lib) };
+    return { bindings: makeBindings(program.k, program.lib) };
   } catch (e) {
     return { reason: `the C library's socket calls are not usable through FFI: ${oneLine(e)}` };
   }
-}
-
-function oneLine(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
 }
 
 function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {

@@ -1,0 +1,34 @@
+/**
+ * koffi and the running program's own symbols (`dlopen(NULL)`), for the FFI backends that call
+ * into what the process already has loaded (src/crypto/libcrypto: Node's OpenSSL;
+ * src/net/batched-udp: the C library). Never throws: a failure is a one-line reason.
+ */
+import { createRequire } from 'node:module';
+import type { Koffi, LibraryHandle } from './koffi-types.ts';
+
+export function loadProgramSymbols(): { readonly k: Koffi; readonly lib: LibraryHandle } | { readonly reason: string } {
+  let k: Koffi;
+  try {
+    k = createRequire(import.meta.url)('koffi') as Koffi;
+  } catch (e) {
+    return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
+  }
+  // koffi's settings are process-wide and frozen by the first library load, whoever loads it. The
+  // TPM store's FAPI calls run on koffi's async stack and need 1 MiB (src/keystore/tpm/native.ts):
+  // set the same values here in case this load comes first.
+  try {
+    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
+  } catch {
+    // a library is already loaded: the settings are fixed
+  }
+  try {
+    return { k, lib: k.load(null) };
+  } catch (e) {
+    return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
+  }
+}
+
+/** The first line of an error's message, for a reason string. */
+export function oneLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+}
