@@ -13,6 +13,7 @@ import { X509PeerVerifier } from '../../src/dtls/peer-verifier.ts';
 import { DtlsClientSocket, DtlsServer, type ClientSocketOptions, type DtlsServerSession, type ServerSocketOptions } from '../../src/dtls/udp.ts';
 import { batchedUdpStatus } from '../../src/net/batched-udp/socket.ts';
 import { toHex, utf8 } from '../../src/util/bytes.ts';
+import { VitalsealError } from '../../src/util/errors.ts';
 import { issueLeaf, makeCa, type TestCa, type TestLeaf } from './support/pki.ts';
 
 let ca: TestCa;
@@ -268,3 +269,24 @@ for (const udp of ['node', 'batched'] as const) describe(`DTLS 1.3 over UDP loop
     );
   });
 });
+
+describe('choosing the UDP socket', () => {
+  it("where batched UDP is unavailable, 'batched' is refused with the reason and 'auto' uses node:dgram", async () => {
+    const before = process.env['VITALSEAL_BATCHED_UDP'];
+    process.env['VITALSEAL_BATCHED_UDP'] = 'off';
+    try {
+      assert.equal(batchedUdpStatus().available, false);
+      await assert.rejects(startServerWith({ udp: 'batched' }), (e: unknown) => e instanceof VitalsealError && e.code === 'batched-udp-unavailable' && /VITALSEAL_BATCHED_UDP=off/.test(e.message));
+      const server = await startServerWith({ udp: 'auto' });
+      assert.equal(server.udp, 'node');
+      const c = await clientWith(server, { udp: 'auto' });
+      assert.equal(c.udp, 'node');
+      await echo(c, 'fallback');
+    } finally {
+      if (before === undefined) delete process.env['VITALSEAL_BATCHED_UDP'];
+      else process.env['VITALSEAL_BATCHED_UDP'] = before;
+    }
+    if (BATCHED_EXPECTED) assert.equal(batchedUdpStatus().available, true, 'available again once the switch is gone');
+  });
+});
+
