@@ -27,6 +27,23 @@ import type { PeerCommand, PeerMemory } from './dtls-peer.ts';
 import type { BenchContext, BenchModule, BenchResult } from './types.ts';
 
 const PEER = fileURLToPath(new URL('./dtls-peer.ts', import.meta.url));
+/** Longer than any command takes (opening 10,000 sessions is the client's work, not a command). */
+const PEER_TIMEOUT_MS = 120_000;
+/** A handshake or a session ticket that has not come by then will not come: the run fails, naming it. */
+const STEP_TIMEOUT_MS = 30_000;
+
+function within<T>(p: Promise<T>, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not complete within ${STEP_TIMEOUT_MS / 1000} s`)), STEP_TIMEOUT_MS);
+    p.then((v) => {
+      clearTimeout(timer);
+      resolve(v);
+    }, (e: unknown) => {
+      clearTimeout(timer);
+      reject(e instanceof Error ? e : new Error(String(e)));
+    });
+  });
+}
 const HOST = '127.0.0.1';
 /** The product's default `mtu` (src/dtls/config.ts): UDP payload that fits any IPv6 path. */
 const DEFAULT_MTU = 1200;
@@ -49,7 +66,12 @@ class Peer {
     const next = this.#queue.then(() => new Promise<T>((resolve, reject) => {
       if (this.#exited !== undefined) return reject(this.#exited);
       this.#pending = reject;
-      this.#child.once('message', (m) => resolve(m as T));
+      // A peer that never answers fails the run with the command named, rather than hanging it.
+      const timer = setTimeout(() => reject(new Error(`bench peer did not answer '${cmd.cmd}' within ${PEER_TIMEOUT_MS / 1000} s`)), PEER_TIMEOUT_MS);
+      this.#child.once('message', (m) => {
+        clearTimeout(timer);
+        resolve(m as T);
+      });
       this.#child.send(cmd);
     }));
     this.#queue = next.catch(() => undefined);
@@ -169,23 +191,23 @@ function dtlsSide(port: number, client: Omit<ClientSocketOptions, 'host' | 'port
   const side = {
     name: 'vitalseal DTLS 1.3 (UDP)',
     async handshake() {
-      const c = await DtlsClientSocket.connect(opts);
+      const c = await within(DtlsClientSocket.connect(opts), 'a DTLS handshake');
       void c.close();
     },
     async ticket() {
       if (ticket !== undefined) return ticket;
-      const c = await DtlsClientSocket.connect(opts);
-      ticket = await new Promise<ResumptionTicket>((resolve) => c.once('session-ticket', resolve));
+      const c = await within(DtlsClientSocket.connect(opts), 'a DTLS handshake');
+      ticket = await within(new Promise<ResumptionTicket>((resolve) => c.once('session-ticket', resolve)), 'the DTLS session ticket');
       await c.close();
       return ticket;
     },
     async resume() {
-      const c = await DtlsClientSocket.connect({ ...opts, resumption: await side.ticket() });
+      const c = await within(DtlsClientSocket.connect({ ...opts, resumption: await side.ticket() }), 'a DTLS resumption');
       if (c.info.authMode !== 'resumption') throw new Error('DTLS resumption did not resume');
       void c.close();
     },
     async open(): Promise<Conn> {
-      const c = await DtlsClientSocket.connect(opts);
+      const c = await within(DtlsClientSocket.connect(opts), 'a DTLS handshake');
       const acks = new Acks();
       c.on('data', (d) => acks.add(d.length));
       return {
@@ -206,12 +228,12 @@ function dtlsSide(port: number, client: Omit<ClientSocketOptions, 'host' | 'port
 function tlsSide(port: number, ctx: SecureContext): Side {
   let session: Buffer | undefined;
   const connect = (extra: { session?: Buffer } = {}) =>
-    new Promise<TLSSocket>((resolve, reject) => {
+    within(new Promise<TLSSocket>((resolve, reject) => {
       const s = tlsConnect({ host: HOST, port, secureContext: ctx, minVersion: 'TLSv1.3', ...extra });
       s.setNoDelay(true);
       s.once('secureConnect', () => resolve(s));
       s.once('error', reject);
-    });
+    }), 'a Node TLS handshake');
   const side: Side = {
     name: 'Node TLS 1.3 (TCP, OpenSSL)',
     async handshake() {
@@ -221,7 +243,7 @@ function tlsSide(port: number, ctx: SecureContext): Side {
     async resume() {
       if (session === undefined) {
         const s = await connect();
-        session = await new Promise<Buffer>((resolve) => s.once('session', resolve));
+        session = await within(new Promise<Buffer>((resolve) => s.once('session', resolve)), 'the Node TLS session ticket');
         s.destroy();
       }
       const s = await connect({ session });
