@@ -1,7 +1,9 @@
 /**
  * vitalseal/dtls: a DTLS 1.3 (RFC 9147) client and server with Connection IDs (RFC 9146).
  * The core is sans-I/O (`Connection`, `DtlsServerEndpoint`); `DtlsClientSocket` and `DtlsServer`
- * run it on node:dgram. Design choices: docs/dtls.md; interop: docs/interop.md.
+ * run it on node:dgram, or on batched system calls with `udp: 'batched'` (64-bit Linux;
+ * `batchedUdpStatus()` says whether it is available here). Design choices: docs/dtls.md; interop:
+ * docs/interop.md.
  *
  * @example
  *   import { DtlsClientSocket, X509PeerVerifier } from 'vitalseal/dtls';
@@ -19,6 +21,8 @@ export type {
 export { Connection, type ConnectionOutput, type ConnectionStats, type ConnectionStatus, type DtlsEvent, type SessionInfo } from './connection.ts';
 export { DtlsServerEndpoint, DEFAULT_ENDPOINT_LIMITS, type EndpointLimits, type EndpointOutput, type PeerAddress, type ServerSession } from './server-endpoint.ts';
 export { DtlsClientSocket, DtlsServer, DtlsServerSession, type ClientSocketOptions, type ServerSocketOptions } from './udp.ts';
+export type { UdpIo } from './udp-link.ts';
+export { batchedUdpStatus } from '../net/batched-udp/socket.ts';
 export { X509PeerVerifier, type PeerCertificateVerifier, type PeerIdentity, type X509PeerVerifierOptions } from './peer-verifier.ts';
 export { alertFor, CertificateRejected, ConnectionClosed, DtlsTimeout, PeerAlert } from './errors.ts';
 export { CIPHER_SUITES, DEFAULT_CIPHER_SUITES, type DtlsCipherSuite } from './suites.ts';

@@ -27,8 +27,9 @@ export type LinkReceiver = (data: Uint8Array, from: LinkAddress, last: boolean) 
 export interface DatagramLink {
   readonly io: 'node' | 'batched';
   /**
-   * True: datagrams wait for `flush()` and go out together. False: each goes to the kernel at once
-   * (the Outbox then keeps only the last of a turn back, in case more records join it).
+   * True: datagrams wait for `flush()` (or a full train of 8) and go out together. False: each goes
+   * to the kernel at once (the Outbox then keeps only the last of a turn back, in case more records
+   * join it).
    */
   readonly batches: boolean;
   /** Sends one datagram made of `parts`; `done` runs once the socket has taken it. */
