@@ -19,6 +19,7 @@
  */
 import { concatBytes, zeroize } from '../util/bytes.ts';
 import { ApiMisuse, PeerMisbehaved, VitalsealError } from '../util/errors.ts';
+import { settle } from '../util/maybe-async.ts';
 import { resolveClientConfig, type ClientConfig, type ResolvedClientConfig, type ResolvedCommon, type ResolvedServerConfig, type ResumptionTicket } from './config.ts';
 import { Flight, planFlight, type FlightPurpose, type PlannedRecord } from './connection/flight.ts';
 import { DEFAULT_REASSEMBLY_LIMITS, HandshakeReassembler, type ReassemblyLimits } from './connection/reassembly.ts';
@@ -114,15 +115,6 @@ interface AppSecrets {
 interface RecordResult {
   readonly sawOld: boolean;
   readonly progressed: boolean;
-}
-
-/** A call that may finish synchronously, as a promise (a synchronous throw becomes a rejection). */
-function settle<T>(f: () => T | Promise<T>): Promise<T> {
-  try {
-    return Promise.resolve(f());
-  } catch (e) {
-    return Promise.reject(e);
-  }
 }
 
 export class Connection {

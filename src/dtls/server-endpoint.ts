@@ -18,6 +18,7 @@
  */
 import { concatBytes, toHex } from '../util/bytes.ts';
 import { VitalsealError } from '../util/errors.ts';
+import { then } from '../util/maybe-async.ts';
 import { resolveServerConfig, type ResolvedServerConfig, type ServerConfig } from './config.ts';
 import { Connection, type ConnectionOutput, type DtlsEvent } from './connection.ts';
 import { alertCode, alertFor } from './errors.ts';
@@ -30,11 +31,6 @@ import { AlertLevel, ContentType, DTLS12_VERSION, ExtensionType, HandshakeType, 
 import { findExtension, readCookie, readOfferedPsks, readPskModes } from './messages/extensions.ts';
 import { encodeHandshake, readHandshakeBody, type ClientHello } from './messages/handshake.ts';
 import { encodeAlert, isCiphertextHeaderByte, parseDatagram, readHandshakeFragments, writeHandshakeFragment, writePlaintextHeader } from './messages/record.ts';
-
-/** `f(value)`, at once for a value, after it settles for a promise. */
-function then<T, U>(value: T | Promise<T>, f: (v: T) => U | Promise<U>): U | Promise<U> {
-  return value instanceof Promise ? value.then(f) : f(value);
-}
 
 export interface PeerAddress {
   readonly address: string;

@@ -13,6 +13,7 @@
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock } from '../util/clock.ts';
 import { ApiMisuse, VitalsealError } from '../util/errors.ts';
+import { then } from '../util/maybe-async.ts';
 import type { ClientConfig, ResumptionTicket, ServerConfig } from './config.ts';
 import { Connection, type ConnectionOutput, type DtlsEvent, type SessionInfo } from './connection.ts';
 import { ConnectionClosed } from './errors.ts';
@@ -80,11 +81,6 @@ class Serial {
     this.#tail = p.then(done, done);
     return p;
   }
-}
-
-/** `f(value)`, at once for a value, after it settles for a promise. */
-function then<T, U>(value: T | Promise<T>, f: (v: T) => U): U | Promise<U> {
-  return value instanceof Promise ? value.then(f) : f(value);
 }
 
 /** One timer for the core's next deadline. */
