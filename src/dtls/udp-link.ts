@@ -37,7 +37,6 @@ export interface DatagramLink {
   /** Hands what `send` queued to the kernel (batching links). */
   flush(): void;
   address(): LinkAddress;
-  setBufferSize(bytes: number): void;
   close(): Promise<void>;
 }
 
@@ -86,15 +85,6 @@ class NodeLink implements DatagramLink {
     return { address: a.address, port: a.port };
   }
 
-  setBufferSize(bytes: number): void {
-    try {
-      this.socket.setRecvBufferSize(bytes);
-      this.socket.setSendBufferSize(bytes);
-    } catch {
-      // The system refused the size: keep its default.
-    }
-  }
-
   close(): Promise<void> {
     return new Promise<void>((resolve) => {
       try {
@@ -138,10 +128,6 @@ class BatchedLink implements DatagramLink {
     return this.socket.address();
   }
 
-  setBufferSize(): void {
-    // Set when the socket was opened.
-  }
-
   close(): Promise<void> {
     this.flush();
     return this.socket.close();
@@ -165,9 +151,13 @@ export async function listenLink(io: 'node' | 'batched', host: string, port: num
   });
   socket.on('message', (msg, rinfo) => receive(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), { address: rinfo.address, port: rinfo.port }, true));
   socket.on('error', onError);
-  const link = new NodeLink(socket, false);
-  link.setBufferSize(bufferBytes);
-  return link;
+  try {
+    socket.setRecvBufferSize(bufferBytes);
+    socket.setSendBufferSize(bufferBytes);
+  } catch {
+    // The system refused the size: keep its default.
+  }
+  return new NodeLink(socket, false);
 }
 
 /**

@@ -174,6 +174,15 @@ class Outbox {
     } else this.link().send(parts, this.#port, this.#host);
   }
 
+  /**
+   * A batch of received datagrams has been handled (`last` of the link's receiver): on a batching
+   * link what it produced (ACKs, answers) goes now rather than at the end of the turn, so the peer
+   * is not kept waiting while later batches are read.
+   */
+  received(last: boolean): void {
+    if (last && this.link().batches) this.flush();
+  }
+
   drained(): Promise<void> {
     if (this.#parts.length > 0 || this.#scheduled) this.flush();
     return this.#pending === 0 ? Promise.resolve() : new Promise((resolve) => this.#waiters.push(resolve));
@@ -305,7 +314,7 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
     return connectLink(this.#io, this.#host, this.#port, (data, _from, last) => {
       if (generation !== this.#generation) return;
       void this.#step((now) => this.#connection.handleDatagramNow(data, now));
-      if (last && this.#link.batches) this.#sends.flush();
+      this.#sends.received(last);
     });
   }
 
@@ -450,9 +459,7 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
       options.socketBufferBytes ?? 1 << 20,
       (data, from, last) => {
         void server._act((ep, now) => ep.handleDatagramNow(data, from, now));
-        // A batch of received datagrams handled: what it produced (ACKs, answers) goes now, not
-        // at the end of the turn, so the peer is not kept waiting while later batches are read.
-        if (last && server.#link.batches) server.#sends.flush();
+        server.#sends.received(last);
       },
       (e) => server.emit('error', e),
     );
