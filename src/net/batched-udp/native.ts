@@ -44,9 +44,6 @@ export const EINTR = 4;
 export const EIO = 5;
 export const EAGAIN = 11;
 export const EINVAL = 22;
-export const EMSGSIZE = 90;
-export const ENOPROTOOPT = 92;
-export const ENOBUFS = 105;
 export const ECONNREFUSED = 111;
 
 /** Sizes and offsets of the 64-bit Linux ABI. */
@@ -76,7 +73,6 @@ export interface UdpBindings {
   connect(fd: number, addr: Uint8Array, len: number): number;
   getsockname(fd: number, addr: Uint8Array, len: Uint32Array): number;
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
-  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint32Array): number;
   sendmsg(fd: number, msg: CPointer, flags: number): number;
   sendmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
   recvmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
@@ -123,7 +119,6 @@ function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {
   const connect = f('int connect(int fd, const void *addr, uint32_t len)');
   const getsockname = f('int getsockname(int fd, void *addr, void *len)');
   const setsockopt = f('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)');
-  const getsockopt = f('int getsockopt(int fd, int level, int name, void *value, void *len)');
   const sendmsg = f('intptr_t sendmsg(int fd, const void *msg, int flags)');
   const sendmmsg = f('int sendmmsg(int fd, void *msgs, uint32_t count, int flags)');
   const recvmmsg = f('int recvmmsg(int fd, void *msgs, uint32_t count, int flags, void *timeout)');
@@ -139,7 +134,6 @@ function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {
     connect: (fd, a, l) => connect(fd, a, l) as number,
     getsockname: (fd, a, l) => getsockname(fd, a, l) as number,
     setsockopt: (fd, level, name, v, l) => setsockopt(fd, level, name, v, l) as number,
-    getsockopt: (fd, level, name, v, l) => getsockopt(fd, level, name, v, l) as number,
     sendmsg: (fd, m, fl) => Number(sendmsg(fd, m, fl)),
     sendmmsg: (fd, m, n, fl) => sendmmsg(fd, m, n, fl) as number,
     recvmmsg: (fd, m, n, fl) => recvmmsg(fd, m, n, fl, null) as number,
