@@ -241,7 +241,11 @@ export class BatchedUdpSocket implements Pollable {
   /** Queues the datagrams and sends what the socket takes now; the rest follows when it is writable. */
   send(datagrams: readonly OutgoingDatagram[]): void {
     if (this.#closed !== undefined) return;
-    for (const d of datagrams) this.#queue.push(d);
+    for (const d of datagrams) {
+      // Larger than any UDP datagram: the kernel would refuse it (EMSGSIZE). Lost, and counted.
+      if (d.data.length > MAX_UDP_PAYLOAD) this.stats.sendDropped++;
+      else this.#queue.push(d);
+    }
     if (!this.#wantsWrite) this.#flush();
   }
 
@@ -278,80 +282,13 @@ export class BatchedUdpSocket implements Pollable {
   }
 
   #flush(): void {
-    const b = this.#b;
     const q = this.#queue;
     let head = 0;
     while (head < q.length) {
-      // Pack messages from the queue's head.
-      const counts: number[] = [];
-      let offset = 0;
-      let i = head;
-      while (i < q.length && counts.length < SEND_MESSAGES) {
-        const first = q[i] as OutgoingDatagram;
-        const size = first.data.length;
-        let n = 1;
-        let total = size;
-        if (this.#gso && size > 0) {
-          while (i + n < q.length && n < MAX_SEGMENTS) {
-            const next = q[i + n] as OutgoingDatagram;
-            const len = next.data.length;
-            if (len > size || len === 0 || total + len > MAX_UDP_PAYLOAD) break;
-            if (this.#connected === undefined && (next.port !== first.port || next.address !== first.address)) break;
-            total += len;
-            n++;
-            if (len < size) break;
-          }
-        }
-        if (total > MAX_UDP_PAYLOAD && n === 1) {
-          // Larger than any UDP datagram: the kernel would refuse it (EMSGSIZE).
-          if (counts.length === 0) {
-            this.stats.sendDropped++;
-            head = ++i;
-            continue;
-          }
-          break;
-        }
-        if (offset + total > SEND_BYTES) break;
-        const m = counts.length;
-        for (let j = 0; j < n; j++) {
-          const d = (q[i + j] as OutgoingDatagram).data;
-          this.#sData.bytes.set(d, offset);
-          offset += d.length;
-        }
-        const msgs = this.#sMsgs.view;
-        const mo = m * MMSGHDR_SIZE;
-        this.#sIov.view.setBigUint64(m * IOVEC_SIZE, this.#sData.address + BigInt(offset - total), true);
-        this.#sIov.view.setBigUint64(m * IOVEC_SIZE + 8, BigInt(total), true);
-        if (this.#connected === undefined) {
-          const name = this.#sockaddr(first);
-          this.#sNames.bytes.set(name, m * SOCKADDR_SIZE);
-          msgs.setBigUint64(mo + MSG_NAME, this.#sNames.address + BigInt(m * SOCKADDR_SIZE), true);
-          msgs.setUint32(mo + MSG_NAMELEN, name.length, true);
-        } else {
-          msgs.setBigUint64(mo + MSG_NAME, 0n, true);
-          msgs.setUint32(mo + MSG_NAMELEN, 0, true);
-        }
-        if (n > 1) {
-          const c = this.#sCtl.view;
-          const co = m * CMSG_SPACE;
-          c.setBigUint64(co, BigInt(CMSG_HEADER + 2), true);
-          c.setInt32(co + 8, SOL_UDP, true);
-          c.setInt32(co + 12, UDP_SEGMENT, true);
-          c.setUint16(co + CMSG_HEADER, size, true);
-          msgs.setBigUint64(mo + MSG_CONTROL, this.#sCtl.address + BigInt(co), true);
-          msgs.setBigUint64(mo + MSG_CONTROLLEN, BigInt(CMSG_SPACE), true);
-        } else {
-          msgs.setBigUint64(mo + MSG_CONTROL, 0n, true);
-          msgs.setBigUint64(mo + MSG_CONTROLLEN, 0n, true);
-        }
-        msgs.setInt32(mo + MSG_FLAGS, 0, true);
-        counts.push(n);
-        i += n;
-      }
-      if (counts.length === 0) continue;
-      const sent = b.sendmmsg(this.fd, this.#sMsgs.ptr, counts.length, 0);
+      const counts = this.#pack(q, head);
+      const sent = this.#b.sendmmsg(this.fd, this.#sMsgs.ptr, counts.length, 0);
       if (sent < 0) {
-        const e = b.errno();
+        const e = this.#b.errno();
         if (e === EINTR) continue;
         if (e === EAGAIN) {
           this.#wantsWrite = true;
@@ -364,7 +301,7 @@ export class BatchedUdpSocket implements Pollable {
           this.#gso = false;
           continue;
         }
-        // ENOBUFS, ECONNREFUSED from an earlier ICMP error, EMSGSIZE: that message is lost.
+        // ENOBUFS, ECONNREFUSED from an earlier ICMP error: that message is lost.
         this.stats.sendDropped += counts[0] as number;
         head += counts[0] as number;
         continue;
@@ -377,6 +314,83 @@ export class BatchedUdpSocket implements Pollable {
       }
     }
     this.#queue = head >= q.length ? [] : q.slice(head);
+  }
+
+  /**
+   * Writes messages for the queue from `head` into the send area, as many as fit one sendmmsg;
+   * returns how many datagrams each message carries.
+   */
+  #pack(q: readonly OutgoingDatagram[], head: number): number[] {
+    const counts: number[] = [];
+    let offset = 0;
+    let i = head;
+    while (i < q.length && counts.length < SEND_MESSAGES) {
+      const first = q[i] as OutgoingDatagram;
+      const { n, total } = this.#runFrom(q, i);
+      if (offset + total > SEND_BYTES) break;
+      for (let j = 0; j < n; j++) {
+        const d = (q[i + j] as OutgoingDatagram).data;
+        this.#sData.bytes.set(d, offset);
+        offset += d.length;
+      }
+      this.#writeMessage(counts.length, offset - total, total, first, n > 1 ? first.data.length : undefined);
+      counts.push(n);
+      i += n;
+    }
+    return counts;
+  }
+
+  /**
+   * The datagrams from q[i] that travel as one message: a run to the same peer, all the size of the
+   * first but the last, which may be shorter (what UDP_SEGMENT sends); just q[i] without offload.
+   */
+  #runFrom(q: readonly OutgoingDatagram[], i: number): { n: number; total: number } {
+    const first = q[i] as OutgoingDatagram;
+    const size = first.data.length;
+    let n = 1;
+    let total = size;
+    if (!this.#gso || size === 0) return { n, total };
+    while (i + n < q.length && n < MAX_SEGMENTS) {
+      const next = q[i + n] as OutgoingDatagram;
+      const len = next.data.length;
+      if (len > size || len === 0 || total + len > MAX_UDP_PAYLOAD) break;
+      if (this.#connected === undefined && (next.port !== first.port || next.address !== first.address)) break;
+      total += len;
+      n++;
+      if (len < size) break;
+    }
+    return { n, total };
+  }
+
+  /** Message `m`: `total` bytes at `offset` of the send area, to `to`, cut in `segment`-byte datagrams if given. */
+  #writeMessage(m: number, offset: number, total: number, to: OutgoingDatagram, segment: number | undefined): void {
+    const msgs = this.#sMsgs.view;
+    const mo = m * MMSGHDR_SIZE;
+    this.#sIov.view.setBigUint64(m * IOVEC_SIZE, this.#sData.address + BigInt(offset), true);
+    this.#sIov.view.setBigUint64(m * IOVEC_SIZE + 8, BigInt(total), true);
+    if (this.#connected === undefined) {
+      const name = this.#sockaddr(to);
+      this.#sNames.bytes.set(name, m * SOCKADDR_SIZE);
+      msgs.setBigUint64(mo + MSG_NAME, this.#sNames.address + BigInt(m * SOCKADDR_SIZE), true);
+      msgs.setUint32(mo + MSG_NAMELEN, name.length, true);
+    } else {
+      msgs.setBigUint64(mo + MSG_NAME, 0n, true);
+      msgs.setUint32(mo + MSG_NAMELEN, 0, true);
+    }
+    if (segment !== undefined) {
+      const c = this.#sCtl.view;
+      const co = m * CMSG_SPACE;
+      c.setBigUint64(co, BigInt(CMSG_HEADER + 2), true);
+      c.setInt32(co + 8, SOL_UDP, true);
+      c.setInt32(co + 12, UDP_SEGMENT, true);
+      c.setUint16(co + CMSG_HEADER, segment, true);
+      msgs.setBigUint64(mo + MSG_CONTROL, this.#sCtl.address + BigInt(co), true);
+      msgs.setBigUint64(mo + MSG_CONTROLLEN, BigInt(CMSG_SPACE), true);
+    } else {
+      msgs.setBigUint64(mo + MSG_CONTROL, 0n, true);
+      msgs.setBigUint64(mo + MSG_CONTROLLEN, 0n, true);
+    }
+    msgs.setInt32(mo + MSG_FLAGS, 0, true);
   }
 
   onReadable(): void {
