@@ -117,6 +117,13 @@ interface RecordResult {
   readonly progressed: boolean;
 }
 
+/** One datagram's records still to handle, and what those handled so far did. */
+interface RecordsState {
+  readonly pending: WireRecord[];
+  sawOld: boolean;
+  progressed: boolean;
+}
+
 export class Connection {
   readonly role: Role;
   readonly #config: ResolvedCommon;
@@ -483,7 +490,7 @@ export class Connection {
   }
 
   /** The datagram's records in order; waits (returns a promise) only if a record's handling does. */
-  #onRecords(st: { pending: WireRecord[]; sawOld: boolean; progressed: boolean }, now: number): void | Promise<void> {
+  #onRecords(st: RecordsState, now: number): void | Promise<void> {
     while (st.pending.length > 0) {
       const rec = st.pending.shift() as WireRecord;
       this.stats.recordsIn++;
@@ -500,7 +507,7 @@ export class Connection {
   }
 
   /** Folds one record's result in; false once the connection is over. */
-  #recorded(st: { pending: WireRecord[]; sawOld: boolean; progressed: boolean }, r: { sawOld: boolean; progressed: boolean }): boolean {
+  #recorded(st: RecordsState, r: RecordResult): boolean {
     if (this.#over) return false;
     st.sawOld ||= r.sawOld;
     st.progressed ||= r.progressed;
