@@ -104,7 +104,7 @@ class BatchedLink implements DatagramLink {
   readonly batches = true;
   #pending: OutgoingDatagram[] = [];
   #done: (() => void)[] = [];
-  socket!: BatchedUdpSocket;
+  constructor(private readonly socket: BatchedUdpSocket) {}
 
   send(parts: Uint8Array[], port: number, host: string, done?: () => void): void {
     const data = parts.length === 1 ? (parts[0] as Uint8Array) : concatBytes(...parts);
@@ -137,9 +137,7 @@ class BatchedLink implements DatagramLink {
 /** A bound server socket. */
 export async function listenLink(io: 'node' | 'batched', host: string, port: number, bufferBytes: number, receive: LinkReceiver, onError: (e: Error) => void): Promise<DatagramLink> {
   if (io === 'batched') {
-    const link = new BatchedLink();
-    link.socket = await BatchedUdpSocket.open({ host, port, bufferBytes, onDatagrams: (batch) => deliver(batch, receive) });
-    return link;
+    return new BatchedLink(await BatchedUdpSocket.open({ host, port, bufferBytes, onDatagrams: (batch) => deliver(batch, receive) }));
   }
   const socket = createSocket(udpType(host));
   await new Promise<void>((resolve, reject) => {
@@ -167,9 +165,7 @@ export async function listenLink(io: 'node' | 'batched', host: string, port: num
  */
 export async function connectLink(io: 'node' | 'batched', host: string, port: number, receive: LinkReceiver): Promise<DatagramLink> {
   if (io === 'batched') {
-    const link = new BatchedLink();
-    link.socket = await BatchedUdpSocket.open({ connect: { address: host, port }, receiveSlots: 4, onDatagrams: (batch) => deliver(batch, receive) });
-    return link;
+    return new BatchedLink(await BatchedUdpSocket.open({ connect: { address: host, port }, receiveSlots: 4, onDatagrams: (batch) => deliver(batch, receive) }));
   }
   const socket = createSocket(udpType(host));
   try {
