@@ -1,7 +1,8 @@
 /**
  * koffi and the running program's own symbols (`dlopen(NULL)`), for the FFI backends that call
  * into what the process already has loaded (src/crypto/libcrypto: Node's OpenSSL;
- * src/net/batched-udp: the C library). Never throws: a failure is a one-line reason.
+ * src/net/batched-udp: the C library), and the switch that turns such a backend off. Never throws:
+ * a failure is a one-line reason.
  */
 import { createRequire } from 'node:module';
 import type { Koffi, LibraryHandle } from './koffi-types.ts';
@@ -31,4 +32,25 @@ export function loadProgramSymbols(): { readonly k: Koffi; readonly lib: Library
 /** The first line of an error's message, for a reason string. */
 export function oneLine(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+}
+
+/** What a backend's binding gives: the bindings, or a one-line reason there are none. */
+export interface Binding<B> {
+  readonly bindings?: B;
+  readonly reason?: string;
+}
+
+/**
+ * `bind` once per process, unless the environment variable `envName` is `off`: then nothing is
+ * bound and the reason says so. The variable is read on every call, so a test can switch a backend
+ * off and on again; each state's result is kept until the switch changes.
+ */
+export function bindUnlessOff<B>(envName: string, bind: () => Binding<B>): () => Binding<B> {
+  let loaded: (Binding<B> & { readonly off: boolean }) | undefined;
+  return () => {
+    const off = process.env[envName] === 'off';
+    if (loaded !== undefined && loaded.off === off) return loaded;
+    loaded = { off, ...(off ? { reason: `disabled by ${envName}=off` } : bind()) };
+    return loaded;
+  };
 }

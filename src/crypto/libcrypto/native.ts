@@ -16,7 +16,7 @@
  * FFI lives only in backend folders (STYLE.md rule 9): the rest of src/crypto sees `LibcryptoBindings`.
  */
 import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
-import { loadProgramSymbols, oneLine } from '../../util/koffi-program.ts';
+import { bindUnlessOff, loadProgramSymbols, oneLine, type Binding } from '../../util/koffi-program.ts';
 
 /** An opaque C pointer as koffi hands it out (EVP_CIPHER_CTX *, const EVP_CIPHER *). */
 export type { CPointer };
@@ -56,21 +56,14 @@ export interface LibcryptoBindings {
   clearErrors(): void;
 }
 
-let loaded: { readonly off: boolean; readonly bindings?: LibcryptoBindings; readonly reason?: string } | undefined;
-
 /**
  * Binds Node's OpenSSL once per process. Returns the bindings, or a one-line reason why they are
  * not available (koffi missing, EVP symbols not visible, a version other than Node's, disabled by
  * VITALSEAL_LIBCRYPTO=off). Never throws.
  */
-export function loadLibcrypto(): { readonly bindings?: LibcryptoBindings; readonly reason?: string } {
-  const off = process.env[LIBCRYPTO_ENV] === 'off';
-  if (loaded !== undefined && loaded.off === off) return loaded;
-  loaded = { off, ...(off ? { reason: `disabled by ${LIBCRYPTO_ENV}=off` } : bind()) };
-  return loaded;
-}
+export const loadLibcrypto: () => Binding<LibcryptoBindings> = bindUnlessOff(LIBCRYPTO_ENV, bind);
 
-function bind(): { bindings?: LibcryptoBindings; reason?: string } {
+function bind(): Binding<LibcryptoBindings> {
   const program = loadProgramSymbols();
   if ('reason' in program) return { reason: program.reason };
   try {

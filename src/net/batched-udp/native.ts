@@ -11,7 +11,7 @@
  * plain numbers.
  */
 import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
-import { loadProgramSymbols, oneLine } from '../../util/koffi-program.ts';
+import { bindUnlessOff, loadProgramSymbols, oneLine, type Binding } from '../../util/koffi-program.ts';
 
 /** `off` keeps every socket on node:dgram even where batched I/O was asked for. */
 export const BATCHED_UDP_ENV = 'VITALSEAL_BATCHED_UDP';
@@ -85,20 +85,13 @@ export interface UdpBindings {
   errno(): number;
 }
 
-let loaded: { readonly off: boolean; readonly bindings?: UdpBindings; readonly reason?: string } | undefined;
-
 /**
  * Binds the C library once per process. Returns the bindings, or a one-line reason they are not
  * available (not 64-bit Linux, koffi missing, disabled by VITALSEAL_BATCHED_UDP=off). Never throws.
  */
-export function loadUdpBindings(): { readonly bindings?: UdpBindings; readonly reason?: string } {
-  const off = process.env[BATCHED_UDP_ENV] === 'off';
-  if (loaded !== undefined && loaded.off === off) return loaded;
-  loaded = { off, ...(off ? { reason: `disabled by ${BATCHED_UDP_ENV}=off` } : bind()) };
-  return loaded;
-}
+export const loadUdpBindings: () => Binding<UdpBindings> = bindUnlessOff(BATCHED_UDP_ENV, bind);
 
-function bind(): { bindings?: UdpBindings; reason?: string } {
+function bind(): Binding<UdpBindings> {
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) {
     return { reason: `batched UDP needs 64-bit Linux (x64 or arm64), this is ${process.platform}/${process.arch}` };
   }
