@@ -31,7 +31,6 @@
  */
 import { createAgent, createLogger, loadAgentConfig, type AgentStatus } from 'vitalseal/agent';
 import { runMonitor } from '../scripts/lib/hl7-monitor.ts';
-import { freePort } from '../scripts/lib/ports.ts';
 import { describeAgent } from './lib/agent-report.ts';
 import { enrolOnFirstBoot } from './lib/enrol.ts';
 import { describeStored } from './lib/ingest-api.ts';
@@ -49,15 +48,20 @@ export function describeHl7(s: AgentStatus): string[] {
  * The gateway program: enrol on first boot (when `tokenFile` is given and there is no certificate
  * yet), then run the agent configured by `configFile` (its HL7 gateway source listening for the
  * monitor) for `seconds` or until SIGINT/SIGTERM. On stop the gateway stops accepting and finishes
- * the messages it is storing, so the monitor gets its answer for each.
+ * the messages it is storing, so the monitor gets its answer for each. `onListening` is called with
+ * the gateways' bound addresses (a port of 0 in the configuration picks a free one).
  */
-export async function runGateway(configFile: string, tokenFile: string | undefined, seconds: number | undefined): Promise<{ final: AgentStatus; running: AgentStatus }> {
+export async function runGateway(
+  configFile: string, tokenFile: string | undefined, seconds: number | undefined,
+  onListening?: (addresses: Record<string, { host: string; port: number }>) => void,
+): Promise<{ final: AgentStatus; running: AgentStatus }> {
   const config = loadAgentConfig(configFile, process.env);
   if (await enrolOnFirstBoot(config, tokenFile)) console.log(`enrolled ${config.device.id}: certificate ${config.transport.primary.certFile ?? '?'}`);
   const log = createLogger({ level: config.log.level, destination: process.stderr, base: { device: config.device.id } });
   const agent = await createAgent({ config, log });
   await agent.start();
   for (const [id, a] of Object.entries(agent.gatewayAddresses)) console.log(`gateway ${id}: listening on ${a.host}:${a.port} for HL7 v2 ORU^R01 over MLLP`);
+  onListening?.(agent.gatewayAddresses);
   await runFor(seconds);
   const running = agent.status();
   await agent.stop();
@@ -93,18 +97,24 @@ async function main(): Promise<number> {
     let api = common.api;
     if (common.local) {
       site = await startLocalSite({ extraMqttDevices: [DEVICE] });
-      const port = await freePort();
       ({ configFile, tokenFile } = await localCertAgentConfig(site, DEVICE, {
         transport,
         keystore: localSoftwareKeystore(site, DEVICE), // development grade; a TPM or PKCS#11 token on a real box
-        sources: [{ type: 'hl7-mllp', id: 'monitor', listen: `127.0.0.1:${port}`, acceptSenders: ['MONITOR'] }],
+        // Port 0: the gateway takes a free port as it binds and the monitor starts once it is known.
+        // A port picked beforehand could be taken meanwhile by another program, which the monitor
+        // would then be talking to.
+        sources: [{ type: 'hl7-mllp', id: 'monitor', listen: '127.0.0.1:0', acceptSenders: ['MONITOR'] }],
       }));
-      sayLocal(`starting a simulated bedside monitor: ORU^R01 over MLLP to 127.0.0.1:${port}, one a second`);
-      monitor = runMonitor({ host: '127.0.0.1', port, intervalMs: 1000, nibpEvery: 5 }); // it retries until the gateway listens
       api = site.api;
     }
+    const startMonitor = (addresses: Record<string, { host: string; port: number }>) => {
+      const a = addresses['monitor'];
+      if (!common.local || a === undefined) return;
+      sayLocal(`starting a simulated bedside monitor: ORU^R01 over MLLP to ${a.host}:${a.port}, one a second`);
+      monitor = runMonitor({ host: a.host, port: a.port, intervalMs: 1000, nibpEvery: 5 });
+    };
     const startedAt = Date.now();
-    const { final, running } = await runGateway(configFile, tokenFile, common.seconds);
+    const { final, running } = await runGateway(configFile, tokenFile, common.seconds, startMonitor);
     for (const line of describeHl7(final)) console.log(line);
     if (monitor !== undefined) {
       monitor.stop();
