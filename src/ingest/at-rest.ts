@@ -27,28 +27,48 @@ export const AT_REST_AEAD = 'aes-256-gcm' as const;
 
 /** SP 800-38D §8.2.1: fixed field (4 zero bytes) || invocation field (seq, 8 bytes big-endian). */
 export function atRestNonce(seq: number): Uint8Array {
-  const n = new Uint8Array(12);
+  // Every byte written: from the shared pool (a buffer of its own per row cost as much as the sealing).
+  const n = allocUninit(12);
+  n[0] = n[1] = n[2] = n[3] = 0;
   writeU64(n, 4, seq);
   return n;
 }
 
 /** label || 0x00 || device id || 0x00 || seq (8 bytes BE) || key version (4 bytes BE). */
 export function atRestAad(deviceId: string, seq: number, keyVersion: number): Uint8Array {
-  const id = utf8(deviceId);
-  const out = new Uint8Array(LABEL.length + 1 + id.length + 1 + 8 + 4);
+  // Device ids are ASCII (src/util/device-id.ts): their UTF-8 is their character codes, written in
+  // place; anything else goes through the encoder.
+  let ascii = true;
+  for (let i = 0; i < deviceId.length && ascii; i++) ascii = deviceId.charCodeAt(i) < 0x80;
+  const id = ascii ? undefined : utf8(deviceId);
+  const idLength = id === undefined ? deviceId.length : id.length;
+  const out = allocUninit(LABEL.length + 1 + idLength + 1 + 8 + 4);
   out.set(LABEL, 0);
-  out.set(id, LABEL.length + 1);
-  writeU64(out, LABEL.length + 2 + id.length, seq);
-  new DataView(out.buffer).setUint32(LABEL.length + 10 + id.length, keyVersion, false);
+  let at = LABEL.length;
+  out[at++] = 0;
+  if (id === undefined) for (let i = 0; i < idLength; i++) out[at++] = deviceId.charCodeAt(i);
+  else {
+    out.set(id, at);
+    at += idLength;
+  }
+  out[at++] = 0;
+  writeU64(out, at, seq);
+  writeU32(out, at + 8, keyVersion);
   return out;
 }
 
 /** A non-negative safe integer as 8 bytes big-endian (two 32-bit halves: no BigInt per row). */
 function writeU64(out: Uint8Array, at: number, v: number): void {
   if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`at-rest: ${v} is not a non-negative safe integer`);
-  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  view.setUint32(at, Math.floor(v / 0x1_0000_0000), false);
-  view.setUint32(at + 4, v >>> 0, false);
+  writeU32(out, at, Math.floor(v / 0x1_0000_0000));
+  writeU32(out, at + 4, v >>> 0);
+}
+
+function writeU32(out: Uint8Array, at: number, v: number): void {
+  out[at] = v >>> 24;
+  out[at + 1] = (v >>> 16) & 0xff;
+  out[at + 2] = (v >>> 8) & 0xff;
+  out[at + 3] = v & 0xff;
 }
 
 /** Seals through the key's keyed context (`DataKey.sealer`): a cached key sets its cipher up once. */

@@ -24,6 +24,8 @@ describe('at-rest row encryption (AES-256-GCM)', () => {
     const aad = atRestAad('bed-7', 258, 3);
     assert.equal(toHex(aad), `${toHex(new TextEncoder().encode('vitalseal at-rest v1'))}00${toHex(new TextEncoder().encode('bed-7'))}00000000000000010200000003`);
     assert.equal(toHex(atRestNonce(2 ** 53 - 1)), '00000000001fffffffffffff');
+    // A name outside the device id rule (never stored, but the function takes any string) is UTF-8.
+    assert.equal(toHex(atRestAad('bé', 2 ** 32 + 1, 0xfffffffe)), `${toHex(new TextEncoder().encode('vitalseal at-rest v1'))}0062c3a9000000000100000001fffffffe`);
     for (const bad of [1.5, -1, 2 ** 53, Number.NaN]) {
       assert.throws(() => atRestNonce(bad), RangeError, String(bad));
       assert.throws(() => atRestAad('bed-7', bad, 3), RangeError, String(bad));
