@@ -11,7 +11,7 @@
  *   const msg = sealEncrypt({ alg: 'chacha20-poly1305', recipientPublicKey, plaintext });
  *   const { plaintext } = openCose(msg, { recipient: x25519Recipient(getProvider(), privateKey) });
  */
-import { CborRaw, CborTag, encodeCbor } from '../codec/cbor.ts';
+import { CborRaw, encodeCbor } from '../codec/cbor.ts';
 import { OneShotSealer } from '../crypto/aead.ts';
 import { getProvider, providerForAead } from '../crypto/registry.ts';
 import type { CryptoProvider } from '../crypto/provider.ts';
@@ -22,7 +22,7 @@ import { EpochKeyCache } from './epoch-cache.ts';
 import { decodeX25519CoseKey, encodeProtected, encodeX25519CoseKey, Header, headerValue, type HeaderMap } from './headers.ts';
 import { deriveContentKey, kdfContext } from './kdf.ts';
 import type { X25519Recipient } from './keys.ts';
-import { aadProtected, encStructure, parseCoseEncrypt, serializeEncrypt0, TAG_ENCRYPT, type CoseLayer, type ParsedCoseEncrypt } from './message.ts';
+import { aadProtected, encStructure, parseCoseEncrypt, serializeEncrypt0, serializeEncryptWithIv, type CoseLayer, type ParsedCoseEncrypt } from './message.ts';
 
 const EMPTY = new Uint8Array(0);
 
@@ -104,7 +104,7 @@ export function assembleEncrypt(
   for (const [k, v] of o.protectedExtras ?? []) prot.set(k, v);
   const protectedBytes = encodeProtected(prot);
   const { iv, ciphertext } = encrypt(encStructure('Encrypt', protectedBytes, o.externalAad ?? EMPTY));
-  return encodeCbor(new CborTag(TAG_ENCRYPT, [protectedBytes, new Map([[Header.IV, iv]]), ciphertext, recipients]));
+  return serializeEncryptWithIv(protectedBytes, iv, ciphertext, recipients.bytes);
 }
 
 /** Seals a COSE_Encrypt0 under a direct key with an explicit IV; the sealer refuses a repeated IV. */

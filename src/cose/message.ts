@@ -4,6 +4,7 @@
  * and nested recipients are refused, and sizes are bounded.
  */
 import { CborTag, decodeCbor, encodeCbor } from '../codec/cbor.ts';
+import { allocUninit } from '../util/bytes.ts';
 import { DecodeError } from '../util/errors.ts';
 import { checkBuckets, checkHeaderMap, decodeProtected, type HeaderMap } from './headers.ts';
 
@@ -78,9 +79,72 @@ export function parseCoseEncrypt(bytes: Uint8Array, maxBytes = DEFAULT_MAX_COSE_
   return { kind: 'encrypt', ...layer(arr, 'COSE_Encrypt'), recipients };
 }
 
-/** Enc_structure (RFC 9052 §5.3): the AEAD additional data. */
+/** The context strings of an Enc_structure, as encoded CBOR text (RFC 9052 §5.3). */
+const CONTEXT_TEXT = {
+  Encrypt0: Uint8Array.of(0x68, ...new TextEncoder().encode('Encrypt0')),
+  Encrypt: Uint8Array.of(0x67, ...new TextEncoder().encode('Encrypt')),
+} as const;
+
+/** Bytes of a byte string's head in its shortest form (RFC 8949 §3, §4.2.1). */
+function bytesHeadSize(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
+/** Writes a byte string (head and content) at `at`; returns where the next item starts. */
+function writeBytes(out: Uint8Array, at: number, b: Uint8Array): number {
+  const n = b.length;
+  if (n < 24) out[at++] = 0x40 | n;
+  else if (n < 0x100) {
+    out[at++] = 0x58;
+    out[at++] = n;
+  } else if (n < 0x10000) {
+    out[at++] = 0x59;
+    out[at++] = n >>> 8;
+    out[at++] = n & 0xff;
+  } else {
+    out[at++] = 0x5a;
+    out[at++] = n >>> 24;
+    out[at++] = (n >>> 16) & 0xff;
+    out[at++] = (n >>> 8) & 0xff;
+    out[at++] = n & 0xff;
+  }
+  out.set(b, at);
+  return at + n;
+}
+
+/**
+ * Enc_structure (RFC 9052 §5.3): the AEAD additional data, `[context, protected, external_aad]`.
+ * Written directly (the same bytes `encodeCbor` makes of the array): it is built for every message
+ * sealed and opened.
+ */
 export function encStructure(context: 'Encrypt0' | 'Encrypt', protectedBytes: Uint8Array, externalAad: Uint8Array): Uint8Array {
-  return encodeCbor([context, protectedBytes, externalAad]);
+  const text = CONTEXT_TEXT[context];
+  const out = allocUninit(1 + text.length + bytesHeadSize(protectedBytes.length) + protectedBytes.length + bytesHeadSize(externalAad.length) + externalAad.length);
+  out[0] = 0x83;
+  out.set(text, 1);
+  writeBytes(out, writeBytes(out, 1 + text.length, protectedBytes), externalAad);
+  return out;
+}
+
+/**
+ * A COSE_Encrypt (tag 96, RFC 9052 §5.1) whose unprotected header is the IV alone and whose
+ * recipients array is already encoded (a sealing epoch's `ecdhEsRecipients`): the message a
+ * device seals, written in one pass (the same bytes `encodeCbor` makes of the tagged array).
+ */
+export function serializeEncryptWithIv(protectedBytes: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array, recipients: Uint8Array): Uint8Array {
+  const size = 3 + bytesHeadSize(protectedBytes.length) + protectedBytes.length + 2 + bytesHeadSize(iv.length) + iv.length
+    + bytesHeadSize(ciphertext.length) + ciphertext.length + recipients.length;
+  const out = allocUninit(size);
+  out[0] = 0xd8; // tag, one-byte argument
+  out[1] = TAG_ENCRYPT;
+  out[2] = 0x84; // array of 4
+  let at = writeBytes(out, 3, protectedBytes);
+  out[at++] = 0xa1; // map of 1: {5 (IV): bstr}
+  out[at++] = 0x05;
+  at = writeBytes(out, at, iv);
+  at = writeBytes(out, at, ciphertext);
+  out.set(recipients, at);
+  return out;
 }
 
 /**

@@ -3,8 +3,9 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { getProvider, OneShotSealer } from '../../src/crypto/index.ts';
 import {
-  COSE_CONTENT_ALGS, EpochKeyCache, Header, openCose, parseCoseEncrypt, sealEncrypt, sealEncrypt0, SealingSession, x25519Recipient,
+  COSE_CONTENT_ALGS, ecdhEsRecipients, encStructure, EpochKeyCache, Header, openCose, parseCoseEncrypt, sealEncrypt, sealEncrypt0, SealingSession, x25519Recipient,
 } from '../../src/cose/index.ts';
+import { serializeEncryptWithIv } from '../../src/cose/message.ts';
 import { CborTag, decodeCbor, encodeCbor } from '../../src/codec/cbor.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { ManualClock } from '../../src/util/clock.ts';
@@ -167,5 +168,36 @@ describe('hardened decode', () => {
     assert.equal(new TextDecoder().decode(openCose(m, { direct: () => key }).plaintext), 't 36.8');
     assert.throws(() => openCose(m, { direct: () => p.randomBytes(32) }), CryptoError);
     assert.throws(() => openCose(m, { direct: () => p.randomBytes(16) }), (e) => e instanceof CryptoError && e.code === 'cose-wrong-key');
+  });
+});
+
+describe('directly written structures', () => {
+  // Byte strings of every head size: immediate, one, two and four length bytes, and their edges.
+  const lengths = [0, 1, 23, 24, 255, 256, 65_535, 65_536];
+  const bytes = (n: number, fill: number) => new Uint8Array(n).fill(fill);
+
+  it('Enc_structure: the same bytes as encoding the array', () => {
+    for (const context of ['Encrypt', 'Encrypt0'] as const) {
+      for (const pl of lengths) {
+        for (const al of [0, 24, 300]) {
+          const prot = bytes(pl, 0xa5);
+          const aad = bytes(al, 0x5a);
+          assert.equal(toHex(encStructure(context, prot, aad)), toHex(encodeCbor([context, prot, aad])), `${context} ${pl} ${al}`);
+        }
+      }
+    }
+  });
+
+  it('COSE_Encrypt with an IV and encoded recipients: the same bytes as encoding the tagged array', () => {
+    const recipients = ecdhEsRecipients(ingest.publicKey, text('ingest-2026'));
+    for (const cl of lengths) {
+      for (const ivl of [12, 13]) {
+        const prot = encodeCbor(new Map<number, unknown>([[Header.ALG, 24], [Header.DEVICE_ID, 'bed-7'], [Header.SEQUENCE, cl + 1]]));
+        const iv = bytes(ivl, 0x11);
+        const ct = bytes(cl, 0x22);
+        const expected = encodeCbor(new CborTag(96, [prot, new Map([[Header.IV, iv]]), ct, recipients]));
+        assert.equal(toHex(serializeEncryptWithIv(prot, iv, ct, recipients.bytes)), toHex(expected), `${cl} ${ivl}`);
+      }
+    }
   });
 });
