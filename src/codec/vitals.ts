@@ -123,6 +123,23 @@ function fail(code: string, message: string): never {
   throw new DecodeError(code, `vitals: ${message}`);
 }
 
+/**
+ * A strip's 16-bit little-endian steps of `lsb` volts as millivolts, in single precision as a
+ * Float32Array would hold them, in an ordinary array: a typed array of a strip's size gets a buffer
+ * outside the heap, which cost twice the conversion itself. A function of its own, so that it
+ * compiles to a loop that allocates the array and nothing else: written inline in the decoder, the
+ * decoder allocated 4-6 KiB more a pack (18 KiB against 12.8 measured over 2,000 packs).
+ */
+function ecgMillivolts(vd: Uint8Array, lsb: number): number[] {
+  const n = vd.length >> 1;
+  const out = new Array<number>(n);
+  for (let k = 0; k < n; k++) {
+    const step = (((vd[2 * k + 1] as number) << 24) >> 16) | (vd[2 * k] as number); // int16 LE
+    out[k] = Math.fround(step * lsb * 1000);
+  }
+  return out;
+}
+
 export function decodeVitalsPack(bytes: Uint8Array, limits: SenmlLimits = {}): VitalsBatch {
   // The ECG bytes are read into new samples below before this returns: views, not copies.
   const pack = decodeSenmlCbor(bytes, limits, true);
@@ -153,13 +170,7 @@ export function decodeVitalsPack(bytes: Uint8Array, limits: SenmlLimits = {}): V
       // The strip's interval and step size come in the two records just before it, at the same time.
       if (interval?.t !== r.t || lsb?.t !== r.t) fail('vitals-ecg', `record ${i}: ECG data without its interval and lsb records`);
       if (r.vd.length === 0 || r.vd.length % 2 !== 0 || r.vd.length / 2 > ECG_MAX_SAMPLES) fail('vitals-ecg', `record ${i}: ECG data length ${r.vd.length}`);
-      const view = new DataView(r.vd.buffer, r.vd.byteOffset, r.vd.byteLength);
-      // Single precision, as a Float32Array would hold them, in an ordinary array: a typed array of a
-      // strip's size gets a buffer outside the heap, which cost twice the conversion itself.
-      const samplesMv = new Array<number>(r.vd.length / 2);
-      const step = lsb.v;
-      for (let k = 0; k < samplesMv.length; k++) samplesMv[k] = Math.fround(view.getInt16(k * 2, true) * step * 1000);
-      ecg.push({ start: timeMs, intervalMs: Math.round(interval.v * 1e6) / 1000, samplesMv });
+      ecg.push({ start: timeMs, intervalMs: Math.round(interval.v * 1e6) / 1000, samplesMv: ecgMillivolts(r.vd, lsb.v) });
       interval = undefined;
       lsb = undefined;
     } else {

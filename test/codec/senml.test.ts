@@ -116,6 +116,13 @@ describe('vitals profile', () => {
     for (let i = 0; i < 250; i++) assert.ok(Math.abs((strip.samplesMv[i] as number) - (b.ecg[0]?.samplesMv[i] as number)) <= 0.0006);
   });
 
+  it('ECG steps decode with their sign across the whole 16-bit range (both bytes of each step)', () => {
+    const steps = [-32768, 32767, -1, 0, 1, 255, 256, -256, -257, 0x7f00, -0x7f01];
+    const b: VitalsBatch = { deviceId: 'bed-7', readings: [], ecg: [{ start: T0, intervalMs: 4, samplesMv: steps.map((s) => s / 1000) }] };
+    const d = decodeVitalsPack(encodeVitalsPack(b));
+    assert.deepEqual(Array.from(d.ecg[0]?.samplesMv ?? []), steps.map((s) => Math.fround(s * 1e-6 * 1000)));
+  });
+
   it('uses SenML registry units on the wire (SpO2 as a ratio, pressure in Pa)', () => {
     const records = resolveSenml(decodeSenmlCbor(encodeVitalsPack(batch())));
     const by = (n: string) => records.find((r) => r.n === `bed-7/${n}`);
