@@ -2,7 +2,8 @@
  * koffi and the running program's own symbols (`dlopen(NULL)`), for the FFI backends that call
  * into what the process already has loaded (src/crypto/libcrypto: Node's OpenSSL;
  * src/net/batched-udp: the C library), and the switch that turns such a backend off. Never throws:
- * a failure is a one-line reason.
+ * a failure is a one-line reason. `configureKoffi` is shared with the TPM store as well: koffi's
+ * settings are process-wide, so one place decides them.
  */
 import { createRequire } from 'node:module';
 import type { Koffi, LibraryHandle } from './koffi-types.ts';
@@ -14,18 +15,25 @@ export function loadProgramSymbols(): { readonly k: Koffi; readonly lib: Library
   } catch (e) {
     return { reason: `the koffi FFI module did not load (${oneLine(e)})` };
   }
-  // koffi's settings are process-wide and frozen by the first library load, whoever loads it. The
-  // TPM store's FAPI calls run on koffi's async stack and need 1 MiB (src/keystore/tpm/native.ts):
-  // set the same values here in case this load comes first.
-  try {
-    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
-  } catch {
-    // a library is already loaded: the settings are fixed
-  }
+  configureKoffi(k);
   try {
     return { k, lib: k.load(null) };
   } catch (e) {
     return { reason: `the running program's symbols cannot be opened (${oneLine(e)})` };
+  }
+}
+
+/**
+ * koffi's process-wide settings, applied by every backend before its first library load: they are
+ * frozen by the first load, whoever makes it. The TPM store's FAPI calls run JSON parsing, OpenSSL
+ * and ESYS on koffi's async worker stack (src/keystore/tpm/native.ts): they get the same 1 MiB a
+ * synchronous call has (koffi's async default is 128 KiB). After a load this changes nothing.
+ */
+export function configureKoffi(k: Koffi): void {
+  try {
+    k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
+  } catch {
+    // a library is already loaded: the settings are fixed
   }
 }
 

@@ -11,6 +11,7 @@
  * FFI lives only in backend folders (STYLE.md rule 9): here and src/crypto/libcrypto/.
  */
 import type { CPointer, Koffi, LibraryHandle, NativeFunction } from '../../util/koffi-types.ts';
+import { configureKoffi } from '../../util/koffi-program.ts';
 import { TpmKeyStoreError } from './errors.ts';
 
 /** An opaque C pointer as koffi hands it out (FAPI_CONTEXT *, TSS2_TCTI_CONTEXT *, ...). */
@@ -67,14 +68,7 @@ const bindingsCache = new Map<string, Promise<FapiBindings>>();
 async function loadKoffi(): Promise<Koffi> {
   koffiPromise ??= import('koffi').then((m) => {
     const k = m.default;
-    // FAPI runs JSON parsing, OpenSSL and ESYS on the worker's stack: give async calls the same
-    // 1 MiB a synchronous call gets (koffi's default for async is 128 KiB). Only possible before the
-    // first library is loaded; if another module loaded one first, the default stays.
-    try {
-      k.config({ ...k.config(), async_stack_size: 1 << 20, async_heap_size: 1 << 18 });
-    } catch {
-      // keep the defaults
-    }
+    configureKoffi(k);
     return k;
   }, (e: unknown) => {
     koffiPromise = undefined;
