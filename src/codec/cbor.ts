@@ -313,8 +313,47 @@ export function decodeCborWith(bytes: Uint8Array, limits: Partial<CborLimits>, a
 }
 
 /** Bytes of an item head with argument `arg` (RFC 8949 §3, shortest form). */
-function headSize(arg: number): number {
+export function headSize(arg: number): number {
   return arg < 24 ? 1 : arg < 0x100 ? 2 : arg < 0x10000 ? 3 : arg < 0x1_0000_0000 ? 5 : 9;
+}
+
+/**
+ * Writes an item head with its argument in shortest form (RFC 8949 §3, §4.2.1) at `at`; returns
+ * where the item's content starts. For encoders that write a fixed structure directly (COSE's).
+ */
+export function writeHead(out: Uint8Array, at: number, major: number, arg: number): number {
+  const m = major << 5;
+  if (arg < 24) {
+    out[at] = m | arg;
+    return at + 1;
+  }
+  if (arg < 0x100) {
+    out[at] = m | 24;
+    out[at + 1] = arg;
+    return at + 2;
+  }
+  if (arg < 0x10000) {
+    out[at] = m | 25;
+    out[at + 1] = arg >>> 8;
+    out[at + 2] = arg & 0xff;
+    return at + 3;
+  }
+  if (arg < 0x1_0000_0000) {
+    out[at] = m | 26;
+    writeUint32(out, at + 1, arg);
+    return at + 5;
+  }
+  out[at] = m | 27;
+  writeUint32(out, at + 1, Math.floor(arg / 0x1_0000_0000));
+  writeUint32(out, at + 5, arg >>> 0);
+  return at + 9;
+}
+
+function writeUint32(out: Uint8Array, at: number, v: number): void {
+  out[at] = v >>> 24;
+  out[at + 1] = (v >>> 16) & 0xff;
+  out[at + 2] = (v >>> 8) & 0xff;
+  out[at + 3] = v & 0xff;
 }
 
 /**
@@ -338,27 +377,9 @@ class Writer {
 
   /** An item head with its argument in shortest form (RFC 8949 §3, §4.2.1). */
   head(major: number, arg: number): void {
-    const m = major << 5;
-    if (arg < 24) {
-      this.#buf[this.#len++] = m | arg;
-    } else if (arg < 0x100) {
-      this.#buf[this.#len++] = m | 24;
-      this.#buf[this.#len++] = arg;
-    } else if (arg < 0x10000) {
-      this.#buf[this.#len++] = m | 25;
-      this.#view.setUint16(this.#len, arg);
-      this.#len += 2;
-    } else if (arg < 0x1_0000_0000) {
-      this.#buf[this.#len++] = m | 26;
-      this.#view.setUint32(this.#len, arg);
-      this.#len += 4;
-    } else {
-      this.#buf[this.#len++] = m | 27;
-      this.#view.setUint32(this.#len, Math.floor(arg / 0x1_0000_0000));
-      this.#view.setUint32(this.#len + 4, arg >>> 0);
-      this.#len += 8;
-    }
+    this.#len = writeHead(this.#buf, this.#len, major, arg);
   }
+
 
   bytes(b: Uint8Array): void {
     this.#buf.set(b, this.#len);

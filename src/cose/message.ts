@@ -3,7 +3,7 @@
  * strictly: the tag must be present and right, every field must have its type, detached content
  * and nested recipients are refused, and sizes are bounded.
  */
-import { CborTag, decodeCbor, encodeCbor } from '../codec/cbor.ts';
+import { CborTag, decodeCbor, encodeCbor, headSize, writeHead } from '../codec/cbor.ts';
 import { allocUninit } from '../util/bytes.ts';
 import { DecodeError } from '../util/errors.ts';
 import { checkBuckets, checkHeaderMap, decodeProtected, type HeaderMap } from './headers.ts';
@@ -85,32 +85,15 @@ const CONTEXT_TEXT = {
   Encrypt: Uint8Array.of(0x67, ...new TextEncoder().encode('Encrypt')),
 } as const;
 
-/** Bytes of a byte string's head in its shortest form (RFC 8949 §3, §4.2.1). */
-function bytesHeadSize(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+/** A byte string item (head and content) written at `at`; returns where the next item starts. */
+function writeBytes(out: Uint8Array, at: number, b: Uint8Array): number {
+  const start = writeHead(out, at, 2, b.length);
+  out.set(b, start);
+  return start + b.length;
 }
 
-/** Writes a byte string (head and content) at `at`; returns where the next item starts. */
-function writeBytes(out: Uint8Array, at: number, b: Uint8Array): number {
-  const n = b.length;
-  if (n < 24) out[at++] = 0x40 | n;
-  else if (n < 0x100) {
-    out[at++] = 0x58;
-    out[at++] = n;
-  } else if (n < 0x10000) {
-    out[at++] = 0x59;
-    out[at++] = n >>> 8;
-    out[at++] = n & 0xff;
-  } else {
-    out[at++] = 0x5a;
-    out[at++] = n >>> 24;
-    out[at++] = (n >>> 16) & 0xff;
-    out[at++] = (n >>> 8) & 0xff;
-    out[at++] = n & 0xff;
-  }
-  out.set(b, at);
-  return at + n;
-}
+/** Bytes of a byte string item of `n` bytes. */
+const bytesItemSize = (n: number) => headSize(n) + n;
 
 /**
  * Enc_structure (RFC 9052 §5.3): the AEAD additional data, `[context, protected, external_aad]`.
@@ -119,7 +102,7 @@ function writeBytes(out: Uint8Array, at: number, b: Uint8Array): number {
  */
 export function encStructure(context: 'Encrypt0' | 'Encrypt', protectedBytes: Uint8Array, externalAad: Uint8Array): Uint8Array {
   const text = CONTEXT_TEXT[context];
-  const out = allocUninit(1 + text.length + bytesHeadSize(protectedBytes.length) + protectedBytes.length + bytesHeadSize(externalAad.length) + externalAad.length);
+  const out = allocUninit(1 + text.length + bytesItemSize(protectedBytes.length) + bytesItemSize(externalAad.length));
   out[0] = 0x83;
   out.set(text, 1);
   writeBytes(out, writeBytes(out, 1 + text.length, protectedBytes), externalAad);
@@ -132,8 +115,7 @@ export function encStructure(context: 'Encrypt0' | 'Encrypt', protectedBytes: Ui
  * device seals, written in one pass (the same bytes `encodeCbor` makes of the tagged array).
  */
 export function serializeEncryptWithIv(protectedBytes: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array, recipients: Uint8Array): Uint8Array {
-  const size = 3 + bytesHeadSize(protectedBytes.length) + protectedBytes.length + 2 + bytesHeadSize(iv.length) + iv.length
-    + bytesHeadSize(ciphertext.length) + ciphertext.length + recipients.length;
+  const size = 3 + bytesItemSize(protectedBytes.length) + 2 + bytesItemSize(iv.length) + bytesItemSize(ciphertext.length) + recipients.length;
   const out = allocUninit(size);
   out[0] = 0xd8; // tag, one-byte argument
   out[1] = TAG_ENCRYPT;
