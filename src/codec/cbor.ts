@@ -20,7 +20,7 @@
  *   const bytes = encodeCbor(new Map([[1, 24]]));
  *   const value = decodeCbor(bytes, { maxBytes: 1024 });   // Map { 1 => 24 }
  */
-import { allocUninit, copyBytes } from '../util/bytes.ts';
+import { allocUninit, copyBytes, writeUint32BE } from '../util/bytes.ts';
 import { DecodeError } from '../util/errors.ts';
 
 export interface CborLimits {
@@ -340,20 +340,13 @@ export function writeHead(out: Uint8Array, at: number, major: number, arg: numbe
   }
   if (arg < 0x1_0000_0000) {
     out[at] = m | 26;
-    writeUint32(out, at + 1, arg);
+    writeUint32BE(out, at + 1, arg);
     return at + 5;
   }
   out[at] = m | 27;
-  writeUint32(out, at + 1, Math.floor(arg / 0x1_0000_0000));
-  writeUint32(out, at + 5, arg >>> 0);
+  writeUint32BE(out, at + 1, Math.floor(arg / 0x1_0000_0000));
+  writeUint32BE(out, at + 5, arg >>> 0);
   return at + 9;
-}
-
-function writeUint32(out: Uint8Array, at: number, v: number): void {
-  out[at] = v >>> 24;
-  out[at + 1] = (v >>> 16) & 0xff;
-  out[at + 2] = (v >>> 8) & 0xff;
-  out[at + 3] = v & 0xff;
 }
 
 /**

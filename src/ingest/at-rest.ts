@@ -18,7 +18,7 @@
  */
 import type { CryptoProvider } from '../crypto/provider.ts';
 import type { DataKey } from '../keystore/hierarchy/data-key.ts';
-import { allocUninit, equalBytes, utf8 } from '../util/bytes.ts';
+import { allocUninit, equalBytes, utf8, writeUint32BE } from '../util/bytes.ts';
 import { CryptoError } from '../util/errors.ts';
 import type { StoredMessage } from './storage/types.ts';
 
@@ -53,22 +53,15 @@ export function atRestAad(deviceId: string, seq: number, keyVersion: number): Ui
   }
   out[at++] = 0;
   writeU64(out, at, seq);
-  writeU32(out, at + 8, keyVersion);
+  writeUint32BE(out, at + 8, keyVersion);
   return out;
 }
 
 /** A non-negative safe integer as 8 bytes big-endian (two 32-bit halves: no BigInt per row). */
 function writeU64(out: Uint8Array, at: number, v: number): void {
   if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`at-rest: ${v} is not a non-negative safe integer`);
-  writeU32(out, at, Math.floor(v / 0x1_0000_0000));
-  writeU32(out, at + 4, v >>> 0);
-}
-
-function writeU32(out: Uint8Array, at: number, v: number): void {
-  out[at] = v >>> 24;
-  out[at + 1] = (v >>> 16) & 0xff;
-  out[at + 2] = (v >>> 8) & 0xff;
-  out[at + 3] = v & 0xff;
+  writeUint32BE(out, at, Math.floor(v / 0x1_0000_0000));
+  writeUint32BE(out, at + 4, v >>> 0);
 }
 
 /** Seals through the key's keyed context (`DataKey.sealer`): a cached key sets its cipher up once. */
