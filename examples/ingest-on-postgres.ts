@@ -20,7 +20,9 @@
  *
  * As the service (runs until SIGTERM; `vitalseal ingest keygen --config FILE` once beforehand):
  *
- *   npx tsx examples/ingest-on-postgres.ts --config /etc/vitalseal/ingest.yaml
+ *   node --no-allocation-site-pretenuring --import tsx examples/ingest-on-postgres.ts --config /etc/vitalseal/ingest.yaml
+ *
+ * (the flag is the ingest's node options, `INGEST_NODE_OPTIONS`: docs/ingest.md, "Node options").
  *
  * As the service it prints a line when it listens, a tally when it changes (`ingest: stored 11
  * messages: bed-1 6 (mqtts), oxi-2 5 (coaps)`) and a line when it stops; with --local, what the API
@@ -36,7 +38,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { coapsListener, cryptoSelfTest, loadIngestConfig, mqttListener, startIngest } from 'vitalseal/ingest';
+import { coapsListener, cryptoSelfTest, INGEST_NODE_OPTIONS, loadIngestConfig, mqttListener, startIngest } from 'vitalseal/ingest';
 import { startPostgres, type PostgresServer } from '../scripts/lib/postgres-server.ts';
 import { describeStored } from './lib/ingest-api.ts';
 import { parseExampleArgs, runFor, sayLocal, startLocalSite, type LocalSite } from './lib/local.ts';
@@ -97,8 +99,9 @@ async function local(seconds: number): Promise<void> {
     const startedAt = Date.now();
     site = await startLocalSite({
       postgres: pg.connectionString,
-      // The stack runs this very program as its ingest service, with `--config FILE` appended.
-      ingestCommand: { command: process.execPath, args: [`--import=${import.meta.resolve('tsx')}`, fileURLToPath(import.meta.url)] },
+      // The stack runs this very program as its ingest service, with `--config FILE` appended, and
+      // with the ingest's node options (src/ingest/node-options.ts) as any deployment should.
+      ingestCommand: { command: process.execPath, args: [...INGEST_NODE_OPTIONS, `--import=${import.meta.resolve('tsx')}`, fileURLToPath(import.meta.url)] },
       devices: [
         { id: 'bed-1', transport: 'mqtts', keyStore: 'software', source: 'simulated', seed: 1 },
         { id: 'oxi-2', transport: 'coaps', keyStore: 'software', auth: 'psk', source: 'simulated', seed: 2 },

@@ -33,11 +33,14 @@
  * end-to-end rate follows total CPU; broker + ingest + database is what a deployment's servers
  * spend (the devices are elsewhere there).
  * INGEST_LOAD_PROFILE=<dir> writes V8 CPU profiles of the generator, the ingest and the baseline subscriber.
+ * Both receiving processes run with the ingest's node options (src/ingest/node-options.ts);
+ * INGEST_LOAD_NODE_OPTIONS=default runs both without them.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { INGEST_NODE_OPTIONS } from '../../src/ingest/node-options.ts';
 import { startLoadGenerator, type LoadGeneratorHandle, type LoadMode, type RunReport } from '../lib/load-generator.ts';
 import { startMqttIngestSite, type MqttIngestSite, type SiteStorage } from '../lib/mqtt-ingest-site.ts';
 import { startPostgres } from '../lib/postgres-server.ts';
@@ -106,6 +109,14 @@ interface Committed {
   rows: number;
 }
 
+/**
+ * Node options of both receiving processes: the ingest's own (src/ingest/node-options.ts, what a
+ * deployment runs it with), and the same for the baseline subscriber so that neither side is
+ * measured with a heap tuned differently. INGEST_LOAD_NODE_OPTIONS=default runs both without them
+ * (for comparing).
+ */
+const RECEIVER_NODE_OPTIONS: readonly string[] = process.env['INGEST_LOAD_NODE_OPTIONS'] === 'default' ? [] : INGEST_NODE_OPTIONS;
+
 /** A receiving side (the ingest, or the baseline subscriber) in its own process. */
 class Receiver {
   readonly #child: ChildProcess;
@@ -114,7 +125,7 @@ class Receiver {
   constructor(entry: string, env: NodeJS.ProcessEnv) {
     // INGEST_LOAD_PROFILE=<dir>: a V8 CPU profile of each receiving process, for finding where the time goes.
     const profile = process.env['INGEST_LOAD_PROFILE'];
-    const execArgv = ['--import', 'tsx', ...(profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`])];
+    const execArgv = [...RECEIVER_NODE_OPTIONS, '--import', 'tsx', ...(profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`])];
     this.#child = fork(fileURLToPath(new URL(entry, import.meta.url)), [], { execArgv, env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
     this.#child.on('message', (raw) => {
       const m = raw as Record<string, unknown> & { type: string };
@@ -348,6 +359,7 @@ export async function run(ctx: BenchContext): Promise<BenchResult[]> {
           target: { ratio: 0.5, comparison: '>=' },
           meta: {
             messagesPerSecond: Math.round(bm.rate), baselineMessagesPerSecond: Math.round(bp.rate), readingsPerMessage: round1(readingsPerMessage),
+            receiverNodeOptions: RECEIVER_NODE_OPTIONS.join(' '),
             messagesPerTransaction: rowsPerTx(bm), baselineMessagesPerTransaction: rowsPerTx(bp),
             p99LatencyMs: Math.round(quantile(bm.latencies, 0.99)), baselineP99LatencyMs: Math.round(quantile(bp.latencies, 0.99)),
             cpuMicrosecondsPerMessage: { sealedMtls: cpuTable(bm), plaintext: cpuTable(bp) },

@@ -32,6 +32,7 @@ import { promisify } from 'node:util';
 import type { AgentStatus } from '../../src/agent/agent.ts';
 import { readStatus } from '../../src/agent/status-socket.ts';
 import type { CoseAlgName } from '../../src/cose/algorithms.ts';
+import { INGEST_NODE_OPTIONS } from '../../src/ingest/node-options.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
 import { createCsr } from '../../src/pki/csr.ts';
 import { initDevCa, type DevCa } from '../../src/pki/dev-ca.ts';
@@ -331,7 +332,7 @@ log: { level: info }
     const readerToken = (await vitalseal(['ingest', 'api-token', 'create', '--config', cfg, '--name', 'stack-reader', '--role', 'reader'])).trim();
     const httpsUrl = `https://${host}:${httpsPort}/`;
     say(`starting the ingest service (${httpsUrl})`);
-    const ingestCmd = opts.ingestCommand ?? { command: process.execPath, args: [VITALSEAL_BIN, 'ingest', 'run'] };
+    const ingestCmd = opts.ingestCommand ?? { command: process.execPath, args: [...INGEST_NODE_OPTIONS, VITALSEAL_BIN, 'ingest', 'run'] };
     const enrolToken = async (deviceId: string) => (await vitalseal(['ingest', 'enrol-token', '--config', cfg, '--device-id', deviceId])).trim();
     const addPskDevice = async (deviceId: string, keyFile: string) => {
       await vitalseal(['ingest', 'devices', 'add-psk', '--config', cfg, '--device-id', deviceId, '--key-out', keyFile]);

@@ -13,6 +13,7 @@ export { IngestService, type AcceptedEvent, type IngestLogger, type IngestServic
 export { openIngestCore, type IngestCore, type IngestCoreOptions } from './core.ts';
 export { loadIngestConfig, parseIngestConfig, type IngestConfig } from './config.ts';
 export { checkListeners, startIngest, type ListenerFactory, type Listeners, type RunningIngest, type RuntimeDeps } from './runtime.ts';
+export { INGEST_NODE_OPTIONS, missingNodeOptions } from './node-options.ts';
 export { cryptoSelfTest, type SelfTestSummary, type StartupSelfTest } from './selftest.ts';
 export * from './listeners/index.ts';
 export { DeviceRegistry, type CrlPublisher } from './registry.ts';

@@ -23,6 +23,7 @@ import { Header } from '../../src/cose/headers.ts';
 import { SealingSession } from '../../src/cose/sealing-session.ts';
 import { x25519PublicFromPem } from '../../src/cose/keys.ts';
 import { openCoreFromConfig, startIngest } from '../../src/ingest/runtime.ts';
+import { INGEST_NODE_OPTIONS } from '../../src/ingest/node-options.ts';
 import { PskStore } from '../../src/ingest/psk-store.ts';
 import { loadIngestConfig } from '../../src/ingest/config.ts';
 import { keyObjectSigner } from '../../src/keystore/signer.ts';
@@ -177,8 +178,10 @@ describe('vitalseal ingest', () => {
     const ac = new AbortController();
     let url = '';
     const listening = new Promise<void>((resolve) => {
-      void cli(['run', '--config', cfg], { signal: ac.signal, onListening: (u) => { url = u; resolve(); } }).then((r) => {
+      void cli(['run', '--config', cfg], { signal: ac.signal, execArgv: ['--import', 'tsx'], onListening: (u) => { url = u; resolve(); } }).then((r) => {
         assert.equal(r.code, 0, r.stderr);
+        // Started without the ingest's node options: said once, with the command line that has them.
+        assert.match(r.stderr, /"level":40,.*"missing":\["--no-allocation-site-pretenuring"\].*"run":"node --no-allocation-site-pretenuring .* ingest run --config FILE".*"msg":"started without the ingest's node options/);
         assert.match(r.stderr, /"msg":"ingest service listening"/);
         assert.match(r.stderr, /"msg":"ingest service stopped"/);
       });
@@ -325,7 +328,7 @@ describe('vitalseal ingest run with the MQTT listener (a real process, mosquitto
     const token = run(['api-token', 'create', '--name', 'mqtt-test']).stdout.trim();
     assert.match(token, /^vst_/);
 
-    const proc = spawn(process.execPath, [bin, 'ingest', 'run', '--config', cfg], { cwd: site.dir, env: site.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawn(process.execPath, [...INGEST_NODE_OPTIONS, bin, 'ingest', 'run', '--config', cfg], { cwd: site.dir, env: site.env, stdio: ['ignore', 'ignore', 'pipe'] });
     child = proc;
     let log = '';
     proc.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
@@ -358,6 +361,7 @@ describe('vitalseal ingest run with the MQTT listener (a real process, mosquitto
     }
     assert.equal(device.messages, 5);
     assert.equal(device.transport, 'mqtts');
+    assert.doesNotMatch(log, /node options/, 'started with INGEST_NODE_OPTIONS: no warning');
     const readings = await httpsRequest(url, `/api/v1/devices/bed-mq/readings?from=${t0}&to=${t0 + 60_000}`, site.rootPem, { token });
     assert.equal(readings.status, 200);
     assert.ok(readings.json<unknown[]>().length >= 15, 'the readings decrypt and decode');

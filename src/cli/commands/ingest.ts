@@ -21,6 +21,7 @@ import { loadIngestConfig, type IngestConfig } from '../../ingest/config.ts';
 import { DeviceRegistry } from '../../ingest/registry.ts';
 import { coapsListener, mqttListener } from '../../ingest/listeners/index.ts';
 import { registerPskDevice } from '../../ingest/psk-store.ts';
+import { INGEST_NODE_OPTIONS, missingNodeOptions } from '../../ingest/node-options.ts';
 import { checkListeners, devCaAdapters, openCa, openCoreFromConfig, openStorage, startIngest, type Listeners, type RuntimeDeps } from '../../ingest/runtime.ts';
 import { cryptoSelfTest, INGEST_AEADS, type StartupSelfTest } from '../../ingest/selftest.ts';
 import type { IngestLogger } from '../../ingest/service.ts';
@@ -71,6 +72,8 @@ export interface IngestCommandDeps {
   readonly clock?: Clock;
   /** Called once `run` is serving (tests read the URL). */
   readonly onListening?: (url: string) => void;
+  /** The node options `run` checks for INGEST_NODE_OPTIONS (default `process.execArgv`). */
+  readonly execArgv?: readonly string[];
 }
 
 /** The transport listeners in this build; a section for any other is refused (`checkListeners`). */
@@ -146,6 +149,10 @@ export async function runIngestCommand(args: string[], io: CliIo, deps: IngestCo
       noMore(0);
       checkListeners(cfg, LISTENERS);
       const log = stderrLogger(io, cfg.log.level);
+      const missing = missingNodeOptions(deps.execArgv ?? process.execArgv);
+      if (missing.length > 0) {
+        log.warn({ missing, run: `node ${INGEST_NODE_OPTIONS.join(' ')} $(command -v vitalseal) ingest run --config FILE` }, 'started without the ingest\'s node options: more CPU a message goes to garbage collection (docs/ingest.md, "Node options")');
+      }
       const running = await startIngest(cfg, { ...await runtime(log), listeners: LISTENERS });
       deps.onListening?.(running.http?.url ?? '');
       await new Promise<void>((resolve) => {

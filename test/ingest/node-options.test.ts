@@ -1,0 +1,27 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { INGEST_NODE_OPTIONS, missingNodeOptions } from '../../src/ingest/node-options.ts';
+
+describe('ingest node options', () => {
+  it('are V8 flags turning off allocation-site pretenuring, and cannot be changed at run time', () => {
+    assert.deepEqual([...INGEST_NODE_OPTIONS], ['--no-allocation-site-pretenuring']);
+    assert.throws(() => (INGEST_NODE_OPTIONS as string[]).push('--x'), TypeError);
+  });
+
+  it('names what a process was started without, in either of V8\'s spellings', () => {
+    assert.deepEqual(missingNodeOptions([]), ['--no-allocation-site-pretenuring']);
+    assert.deepEqual(missingNodeOptions(['--import', 'tsx']), ['--no-allocation-site-pretenuring']);
+    assert.deepEqual(missingNodeOptions(['--allocation-site-pretenuring']), ['--no-allocation-site-pretenuring'], 'the opposite flag is not it');
+    assert.deepEqual(missingNodeOptions(['--import', 'tsx', '--no-allocation-site-pretenuring']), []);
+    assert.deepEqual(missingNodeOptions(['--no_allocation_site_pretenuring']), []);
+    assert.deepEqual(missingNodeOptions(['--a'], ['--a', '--b']), ['--b']);
+  });
+
+  it('are accepted by this node', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync(process.execPath, [...INGEST_NODE_OPTIONS, '-e', 'process.stdout.write(JSON.stringify(process.execArgv))'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(missingNodeOptions(JSON.parse(r.stdout) as string[]), []);
+    assert.equal(r.stderr, '', 'no "bad option" warning');
+  });
+});
