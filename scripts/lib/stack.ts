@@ -44,6 +44,24 @@ import { startSwtpm, type Swtpm } from './swtpm.ts';
 
 const run = promisify(execFile);
 
+/**
+ * The port an agent's HL7 gateway bound, from the agent's log line `hl7 gateway listening`; waits for
+ * it (the agent starts its sources after its start-up self-test and key store).
+ */
+async function loggedHl7Port(logFile: string, deviceId: string, ms = 60_000): Promise<number> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const text = existsSync(logFile) ? readFileSync(logFile, 'utf8') : '';
+    for (const line of text.split('\n')) {
+      if (!line.includes('"msg":"hl7 gateway listening"')) continue;
+      const port = (JSON.parse(line) as { port?: unknown }).port;
+      if (typeof port === 'number' && port > 0) return port;
+    }
+    if (Date.now() > end) throw new Error(`${deviceId}: its agent did not log its HL7 gateway's port within ${ms / 1000} s (see ${logFile})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** The name the ingest's MQTT client certificate carries (its broker user name). */
 export const STACK_INGEST_NAME = 'ingest.vitalseal.local';
 
@@ -393,7 +411,9 @@ log: { level: info }
       }
 
       const sources = spec.source === 'hl7'
-        ? `[{ type: hl7-mllp, id: monitor, listen: "127.0.0.1:${await freePort()}", acceptSenders: [MONITOR] }]`
+        // Port 0: the agent binds a free port itself and logs it (a port picked here beforehand could
+        // be taken by another program before the agent binds it, and the monitor would talk to that).
+        ? `[{ type: hl7-mllp, id: monitor, listen: "127.0.0.1:0", acceptSenders: [MONITOR] }]`
         : `[{ type: simulated, id: patient, seed: ${spec.seed ?? 1} }]`;
       const statusSocket = join(ddir, 'agent.sock');
       const agentCfg = join(ddir, 'agent.yaml');
@@ -424,8 +444,10 @@ status: { socket: ${statusSocket} }
         env: deviceEnv, cwd: dir,
       }));
       if (spec.source === 'hl7') {
-        const port = /listen: "127\.0\.0\.1:(\d+)"/.exec(sources)?.[1] as string;
-        procs.spawn(`monitor ${spec.id}`, process.execPath, [`--import=${import.meta.resolve('tsx')}`, join(import.meta.dirname, 'hl7-monitor.ts'), '--port', port], { log: join(ddir, 'monitor.log'), env, cwd: dir });
+        const port = await loggedHl7Port(join(ddir, 'agent.log'), spec.id);
+        // A restarted agent (startAgent) binds the same port again, where the monitor reconnects.
+        writeFileSync(agentCfg, readFileSync(agentCfg, 'utf8').replace('listen: "127.0.0.1:0"', `listen: "127.0.0.1:${port}"`));
+        procs.spawn(`monitor ${spec.id}`, process.execPath, [`--import=${import.meta.resolve('tsx')}`, join(import.meta.dirname, 'hl7-monitor.ts'), '--port', String(port)], { log: join(ddir, 'monitor.log'), env, cwd: dir });
       }
     }
 
