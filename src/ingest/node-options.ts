@@ -21,10 +21,12 @@
 export const INGEST_NODE_OPTIONS: readonly string[] = Object.freeze(['--no-allocation-site-pretenuring']);
 
 /**
- * Which of `wanted` the process was not started with. V8 also reads a flag written with
- * underscores (`--no_allocation_site_pretenuring`), so both spellings count.
+ * Which of `wanted` the process was not started with, or started with and then undone: V8 takes
+ * the last of `--no-x` and `--x`. It also reads a flag written with underscores
+ * (`--no_allocation_site_pretenuring`), so both spellings count.
  */
 export function missingNodeOptions(execArgv: readonly string[], wanted: readonly string[] = INGEST_NODE_OPTIONS): string[] {
-  const given = new Set(execArgv.map((a) => a.replace(/_/g, '-')));
-  return wanted.filter((w) => !given.has(w));
+  const given = execArgv.map((a) => (a.startsWith('--') ? `--${a.slice(2).replace(/_/g, '-')}` : a));
+  const opposite = (flag: string) => (flag.startsWith('--no-') ? `--${flag.slice(5)}` : `--no-${flag.slice(2)}`);
+  return wanted.filter((w) => given.lastIndexOf(w) <= given.lastIndexOf(opposite(w)));
 }

@@ -14,6 +14,9 @@ describe('ingest node options', () => {
     assert.deepEqual(missingNodeOptions(['--allocation-site-pretenuring']), ['--no-allocation-site-pretenuring'], 'the opposite flag is not it');
     assert.deepEqual(missingNodeOptions(['--import', 'tsx', '--no-allocation-site-pretenuring']), []);
     assert.deepEqual(missingNodeOptions(['--no_allocation_site_pretenuring']), []);
+    // V8 takes the last of a flag and its negation.
+    assert.deepEqual(missingNodeOptions(['--no-allocation-site-pretenuring', '--allocation-site-pretenuring']), ['--no-allocation-site-pretenuring']);
+    assert.deepEqual(missingNodeOptions(['--allocation-site-pretenuring', '--no-allocation-site-pretenuring']), []);
     assert.deepEqual(missingNodeOptions(['--a'], ['--a', '--b']), ['--b']);
   });
 
