@@ -373,7 +373,6 @@ class Writer {
     this.#len = writeHead(this.#buf, this.#len, major, arg);
   }
 
-
   bytes(b: Uint8Array): void {
     this.#buf.set(b, this.#len);
     this.#len += b.length;
