@@ -115,6 +115,43 @@ describe('batched UDP over loopback', { skip: EXPECTED ? false : 'batched UDP is
     assert.equal(receiver.stats.datagramsReceived, 64);
   });
 
+  it('after a burst, the socket is read again before the wait, and later datagrams still arrive once that read finds nothing', async () => {
+    const got: number[] = [];
+    const receiver = await batched((b) => got.push(...b.map((d) => d.data[0] as number)));
+    const sender = await nodeSocket();
+    const to = receiver.address();
+    // A burst, then quiet (the re-read finds nothing and the wait is armed), then single datagrams
+    // spaced out: each must still wake the socket.
+    for (let i = 0; i < 16; i++) sender.send(datagram(i, 100), to.port, to.address);
+    await until(() => got.length === 16, 'the burst');
+    for (let i = 16; i < 20; i++) {
+      await new Promise((r) => setTimeout(r, 30));
+      sender.send(datagram(i, 100), to.port, to.address);
+      await until(() => got.length === i + 1, `datagram ${i} after a quiet spell`);
+    }
+    assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => i));
+  });
+
+  it('a socket closed by its own handler is not read again, and the other sockets keep receiving', async () => {
+    let batches = 0;
+    const closing = await BatchedUdpSocket.open({ host: '127.0.0.1', onDatagrams: () => {
+      batches++;
+      void closing.close();
+    } });
+    const other: number[] = [];
+    const receiver = await batched((b) => other.push(...b.map((d) => d.data[0] as number)));
+    const sender = await nodeSocket();
+    const a = closing.address();
+    const b = receiver.address();
+    for (let i = 0; i < 8; i++) sender.send(datagram(i, 100), a.port, a.address);
+    await until(() => batches === 1, 'the first batch');
+    for (let i = 0; i < 8; i++) sender.send(datagram(i, 100), a.port, a.address);
+    for (let i = 0; i < 4; i++) sender.send(datagram(i, 100), b.port, b.address);
+    await until(() => other.length === 4, 'the other socket\'s datagrams');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(batches, 1, 'nothing read after close');
+  });
+
   it('mixed sizes and two peers in one send: each peer gets exactly its datagrams, in order', async () => {
     const a: ReceivedDatagram[] = [];
     const b: Buffer[] = [];

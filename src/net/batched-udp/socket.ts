@@ -393,8 +393,9 @@ export class BatchedUdpSocket implements Pollable {
     msgs.setInt32(mo + MSG_FLAGS, 0, true);
   }
 
-  onReadable(): void {
-    if (this.#closed !== undefined) return;
+  onReadable(): boolean {
+    if (this.#closed !== undefined) return false;
+    let read = false;
     const b = this.#b;
     const msgs = this.#rMsgs.view;
     for (let round = 0; round < RECEIVE_ROUNDS; round++) {
@@ -409,9 +410,10 @@ export class BatchedUdpSocket implements Pollable {
         const e = b.errno();
         // ECONNREFUSED: an ICMP error for an earlier send, now consumed; the queue may hold more.
         if (e === EINTR || e === ECONNREFUSED) continue;
-        return;
+        return read;
       }
-      if (n === 0) return;
+      if (n === 0) return read;
+      read = true;
       let total = 0;
       for (let i = 0; i < n; i++) total += msgs.getUint32(i * MMSGHDR_SIZE + MMSG_LEN, true);
       const copy = Buffer.allocUnsafe(total);
@@ -442,8 +444,9 @@ export class BatchedUdpSocket implements Pollable {
       }
       this.stats.datagramsReceived += batch.length;
       if (batch.length > 0) this.#onDatagrams(batch);
-      if (this.#closed !== undefined || n < this.#slots) return;
+      if (this.#closed !== undefined || n < this.#slots) return read;
     }
+    return read;
   }
 
   /** The UDP_GRO segment size the kernel attached to slot `i`, or `len` when it did not coalesce. */
