@@ -160,38 +160,65 @@ export class DtlsServerEndpoint {
    */
   handleDatagramNow(datagram: Uint8Array, from: PeerAddress, now: number): EndpointOutput | Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
+    return then(this.#handleInto(datagram, from, now, out), () => out);
+  }
+
+  /**
+   * Several datagrams, in order, with one output: what a batching socket read in one system call.
+   * Synchronous unless a handshake step waits; the datagrams after it wait for it.
+   *
+   * @example
+   *   const out = endpoint.handleDatagramsNow([{ data, from }, { data: next, from }], Date.now());
+   */
+  handleDatagramsNow(batch: readonly { readonly data: Uint8Array; readonly from: PeerAddress }[], now: number): EndpointOutput | Promise<EndpointOutput> {
+    const out: EndpointOutput = { datagrams: [], events: [] };
+    const from = (i: number): EndpointOutput | Promise<EndpointOutput> => {
+      for (; i < batch.length; i++) {
+        const d = batch[i] as { readonly data: Uint8Array; readonly from: PeerAddress };
+        const r = this.#handleInto(d.data, d.from, now, out);
+        if (r instanceof Promise) {
+          const next = i + 1;
+          return r.then(() => from(next));
+        }
+      }
+      return out;
+    };
+    return from(0);
+  }
+
+  #handleInto(datagram: Uint8Array, from: PeerAddress, now: number, out: EndpointOutput): void | Promise<unknown> {
     this.stats.datagramsIn++;
-    if (datagram.length === 0) return this.#drop(out, 'malformed');
+    if (datagram.length === 0) return void this.#drop(out, 'malformed');
     const first = datagram[0] as number;
     const cidLength = this.config.connectionIdLength;
     if (isCiphertextHeaderByte(first) && (first & 0x10) !== 0) {
       // RFC 9146: a CID names the session wherever the datagram came from.
-      if (cidLength === 0 || datagram.length < 1 + cidLength) return this.#drop(out, 'malformed');
+      if (cidLength === 0 || datagram.length < 1 + cidLength) return void this.#drop(out, 'malformed');
       const s = this.#byCid.get(cidKey(datagram.subarray(1, 1 + cidLength)));
-      if (s === undefined) return this.#drop(out, 'unknown-cid');
-      return then(this.#deliver(s, datagram, from, now, out), () => out);
+      if (s === undefined) return void this.#drop(out, 'unknown-cid');
+      return settled(this.#deliver(s, datagram, from, now, out));
     }
     const key = addrKey(from);
     if (first === ContentType.handshake && this.#looksLikeClientHello(datagram)) {
       const pending = this.#pending.get(key);
       if (pending !== undefined && pending.hello !== undefined && sameBytes(pending.hello, helloBytes(datagram))) {
         // A retransmitted ClientHello for the handshake in progress: the session answers it.
-        return then(this.#deliver(pending, datagram, from, now, out), () => out);
+        return settled(this.#deliver(pending, datagram, from, now, out));
       }
       // A different ClientHello (a new attempt, or the one we answered was damaged on the way):
       // it starts over, and with a valid cookie replaces the handshake in progress.
-      return this.#clientHello(datagram, from, now, out).then(() => out);
+      return this.#clientHello(datagram, from, now, out);
     }
     const pending = this.#pending.get(key);
     const established = this.#established.get(key);
-    if (pending === undefined && established === undefined) return this.#drop(out, 'unknown-peer');
+    if (pending === undefined && established === undefined) return void this.#drop(out, 'unknown-peer');
     if (pending !== undefined) {
-      return then(this.#deliver(pending, datagram, from, now, out), (r) => {
-        if (r === undefined || r.authenticated > 0 || established === undefined) return out;
-        return then(this.#deliver(established, datagram, from, now, out), () => out);
-      });
+      return settled(then(this.#deliver(pending, datagram, from, now, out), (r) => {
+        if (r === undefined || r.authenticated > 0 || established === undefined) return undefined;
+        return this.#deliver(established, datagram, from, now, out);
+      }));
     }
-    return then(this.#deliver(established as SessionEntry, datagram, from, now, out), () => out);
+    return settled(this.#deliver(established as SessionEntry, datagram, from, now, out));
   }
 
   async handleTimeout(now: number): Promise<EndpointOutput> {
@@ -431,4 +458,9 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** Nothing when `r` is already there, else a promise that it settles (its value is not needed). */
+function settled(r: unknown): void | Promise<unknown> {
+  return r instanceof Promise ? r : undefined;
 }

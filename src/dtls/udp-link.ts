@@ -21,8 +21,13 @@ export interface LinkAddress {
   readonly port: number;
 }
 
-/** Called with each received datagram; `last` is false while more of the same batch follow. */
-export type LinkReceiver = (data: Uint8Array, from: LinkAddress, last: boolean) => void;
+export interface LinkDatagram {
+  readonly data: Uint8Array;
+  readonly from: LinkAddress;
+}
+
+/** Called with what one read brought: one datagram on node:dgram, many on a batching link. */
+export type LinkReceiver = (batch: readonly LinkDatagram[]) => void;
 
 export interface DatagramLink {
   readonly io: 'node' | 'batched';
@@ -137,7 +142,7 @@ class BatchedLink implements DatagramLink {
 /** A bound server socket. */
 export async function listenLink(io: 'node' | 'batched', host: string, port: number, bufferBytes: number, receive: LinkReceiver, onError: (e: Error) => void): Promise<DatagramLink> {
   if (io === 'batched') {
-    return new BatchedLink(await BatchedUdpSocket.open({ host, port, bufferBytes, onDatagrams: (batch) => deliver(batch, receive) }));
+    return new BatchedLink(await BatchedUdpSocket.open({ host, port, bufferBytes, onDatagrams: receive }));
   }
   const socket = createSocket(udpType(host));
   await new Promise<void>((resolve, reject) => {
@@ -147,7 +152,7 @@ export async function listenLink(io: 'node' | 'batched', host: string, port: num
       resolve();
     });
   });
-  socket.on('message', (msg, rinfo) => receive(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), { address: rinfo.address, port: rinfo.port }, true));
+  socket.on('message', (msg, rinfo) => receive([{ data: new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), from: { address: rinfo.address, port: rinfo.port } }]));
   socket.on('error', onError);
   try {
     socket.setRecvBufferSize(bufferBytes);
@@ -165,7 +170,7 @@ export async function listenLink(io: 'node' | 'batched', host: string, port: num
  */
 export async function connectLink(io: 'node' | 'batched', host: string, port: number, receive: LinkReceiver): Promise<DatagramLink> {
   if (io === 'batched') {
-    return new BatchedLink(await BatchedUdpSocket.open({ connect: { address: host, port }, receiveSlots: 4, onDatagrams: (batch) => deliver(batch, receive) }));
+    return new BatchedLink(await BatchedUdpSocket.open({ connect: { address: host, port }, receiveSlots: 4, onDatagrams: receive }));
   }
   const socket = createSocket(udpType(host));
   try {
@@ -186,12 +191,7 @@ export async function connectLink(io: 'node' | 'batched', host: string, port: nu
     socket.close();
     throw e;
   }
-  socket.on('message', (msg, rinfo) => receive(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), { address: rinfo.address, port: rinfo.port }, true));
+  socket.on('message', (msg, rinfo) => receive([{ data: new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), from: { address: rinfo.address, port: rinfo.port } }]));
   socket.on('error', () => undefined);
   return new NodeLink(socket, true);
-}
-
-function deliver(batch: readonly { data: Uint8Array; from: LinkAddress }[], receive: LinkReceiver): void {
-  const last = batch.length - 1;
-  batch.forEach((d, i) => receive(d.data, d.from, i === last));
 }

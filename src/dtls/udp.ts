@@ -175,12 +175,12 @@ class Outbox {
   }
 
   /**
-   * A batch of received datagrams has been handled (`last` of the link's receiver): on a batching
-   * link what it produced (ACKs, answers) goes now rather than at the end of the turn, so the peer
-   * is not kept waiting while later batches are read.
+   * A batch of received datagrams has been handled: on a batching link what it produced (ACKs,
+   * answers) goes now rather than at the end of the turn, so the peer is not kept waiting while
+   * later batches are read.
    */
-  received(last: boolean): void {
-    if (last && this.link().batches) this.flush();
+  received(): void {
+    if (this.link().batches) this.flush();
   }
 
   drained(): Promise<void> {
@@ -311,10 +311,10 @@ export class DtlsClientSocket extends EventEmitter<DtlsClientSocketEvents> {
 
   #openLink(): Promise<DatagramLink> {
     const generation = ++this.#generation;
-    return connectLink(this.#io, this.#host, this.#port, (data, _from, last) => {
+    return connectLink(this.#io, this.#host, this.#port, (batch) => {
       if (generation !== this.#generation) return;
-      void this.#step((now) => this.#connection.handleDatagramNow(data, now));
-      this.#sends.received(last);
+      for (const d of batch) void this.#step((now) => this.#connection.handleDatagramNow(d.data, now));
+      this.#sends.received();
     });
   }
 
@@ -457,9 +457,10 @@ export class DtlsServer extends EventEmitter<DtlsServerEvents> {
       options.host ?? '127.0.0.1',
       options.port ?? 0,
       options.socketBufferBytes ?? 1 << 20,
-      (data, from, last) => {
-        void server._act((ep, now) => ep.handleDatagramNow(data, from, now));
-        server.#sends.received(last);
+      (batch) => {
+        // One step for what one read brought: the endpoint goes through it in order.
+        void server._act((ep, now) => ep.handleDatagramsNow(batch, now));
+        server.#sends.received();
       },
       (e) => server.emit('error', e),
     );

@@ -200,6 +200,51 @@ describe('steps that need not wait complete synchronously, in call order', () =>
   });
 });
 
+describe('a batch of datagrams read together', () => {
+  it('is handled in order with one output, synchronously when nothing waits', async () => {
+    const pair = await connected(client(), server());
+    const batch = ['one', 'two', 'three'].map((t) => {
+      const out = pair.client.sendNow(utf8(t), pair.now);
+      assert.ok(!(out instanceof Promise));
+      return { data: out.datagrams[0] as Uint8Array, from: pair.clientAddr };
+    });
+    const out = pair.server.handleDatagramsNow(batch, pair.now);
+    assert.ok(!(out instanceof Promise), 'no handshake step waited');
+    const texts = out.events.flatMap((e) => (e.event.type === 'data' ? [new TextDecoder().decode(e.event.data)] : []));
+    assert.deepEqual(texts, ['one', 'two', 'three']);
+  });
+
+  it('a datagram that waits (a ClientHello signing) holds back the ones after it, and the output has all of them', async () => {
+    const pair = await connected(client(), server({ requireCookie: false }));
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    // An endpoint whose signer waits gets a newcomer's ClientHello and then, in the same batch, a
+    // data datagram of the established pair (whose session it does not have).
+    const data = pair.client.sendNow(utf8('after the hello'), pair.now);
+    assert.ok(!(data instanceof Promise));
+    const other = Connection.client(client());
+    const hello = (await other.start(pair.now)).datagrams[0] as Uint8Array;
+    const slowSigner = { ...serverLeaf.signer, sign: async (d: Uint8Array) => {
+      await gate;
+      return serverLeaf.signer.sign(d);
+    } };
+    const slow = new DtlsServerEndpoint(server({ signer: slowSigner, requireCookie: false }), pair.now);
+    const newcomer = { address: '192.0.2.77', port: 5000 };
+    const waiting = slow.handleDatagramsNow([{ data: hello, from: newcomer }, { data: data.datagrams[0] as Uint8Array, from: pair.clientAddr }], pair.now);
+    assert.ok(waiting instanceof Promise, 'the batch waits for the signature');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(slow.stats.datagramsIn, 1, 'the datagram after the hello waits');
+    release();
+    const out = await waiting;
+    assert.ok(out.datagrams.some((d) => d.to === newcomer), 'the server flight for the newcomer is in the output');
+    // The data datagram reached an endpoint that never saw its sender (nor its connection ID): dropped, counted.
+    assert.equal(slow.stats.datagramsIn, 2);
+    assert.equal(Object.values(slow.stats.dropped).reduce((a, b) => a + (b ?? 0), 0), 1);
+  });
+});
+
 describe('rsa_pss_rsae_sha256 (verification only)', () => {
   it('verifies an RSA-PSS CertificateVerify and refuses PKCS#1 v1.5 and a changed transcript', () => {
     const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
