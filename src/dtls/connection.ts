@@ -387,11 +387,10 @@ export class Connection {
 
   #nextTimeout(): number | undefined {
     if (this.#phase.kind === 'closed' || this.#phase.kind === 'failed') return undefined;
-    let t: number | undefined;
-    for (const x of [this.#retransmitAt, this.#ackAt, this.#phase.kind === 'handshaking' ? this.#handshakeDeadline : undefined, this.#retireEpoch2At]) {
-      if (x !== undefined && (t === undefined || x < t)) t = x;
-    }
-    return t;
+    // Runs after every datagram: no array, no iterator.
+    let t = earlier(this.#retransmitAt, this.#ackAt);
+    if (this.#phase.kind === 'handshaking') t = earlier(t, this.#handshakeDeadline);
+    return earlier(t, this.#retireEpoch2At);
   }
 
   #emit(datagram: Uint8Array): void {
@@ -486,7 +485,8 @@ export class Connection {
     this.stats.datagramsIn++;
     const parsed = parseDatagram(datagram, this.#receiveCid.length);
     if (parsed.error !== undefined) this.#drop('malformed');
-    return this.#onRecords({ pending: [...parsed.records], sawOld: false, progressed: false }, now);
+    // parseDatagram's array is this call's own: consumed in place.
+    return this.#onRecords({ pending: parsed.records, sawOld: false, progressed: false }, now);
   }
 
   /** The datagram's records in order; waits (returns a promise) only if a record's handling does. */
@@ -1021,4 +1021,10 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** The earlier of two optional deadlines. */
+function earlier(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined) return b;
+  return b === undefined || a <= b ? a : b;
 }
