@@ -20,7 +20,7 @@ export interface PeerStart {
   readonly keyPem: string;
   /** DTLS only: perform the cookie exchange for every handshake (the default, RFC 9147 §5.1). */
   readonly requireCookie?: boolean;
-  /** DTLS only: the server's UDP socket (src/dtls/udp-link.ts); node:dgram by default. */
+  /** DTLS only: the server's UDP socket (src/dtls/udp-link.ts); the product's default (`auto`) when unset. */
   readonly udp?: 'node' | 'batched';
 }
 
@@ -56,7 +56,7 @@ async function startDtls(s: PeerStart): Promise<{ port: number; sessions: () => 
     verifier: new X509PeerVerifier({ roots: [s.caPem], purpose: 'client' }),
     requireClientCertificate: true,
     requireCookie: s.requireCookie ?? true,
-    udp: s.udp ?? 'node',
+    ...(s.udp === undefined ? {} : { udp: s.udp }),
     cipherSuites: ['TLS_AES_128_GCM_SHA256'],
     limits: { maxSessions: 50_000, maxPendingHandshakes: 1_000, maxPendingPerAddress: 64 },
   });

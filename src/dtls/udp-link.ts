@@ -6,13 +6,15 @@
  *   system call (same-size runs to one peer as one segmented message), and received datagrams come
  *   up many per call. Needs koffi and 64-bit Linux; `batchedUdpStatus()` says whether it is here.
  *
- * `auto` picks `batched` where it is available and `node` elsewhere. Without an option the
- * VITALSEAL_UDP environment variable (`node`, `batched`, `auto`) decides, and `node` without it.
+ * `auto`, the default, picks `batched` where it is available and `node` elsewhere. Without an
+ * option the VITALSEAL_UDP environment variable (`node`, `batched`, `auto`) decides, and `auto`
+ * without it.
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { BatchedUdpSocket, batchedUdpStatus, type OutgoingDatagram } from '../net/batched-udp/socket.ts';
 import { concatBytes } from '../util/bytes.ts';
+import { ApiMisuse } from '../util/errors.ts';
 
 export type UdpIo = 'node' | 'batched' | 'auto';
 
@@ -49,12 +51,16 @@ function udpType(host: string): 'udp4' | 'udp6' {
   return isIP(host) === 6 ? 'udp6' : 'udp4';
 }
 
-/** The default when an option does not say: `node`, or what VITALSEAL_UDP names. */
+/** The default when an option does not say: `auto`, or what VITALSEAL_UDP names. */
 export const UDP_IO_ENV = 'VITALSEAL_UDP';
 
 export function resolveIo(option: UdpIo | undefined): 'node' | 'batched' {
   const env = process.env[UDP_IO_ENV];
-  const io = option ?? (env === 'batched' || env === 'auto' || env === 'node' ? env : 'node');
+  if (option === undefined && env !== undefined && env !== '' && env !== 'node' && env !== 'batched' && env !== 'auto') {
+    // A misspelt switch must not quietly pick a socket the operator did not ask for.
+    throw new ApiMisuse('bad-udp-setting', `${UDP_IO_ENV} must be node, batched or auto, not "${env}"`);
+  }
+  const io = option ?? (env === 'node' || env === 'batched' ? env : 'auto');
   if (io === 'batched') return 'batched';
   if (io === 'auto') return batchedUdpStatus().available ? 'batched' : 'node';
   return 'node';

@@ -194,8 +194,9 @@ export interface ClientSocketOptions extends ClientConfig {
   readonly port: number;
   readonly clock?: Clock;
   /**
-   * The UDP socket underneath (udp-link.ts): `node` (node:dgram, the default), `batched` (many
-   * datagrams per system call, 64-bit Linux with koffi; throws Unsupported elsewhere) or `auto`.
+   * The UDP socket underneath (udp-link.ts): `auto` (the default: `batched` where available,
+   * `node` elsewhere), `batched` (many datagrams per system call, 64-bit Linux with koffi; throws
+   * Unsupported elsewhere) or `node` (node:dgram, one system call per datagram, any platform).
    */
   readonly udp?: UdpIo;
 }
@@ -382,7 +383,7 @@ export interface ServerSocketOptions extends ServerConfig {
    * net.core.rmem_max/wmem_max): bursts from many devices queue there while a handshake signs.
    */
   readonly socketBufferBytes?: number;
-  /** The UDP socket underneath: `node` (default), `batched` or `auto`, as for the client. */
+  /** The UDP socket underneath: `auto` (default), `batched` or `node`, as for the client. */
   readonly udp?: UdpIo;
 }
 

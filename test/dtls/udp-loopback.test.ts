@@ -271,6 +271,30 @@ for (const udp of ['node', 'batched'] as const) describe(`DTLS 1.3 over UDP loop
 });
 
 describe('choosing the UDP socket', () => {
+  it('without an option or VITALSEAL_UDP the default is auto: batched system calls where available; the variable is honoured and a misspelt one refused', async () => {
+    const before = process.env['VITALSEAL_UDP'];
+    try {
+      delete process.env['VITALSEAL_UDP'];
+      const server = await startServerWith({});
+      assert.equal(server.udp, BATCHED_EXPECTED ? 'batched' : 'node');
+      const c = await clientWith(server, {});
+      assert.equal(c.udp, BATCHED_EXPECTED ? 'batched' : 'node');
+      await echo(c, 'default socket');
+      process.env['VITALSEAL_UDP'] = 'node';
+      const n = await clientWith(server, {});
+      assert.equal(n.udp, 'node');
+      await echo(n, 'node:dgram by the variable');
+      process.env['VITALSEAL_UDP'] = 'batchd';
+      await assert.rejects(clientWith(server, {}), (e: unknown) => e instanceof VitalsealError && e.code === 'bad-udp-setting' && /VITALSEAL_UDP must be node, batched or auto/.test(e.message));
+      // An explicit option wins over the variable, misspelt or not.
+      const explicit = await clientWith(server, { udp: 'node' });
+      assert.equal(explicit.udp, 'node');
+    } finally {
+      if (before === undefined) delete process.env['VITALSEAL_UDP'];
+      else process.env['VITALSEAL_UDP'] = before;
+    }
+  });
+
   it("where batched UDP is unavailable, 'batched' is refused with the reason and 'auto' uses node:dgram", async () => {
     const before = process.env['VITALSEAL_BATCHED_UDP'];
     process.env['VITALSEAL_BATCHED_UDP'] = 'off';

@@ -166,9 +166,17 @@ describe('CoAPS server: requests that never reach the handler', () => {
       inputs.push(m);
     }
     for (const bytes of inputs) await raw.sendRaw(bytes);
-    // Still up, still answering, for this session and a new one.
-    const ok = await raw.request(CoapCode.POST, [...TELEMETRY, CF96], Uint8Array.of(0xd8, 0x60, 1));
-    assert.equal(codeString(ok.code), '2.04');
+    // Still up, still answering, for this session and a new one. A batching socket can hand the
+    // server this whole burst in one read; the requests among it that reach the handler then fill
+    // the session's 64 handler slots at once, and a request in the same read gets 5.03 with
+    // Max-Age, after which a client tries again (RFC 7252 §5.9.3.4).
+    const request = () => raw.request(CoapCode.POST, [...TELEMETRY, CF96], Uint8Array.of(0xd8, 0x60, 1));
+    let ok = await request();
+    if (codeString(ok.code) === '5.03') {
+      await new Promise((r) => setTimeout(r, 1000 * (readUintOption(ok, 14 /* Max-Age, RFC 7252 §5.10.5 */) ?? 1)));
+      ok = await request();
+    }
+    assert.equal(codeString(ok.code), '2.04', JSON.stringify(rig.server.counters().refused));
     const fresh = await RawCoap.open(rig, 'bed-raw');
     assert.equal(codeString((await fresh.request(CoapCode.POST, [...TELEMETRY, CF96], Uint8Array.of(0xd8, 0x60, 2))).code), '2.04');
     await fresh.close();
