@@ -5,12 +5,16 @@
  * writes them.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
+import { networkInterfaces } from 'node:os';
 import { after, describe, it } from 'node:test';
 import { BatchedUdpSocket, batchedUdpStatus, type ReceivedDatagram } from '../../src/net/batched-udp/socket.ts';
 import { decodeSockaddr, encodeSockaddr } from '../../src/net/batched-udp/sockaddr.ts';
 import { TransportError } from '../../src/util/errors.ts';
 
+/** An address of this host other than loopback, if it has one. */
+const EXTERNAL_IPV4 = Object.values(networkInterfaces()).flat().find((a) => a !== undefined && !a.internal && a.family === 'IPv4')?.address;
 const EXPECTED = process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64');
 const open: { close(): unknown }[] = [];
 after(async () => {
@@ -130,6 +134,36 @@ describe('batched UDP over loopback', { skip: EXPECTED ? false : 'batched UDP is
       await until(() => got.length === i + 1, `datagram ${i} after a quiet spell`);
     }
     assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => i));
+  });
+
+  it('a connected socket sends from the address its route gives, not from loopback', { skip: EXTERNAL_IPV4 === undefined ? 'no non-loopback IPv4 address here' : false }, async () => {
+    const ip = EXTERNAL_IPV4 as string;
+    const receiver = await nodeSocket('udp4', ip);
+    const got: { address: string }[] = [];
+    receiver.on('message', (_m, from) => got.push(from));
+    const s = await BatchedUdpSocket.open({ connect: { address: ip, port: receiver.address().port }, onDatagrams: () => undefined });
+    open.push(s);
+    s.send([{ data: datagram(1, 10), address: '', port: 0 }]);
+    await until(() => got.length === 1, 'the datagram');
+    assert.equal(got[0]?.address, ip, 'a peer elsewhere could answer it');
+  });
+
+  it('a process with an open socket, its wait armed, still exits on process.exit()', async () => {
+    const script = `import { BatchedUdpSocket } from ${JSON.stringify(new URL('../../src/net/batched-udp/socket.ts', import.meta.url).href)};
+await BatchedUdpSocket.open({ host: '127.0.0.1', onDatagrams: () => undefined });
+setTimeout(() => process.exit(7), 50);`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: 'ignore' });
+    const code = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        resolve(null);
+      }, 20_000);
+      child.once('exit', (c) => {
+        clearTimeout(timer);
+        resolve(c);
+      });
+    });
+    assert.equal(code, 7, 'exited with its own code rather than hanging on the blocked wait');
   });
 
   it('a socket closed by its own handler is not read again, and the other sockets keep receiving', async () => {

@@ -31,6 +31,7 @@ export class Poller {
   /** Sockets removed while a wait was in flight: closed once it returns. */
   #closing: (() => void)[] = [];
   #armed = false;
+  #exiting = false;
   #wakePending = false;
   #fds: CPointer | undefined;
   #fdsView: DataView | undefined;
@@ -42,6 +43,12 @@ export class Poller {
     this.#b = b;
     this.#wakeFd = b.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#wakeFd < 0) throw new Error(`eventfd failed (errno ${b.errno()})`);
+    // Node joins libuv's pool threads on its way out: a wait still blocked in poll() there would
+    // hold process.exit() forever. The wait is woken as the process exits, and never armed again.
+    process.once('exit', () => {
+      this.#exiting = true;
+      if (this.#armed) this.#wake();
+    });
   }
 
   static for(b: UdpBindings): Poller {
@@ -86,7 +93,7 @@ export class Poller {
   }
 
   #arm(): void {
-    if (this.#armed || this.#members.size === 0) return;
+    if (this.#armed || this.#exiting || this.#members.size === 0) return;
     const k = this.#b.k;
     const n = this.#members.size + 1;
     if (n > this.#capacity) {

@@ -54,7 +54,7 @@ export interface ReceivedDatagram {
 }
 
 export interface BatchedUdpOptions {
-  /** Local address literal to bind (default 127.0.0.1). */
+  /** Local address literal to bind (default 127.0.0.1; with `connect`, the wildcard of the peer's family). */
   readonly host?: string;
   /** Local port (default 0: an ephemeral port). */
   readonly port?: number;
@@ -188,7 +188,9 @@ export class BatchedUdpSocket implements Pollable {
       const address = isIP(host) !== 0 ? host : (await lookup(host)).address;
       connected = { address, port: options.connect.port };
     }
-    const local = options.host ?? (connected !== undefined && isIP(connected.address) === 6 ? '::' : '127.0.0.1');
+    // A connected socket binds the wildcard of the peer's family, as node:dgram's bind(0) does: the
+    // kernel then picks the source address for the route (a loopback bind could reach only this host).
+    const local = options.host ?? (connected === undefined ? '127.0.0.1' : isIP(connected.address) === 6 ? '::' : '0.0.0.0');
     const family = isIP(local) === 6 ? AF_INET6 : AF_INET;
     const fd = b.socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw failure('socket', b.errno());
