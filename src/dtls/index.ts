@@ -1,9 +1,9 @@
 /**
  * vitalseal/dtls: a DTLS 1.3 (RFC 9147) client and server with Connection IDs (RFC 9146).
  * The core is sans-I/O (`Connection`, `DtlsServerEndpoint`); `DtlsClientSocket` and `DtlsServer`
- * run it on node:dgram, or on batched system calls with `udp: 'batched'` (64-bit Linux;
- * `batchedUdpStatus()` says whether it is available here). Design choices: docs/dtls.md; interop:
- * docs/interop.md.
+ * run it on a UDP socket: batched system calls where available (64-bit Linux; the default
+ * `udp: 'auto'`, `batchedUdpStatus()` says whether they are here), node:dgram elsewhere or with
+ * `udp: 'node'`. Design choices: docs/dtls.md; interop: docs/interop.md.
  *
  * @example
  *   import { DtlsClientSocket, X509PeerVerifier } from 'vitalseal/dtls';
