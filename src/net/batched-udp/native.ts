@@ -1,9 +1,10 @@
 /**
  * The C library calls batched UDP needs, bound through koffi on first use: sockets, `sendmsg` with
- * UDP segmentation offload, `sendmmsg`, `recvmmsg` with UDP receive offload, `poll` and an eventfd.
+ * UDP segmentation offload, `sendmmsg`, `recvmmsg` with UDP receive offload, epoll and an eventfd.
  *
  * Only 64-bit little-endian Linux (x86_64, aarch64: Raspberry Pi OS 64-bit) is supported: the
- * structure layouts below (msghdr 56 bytes, mmsghdr 64, iovec 16, pollfd 8) and the constants are
+ * structure layouts below (msghdr 56 bytes, mmsghdr 64, iovec 16, epoll_event 12 on x86_64 where
+ * the kernel packs it, 16 on aarch64) and the constants are
  * that ABI's. Anywhere else `loadUdpBindings` gives a one-line reason and the caller keeps
  * node:dgram.
  *
@@ -32,11 +33,14 @@ export const UDP_SEGMENT = 103;
 /** setsockopt / cmsg: receive coalesced datagrams with their segment size (Linux 5.0). */
 export const UDP_GRO = 104;
 export const MSG_DONTWAIT = 0x40;
-export const POLLIN = 0x1;
-export const POLLOUT = 0x4;
-export const POLLERR = 0x8;
-export const POLLHUP = 0x10;
-export const POLLNVAL = 0x20;
+export const EPOLLIN = 0x1;
+export const EPOLLOUT = 0x4;
+export const EPOLLERR = 0x8;
+export const EPOLLHUP = 0x10;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+export const EPOLL_CLOEXEC = 0x80000;
 export const EFD_NONBLOCK = 0x800;
 export const EFD_CLOEXEC = 0x80000;
 
@@ -59,7 +63,9 @@ export const MSG_CONTROLLEN = 40;
 export const MSG_FLAGS = 48;
 /** mmsghdr.msg_len: bytes received or sent for that message. */
 export const MMSG_LEN = 56;
-export const POLLFD_SIZE = 8;
+/** struct epoll_event { uint32_t events; uint64_t data; }: packed on x86_64 only. */
+export const EPOLL_EVENT_SIZE = process.arch === 'x64' ? 12 : 16;
+export const EPOLL_EVENT_DATA = process.arch === 'x64' ? 4 : 8;
 /** struct cmsghdr { size_t len; int level; int type; } then data, aligned to 8. */
 export const CMSG_HEADER = 16;
 /** Room for one sockaddr_in6. */
@@ -76,8 +82,11 @@ export interface UdpBindings {
   sendmsg(fd: number, msg: CPointer, flags: number): number;
   sendmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
   recvmmsg(fd: number, msgs: CPointer, count: number, flags: number): number;
-  /** poll() on koffi's worker thread: `done(result)` runs on the event loop. */
-  pollAsync(fds: CPointer, count: number, timeoutMs: number, done: (error: unknown, result: number) => void): void;
+  epollCreate(flags: number): number;
+  /** `event`: one epoll_event (EPOLL_EVENT_SIZE bytes), or null for EPOLL_CTL_DEL. */
+  epollCtl(epfd: number, op: number, fd: number, event: Uint8Array | null): number;
+  /** epoll_wait() on koffi's worker thread: `done(result)` runs on the event loop. */
+  epollWaitAsync(epfd: number, events: CPointer, max: number, timeoutMs: number, done: (error: unknown, result: number) => void): void;
   eventfd(initial: number, flags: number): number;
   read(fd: number, into: Uint8Array, length: number): number;
   write(fd: number, from: Uint8Array, length: number): number;
@@ -115,7 +124,9 @@ function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {
   const sendmsg = f('intptr_t sendmsg(int fd, const void *msg, int flags)');
   const sendmmsg = f('int sendmmsg(int fd, void *msgs, uint32_t count, int flags)');
   const recvmmsg = f('int recvmmsg(int fd, void *msgs, uint32_t count, int flags, void *timeout)');
-  const poll = f('int poll(void *fds, uint64_t count, int timeout)');
+  const epollCreate = f('int epoll_create1(int flags)');
+  const epollCtl = f('int epoll_ctl(int epfd, int op, int fd, void *event)');
+  const epollWait = f('int epoll_wait(int epfd, void *events, int max, int timeout)');
   const eventfd = f('int eventfd(uint32_t initial, int flags)');
   const read = f('intptr_t read(int fd, void *buf, size_t count)');
   const write = f('intptr_t write(int fd, const void *buf, size_t count)');
@@ -130,7 +141,9 @@ function makeBindings(k: Koffi, lib: LibraryHandle): UdpBindings {
     sendmsg: (fd, m, fl) => Number(sendmsg(fd, m, fl)),
     sendmmsg: (fd, m, n, fl) => sendmmsg(fd, m, n, fl) as number,
     recvmmsg: (fd, m, n, fl) => recvmmsg(fd, m, n, fl, null) as number,
-    pollAsync: (fds, n, t, done) => void (poll as unknown as { async: (...a: unknown[]) => void }).async(fds, n, t, done),
+    epollCreate: (fl) => epollCreate(fl) as number,
+    epollCtl: (epfd, op, fd, ev) => epollCtl(epfd, op, fd, ev) as number,
+    epollWaitAsync: (epfd, evs, max, t, done) => void (epollWait as unknown as { async: (...a: unknown[]) => void }).async(epfd, evs, max, t, done),
     eventfd: (i, fl) => eventfd(i, fl) as number,
     read: (fd, b, n) => Number(read(fd, b, n)),
     write: (fd, b, n) => Number(write(fd, b, n)),

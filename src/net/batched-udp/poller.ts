@@ -1,16 +1,22 @@
 /**
- * One `poll()` for every batched UDP socket of the process, waiting on one of koffi's worker
- * threads (the libuv pool) while the event loop runs. When it returns, the ready sockets drain
- * their queues on the event loop with non-blocking calls; those that had datagrams are read once
- * more on the next turn, and the poll is armed again only when that read finds nothing.
+ * One epoll set for every batched UDP socket of the process, waited on by one of koffi's worker
+ * threads (the libuv pool) while the event loop runs. When the wait returns, the ready sockets
+ * drain their queues on the event loop with non-blocking calls; those that had datagrams are read
+ * once more on the next turn, and the wait is armed again only when that read finds nothing.
  *
  * One wait per process, not per socket, so a process with many client sockets holds one pool
- * thread, not one each. An eventfd wakes the wait when the set changes; a socket's descriptor is
- * closed only after the wait that may still name it has returned, so a reused descriptor number
- * is never mistaken for the old socket.
+ * thread, not one each. A socket joins or leaves the set with one `epoll_ctl` from the event loop,
+ * which a wait in progress sees at once: opening and closing a socket wakes no thread. Each socket
+ * is known to the set by a number of its own, never reused, so an event that names a socket
+ * already gone is ignored rather than taken for a later socket with the same descriptor; its
+ * descriptor can be closed as soon as it has left the set. An eventfd in the set wakes the wait
+ * when the last socket leaves (the pool thread is given back) and when the process exits.
  */
 import type { CPointer } from '../../util/koffi-types.ts';
-import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLFD_SIZE, POLLHUP, POLLIN, POLLNVAL, POLLOUT, type UdpBindings } from './native.ts';
+import {
+  EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD, EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE,
+  EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, type UdpBindings,
+} from './native.ts';
 
 export interface Pollable {
   readonly fd: number;
@@ -23,28 +29,38 @@ export interface Pollable {
 
 const pollers = new WeakMap<UdpBindings, Poller>();
 
+/** Events one wait reports at most; more ready sockets are reported by the next wait. */
+const MAX_EVENTS = 64;
+/** The eventfd's number in the set; sockets count from 1. */
+const WAKE_TOKEN = 0;
+
 export class Poller {
   readonly #b: UdpBindings;
+  readonly #epfd: number;
   readonly #wakeFd: number;
   readonly #wakeBytes = new Uint8Array(8);
-  readonly #members = new Set<Pollable>();
-  /** Sockets removed while a wait was in flight: closed once it returns. */
-  #closing: (() => void)[] = [];
+  readonly #event = new Uint8Array(EPOLL_EVENT_SIZE);
+  readonly #eventView = new DataView(this.#event.buffer);
+  readonly #members = new Map<number, Pollable>();
+  readonly #tokens = new Map<Pollable, number>();
+  #nextToken = WAKE_TOKEN + 1;
   #armed = false;
   #exiting = false;
   #wakePending = false;
-  #fds: CPointer | undefined;
-  #fdsView: DataView | undefined;
-  #capacity = 0;
-  /** The members in the order of the pollfd array the wait in flight was given. */
-  #order: Pollable[] = [];
+  readonly #events: CPointer;
+  readonly #eventsView: DataView;
 
   private constructor(b: UdpBindings) {
     this.#b = b;
+    this.#epfd = b.epollCreate(EPOLL_CLOEXEC);
+    if (this.#epfd < 0) throw new Error(`epoll_create1 failed (errno ${b.errno()})`);
     this.#wakeFd = b.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#wakeFd < 0) throw new Error(`eventfd failed (errno ${b.errno()})`);
-    // Node joins libuv's pool threads on its way out: a wait still blocked in poll() there would
-    // hold process.exit() forever. The wait is woken as the process exits, and never armed again.
+    this.#ctl(EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, WAKE_TOKEN);
+    this.#events = b.k.alloc('uint8_t', MAX_EVENTS * EPOLL_EVENT_SIZE) as CPointer;
+    this.#eventsView = new DataView(b.k.view(this.#events, MAX_EVENTS * EPOLL_EVENT_SIZE) as ArrayBuffer);
+    // Node joins libuv's pool threads on its way out: a wait still blocked in epoll_wait() there
+    // would hold process.exit() forever. The wait is woken as the process exits, and never armed again.
     process.once('exit', () => {
       this.#exiting = true;
       if (this.#armed) this.#wake();
@@ -61,27 +77,45 @@ export class Poller {
   }
 
   add(member: Pollable): void {
-    this.#members.add(member);
-    this.#changed();
+    const token = this.#nextToken++;
+    this.#ctl(EPOLL_CTL_ADD, member.fd, this.#interest(member), token);
+    this.#members.set(token, member);
+    this.#tokens.set(member, token);
+    this.#arm();
   }
 
   /** The member's interest (wantsWrite) changed. */
-  update(): void {
-    this.#changed();
+  update(member: Pollable): void {
+    const token = this.#tokens.get(member);
+    if (token === undefined) return;
+    this.#ctl(EPOLL_CTL_MOD, member.fd, this.#interest(member), token);
+    this.#arm();
   }
 
-  /** Stops watching `member`; `release` (closing its descriptor) runs once no wait can name it. */
+  /** Stops watching `member`; `release` (closing its descriptor) may run at once: no wait can name it. */
   remove(member: Pollable, release: () => void): void {
-    this.#members.delete(member);
-    if (this.#armed) {
-      this.#closing.push(release);
-      this.#wake();
-    } else release();
+    const token = this.#tokens.get(member);
+    if (token !== undefined) {
+      this.#tokens.delete(member);
+      this.#members.delete(token);
+      this.#ctl(EPOLL_CTL_DEL, member.fd, 0, token);
+    }
+    release();
+    // The last socket gone: the wait gives its pool thread back.
+    if (this.#members.size === 0 && this.#armed) this.#wake();
   }
 
-  #changed(): void {
-    if (this.#armed) this.#wake();
-    else this.#arm();
+  #interest(member: Pollable): number {
+    return EPOLLIN | (member.wantsWrite ? EPOLLOUT : 0);
+  }
+
+  #ctl(op: number, fd: number, events: number, token: number): void {
+    const v = this.#eventView;
+    v.setUint32(0, events, true);
+    v.setBigUint64(EPOLL_EVENT_DATA, BigInt(token), true);
+    if (this.#b.epollCtl(this.#epfd, op, fd, op === EPOLL_CTL_DEL ? null : this.#event) !== 0) {
+      throw new Error(`epoll_ctl(${op}) failed (errno ${this.#b.errno()})`);
+    }
   }
 
   #wake(): void {
@@ -94,52 +128,32 @@ export class Poller {
 
   #arm(): void {
     if (this.#armed || this.#exiting || this.#members.size === 0) return;
-    const k = this.#b.k;
-    const n = this.#members.size + 1;
-    if (n > this.#capacity) {
-      if (this.#fds !== undefined) k.free(this.#fds);
-      this.#capacity = Math.max(n, this.#capacity * 2, 8);
-      this.#fds = k.alloc('uint8_t', this.#capacity * POLLFD_SIZE) as CPointer;
-      this.#fdsView = new DataView(k.view(this.#fds, this.#capacity * POLLFD_SIZE));
-    }
-    const v = this.#fdsView as DataView;
-    v.setInt32(0, this.#wakeFd, true);
-    v.setInt16(4, POLLIN, true);
-    v.setInt16(6, 0, true);
-    this.#order = [...this.#members];
-    this.#order.forEach((m, i) => {
-      const o = (i + 1) * POLLFD_SIZE;
-      v.setInt32(o, m.fd, true);
-      v.setInt16(o + 4, POLLIN | (m.wantsWrite ? POLLOUT : 0), true);
-      v.setInt16(o + 6, 0, true);
-    });
     this.#armed = true;
-    this.#b.pollAsync(this.#fds as CPointer, n, -1, (error, result) => this.#returned(error === null || error === undefined ? result : -1));
+    this.#b.epollWaitAsync(this.#epfd, this.#events, MAX_EVENTS, -1, (error, result) => this.#returned(error === null || error === undefined ? result : -1));
   }
 
   #returned(result: number): void {
     this.#armed = false;
-    const v = this.#fdsView as DataView;
-    // Drained whatever woke it: a wake written after the wait returned would otherwise end the next.
-    while (this.#b.read(this.#wakeFd, this.#wakeBytes, 8) === 8) {
-      // drained
-    }
-    this.#wakePending = false;
-    for (const release of this.#closing.splice(0)) release();
+    const v = this.#eventsView;
     const hot: Pollable[] = [];
     try {
-      if (result > 0) {
-        this.#order.forEach((m, i) => {
-          const revents = v.getInt16((i + 1) * POLLFD_SIZE + 6, true);
-          if (revents === 0 || !this.#members.has(m)) return;
-          if ((revents & POLLNVAL) !== 0) {
-            // A descriptor closed under us: stop watching it rather than spin on it.
-            this.#members.delete(m);
-            return;
+      for (let i = 0; i < result; i++) {
+        const at = i * EPOLL_EVENT_SIZE;
+        const events = v.getUint32(at, true);
+        const token = Number(v.getBigUint64(at + EPOLL_EVENT_DATA, true));
+        if (token === WAKE_TOKEN) {
+          // Drained whatever woke it: a wake written after the wait returned would otherwise end the next.
+          while (this.#b.read(this.#wakeFd, this.#wakeBytes, 8) === 8) {
+            // drained
           }
-          if ((revents & (POLLIN | POLLERR | POLLHUP)) !== 0 && m.onReadable()) hot.push(m);
-          if ((revents & POLLOUT) !== 0 && this.#members.has(m)) m.onWritable();
-        });
+          this.#wakePending = false;
+          continue;
+        }
+        // A socket that left the set after the wait reported it: its number is not reused.
+        const m = this.#members.get(token);
+        if (m === undefined) continue;
+        if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) !== 0 && m.onReadable()) hot.push(m);
+        if ((events & EPOLLOUT) !== 0 && this.#members.get(token) === m) m.onWritable();
       }
     } finally {
       // Armed again even when a listener threw (that error still reaches the process as it would
@@ -148,7 +162,7 @@ export class Poller {
       else if (hot.length > 0) {
         this.#recheck(hot);
         // A socket waiting for room to send cannot wait for the re-read: its wait starts now.
-        for (const m of this.#members) {
+        for (const m of this.#members.values()) {
           if (m.wantsWrite) {
             this.#arm();
             break;
@@ -170,7 +184,7 @@ export class Poller {
     setImmediate(() => {
       const still: Pollable[] = [];
       try {
-        for (const m of hot) if (this.#members.has(m) && m.onReadable()) still.push(m);
+        for (const m of hot) if (this.#tokens.has(m) && m.onReadable()) still.push(m);
       } finally {
         if (still.length > 0 && !this.#armed) this.#recheck(still);
         else this.#arm();

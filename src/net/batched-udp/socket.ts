@@ -11,8 +11,8 @@
  * - Receiving: `recvmmsg` with UDP receive offload (`UDP_GRO`): datagrams of one flow that the
  *   kernel coalesced arrive as one buffer with their segment size and are cut back into the exact
  *   datagrams (all the segment size but the last). Datagram boundaries are never guessed.
- * - Waiting: a process-wide `poll` on koffi's worker thread (poller.ts); the calls that move data
- *   are non-blocking and run on the event loop.
+ * - Waiting: a process-wide epoll set waited on by koffi's worker thread (poller.ts); the calls
+ *   that move data are non-blocking and run on the event loop.
  *
  * UDP semantics are kept: a send the kernel refuses (no buffer, ICMP unreachable reported) loses
  * that datagram and counts it; a full send buffer (EAGAIN) keeps the rest queued until the socket
@@ -269,7 +269,7 @@ export class BatchedUdpSocket implements Pollable {
   onWritable(): void {
     this.#wantsWrite = false;
     this.#flush();
-    if (!this.#wantsWrite) this.#poller.update();
+    if (!this.#wantsWrite) this.#poller.update(this);
   }
 
   #sockaddr(d: OutgoingDatagram): Uint8Array {
@@ -294,7 +294,7 @@ export class BatchedUdpSocket implements Pollable {
         if (e === EINTR) continue;
         if (e === EAGAIN) {
           this.#wantsWrite = true;
-          this.#poller.update();
+          this.#poller.update(this);
           break;
         }
         if ((e === EIO || e === EINVAL) && (counts[0] as number) > 1) {
