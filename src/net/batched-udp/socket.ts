@@ -171,8 +171,18 @@ export class BatchedUdpSocket implements Pollable {
       this.#sMsgs.view.setBigUint64(i * MMSGHDR_SIZE + MSG_IOV, this.#sIov.address + BigInt(i * IOVEC_SIZE), true);
       this.#sMsgs.view.setBigUint64(i * MMSGHDR_SIZE + MSG_IOVLEN, 1n, true);
     }
-    this.#poller = Poller.for(b);
-    this.#poller.add(this);
+    try {
+      this.#poller = Poller.for(b);
+      this.#poller.add(this);
+    } catch (e) {
+      // The epoll set refused it (no memory, the user's watch limit): nothing of this socket stays.
+      this.#freeAreas();
+      throw e;
+    }
+  }
+
+  #freeAreas(): void {
+    for (const a of [this.#sData, this.#sMsgs, this.#sIov, this.#sNames, this.#sCtl, this.#rData, this.#rMsgs, this.#rIov, this.#rNames, this.#rCtl]) this.#b.k.free(a.ptr);
   }
 
   /**
@@ -210,11 +220,11 @@ export class BatchedUdpSocket implements Pollable {
         const to = encodeSockaddr(connected.address, connected.port);
         if (b.connect(fd, to, to.length) !== 0) throw failure('connect', b.errno());
       }
+      return new BatchedUdpSocket(b, fd, connected, gro, options);
     } catch (e) {
       b.close(fd);
       throw e;
     }
-    return new BatchedUdpSocket(b, fd, connected, gro, options);
   }
 
   get wantsWrite(): boolean {
@@ -259,7 +269,7 @@ export class BatchedUdpSocket implements Pollable {
     this.#closed = new Promise<void>((resolve) => {
       this.#poller.remove(this, () => {
         this.#b.close(this.fd);
-        for (const a of [this.#sData, this.#sMsgs, this.#sIov, this.#sNames, this.#sCtl, this.#rData, this.#rMsgs, this.#rIov, this.#rNames, this.#rCtl]) this.#b.k.free(a.ptr);
+        this.#freeAreas();
         resolve();
       });
     });
