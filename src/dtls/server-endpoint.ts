@@ -62,6 +62,12 @@ export interface ServerSession {
   peer: PeerAddress;
 }
 
+/** A datagram as the socket read it, with its sender. */
+export interface IncomingDatagram {
+  readonly data: Uint8Array;
+  readonly from: PeerAddress;
+}
+
 export interface EndpointOutput {
   readonly datagrams: { readonly to: PeerAddress; readonly data: Uint8Array }[];
   readonly events: { readonly session: ServerSession; readonly event: DtlsEvent }[];
@@ -170,11 +176,11 @@ export class DtlsServerEndpoint {
    * @example
    *   const out = endpoint.handleDatagramsNow([{ data, from }, { data: next, from }], Date.now());
    */
-  handleDatagramsNow(batch: readonly { readonly data: Uint8Array; readonly from: PeerAddress }[], now: number): EndpointOutput | Promise<EndpointOutput> {
+  handleDatagramsNow(batch: readonly IncomingDatagram[], now: number): EndpointOutput | Promise<EndpointOutput> {
     const out: EndpointOutput = { datagrams: [], events: [] };
     const from = (i: number): EndpointOutput | Promise<EndpointOutput> => {
       for (; i < batch.length; i++) {
-        const d = batch[i] as { readonly data: Uint8Array; readonly from: PeerAddress };
+        const d = batch[i] as IncomingDatagram;
         const r = this.#handleInto(d.data, d.from, now, out);
         if (r instanceof Promise) {
           const next = i + 1;

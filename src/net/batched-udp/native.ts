@@ -4,9 +4,8 @@
  *
  * Only 64-bit little-endian Linux (x86_64, aarch64: Raspberry Pi OS 64-bit) is supported: the
  * structure layouts below (msghdr 56 bytes, mmsghdr 64, iovec 16, epoll_event 12 on x86_64 where
- * the kernel packs it, 16 on aarch64) and the constants are
- * that ABI's. Anywhere else `loadUdpBindings` gives a one-line reason and the caller keeps
- * node:dgram.
+ * the kernel packs it, 16 on aarch64) and the constants are that ABI's. Anywhere else
+ * `loadUdpBindings` gives a one-line reason and the caller keeps node:dgram.
  *
  * FFI lives only here (STYLE.md rule 9): the rest of src/net/batched-udp sees `UdpBindings` and
  * plain numbers.
