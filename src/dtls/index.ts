@@ -19,7 +19,7 @@ export type {
   ClientConfig, CommonConfig, ExternalPsk, ResumptionTicket, ServerConfig,
 } from './config.ts';
 export { Connection, type ConnectionOutput, type ConnectionStats, type ConnectionStatus, type DtlsEvent, type SessionInfo } from './connection.ts';
-export { DtlsServerEndpoint, DEFAULT_ENDPOINT_LIMITS, type EndpointLimits, type EndpointOutput, type PeerAddress, type ServerSession } from './server-endpoint.ts';
+export { DtlsServerEndpoint, DEFAULT_ENDPOINT_LIMITS, type EndpointLimits, type EndpointOutput, type IncomingDatagram, type PeerAddress, type ServerSession } from './server-endpoint.ts';
 export { DtlsClientSocket, DtlsServer, DtlsServerSession, type ClientSocketOptions, type ServerSocketOptions } from './udp.ts';
 export type { UdpIo } from './udp-link.ts';
 export { batchedUdpStatus } from '../net/batched-udp/socket.ts';
