@@ -1,9 +1,11 @@
 /**
  * The DTLS 1.3 record layer's CPU cost, in process: one 1 KiB application-data record protected
  * (DTLSInnerPlaintext, AES-128-GCM, record-number encryption), parsed and unprotected (mask
- * removal, decryption, replay window) per operation. Measured twice: with the keyed contexts the
- * process uses (libcrypto when it loads: one EVP context per epoch and direction) and with the
- * node:crypto per-record contexts (VITALSEAL_LIBCRYPTO=off when the epochs are made).
+ * removal, decryption, replay window) per operation. Measured three times: with the keyed contexts
+ * the process uses (libcrypto when it loads: one EVP context per epoch and direction, a message's
+ * EVP calls in one native call when the record_cipher addon is built), with the same contexts
+ * making one koffi call per EVP call (VITALSEAL_LIBCRYPTO_ADDON=off when the epochs are made), and
+ * with the node:crypto per-record contexts (VITALSEAL_LIBCRYPTO=off).
  *
  * Baseline, same run: node:crypto AES-128-GCM seal and open of the same 1 KiB with a fresh cipher
  * context each (the least any record layer written on node:crypto pays per record: a context holds
@@ -13,6 +15,7 @@
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { keyedContextStatus } from '../../src/crypto/keyed.ts';
+import { LIBCRYPTO_ADDON_ENV } from '../../src/crypto/libcrypto/addon.ts';
 import { LIBCRYPTO_ENV } from '../../src/crypto/libcrypto/native.ts';
 import { getProvider } from '../../src/crypto/registry.ts';
 import { ReadEpoch, WriteEpoch } from '../../src/dtls/record/protection.ts';
@@ -31,12 +34,8 @@ export const bench: BenchModule = {
     // Fresh epochs per measurement window would cost a key set-up; the limits are far away (2^24 records).
     const tx = new WriteEpoch(provider, suite, 3, keys);
     const rx = new ReadEpoch(provider, suite, 3, keys);
-    const before = process.env[LIBCRYPTO_ENV];
-    process.env[LIBCRYPTO_ENV] = 'off';
-    const txNode = new WriteEpoch(provider, suite, 3, keys);
-    const rxNode = new ReadEpoch(provider, suite, 3, keys);
-    if (before === undefined) delete process.env[LIBCRYPTO_ENV];
-    else process.env[LIBCRYPTO_ENV] = before;
+    const [txNode, rxNode] = withEnv(LIBCRYPTO_ENV, 'off', () => [new WriteEpoch(provider, suite, 3, keys), new ReadEpoch(provider, suite, 3, keys)] as const);
+    const [txKoffi, rxKoffi] = withEnv(LIBCRYPTO_ADDON_ENV, 'off', () => [new WriteEpoch(provider, suite, 3, keys), new ReadEpoch(provider, suite, 3, keys)] as const);
     const content = new Uint8Array(1024).fill(0x42);
     let opened = 0;
     const recordWith = (w: WriteEpoch, r: ReadEpoch) => () => {
@@ -66,10 +65,20 @@ export const bench: BenchModule = {
     const r = compareRates(record, raw, windows(ctx.quick));
     const n = compareRates(recordWith(txNode, rxNode), raw, windows(ctx.quick));
     const status = keyedContextStatus();
-    ctx.log(`dtls record protect+unprotect 1 KiB (${tx.backend}): ${r.value.toFixed(0)} records/s of CPU vs raw AES-128-GCM seal+open ${r.baseline.toFixed(0)} (${(r.value / r.baseline).toFixed(2)}×); node:crypto per record ${n.value.toFixed(0)} vs ${n.baseline.toFixed(0)}; ${opened} records opened`);
-    for (const e of [tx, rx, txNode, rxNode]) e.destroy();
+    const k = tx.backend === 'libcrypto' && status.calls === 'addon' ? compareRates(recordWith(txKoffi, rxKoffi), raw, windows(ctx.quick)) : undefined;
+    const calls = tx.backend !== 'libcrypto' ? '' : status.calls === 'addon' ? ', one native call per message' : ', koffi calls';
+    ctx.log(`dtls record protect+unprotect 1 KiB (${tx.backend}${calls}): ${r.value.toFixed(0)} records/s of CPU vs raw AES-128-GCM seal+open ${r.baseline.toFixed(0)} (${(r.value / r.baseline).toFixed(2)}×)${k === undefined ? '' : `; koffi calls ${k.value.toFixed(0)} vs ${k.baseline.toFixed(0)}`}; node:crypto per record ${n.value.toFixed(0)} vs ${n.baseline.toFixed(0)}; ${opened} records opened`);
+    for (const e of [tx, rx, txNode, rxNode, txKoffi, rxKoffi]) e.destroy();
+    const koffiRow: BenchResult[] = k === undefined ? [] : [{
+      name: 'dtls record layer CPU, 1 KiB application data protect + unprotect (AES-128-GCM, in process, libcrypto contexts through koffi calls, record_cipher addon off)',
+      unit: 'records/s',
+      value: k.value,
+      baseline: { name: 'node:crypto AES-128-GCM seal + open of the same bytes, a cipher context per record', value: k.baseline },
+      ratio: k.value / k.baseline,
+      meta: { microsecondsPerRecord: 1e6 / k.value, baselineMicroseconds: 1e6 / k.baseline },
+    }];
     return [{
-      name: `dtls record layer CPU, 1 KiB application data protect + unprotect (AES-128-GCM, in process, keyed contexts on ${tx.backend})`,
+      name: `dtls record layer CPU, 1 KiB application data protect + unprotect (AES-128-GCM, in process, keyed contexts on ${tx.backend}${calls})`,
       unit: 'records/s',
       value: r.value,
       baseline: { name: 'node:crypto AES-128-GCM seal + open of the same bytes, a cipher context per record', value: r.baseline },
@@ -82,8 +91,20 @@ export const bench: BenchModule = {
       baseline: { name: 'node:crypto AES-128-GCM seal + open of the same bytes, a cipher context per record', value: n.baseline },
       ratio: n.value / n.baseline,
       meta: { microsecondsPerRecord: 1e6 / n.value, baselineMicroseconds: 1e6 / n.baseline },
-    }];
+    }, ...koffiRow];
   },
 };
+
+/** `make()` with the environment variable `name` set to `value`, restored afterwards. */
+function withEnv<T>(name: string, value: string, make: () => T): T {
+  const before = process.env[name];
+  process.env[name] = value;
+  try {
+    return make();
+  } finally {
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
+  }
+}
 
 export const run = bench.run;

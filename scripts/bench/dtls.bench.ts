@@ -519,7 +519,8 @@ export const bench: BenchModule = {
 
 function describeKeyed(): string {
   const s = keyedContextStatus();
-  return s.backend === 'libcrypto' ? `libcrypto ${s.library ?? ''}` : `node:crypto per record (${s.reason ?? ''})`;
+  if (s.backend !== 'libcrypto') return `node:crypto per record (${s.reason ?? ''})`;
+  return `libcrypto ${s.library ?? ''}, ${s.calls === 'addon' ? 'one native call per message (record_cipher addon)' : `koffi calls per message (${s.addonReason ?? ''})`}`;
 }
 
 function dtlsClientConfig(caPem: string, device: { der: Uint8Array; privateKey: Parameters<typeof keyObjectSigner>[0] }): ClientConfig {

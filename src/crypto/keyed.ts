@@ -5,7 +5,8 @@
  * Two implementations behind one interface:
  * - `libcrypto`: the OpenSSL Node runs, called through FFI (src/crypto/libcrypto/), one
  *   EVP_CIPHER_CTX per key and direction; a message costs a new IV, the AAD, one update, final and
- *   the tag. Used for the `node` provider when the binding succeeds.
+ *   the tag: one native call in all where the record_cipher addon is built, one koffi call each
+ *   otherwise. Used for the `node` provider when the binding succeeds.
  * - per call (`node` or `noble`): the provider's one-shot functions with a copy of the key, a cipher
  *   object per message. The reference, and the fallback when libcrypto is not available; the
  *   reason is in `keyedContextStatus()` (never a silent change of behaviour).
@@ -28,6 +29,7 @@ import { abytes } from '../util/assert.ts';
 import { zeroize } from '../util/bytes.ts';
 import { Unsupported } from '../util/errors.ts';
 import { checkOpen, checkSeal, destroyedError } from './_validate.ts';
+import { loadRecordCipherAddon } from './libcrypto/addon.ts';
 import { LibcryptoMask, LibcryptoOpen, LibcryptoSeal } from './libcrypto/contexts.ts';
 import { loadLibcrypto, type LibcryptoBindings } from './libcrypto/native.ts';
 import type { CryptoProvider, ProviderName } from './provider.ts';
@@ -83,6 +85,13 @@ export interface KeyedContextStatus {
   readonly library?: string;
   /** Why node:crypto is used instead, in one line. */
   readonly reason?: string;
+  /**
+   * libcrypto only: how a message's EVP calls are made: `addon`, one native call in all (the
+   * record_cipher addon); `koffi`, one FFI call each (a few times the per-message overhead).
+   */
+  readonly calls?: 'addon' | 'koffi';
+  /** Why the addon is not used, when `calls` is `koffi`. */
+  readonly addonReason?: string;
 }
 
 let processDefault: { readonly implementation: 'auto' } | { readonly implementation: 'per-call'; readonly reason: string } = { implementation: 'auto' };
@@ -104,7 +113,11 @@ export function setKeyedContextDefault(implementation: 'auto' | 'per-call', reas
 export function keyedContextStatus(): KeyedContextStatus {
   if (processDefault.implementation === 'per-call') return { backend: 'node', reason: processDefault.reason };
   const { bindings, reason } = loadLibcrypto();
-  if (bindings !== undefined) return { backend: 'libcrypto', library: `${bindings.library} (${bindings.version})` };
+  if (bindings !== undefined) {
+    const addon = loadRecordCipherAddon(bindings.versionNumber);
+    const library = `${bindings.library} (${bindings.version})`;
+    return addon.bindings !== undefined ? { backend: 'libcrypto', library, calls: 'addon' } : { backend: 'libcrypto', library, calls: 'koffi', addonReason: addon.reason ?? 'unknown' };
+  }
   return { backend: 'node', reason: reason ?? 'libcrypto unavailable' };
 }
 

@@ -1,15 +1,17 @@
 /**
- * Keyed AEAD and record-mask contexts (src/crypto/keyed.ts): the libcrypto implementation and the
- * node:crypto per-call reference must give the same answers, fail the same way, and refuse use
- * after destroy().
+ * Keyed AEAD and record-mask contexts (src/crypto/keyed.ts): the libcrypto implementation (its
+ * per-message calls made by the record_cipher addon, and made through koffi with the addon
+ * switched off) and the node:crypto per-call reference must give the same answers, fail the same
+ * way, and refuse use after destroy().
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { getProvider, type AeadId } from '../../src/crypto/index.ts';
 import { aeadOpenContext, aeadSealContext, keyedContextStatus, recordMaskContext, setKeyedContextDefault, type KeyedOptions } from '../../src/crypto/keyed.ts';
+import { LIBCRYPTO_ADDON_ENV } from '../../src/crypto/libcrypto/addon.ts';
 import { LIBCRYPTO_ENV } from '../../src/crypto/libcrypto/native.ts';
 import { runSelfTest } from '../../src/crypto/selftest.ts';
 import { AEAD_SUITES } from '../../src/crypto/suites.ts';
@@ -18,8 +20,25 @@ import { ApiMisuse, CryptoError, Unsupported } from '../../src/util/errors.ts';
 import { loadVectors } from '../support/vectors.ts';
 
 const node = getProvider('node');
-const IMPLEMENTATIONS = ['libcrypto', 'per-call'] as const;
-type Impl = (typeof IMPLEMENTATIONS)[number];
+type Impl = 'libcrypto' | 'per-call';
+/** `addonOff`: contexts made while VITALSEAL_LIBCRYPTO_ADDON=off make each EVP call through koffi. */
+const IMPLEMENTATIONS: readonly { readonly name: string; readonly impl: Impl; readonly addonOff: boolean }[] = [
+  { name: 'libcrypto, record_cipher addon', impl: 'libcrypto', addonOff: false },
+  { name: 'libcrypto, koffi calls', impl: 'libcrypto', addonOff: true },
+  { name: 'per-call', impl: 'per-call', addonOff: false },
+];
+
+/** `fn()` with the environment variable `name` set to `value`, restored afterwards. */
+function withEnv<T>(name: string, value: string, fn: () => T): T {
+  const before = process.env[name];
+  process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
+  }
+}
 
 interface AeadVector {
   id: string; key: string; nonce?: string; iv?: string; aad: string; plaintext: string; ciphertext: string; tag: string;
@@ -64,8 +83,32 @@ it("the contexts run on Node's own OpenSSL (the version node:crypto reports), an
   assert.equal(koffi.config().async_stack_size, 1 << 20);
 });
 
-for (const impl of IMPLEMENTATIONS) {
-  describe(`keyed AEAD contexts: known answers (${impl})`, () => {
+it('the per-message calls run in the record_cipher addon (built by scripts/setup), and through koffi when it is switched off', () => {
+  const s = keyedContextStatus();
+  assert.equal(s.calls, 'addon', s.addonReason);
+  const off = withEnv(LIBCRYPTO_ADDON_ENV, 'off', () => keyedContextStatus());
+  assert.equal(off.backend, 'libcrypto');
+  assert.equal(off.calls, 'koffi');
+  assert.equal(off.addonReason, `disabled by ${LIBCRYPTO_ADDON_ENV}=off`);
+});
+
+for (const { name, impl, addonOff } of IMPLEMENTATIONS) {
+  describe(`keyed AEAD contexts: known answers (${name})`, () => {
+    // Contexts pick the addon when they are made: every context of this block is made with it off.
+    let saved: string | undefined;
+    if (addonOff) {
+      before(() => {
+        saved = process.env[LIBCRYPTO_ADDON_ENV];
+        process.env[LIBCRYPTO_ADDON_ENV] = 'off';
+      });
+      after(() => {
+        if (saved === undefined) delete process.env[LIBCRYPTO_ADDON_ENV];
+        else process.env[LIBCRYPTO_ADDON_ENV] = saved;
+      });
+    }
+    it('contexts of this block use the calls it names', () => {
+      assert.equal(keyedContextStatus().calls, addonOff ? 'koffi' : 'addon');
+    });
     for (const set of vectorSets) {
       it(`${set.file}: valid vectors match, invalid ones are refused`, () => {
         const { vectors } = loadVectors<AeadVector>(set.file);
@@ -194,7 +237,7 @@ for (const impl of IMPLEMENTATIONS) {
   });
 }
 
-describe('keyed AEAD contexts: libcrypto agrees with node:crypto', () => {
+describe('keyed AEAD contexts: libcrypto (addon and koffi calls) agrees with node:crypto', () => {
   it('seal and open agree on random keys, nonces, AAD and plaintexts, both ways (fast-check)', () => {
     const ids = Object.keys(AEAD_SUITES) as AeadId[];
     fc.assert(fc.property(
@@ -206,9 +249,12 @@ describe('keyed AEAD contexts: libcrypto agrees with node:crypto', () => {
         const nonce = nonceBytes.subarray(0, cose && suite.nonceLengths.includes(13) ? 13 : 12);
         const a = seal('libcrypto', id, key, nonce, pt, aad);
         const b = seal('per-call', id, key, nonce, pt, aad);
+        const c = withEnv(LIBCRYPTO_ADDON_ENV, 'off', () => seal('libcrypto', id, key, nonce, pt, aad));
         assert.equal(toHex(a), toHex(b));
+        assert.equal(toHex(c), toHex(b));
         assert.equal(toHex(open('per-call', id, key, nonce, a, aad)), toHex(pt));
         assert.equal(toHex(open('libcrypto', id, key, nonce, b, aad)), toHex(pt));
+        assert.equal(toHex(withEnv(LIBCRYPTO_ADDON_ENV, 'off', () => open('libcrypto', id, key, nonce, b, aad))), toHex(pt));
       }), { seed: 4, numRuns: 400 });
   });
 
@@ -218,9 +264,12 @@ describe('keyed AEAD contexts: libcrypto agrees with node:crypto', () => {
         const k = kind === 'aes-ecb' ? key.subarray(0, aesKeyLength) : key;
         const a = recordMaskContext(node, kind, k, { implementation: 'libcrypto' });
         const b = recordMaskContext(node, kind, k, { implementation: 'per-call' });
-        for (const s of samples) assert.equal(toHex(a.mask(s)), toHex(b.mask(s)), kind);
-        a.destroy();
-        b.destroy();
+        const c = withEnv(LIBCRYPTO_ADDON_ENV, 'off', () => recordMaskContext(node, kind, k, { implementation: 'libcrypto' }));
+        for (const s of samples) {
+          assert.equal(toHex(a.mask(s)), toHex(b.mask(s)), kind);
+          assert.equal(toHex(c.mask(s)), toHex(b.mask(s)), kind);
+        }
+        for (const x of [a, b, c]) x.destroy();
       }
     }), { seed: 5, numRuns: 100 });
   });
@@ -239,16 +288,7 @@ describe('keyed AEAD contexts: libcrypto agrees with node:crypto', () => {
 });
 
 describe('keyed AEAD contexts: fallback when libcrypto cannot be loaded', () => {
-  const withLibrary = <T>(value: string, fn: () => T): T => {
-    const before = process.env[LIBCRYPTO_ENV];
-    process.env[LIBCRYPTO_ENV] = value;
-    try {
-      return fn();
-    } finally {
-      if (before === undefined) delete process.env[LIBCRYPTO_ENV];
-      else process.env[LIBCRYPTO_ENV] = before;
-    }
-  };
+  const withLibrary = <T>(value: string, fn: () => T): T => withEnv(LIBCRYPTO_ENV, value, fn);
 
   it('switched off: node:crypto per call, a one-line reason, and the same answers', () => {
     const key = node.randomBytes(16), nonce = node.randomBytes(12), pt = node.randomBytes(64), aad = new Uint8Array(0);

@@ -38,6 +38,8 @@ export interface LibcryptoBindings {
   readonly library: string;
   /** OpenSSL_version(OPENSSL_VERSION), e.g. "OpenSSL 3.0.19 27 Jan 2026". */
   readonly version: string;
+  /** OpenSSL_version_num(): what the record_cipher addon (addon.ts) must report too. */
+  readonly versionNumber: number;
   cipher(name: LibcryptoCipher): CPointer;
   ctxNew(): CPointer | null;
   /** EVP_CIPHER_CTX_free: resets the context, which cleanses the key schedule, then frees it. */
@@ -120,6 +122,7 @@ function makeBindings(k: Koffi, lib: LibraryHandle): LibcryptoBindings {
   return Object.freeze({
     library,
     version,
+    versionNumber: num,
     cipher(name: LibcryptoCipher): CPointer {
       let c = cipherCache.get(name);
       if (c === undefined) {
