@@ -185,6 +185,11 @@ export class ReadEpoch {
   readonly window = new ReplayWindow();
   readonly #integrityLimit: number;
   #failures = 0;
+  /**
+   * The additional data (the header with its sequence number unmasked), rebuilt in place for each
+   * record: a connection's headers all have one or two lengths, so the view is rarely remade.
+   */
+  #aad = new Uint8Array(0);
 
   /** The keys are copied into the epoch's contexts; the caller wipes `keys`. */
   constructor(
@@ -225,7 +230,9 @@ export class ReadEpoch {
     // RFC 9147 §4.2.3: shorter ciphertexts are rejected as if deprotection failed.
     if (rec.encrypted.length < 16) return { ok: false, reason: 'too-short' };
     const mask = this.#mask.mask(rec.encrypted);
-    const header = rec.header.slice();
+    if (this.#aad.length !== rec.header.length) this.#aad = new Uint8Array(rec.header.length);
+    const header = this.#aad;
+    header.set(rec.header);
     let low = 0;
     for (let i = 0; i < rec.seqLength; i++) {
       const b = (header[rec.seqOffset + i] as number) ^ (mask[i] as number);
@@ -234,7 +241,7 @@ export class ReadEpoch {
     }
     const seq = reconstructSequence(this.window.highest + 1, low, rec.seqLength === 2 ? 16 : 8);
     if (seq < 0 || seq > MAX_SEQUENCE) return { ok: false, reason: 'bad-sequence' };
-    // A fresh buffer per record: the content is handed to the application as it is.
+    // A range of its own per record (a slab view, util/bytes.ts): the content goes to the application as it is.
     const inner = allocUninit(rec.encrypted.length - this.suite.tagLength);
     const nonce = xorCounterIntoIv(this.#iv, seq, nonceScratch(this.#iv.length));
     try {
