@@ -21,6 +21,7 @@ import { getProvider } from '../../src/crypto/registry.ts';
 import { ReadEpoch, WriteEpoch } from '../../src/dtls/record/protection.ts';
 import { parseDatagram, type CiphertextRecord } from '../../src/dtls/messages/record.ts';
 import { CIPHER_SUITES } from '../../src/dtls/suites.ts';
+import { withEnv } from '../../test/support/env.ts';
 import { compareRates, windows } from './measure.ts';
 import type { BenchContext, BenchModule, BenchResult } from './types.ts';
 
@@ -94,17 +95,5 @@ export const bench: BenchModule = {
     }, ...koffiRow];
   },
 };
-
-/** `make()` with the environment variable `name` set to `value`, restored afterwards. */
-function withEnv<T>(name: string, value: string, make: () => T): T {
-  const before = process.env[name];
-  process.env[name] = value;
-  try {
-    return make();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
-  }
-}
 
 export const run = bench.run;

@@ -17,6 +17,7 @@ import { runSelfTest } from '../../src/crypto/selftest.ts';
 import { AEAD_SUITES } from '../../src/crypto/suites.ts';
 import { fromHex, toHex } from '../../src/util/bytes.ts';
 import { ApiMisuse, CryptoError, Unsupported } from '../../src/util/errors.ts';
+import { withEnv } from '../support/env.ts';
 import { loadVectors } from '../support/vectors.ts';
 
 const node = getProvider('node');
@@ -27,18 +28,6 @@ const IMPLEMENTATIONS: readonly { readonly name: string; readonly impl: Impl; re
   { name: 'libcrypto, koffi calls', impl: 'libcrypto', addonOff: true },
   { name: 'per-call', impl: 'per-call', addonOff: false },
 ];
-
-/** `fn()` with the environment variable `name` set to `value`, restored afterwards. */
-function withEnv<T>(name: string, value: string, fn: () => T): T {
-  const before = process.env[name];
-  process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
-  }
-}
 
 interface AeadVector {
   id: string; key: string; nonce?: string; iv?: string; aad: string; plaintext: string; ciphertext: string; tag: string;
