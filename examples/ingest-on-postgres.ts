@@ -20,9 +20,9 @@
  *
  * As the service (runs until SIGTERM; `vitalseal ingest keygen --config FILE` once beforehand):
  *
- *   node --no-allocation-site-pretenuring --import tsx examples/ingest-on-postgres.ts --config /etc/vitalseal/ingest.yaml
+ *   node --no-allocation-site-pretenuring --max-semi-space-size=8 --import tsx examples/ingest-on-postgres.ts --config /etc/vitalseal/ingest.yaml
  *
- * (the flag is the ingest's node options, `INGEST_NODE_OPTIONS`: docs/ingest.md, "Node options").
+ * (the flags are the ingest's node options, `INGEST_NODE_OPTIONS`: docs/ingest.md, "Node options").
  *
  * As the service it prints a line when it listens, a tally when it changes (`ingest: stored 11
  * messages: bed-1 6 (mqtts), oxi-2 5 (coaps)`) and a line when it stops; with --local, what the API

@@ -181,7 +181,7 @@ describe('vitalseal ingest', () => {
       void cli(['run', '--config', cfg], { signal: ac.signal, execArgv: ['--import', 'tsx'], onListening: (u) => { url = u; resolve(); } }).then((r) => {
         assert.equal(r.code, 0, r.stderr);
         // Started without the ingest's node options: said once, with the command line that has them.
-        assert.match(r.stderr, /"level":40,.*"missing":\["--no-allocation-site-pretenuring"\].*"run":"node --no-allocation-site-pretenuring .* ingest run --config FILE".*"msg":"started without the ingest's node options/);
+        assert.match(r.stderr, /"level":40,.*"missing":\["--no-allocation-site-pretenuring","--max-semi-space-size=8"\].*"run":"node --no-allocation-site-pretenuring --max-semi-space-size=8 .* ingest run --config FILE".*"msg":"started without the ingest's node options/);
         assert.match(r.stderr, /"msg":"ingest service listening"/);
         assert.match(r.stderr, /"msg":"ingest service stopped"/);
       });
