@@ -14,8 +14,8 @@
  * `--max-semi-space-size=8` (MiB): V8 grows the young generation's semi-spaces, up to 16 MiB on
  * 64-bit, when many objects survive a scavenge, and thousands of DTLS handshakes do that. A server
  * whose young generation has grown that far spends about twice the CPU on each 1 KiB DTLS record
- * it opens (after 6,000 handshakes: 5.8–6.0 µs at 16 MiB, 3.0–3.2 µs at 8 or 4 MiB, 3.0–3.4 µs for
- * a fresh server; its system time doubles too), and turning off parallel scavenges does not help
+ * it opens (after 6,000 handshakes: 5.8–6.05 µs at 16 MiB, 3.0–3.2 µs at 8 or 4 MiB, 3.35–3.7 µs
+ * for a fresh server; its system time doubles too), and turning off parallel scavenges does not help
  * (7.0–7.3 µs). The same cap on the ingest's MQTT path, two interleaved pairs of full
  * `ingest-load` runs: sealed readings/s against plaintext 0.66–0.71 (SQLite) and 0.63–0.67
  * (PostgreSQL) with it, 0.51–0.60 and 0.68 without; the ingest's RSS 13–17 MiB lower
