@@ -82,6 +82,24 @@ static bool disjoint(const unsigned char *a, size_t al, const unsigned char *b, 
   return al == 0 || bl == 0 || x + al <= y || y + bl <= x;
 }
 
+/* The arguments seal and open share: (ctx, ccm, nonce, input, aad, out, offset, tagLength). */
+typedef struct {
+  EVP_CIPHER_CTX *ctx;
+  bool ccm;
+  bytes_t nonce, input, aad, out;
+  size_t offset, tag_length;
+} aead_args_t;
+
+static bool get_aead_args(napi_env env, napi_callback_info info, aead_args_t *r) {
+  size_t argc = 8;
+  napi_value a[8];
+  return napi_get_cb_info(env, info, &argc, a, NULL, NULL) == napi_ok && argc == 8 &&
+    get_context(env, a[0], &r->ctx) && get_flag(env, a[1], &r->ccm) && get_bytes(env, a[2], &r->nonce) &&
+    get_bytes(env, a[3], &r->input) && get_bytes(env, a[4], &r->aad) && get_bytes(env, a[5], &r->out) &&
+    get_count(env, a[6], INT_MAX, &r->offset) && get_count(env, a[7], 16, &r->tag_length) && r->tag_length >= 4 &&
+    r->nonce.length > 0 && r->offset <= r->out.length;
+}
+
 static napi_value boolean(napi_env env, bool v) {
   napi_value r = NULL;
   napi_get_boolean(env, v, &r);
@@ -101,27 +119,20 @@ static napi_value int32(napi_env env, int32_t v) {
  * OpenSSL. On failure the output range is zeroed.
  */
 static napi_value seal(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value a[8];
-  EVP_CIPHER_CTX *ctx;
-  bool ccm;
-  bytes_t nonce, plain, aad, out;
-  size_t offset, tag_length;
-  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != napi_ok || argc != 8) return boolean(env, false);
-  if (!get_context(env, a[0], &ctx) || !get_flag(env, a[1], &ccm) || !get_bytes(env, a[2], &nonce) ||
-      !get_bytes(env, a[3], &plain) || !get_bytes(env, a[4], &aad) || !get_bytes(env, a[5], &out) ||
-      !get_count(env, a[6], INT_MAX, &offset) || !get_count(env, a[7], 16, &tag_length) || tag_length < 4) {
-    return boolean(env, false);
-  }
-  if (nonce.length == 0 || offset > out.length || out.length - offset < plain.length + tag_length) return boolean(env, false);
+  aead_args_t a;
+  if (!get_aead_args(env, info, &a)) return boolean(env, false);
+  EVP_CIPHER_CTX *ctx = a.ctx;
+  bytes_t plain = a.input, aad = a.aad, out = a.out;
+  size_t offset = a.offset, tag_length = a.tag_length;
+  if (out.length - offset < plain.length + tag_length) return boolean(env, false);
   unsigned char *body = plain.length > 0 ? out.data + offset : g_empty;
   /* In place means exactly the output's range: any other overlap would read bytes already written. */
   if (body != plain.data && !disjoint(plain.data, plain.length, out.data + offset, plain.length + tag_length)) return boolean(env, false);
   int n = 0;
   int length = (int)plain.length;
-  bool ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce.data, 1) == 1 &&
+  bool ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, a.nonce.data, 1) == 1 &&
     /* RFC 3610 §2.2: CCM takes the message length before the AAD (OpenSSL: an update with no data). */
-    (!ccm || EVP_CipherUpdate(ctx, NULL, &n, NULL, length) == 1) &&
+    (!a.ccm || EVP_CipherUpdate(ctx, NULL, &n, NULL, length) == 1) &&
     (aad.length == 0 || EVP_CipherUpdate(ctx, NULL, &n, aad.data, (int)aad.length) == 1) &&
     EVP_CipherUpdate(ctx, body, &n, plain.data, length) == 1 && n == length &&
     EVP_CipherFinal_ex(ctx, g_empty, &n) == 1 && n == 0 &&
@@ -139,28 +150,22 @@ static napi_value seal(napi_env env, napi_callback_info info) {
  * the ciphertext. Unauthenticated plaintext never stays: on any failure the range is zeroed.
  */
 static napi_value open_sealed(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value a[8];
-  EVP_CIPHER_CTX *ctx;
-  bool ccm;
-  bytes_t nonce, sealed, aad, out;
-  size_t offset, tag_length;
-  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != napi_ok || argc != 8) return int32(env, -1);
-  if (!get_context(env, a[0], &ctx) || !get_flag(env, a[1], &ccm) || !get_bytes(env, a[2], &nonce) ||
-      !get_bytes(env, a[3], &sealed) || !get_bytes(env, a[4], &aad) || !get_bytes(env, a[5], &out) ||
-      !get_count(env, a[6], INT_MAX, &offset) || !get_count(env, a[7], 16, &tag_length) || tag_length < 4) {
-    return int32(env, -1);
-  }
-  if (nonce.length == 0 || sealed.length < tag_length) return int32(env, -1);
+  aead_args_t a;
+  if (!get_aead_args(env, info, &a)) return int32(env, -1);
+  EVP_CIPHER_CTX *ctx = a.ctx;
+  bool ccm = a.ccm;
+  bytes_t sealed = a.input, aad = a.aad, out = a.out;
+  size_t offset = a.offset, tag_length = a.tag_length;
+  if (sealed.length < tag_length) return int32(env, -1);
   size_t n = sealed.length - tag_length;
-  if (offset > out.length || out.length - offset < n) return int32(env, -1);
+  if (out.length - offset < n) return int32(env, -1);
   unsigned char *body = n > 0 ? out.data + offset : g_empty;
   if (body != sealed.data && !disjoint(sealed.data, sealed.length, out.data + offset, n)) return int32(env, -1);
   /* Decrypting in place writes only the ciphertext's n bytes: the tag after them stays as sent. */
   const unsigned char *tag = sealed.data + n;
   int written = 0;
   int length = (int)n;
-  bool ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce.data, 0) == 1;
+  bool ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, a.nonce.data, 0) == 1;
   if (ccm) {
     /* CCM verifies inside its one update: the expected tag and the length come first. */
     ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, (int)tag_length, (void *)tag) == 1 &&
