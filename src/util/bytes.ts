@@ -28,6 +28,8 @@ let slabUsed = 0;
  * own allocation (`Uint8Array.from`), never this.
  */
 export function allocUninit(length: number): Uint8Array {
+  // As strict as Buffer.allocUnsafe was: a length that is not a whole number is a caller's bug.
+  if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`allocUninit: bad length ${String(length)}`);
   if (length === 0) return new Uint8Array(0);
   if (length > SLAB_BYTES >>> 1) {
     const b = Buffer.allocUnsafeSlow(length);

@@ -18,6 +18,10 @@ it('views of every size up to half a slab never overlap and stay 8-byte aligned'
   for (const [i, v] of views.entries()) assert.ok(v.every((b) => b === (i & 0xff)), `view ${i} was overwritten`);
 });
 
+it('refuses a length that is not a whole number of bytes, as Buffer.allocUnsafe did', () => {
+  for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53]) assert.throws(() => allocUninit(bad), RangeError, String(bad));
+});
+
 it('an empty array and a large one get buffers of their own', () => {
   assert.equal(allocUninit(0).buffer.byteLength, 0);
   const big = allocUninit(4097);
