@@ -99,6 +99,8 @@ describe('record_cipher addon: the boundary in C', () => {
         ['ccm not a boolean', [tx, 0, ...good.slice(2)]],
         ['nonce a Uint16Array', [tx, false, new Uint16Array(6), ...good.slice(3)]],
         ['empty nonce', [tx, false, new Uint8Array(0), ...good.slice(3)]],
+        ["nonce shorter than the context's IV length (it would be over-read)", [tx, false, new Uint8Array(11), ...good.slice(3)]],
+        ["nonce longer than the context's IV length", [tx, false, new Uint8Array(13), ...good.slice(3)]],
         ['plaintext a DataView', [tx, false, nonce, new DataView(pt.buffer), ...good.slice(4)]],
         ['aad a string', [tx, false, nonce, pt, 'aad', ...good.slice(5)]],
         ['output one byte short', [tx, false, nonce, pt, aad, out, 1, 16]],
@@ -119,6 +121,7 @@ describe('record_cipher addon: the boundary in C', () => {
         ['output too small', [rx, false, nonce, sealed, aad, new Uint8Array(31), 0, 16]],
         ['ciphertext overlapping the output at another place', [rx, false, nonce, out.subarray(2, 50 - 2), aad, out, 0, 16]],
         ['NULL context', [0n, false, nonce, sealed, aad, out, 0, 16]],
+        ['nonce shorter than the IV length', [rx, false, new Uint8Array(8), sealed, aad, out, 0, 16]],
       ];
       for (const [what, args] of openBad) assert.equal(callOpen(args), -1, what);
       untouched();

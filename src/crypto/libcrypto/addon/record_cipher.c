@@ -8,12 +8,13 @@
  *
  * What it does not do: it never creates, keys or frees a context, and it never sees a key. The
  * calls and their order are exactly those of contexts.ts's koffi path, which stays the reference
- * and the fallback (the two are compared byte for byte in test/crypto/record-cipher-addon.test.ts).
+ * and the fallback (the two are compared byte for byte in test/crypto/keyed-contexts.test.ts).
  *
  * Trust boundary: the context argument is a pointer (a BigInt, as koffi hands pointers out) that
  * cannot be checked here; only contexts.ts passes one, and only a context it holds alive. Every
  * other argument is checked: byte arguments must be Uint8Arrays, offsets and lengths must fit the
- * arrays, and a plaintext may share memory with the output only as exactly the output's own range
+ * arrays, a nonce must be exactly the context's IV length (OpenSSL reads that many bytes from it),
+ * and a plaintext may share memory with the output only as exactly the output's own range
  * (sealing in place). A failed check or a failed OpenSSL call returns the failure value; nothing
  * is thrown from C and OpenSSL's error queue (shared with node:crypto) is left empty.
  *
@@ -97,7 +98,9 @@ static bool get_aead_args(napi_env env, napi_callback_info info, aead_args_t *r)
     get_context(env, a[0], &r->ctx) && get_flag(env, a[1], &r->ccm) && get_bytes(env, a[2], &r->nonce) &&
     get_bytes(env, a[3], &r->input) && get_bytes(env, a[4], &r->aad) && get_bytes(env, a[5], &r->out) &&
     get_count(env, a[6], INT_MAX, &r->offset) && get_count(env, a[7], 16, &r->tag_length) && r->tag_length >= 4 &&
-    r->nonce.length > 0 && r->offset <= r->out.length;
+    r->offset <= r->out.length &&
+    /* OpenSSL reads the context's IV length from the nonce pointer: a shorter array would be over-read. */
+    r->nonce.length > 0 && (int)r->nonce.length == EVP_CIPHER_CTX_get_iv_length(r->ctx);
 }
 
 static napi_value boolean(napi_env env, bool v) {
@@ -115,8 +118,7 @@ static napi_value int32(napi_env env, int32_t v) {
 /*
  * seal(ctx, ccm, nonce, plaintext, aad, out, offset, tagLength) -> boolean
  * Writes ciphertext || tag of `plaintext` into `out` from `offset`. The context holds the cipher,
- * the key, the nonce length (and for CCM the tag length); the nonce is checked against it by
- * OpenSSL. On failure the output range is zeroed.
+ * the key, the nonce length (and for CCM the tag length). On failure the output range is zeroed.
  */
 static napi_value seal(napi_env env, napi_callback_info info) {
   aead_args_t a;
