@@ -407,7 +407,8 @@ export class Connection {
       installWriteKeys: (epoch, suite, secret) => this.#installWrite(epoch, suite, secret),
       setConnectionIds: (receive, send) => {
         this.#receiveCid = receive;
-        this.#sendCid = send;
+        // Kept for the session's life: its own bytes, not a view pinning the datagram it came in.
+        this.#sendCid = Uint8Array.from(send);
         this.#cidAgreed = true;
       },
       complete: (result) => this.#complete(result, now),
@@ -456,7 +457,8 @@ export class Connection {
       group: result.group,
       authMode: result.authMode,
       peer: result.peer,
-      pskIdentity: result.pskIdentity,
+      // Kept for the session's life: its own bytes, not a view pinning a handshake message's buffer.
+      pskIdentity: result.pskIdentity === undefined ? undefined : Uint8Array.from(result.pskIdentity),
       receiveCid: this.#receiveCid,
       sendCid: this.#sendCid,
     };

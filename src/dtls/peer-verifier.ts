@@ -91,7 +91,8 @@ export class X509PeerVerifier implements PeerCertificateVerifier {
       subject: peer.subject,
       commonName: CN.exec(peer.subject)?.[1],
       deviceId: peer.deviceId,
-      spki: peer.spki,
+      // Its own bytes, as the chain's: a view would pin the handshake message's buffer for the session's life.
+      spki: Uint8Array.from(peer.spki),
       spkiSha256: toHex(peer.spkiSha256),
       publicKey: peer.publicKey,
       notAfter: peer.notAfter,
