@@ -14,7 +14,8 @@
  *   before, as Node's TLS server did; the same socket against a server that has served only the
  *   measuring connection is reported beside it (a server whose young generation grew over
  *   thousands of handshakes spent twice the CPU a record until the ingest's node options capped
- *   it, docs/dtls.md), as are the node:dgram and loopback-PMTU servers (fresh as well);
+ *   it, docs/dtls.md), as are the node:dgram server (fresh as well) and the loopback PMTU (on the
+ *   server after the handshake phases);
  * - server memory per established idle session with 10,000 sessions.
  * Rounds interleave candidate and baseline so drift hits both alike; medians are reported. Every
  * server process, Node's TLS and bare UDP included, runs with the node options the product's DTLS

@@ -54,10 +54,15 @@ function udpType(host: string): 'udp4' | 'udp6' {
 /** The default when an option does not say: `auto`, or what VITALSEAL_UDP names. */
 export const UDP_IO_ENV = 'VITALSEAL_UDP';
 
+const UDP_IO: readonly unknown[] = ['node', 'batched', 'auto'];
+
 export function resolveIo(option: UdpIo | undefined): 'node' | 'batched' {
   const env = process.env[UDP_IO_ENV];
-  if (option === undefined && env !== undefined && env !== '' && env !== 'node' && env !== 'batched' && env !== 'auto') {
-    // A misspelt switch must not quietly pick a socket the operator did not ask for.
+  // A misspelt option or switch must not quietly pick a socket nobody asked for.
+  if (option !== undefined && !UDP_IO.includes(option)) {
+    throw new ApiMisuse('bad-udp-setting', `the udp option must be node, batched or auto, not ${JSON.stringify(option)}`);
+  }
+  if (option === undefined && env !== undefined && env !== '' && !UDP_IO.includes(env)) {
     throw new ApiMisuse('bad-udp-setting', `${UDP_IO_ENV} must be node, batched or auto, not "${env}"`);
   }
   const io = option ?? (env === 'node' || env === 'batched' ? env : 'auto');

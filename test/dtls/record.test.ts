@@ -12,6 +12,7 @@ import { ReplayWindow } from '../../src/dtls/record/replay-window.ts';
 import { CIPHER_SUITE_NAMES, CIPHER_SUITES } from '../../src/dtls/suites.ts';
 import { toHex } from '../../src/util/bytes.ts';
 import { ApiMisuse, PeerMisbehaved } from '../../src/util/errors.ts';
+import { withEnv } from '../support/env.ts';
 
 const p = getProvider();
 const ks = new KeySchedule(p);
@@ -103,16 +104,7 @@ for (const name of CIPHER_SUITE_NAMES) {
 
     it('records sealed on libcrypto open on node:crypto per record and the other way round; every nonce differs', () => {
       // The keyed contexts are chosen when an epoch is created: with VITALSEAL_LIBCRYPTO=off it gets node:crypto.
-      const perCall = <T>(fn: () => T): T => {
-        const before = process.env[LIBCRYPTO_ENV];
-        process.env[LIBCRYPTO_ENV] = 'off';
-        try {
-          return fn();
-        } finally {
-          if (before === undefined) delete process.env[LIBCRYPTO_ENV];
-          else process.env[LIBCRYPTO_ENV] = before;
-        }
-      };
+      const perCall = <T>(fn: () => T): T => withEnv(LIBCRYPTO_ENV, 'off', fn);
       const fast = { tx: new WriteEpoch(p, suite, 3, keys), rx: new ReadEpoch(p, suite, 3, keys) };
       const ref = perCall(() => ({ tx: new WriteEpoch(p, suite, 3, keys), rx: new ReadEpoch(p, suite, 3, keys) }));
       assert.equal(fast.tx.backend, 'libcrypto');

@@ -286,9 +286,10 @@ describe('choosing the UDP socket', () => {
       await echo(n, 'node:dgram by the variable');
       process.env['VITALSEAL_UDP'] = 'batchd';
       await assert.rejects(clientWith(server, {}), (e: unknown) => e instanceof VitalsealError && e.code === 'bad-udp-setting' && /VITALSEAL_UDP must be node, batched or auto/.test(e.message));
-      // An explicit option wins over the variable, misspelt or not.
+      // An explicit option wins over the variable, misspelt or not; a misspelt option is refused too.
       const explicit = await clientWith(server, { udp: 'node' });
       assert.equal(explicit.udp, 'node');
+      await assert.rejects(clientWith(server, { udp: 'batchd' as 'batched' }), (e: unknown) => e instanceof VitalsealError && e.code === 'bad-udp-setting' && /the udp option must be node, batched or auto, not "batchd"/.test(e.message));
     } finally {
       if (before === undefined) delete process.env['VITALSEAL_UDP'];
       else process.env['VITALSEAL_UDP'] = before;

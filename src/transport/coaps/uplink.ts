@@ -80,7 +80,7 @@ export interface CoapsUplinkOptions {
   /**
    * The UDP socket (src/dtls/udp-link.ts). Default `node`: a device sends a reading a second,
    * which batched system calls do not speed up, and they cost the agent 1-3 MiB of memory (a libuv
-   * pool thread waiting in poll, native buffers). `auto` or `batched` for a sender of bulk data.
+   * pool thread waiting in epoll_wait, native buffers). `auto` or `batched` for a sender of bulk data.
    */
   readonly udp?: UdpIo;
   /** Messages awaiting their response at once (default 32; the server's per-session limit is 64). */
